@@ -1,0 +1,51 @@
+"""Column contracts shared by every stage.
+
+``samples.parquet`` holds one row per (task, doc_id, filter). Everything the metrics need is in it, so a
+report can be rebuilt from disk without loading a model. Multiple-choice rows keep the raw choice
+log-likelihoods and the choice lengths in characters, so any lm-eval scoring rule (``acc``: argmax of the
+log-likelihoods, ``acc_norm``: argmax of log-likelihood / characters) can be recomputed per side.
+"""
+
+# Identity of a row; pairing joins on these and then checks the hashes agree.
+KEY = ["task", "doc_id", "filter"]
+
+# Columns of one side's per-sample frame (output of flipbench.evaluate, before pairing).
+SIDE_COLUMNS = {
+    "task": "lm-eval task name",
+    "group": "sub-group of the task (MMLU subject, synth subject), else the task name",
+    "doc_id": "lm-eval doc index in the evaluated split",
+    "filter": "lm-eval filter name ('none' for multiple choice; e.g. 'strict-match' for GSM8k)",
+    "output_type": "'multiple_choice' or 'generate_until'",
+    "metric": "the task's headline metric (acc, acc_norm, exact_match)",
+    "doc_hash": "lm-eval's sha256 of the document",
+    "prompt_hash": "lm-eval's sha256 of the prompt",
+    "prompt": "the full prompt text (few-shot context included)",
+    "target": "gold: the choice index as a string (MC) or the answer string (generative)",
+    "choices": "list of choice strings (MC), empty list for generative",
+    "choice_len": "list of choice lengths in characters, lm-eval's acc_norm normaliser (MC)",
+    "ll": "list of choice log-likelihoods in nats (MC), empty list for generative",
+    "pred": "choice index under the headline metric as a string (MC) or the filtered answer (generative)",
+    "correct": "0/1 under the headline metric",
+    "response": "raw generated text before filtering (generative), '' for MC",
+}
+
+# Columns of the paired table written as samples.parquet. ``_base``/``_comp`` suffixes mark the side.
+SAMPLE_COLUMNS = [
+    "task", "group", "doc_id", "filter", "output_type", "metric", "doc_hash", "prompt_hash",
+    "prompt", "target", "choices", "choice_len",
+    "ll_base", "ll_comp", "pred_base", "pred_comp", "correct_base", "correct_comp",
+    "response_base", "response_comp",
+    # p_x = softmax(ll_x) over the choices (MC only; empty list for generative rows).
+    "p_base", "p_comp",
+    # MC: choice-level KL(p_base || p_comp) in nats and Jensen-Shannon distance (base 2).
+    # Generative: kl is the token-level KL(base || comp) in nats, mean over the baseline answer's tokens
+    # (NaN until computed), js is NaN.
+    "kl", "js",
+    # p_base top-1 minus top-2 (MC), NaN for generative.
+    "margin_base",
+    # Generative only (NaN for MC): share of answer tokens where both models' argmax token agrees,
+    # and how many answer tokens the token KL averaged over.
+    "same_top", "n_tokens",
+]
+
+INVALID = "[invalid]"  # lm-eval's marker for an answer the filter could not extract
