@@ -1,0 +1,62 @@
+# flipbench: `make eval` and `make test` each bootstrap .venv on first use (a second call does not reinstall).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build by default; a GPU user sets e.g. TORCH_SPEC=torch==2.13.0 with their CUDA index configured in pip.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+# Run variables, mapped onto Hydra overrides (ARGS passes raw overrides through).
+MODEL ?=
+METHOD ?=
+BITS ?=
+TASKS ?=
+LIMIT ?=
+ARGS ?=
+METHODS ?= rtn,gptq,tacq
+
+# MODEL alone means "this model on the standard suite" unless the overrides name a suite themselves.
+SUITE_DEFAULT = $(if $(MODEL),$(if $(findstring suite=,$(ARGS)),,suite=standard))
+OVERRIDES = $(if $(MODEL),model=hf model.path=$(MODEL)) $(SUITE_DEFAULT) \
+	$(if $(METHOD),compression=$(METHOD)) $(if $(BITS),compression.bits=$(BITS)) \
+	$(if $(TASKS),'suite.tasks=[$(TASKS)]') $(if $(LIMIT),suite.limit=$(LIMIT)) $(ARGS)
+TEST_ENV = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: eval test test-slow sweep report bench tiny-model tasks setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+eval: $(STAMP)
+	HF_DATASETS_OFFLINE=$${HF_DATASETS_OFFLINE:-0} $(BIN)/flipbench $(OVERRIDES)
+
+sweep: $(STAMP)
+	$(BIN)/flipbench -m $(if $(MODEL),model=hf model.path=$(MODEL)) $(SUITE_DEFAULT) compression=$(METHODS) \
+		compression.bits=$(or $(BITS),2,3,4) $(if $(TASKS),'suite.tasks=[$(TASKS)]') $(if $(LIMIT),suite.limit=$(LIMIT)) $(ARGS)
+
+report: $(STAMP)
+	$(BIN)/python -m flipbench.report $(or $(RUN),results/latest)
+
+test: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m flipbench.bench --out results/bench
+
+tasks: $(STAMP)
+	$(BIN)/python -m flipbench.synth.generate
+
+tiny-model: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m flipbench.synth.train
+
+clean:
+	rm -rf $(VENV) results/runs results/sweeps results/cache results/latest

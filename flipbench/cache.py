@@ -1,0 +1,73 @@
+"""Baseline cache: per-sample baseline results keyed by everything that could change them.
+
+lm-eval's own ``use_cache`` keys requests without the model, so it cannot tell two models apart; this key
+includes the weights' fingerprint. Entries are written to a temp file and renamed, with a sidecar holding
+the parquet's sha256, so a torn or corrupt entry is detected and recomputed, and two writers cannot
+interleave their bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def task_fingerprint(tasks: dict) -> dict[str, str]:
+    """Hash of each lm-eval task's full config (prompts, splits, data files, filters, metrics)."""
+    out = {}
+    for name, task in sorted(tasks.items()):
+        dumped = json.dumps(task.dump_config(), sort_keys=True, default=str)
+        out[name] = hashlib.sha256(dumped.encode()).hexdigest()[:16]
+    return out
+
+
+class BaselineCache:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        return self.root / f"{key}.parquet", self.root / f"{key}.json"
+
+    def load(self, key: str) -> pd.DataFrame | None:
+        data_path, meta_path = self._paths(key)
+        if not data_path.exists() and not meta_path.exists():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            blob = data_path.read_bytes()
+            if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
+                raise ValueError("checksum mismatch")
+            frame = pd.read_parquet(io.BytesIO(blob))
+            if len(frame) != meta["rows"]:
+                raise ValueError("row count mismatch")
+            return frame
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("baseline cache entry %s is corrupt or partial (%s); recomputing it", key, err)
+            return None
+
+    def store(self, key: str, frame: pd.DataFrame, parts: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        data_path, meta_path = self._paths(key)
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        blob = buffer.getvalue()
+        suffix = f".tmp{os.getpid()}"
+        data_tmp, meta_tmp = data_path.with_suffix(suffix + ".parquet"), meta_path.with_suffix(suffix + ".json")
+        data_tmp.write_bytes(blob)
+        meta_tmp.write_text(json.dumps({"sha256": hashlib.sha256(blob).hexdigest(), "rows": len(frame), "key": parts},
+                                       default=str, indent=1))
+        # Data first, then its sidecar: a reader that sees the new sidecar also sees the matching data.
+        os.replace(data_tmp, data_path)
+        os.replace(meta_tmp, meta_path)

@@ -1,0 +1,193 @@
+"""The stages, in order: check → load baseline → evaluate → compress → evaluate → pair → metrics → outputs.
+
+``run(cfg)`` is the importable entry the CLI and the tests call. Every check that can reject the input runs
+before the first model weight is read; results already written are never removed by a later failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from flipbench import cache, evaluate, models, rundir, tasks
+from flipbench.config import FlipbenchConfig, to_typed
+
+log = logging.getLogger("flipbench")
+
+QUANT_METHODS = ("rtn", "gptq", "tacq")
+
+
+def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
+    """Everything that can be checked without model weights: config, tasks, model paths, calibration file."""
+    plan = tasks.resolve(cfg.suite)
+    models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code)
+    if cfg.compression.method == "checkpoint":
+        models.check_model(cfg.compression.path, None, cfg.model.trust_remote_code, what="compression.path")
+    if cfg.calibration.path and not Path(cfg.calibration.path).expanduser().is_file():
+        from flipbench.config import ConfigError
+
+        raise ConfigError(f"calibration.path={cfg.calibration.path!r} is not a file; give a UTF-8 text file")
+    return plan
+
+
+def quant_config(cfg: FlipbenchConfig):
+    from flipbench.quant import QuantConfig
+
+    fields = {k: v for k, v in asdict(cfg.compression).items() if k in QuantConfig.__dataclass_fields__}
+    return QuantConfig(**fields)
+
+
+def baseline_key(cfg: FlipbenchConfig, fingerprint: str, task_objs: dict, device: str) -> dict:
+    from importlib.metadata import version
+
+    return {"model": cfg.model.path, "revision": cfg.model.revision, "weights": fingerprint,
+            "tasks": cache.task_fingerprint(task_objs), "lm_eval": version("lm_eval"), "batch_size": cfg.eval.batch_size,
+            "dtype": cfg.model.dtype, "device": device, "limit": cfg.suite.limit, "num_fewshot": dict(cfg.suite.num_fewshot),
+            "seed": cfg.eval.seed, "metrics": dict(cfg.suite.metrics), "subject_field": cfg.suite.subject_field}
+
+
+def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch_size: int | None = None) -> pd.DataFrame:
+    lm = evaluate.build_lm(model, tokenizer, batch_size or cfg.eval.batch_size)
+    raw = evaluate.run_lm_eval(lm, task_objs, plan, limit=cfg.suite.limit, num_fewshot=dict(cfg.suite.num_fewshot),
+                               seed=cfg.eval.seed)
+    return evaluate.samples_frame(raw, task_objs, plan, dict(cfg.suite.metrics), cfg.suite.subject_field)
+
+
+def eval_doc_hashes(task_objs: dict, limit: int | None) -> set[str]:
+    """lm-eval's doc hashes of every doc that will be evaluated (calibration must not contain them)."""
+    from lm_eval.utils import hash_string
+
+    hashes = set()
+    for task in task_objs.values():
+        docs = list(task.eval_docs)
+        hashes.update(hash_string(str(doc)) for doc in docs[: limit or len(docs)])
+    return hashes
+
+
+def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict):
+    """(calib, task_calib) token-id tensors for GPTQ Hessians and TACQ gradients; None for data-free methods."""
+    from flipbench.quant import calibration as calib
+
+    cal = cfg.calibration
+    if cfg.compression.method not in ("gptq", "tacq"):
+        return None, None
+
+    def texts(source: str) -> list[str]:
+        if source == "text":
+            return calib.text_file_calibration_texts(cal.path)
+        return calib.task_calibration_texts(task_objs, cal.n_samples, cfg.eval.seed, eval_doc_hashes(task_objs, cfg.suite.limit))
+
+    ids = calib.tokenize_calibration(tokenizer, texts(cal.source), cal.n_samples, cal.seq_len, cfg.eval.seed)
+    grad_ids = None
+    if cfg.compression.method == "tacq":
+        grad_ids = ids if cal.gradient_source == cal.source else calib.tokenize_calibration(
+            tokenizer, texts(cal.gradient_source), cal.n_samples, cal.seq_len, cfg.eval.seed)
+    return ids, grad_ids
+
+
+def compress(model, tokenizer, task_objs, cfg: FlipbenchConfig):
+    """Returns (compressed model, tokenizer, details for the manifest). Quantization works in place."""
+    method = cfg.compression.method
+    if method == "none":
+        return model, tokenizer, {"method": "none", "avg_bits": _native_bits(model)}
+    if method == "checkpoint":
+        comp, comp_tok = models.load_model(cfg.model, cfg.compression.path)
+        return comp, comp_tok, {"method": "checkpoint", "path": cfg.compression.path, "avg_bits": _native_bits(comp)}
+    from flipbench import quant
+
+    calib, task_calib = calibration_ids(cfg, tokenizer, task_objs)
+    details = quant.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=model.device,
+                             progress=log.info)
+    return model, tokenizer, details
+
+
+def _native_bits(model) -> float:
+    param = next(model.parameters())
+    return float(param.element_size() * 8)
+
+
+def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchConfig, same_model: bool) -> None:
+    """Token-level KL(base‖comp) on the baseline's generated answers, filled into the generative rows."""
+    gen = paired.index[paired["output_type"] == "generate_until"]
+    if not cfg.eval.token_kl or len(gen) == 0:
+        return
+    from flipbench.tokenkl import token_kl
+
+    # One forward per distinct (prompt, answer): GSM8k logs a row per filter with the same generation.
+    rows = paired.loc[gen].drop_duplicates(["task", "group", "doc_id"])
+    base_model = comp_model if same_model else models.load_model(cfg.model)[0]
+    stats = token_kl(base_model, comp_model, tokenizer, rows["prompt"].tolist(), rows["response_base"].tolist(),
+                     batch_size=cfg.eval.batch_size, device=comp_model.device)
+    stats.index = rows.index
+    keyed = pd.concat([rows[["task", "group", "doc_id"]], stats], axis=1)
+    filled = paired.loc[gen, ["task", "group", "doc_id"]].merge(keyed, on=["task", "group", "doc_id"], how="left")
+    for column in ("kl", "same_top", "n_tokens"):
+        paired.loc[gen, column] = filled[column].to_numpy()
+    del base_model
+
+
+def run(cfg) -> Path:
+    """Run one baseline-vs-compressed comparison; returns the run directory."""
+    from flipbench import metrics, report
+
+    cfg = to_typed(cfg)
+    plan = preflight(cfg)
+    root = Path(cfg.output.root)
+    run_id = cfg.output.run_id or rundir.new_run_id(cfg.model.name, cfg.compression.method, cfg.compression.bits)
+    run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else root / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.save_config(run_dir, cfg)
+    device = models.pick_device(cfg.model.device)
+    manifest = rundir.Manifest(run_dir, cfg.eval.seed, str(device))
+    log.info("run directory: %s", run_dir)
+    try:
+        with manifest.stage("load_baseline", log):
+            model, tokenizer = models.load_model(cfg.model)
+            if cfg.compression.method in QUANT_METHODS:
+                from flipbench import quant
+
+                quant.validate(model, quant_config(cfg))
+            weights = models.fingerprint(model)
+            task_objs = evaluate.load_tasks(plan)
+        store = cache.BaselineCache(root / "cache")
+        key_parts = baseline_key(cfg, weights, task_objs, str(device))
+        key = cache.cache_key(key_parts)
+        with manifest.stage("evaluate_baseline", log):
+            base = store.load(key) if cfg.eval.cache else None
+            hit = base is not None
+            if not hit:
+                base = evaluate_side(model, tokenizer, task_objs, plan, cfg)
+                store.store(key, base, key_parts)
+        manifest.update(baseline_cache_hit=hit, baseline_cache_key=key, baseline_fingerprint=weights)
+        noise = None
+        if cfg.eval.noise_floor:
+            with manifest.stage("evaluate_noise_floor", log):
+                noise = evaluate_side(model, tokenizer, task_objs, plan, cfg, batch_size=cfg.eval.noise_batch_size)
+        with manifest.stage("compress", log):
+            comp_model, comp_tok, details = compress(model, tokenizer, task_objs, cfg)
+        manifest.update(compression=details)
+        with manifest.stage("evaluate_compressed", log):
+            comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg)
+        with manifest.stage("metrics", log):
+            paired = metrics.annotate(pair_sides(base, comp))
+            token_kl_stage(paired, comp_model, tokenizer, cfg, same_model=cfg.compression.method == "none")
+            paired.to_parquet(run_dir / "samples.parquet", index=False)
+            if noise is not None:
+                metrics.annotate(pair_sides(base, noise)).to_parquet(run_dir / "noise_samples.parquet", index=False)
+        with manifest.stage("report", log):
+            verdict = report.build(run_dir, cfg)
+        manifest.complete(gate=verdict)
+    except BaseException as err:  # Ctrl-C included: the manifest says why the run is not complete
+        manifest.fail(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        raise
+    rundir.point_latest(root, run_dir)
+    return run_dir
+
+
+def pair_sides(base: pd.DataFrame, comp: pd.DataFrame) -> pd.DataFrame:
+    from flipbench.pairing import pair
+
+    return pair(base, comp)

@@ -1,0 +1,126 @@
+"""Plots a reviewer can paste as they are: titles, axes with units, legends, one colour per method.
+
+Each function takes plain tables and a path stem, and writes ``<stem>.png`` (150 dpi) and ``<stem>.svg``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+METHOD_COLOURS = {"baseline": "#4d4d4d", "none": "#999999", "rtn": "#1f77b4", "gptq": "#ff7f0e", "tacq": "#2ca02c",
+                  "checkpoint": "#9467bd"}
+LOST, GAINED = "#d62728", "#2ca02c"
+
+
+def colour(method: str) -> str:
+    return METHOD_COLOURS.get(method, "#17becf")
+
+
+def save(fig, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    fig.savefig(paths[0], dpi=150)
+    fig.savefig(paths[1])
+    plt.close(fig)
+    return paths
+
+
+def headline_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    return summary[summary["headline"] & (summary["group"] == "all")].reset_index(drop=True)
+
+
+def accuracy_vs_flips(summary: pd.DataFrame, method: str, title: str, stem: Path) -> list[Path]:
+    """The 'accuracy hides flips' chart: both accuracies beside the flips, flips stacked as lost + gained."""
+    rows = headline_rows(summary)
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(rows) + 2), 4.2))
+    w = 0.26
+    ax.bar(x - w, 100 * rows["acc_base"], w, color=colour("baseline"), label="accuracy, baseline")
+    ax.bar(x, 100 * rows["acc_comp"], w, color=colour(method), label=f"accuracy, {method}")
+    ax.bar(x + w, 100 * rows["lost"], w, color=LOST, label="flips: lost (right → wrong)")
+    ax.bar(x + w, 100 * rows["gained"], w, bottom=100 * rows["lost"], color=GAINED, label="flips: gained (wrong → right)")
+    for xi, (_, r) in zip(x, rows.iterrows()):
+        ax.annotate(f"Δacc {100 * r['delta_acc']:+.1f}\nflips {100 * r['flips']:.1f}", (xi + w, 100 * r["flips"]),
+                    ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, [f"{t}\n({m})" for t, m in zip(rows["task"], rows["metric"])], fontsize=8)
+    ax.set_ylabel("share of questions (%)")
+    ax.set_xlabel("task (headline metric)")
+    ax.set_title(title)
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, loc="upper right", ncol=2)
+    return save(fig, stem)
+
+
+def transition_matrices(samples: pd.DataFrame, title: str, stem: Path) -> list[Path]:
+    """Per task, counts of (baseline right/wrong) × (compressed right/wrong) on the headline filter."""
+    tasks = sorted(samples["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = samples[samples["task"] == task]
+        rows = rows[rows["filter"] == rows["filter"].iloc[0]]
+        counts = np.array([[((rows.correct_base == b) & (rows.correct_comp == c)).sum() for c in (1, 0)] for b in (1, 0)])
+        ax.imshow(counts, cmap="Blues")
+        for (i, j), n in np.ndenumerate(counts):
+            ax.text(j, i, f"{n}\n{100 * n / max(len(rows), 1):.1f}%", ha="center", va="center", fontsize=8,
+                    color="white" if n > counts.max() / 2 else "black")
+        ax.set_xticks([0, 1], ["right", "wrong"])
+        ax.set_yticks([0, 1], ["right", "wrong"])
+        ax.set_xlabel("compressed answer")
+        ax.set_ylabel("baseline answer")
+        ax.set_title(task, fontsize=9)
+    fig.suptitle(title + " — docs per cell (count, % of task)")
+    return save(fig, stem)
+
+
+def kl_vs_flips(points: pd.DataFrame, title: str, stem: Path) -> list[Path]:
+    """Flips against mean KL; ``points`` has task, method, kl_mean, flips (and optionally a label per point)."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    markers = dict(zip(sorted(points["task"].unique()), "osD^vP*X"))
+    for (method, task), rows in points.groupby(["method", "task"]):
+        ax.scatter(rows["kl_mean"], 100 * rows["flips"], color=colour(method), marker=markers[task], s=40,
+                   label=f"{method} · {task}")
+        for _, r in rows.iterrows():
+            if "label" in r and isinstance(r["label"], str):
+                ax.annotate(r["label"], (r["kl_mean"], 100 * r["flips"]), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+    ax.set_xlabel("mean KL(baseline ‖ compressed) (nats; choice-level for MC, token-level for generative)")
+    ax.set_ylabel("flips (% of questions)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return save(fig, stem)
+
+
+def flips_by_margin(by_margin: pd.DataFrame, method: str, title: str, stem: Path) -> list[Path]:
+    """Flip rate per bin of the baseline's confidence margin (top-1 minus top-2 choice probability)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for task, rows in by_margin.groupby("task"):
+        ax.plot(rows["bin"].astype(str), 100 * rows["flip_rate"], marker="o", label=f"{task} ({method})")
+    ax.set_xlabel("baseline margin p(top-1) − p(top-2) (probability)")
+    ax.set_ylabel("flip rate (% of questions in the bin)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return save(fig, stem)
+
+
+def subject_flips(summary: pd.DataFrame, task: str, method: str, title: str, stem: Path) -> list[Path]:
+    """Flips per group (subject) of one task, lost and gained stacked, worst first."""
+    rows = summary[(summary["task"] == task) & (summary["group"] != "all") & summary["headline"]]
+    rows = rows.sort_values("flips").reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(7, max(3.0, 0.3 * len(rows) + 1.5)))
+    y = np.arange(len(rows))
+    ax.barh(y, 100 * rows["lost"], color=LOST, label="lost (right → wrong)")
+    ax.barh(y, 100 * rows["gained"], left=100 * rows["lost"], color=GAINED, label="gained (wrong → right)")
+    ax.set_yticks(y, rows["group"], fontsize=7)
+    ax.set_xlabel(f"flips (% of the subject's questions, {method})")
+    ax.set_ylabel("subject")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return save(fig, stem)

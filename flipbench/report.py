@@ -1,0 +1,198 @@
+"""Report stage: summary.csv, plots, report.md and a self-contained report.html, from samples.parquet alone.
+
+``python -m flipbench.report <run_dir>`` rebuilds all of it from disk without loading any model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from flipbench import gate as gate_mod
+from flipbench import metrics, plots
+from flipbench.config import FlipbenchConfig
+
+KL_NOTE = ("KL is KL(baseline ‖ compressed) in nats: choice-level (softmax over the answer choices' log-likelihoods) "
+           "for multiple-choice tasks, token-level (full vocabulary, teacher-forced on the baseline's answer, mean per "
+           "answer token) for generative tasks.")
+TABLE_COLUMNS = ["task", "metric", "filter", "n", "acc_base", "acc_comp", "delta_acc", "delta_acc_ci", "flips",
+                 "flips_ci", "lost", "gained", "label_loyalty", "kl_mean", "kl_p99", "kappa", "mcnemar_p"]
+
+
+def build_summary(samples: pd.DataFrame, cfg: FlipbenchConfig, compression: dict, run_dir: Path) -> pd.DataFrame:
+    summary = metrics.summarize(samples, metrics_by_task=dict(cfg.suite.metrics), n_resamples=cfg.eval.bootstrap,
+                                seed=cfg.eval.seed)
+    summary.insert(0, "method", compression.get("method", cfg.compression.method))
+    summary.insert(1, "bits", cfg.compression.bits if cfg.compression.method in ("rtn", "gptq", "tacq") else np.nan)
+    summary.insert(2, "avg_bits", compression.get("avg_bits", np.nan))
+    noise_path = run_dir / "noise_samples.parquet"
+    if noise_path.exists():
+        noise = metrics.summarize(pd.read_parquet(noise_path), metrics_by_task=dict(cfg.suite.metrics),
+                                  n_resamples=0, seed=cfg.eval.seed)
+        keys = ["task", "group", "metric", "filter"]
+        noise = noise[keys + ["flips"]].rename(columns={"flips": "noise_flips"})
+        summary = summary.merge(noise, on=keys, how="left")
+    return summary
+
+
+def worst_flips(samples: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The most damaging flips: right → wrong, most confident divergence first."""
+    lost = samples[(samples["correct_base"] == 1) & (samples["correct_comp"] == 0)].copy()
+    lost = lost.drop_duplicates(["task", "group", "doc_id"])
+    return lost.sort_values("kl", ascending=False, na_position="last").head(n)
+
+
+def _answer(row, side: str) -> str:
+    pred = str(row[f"pred_{side}"])
+    probs = row[f"p_{side}"]
+    if row["output_type"] == "multiple_choice" and len(row["choices"]) and pred.isdigit():
+        i = int(pred)
+        return f"{row['choices'][i]!s} (p={float(probs[i]):.2f})" if len(probs) > i else str(row["choices"][i])
+    return pred
+
+
+def _fmt(value, column: str) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    if column in ("n",):
+        return str(int(value))
+    if column == "mcnemar_p":
+        return f"{value:.3g}"
+    if column.startswith(("kl", "kappa")):
+        return f"{value:.4f}"
+    return f"{100 * value:.1f}%" if column not in ("avg_bits",) else f"{value:.2f}"
+
+
+def task_table(summary: pd.DataFrame) -> pd.DataFrame:
+    rows = summary[summary["group"] == "all"].copy()
+    pct = lambda lo, hi: f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" if np.isfinite([lo, hi]).all() else "n/a"  # noqa: E731
+    rows["delta_acc_ci"] = [pct(a, b) for a, b in zip(rows["delta_acc_ci_low"], rows["delta_acc_ci_high"])]
+    rows["flips_ci"] = [pct(a, b).replace("+", "") for a, b in zip(rows["flips_ci_low"], rows["flips_ci_high"])]
+    cols = [c for c in TABLE_COLUMNS + ["noise_flips"] if c in rows]
+    return pd.DataFrame({c: [_fmt(v, c) for v in rows[c]] for c in cols})
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    cells = [[str(v).replace("|", "\\|").replace("\n", " ") for v in row] for row in frame.itertuples(index=False)]
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+def headline_text(summary: pd.DataFrame, verdict: dict) -> list[str]:
+    lines = [f"**Release gate: {verdict['verdict']}**"]
+    for _, r in plots.headline_rows(summary).iterrows():
+        lines.append(f"- {r['task']} ({r['metric']}): accuracy {100 * r['acc_base']:.1f}% → {100 * r['acc_comp']:.1f}% "
+                     f"(Δ {100 * r['delta_acc']:+.1f} points) while {100 * r['flips']:.1f}% of answers flipped "
+                     f"(lost {100 * r['lost']:.1f}%, gained {100 * r['gained']:.1f}%); label loyalty "
+                     f"{100 * r['label_loyalty']:.1f}%.")
+    return lines
+
+
+def make_plots(run_dir: Path, samples: pd.DataFrame, summary: pd.DataFrame, method: str, tag: str) -> list[Path]:
+    out = run_dir / "plots"
+    made = plots.accuracy_vs_flips(summary, method, f"Accuracy hides flips — {tag}", out / "accuracy_vs_flips")
+    made += plots.transition_matrices(samples, f"Right/wrong transitions — {tag}", out / "transitions")
+    heads = plots.headline_rows(summary).assign(method=method)
+    made += plots.kl_vs_flips(heads, f"KL vs flips — {tag}", out / "kl_vs_flips")
+    mc = samples[samples["output_type"] == "multiple_choice"]
+    if len(mc):
+        made += plots.flips_by_margin(metrics.flip_rate_by_margin(mc), method, f"Where flips happen — {tag}",
+                                      out / "flips_by_margin")
+    for task in summary.loc[summary["group"] != "all", "task"].unique():
+        made += plots.subject_flips(summary, task, method, f"Flips per subject: {task} — {tag}", out / f"subjects_{task}")
+    return made
+
+
+def flips_table(samples: pd.DataFrame) -> pd.DataFrame:
+    worst = worst_flips(samples)
+    return pd.DataFrame({
+        "task": worst["task"], "doc": worst["doc_id"].astype(str),
+        "prompt (end)": ["…" + p[-160:] if len(p) > 160 else p for p in worst["prompt"]],
+        "target": [str(r["choices"][int(r["target"])]) if r["output_type"] == "multiple_choice" and r["target"].lstrip("-").isdigit()
+                   and 0 <= int(r["target"]) < len(r["choices"]) else r["target"] for _, r in worst.iterrows()],
+        "baseline": [_answer(r, "base") for _, r in worst.iterrows()],
+        "compressed": [_answer(r, "comp") for _, r in worst.iterrows()],
+        "KL (nats)": [_fmt(v, "kl") for v in worst["kl"]],
+    })
+
+
+def write_markdown(path: Path, title: str, head: list[str], table: pd.DataFrame, flips: pd.DataFrame, figures: list[Path]):
+    parts = [f"# {title}", "", *head, "", "## Per task (95% paired-bootstrap intervals)", "", markdown_table(table), "",
+             KL_NOTE, "", "## Most damaging flips (baseline right → compressed wrong, by KL)", "",
+             markdown_table(flips) if len(flips) else "No right → wrong flips.", "", "## Plots", ""]
+    parts += [f"![{f.stem}](plots/{f.name})" for f in figures if f.suffix == ".png"]
+    path.write_text("\n".join(parts) + "\n")
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_html(path: Path, title: str, head: list[str], table: pd.DataFrame, flips: pd.DataFrame, figures: list[Path]):
+    """Self-contained: plots inlined as base64 PNG, every piece of text escaped, no external references."""
+    imgs = "".join(f'<figure><img alt="{html.escape(f.stem)}" src="data:image/png;base64,'
+                   f'{base64.b64encode(f.read_bytes()).decode()}"></figure>' for f in figures if f.suffix == ".png")
+    heads = "".join(f"<p>{html.escape(line.replace('**', ''))}</p>" for line in head)
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}img{max-width:100%}")
+    flips_html = _html_table(flips) if len(flips) else "<p>No right → wrong flips.</p>"
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                    f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{heads}"
+                    f"<h2>Per task (95% paired-bootstrap intervals)</h2>{_html_table(table)}<p>{html.escape(KL_NOTE)}</p>"
+                    f"<h2>Most damaging flips</h2>{flips_html}<h2>Plots</h2>{imgs}</body></html>\n")
+
+
+def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
+    """Summary, gate verdict, plots and reports for one run directory; returns the gate verdict."""
+    run_dir = Path(run_dir)
+    samples = pd.read_parquet(run_dir / "samples.parquet")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    compression = manifest.get("compression") or {"method": cfg.compression.method}
+    summary = build_summary(samples, cfg, compression, run_dir)
+    summary.to_csv(run_dir / "summary.csv", index=False)
+    verdict = gate_mod.evaluate_gate(summary, cfg.gate)
+    method = compression.get("method", cfg.compression.method)
+    bits = f" w{cfg.compression.bits}" if method in ("rtn", "gptq", "tacq") else ""
+    tag = f"{cfg.model.name} · {method}{bits}"
+    figures = make_plots(run_dir, samples, summary, method, tag) if cfg.output.plots else []
+    head = headline_text(summary, verdict)
+    for task in verdict["tasks"]:
+        for check in task["checks"]:
+            if not check["pass"]:
+                head.append(f"- FAIL {task['task']}: {check['column']} = {check['value']:.4f} exceeds {check['check']} = {check['limit']}")
+    title = f"flipbench: {tag} vs baseline"
+    table, flips = task_table(summary), flips_table(samples)
+    write_markdown(run_dir / "report.md", title, head, table, flips, figures)
+    write_html(run_dir / "report.html", title, head, table, flips, figures)
+    return verdict
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Rebuild summary.csv, reports and plots of a run from samples.parquet.")
+    parser.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    if not (args.run_dir / "samples.parquet").exists():
+        print(f"flipbench: error: {args.run_dir} has no samples.parquet; give a run directory", file=sys.stderr)
+        return 2
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FlipbenchConfig),
+                                              OmegaConf.load(args.run_dir / "config.yaml")))
+    verdict = build(args.run_dir, cfg)
+    print(f"flipbench: rebuilt {args.run_dir}  gate: {verdict['verdict']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The run directory: its name, the manifest written around the run, and the ``results/latest`` link.
+
+``manifest.json`` says ``"status": "running"`` while a run is under way and becomes ``"complete"`` only
+as the last write, so a crashed or interrupted run never looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def run_tag(model_name: str, method: str, bits: int) -> str:
+    tag = f"{model_name}-{method}" + (f"-w{bits}" if method in ("rtn", "gptq", "tacq") else "")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", tag)[:60]
+
+
+def new_run_id(model_name: str, method: str, bits: int) -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + run_tag(model_name, method, bits)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic: write a sibling temp file, then rename over the target."""
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def versions() -> dict:
+    import lm_eval  # noqa: F401  (version lookup below)
+    import torch
+    import transformers
+    from importlib.metadata import version
+
+    import flipbench
+
+    return {"flipbench": flipbench.__version__, "lm_eval": version("lm_eval"), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Manifest:
+    """manifest.json, rewritten atomically after every stage."""
+
+    def __init__(self, run_dir: Path, seed: int, device: str):
+        self.path = run_dir / "manifest.json"
+        self.data = {"status": "running", "versions": versions(), "git_sha": git_sha(), "device": device,
+                     "seed": seed, "started": datetime.now(timezone.utc).isoformat(), "stage_seconds": {}}
+        self.flush()
+
+    def update(self, **fields) -> None:
+        self.data.update(fields)
+        self.flush()
+
+    @contextmanager
+    def stage(self, name: str, log):
+        log.info("stage %s ...", name)
+        start = time.perf_counter()
+        yield
+        seconds = round(time.perf_counter() - start, 3)
+        self.data["stage_seconds"][name] = seconds
+        log.info("stage %s done in %.1fs", name, seconds)
+        self.flush()
+
+    def flush(self) -> None:
+        write_json(self.path, self.data)
+
+    def complete(self, **fields) -> None:
+        # status goes last: everything else is on disk before the run claims to be complete.
+        self.data.update(fields)
+        self.data["finished"] = datetime.now(timezone.utc).isoformat()
+        self.data.pop("status")
+        self.data["status"] = "complete"
+        self.flush()
+
+    def fail(self, error: str) -> None:
+        self.data.update(status="failed", error=error)
+        self.flush()
+
+
+def save_config(run_dir: Path, cfg) -> None:
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def point_latest(root: Path, run_dir: Path) -> None:
+    """``results/latest`` → the newest complete run (a relative symlink, swapped atomically)."""
+    link = root / "latest"
+    tmp = root / f".latest.tmp{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(os.path.relpath(run_dir, root))
+    os.replace(tmp, link)
+
+
+def is_complete(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "manifest.json").read_text()).get("status") == "complete"
+    except (OSError, ValueError):
+        return False

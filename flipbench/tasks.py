@@ -1,0 +1,127 @@
+"""Resolve the suite's task names into lm-eval task specs, before any model loads.
+
+Bundled tasks (``tasks/``) and a user's include path are indexed by lm-eval's own TaskManager; groups are
+expanded to their leaf tasks here so each leaf can be patched (relative data files, air-gapped data files)
+and so MMLU-like groups can be reported as one task with per-subject groups.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flipbench.config import ConfigError, SuiteConfig
+
+BUNDLED_TASKS = Path(__file__).resolve().parent.parent / "tasks"
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass
+class TaskPlan:
+    """What to hand to lm-eval, and how leaf tasks map onto the reported task names."""
+
+    manager: object  # lm_eval.tasks.TaskManager
+    specs: list = field(default_factory=list)  # leaf names, or full config dicts where patched
+    reported: dict[str, str] = field(default_factory=dict)  # leaf task -> task name in the report
+    output_types: dict[str, str] = field(default_factory=dict)  # leaf task -> lm-eval output_type
+
+    @property
+    def leaves(self) -> list[str]:
+        return list(self.reported)
+
+
+def include_paths(suite: SuiteConfig) -> list[str]:
+    paths = [str(BUNDLED_TASKS)]
+    if suite.include_path:
+        user = Path(suite.include_path).expanduser()
+        if not user.is_dir():
+            raise ConfigError(f"suite.include_path={suite.include_path!r} is not a directory of lm-eval task YAML files")
+        paths.append(str(user.resolve()))
+    return paths
+
+
+def task_manager(names: list[str], paths: list[str]):
+    """Index the bundled and user tasks; fall back to lm-eval's full registry only when a name needs it."""
+    from lm_eval.tasks import TaskManager
+
+    local = TaskManager(include_path=paths, include_defaults=False)
+    if all(name in local.task_index for name in names):
+        return local
+    return TaskManager(include_path=paths)
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else "; list tasks with: lm-eval ls tasks"
+
+
+def _leaves(name: str, index: dict) -> list[str]:
+    entry = index[name]
+    kind = entry.kind.name
+    if kind == "TAG":
+        return sorted(n for n, e in index.items() if name in e.tags and e.kind.name in ("TASK", "PY_TASK"))
+    if kind != "GROUP":
+        return [name]
+    children = entry.cfg.get("task", []) if entry.cfg else []
+    out: list[str] = []
+    for child in children if isinstance(children, list) else [children]:
+        child_name = child if isinstance(child, str) else child.get("task") or child.get("group")
+        if child_name in index:
+            out.extend(_leaves(child_name, index))
+    return out
+
+
+def _full_config(entry) -> dict:
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return copy.deepcopy(load_yaml(entry.yaml_path, resolve_func=True)) if entry.yaml_path else copy.deepcopy(entry.cfg)
+
+
+def _relative_data_files(cfg: dict, yaml_dir: Path) -> dict | None:
+    """Data files named relative to a task's YAML resolve against that YAML's folder, wherever we run from."""
+    files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+    if not isinstance(files, dict) or all(Path(str(p)).is_absolute() for p in files.values()):
+        return None
+    resolved = {split: str((yaml_dir / str(p)).resolve()) for split, p in files.items()}
+    missing = [p for p in resolved.values() if not Path(p).exists()]
+    if missing:
+        raise ConfigError(f"task {cfg.get('task')!r}: data file {missing[0]} is missing; regenerate it or fix data_files")
+    return resolved
+
+
+def resolve(suite: SuiteConfig) -> TaskPlan:
+    """Expand, check and patch the suite's tasks. Unknown names fail with the closest known names."""
+    paths = include_paths(suite)
+    manager = task_manager(suite.tasks, paths)
+    index = manager.task_index
+    plan = TaskPlan(manager=manager)
+    for name in suite.tasks:
+        if name not in index:
+            raise ConfigError(f"unknown task {name!r}{_suggest(name, list(index))}")
+        for leaf in _leaves(name, index):
+            plan.reported[leaf] = name if name in suite.subject_groups else leaf
+            plan.specs.append(_leaf_spec(leaf, index[leaf], suite))
+            cfg = plan.specs[-1] if isinstance(plan.specs[-1], dict) else (index[leaf].cfg or {})
+            plan.output_types[leaf] = cfg.get("output_type", "multiple_choice")
+    unknown = sorted(set(suite.data_files) - set(plan.reported) - set(plan.reported.values()))
+    if unknown:
+        raise ConfigError(f"suite.data_files names {unknown[0]!r}, which is not among the evaluated tasks {sorted(set(plan.reported.values()))}")
+    return plan
+
+
+def _leaf_spec(leaf: str, entry, suite: SuiteConfig):
+    local_file = suite.data_files.get(leaf)
+    relative = entry.yaml_path and (entry.cfg or {}).get("dataset_kwargs")
+    if not local_file and not relative:
+        return leaf
+    cfg = _full_config(entry)
+    if local_file:
+        from flipbench.datafiles import apply_local_file
+
+        return apply_local_file(cfg, local_file)
+    files = _relative_data_files(cfg, Path(entry.yaml_path).parent)
+    if files:
+        cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"], "data_files": files}
+    return cfg
