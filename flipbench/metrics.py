@@ -1,0 +1,342 @@
+"""Metrics of a compressed model against its baseline, as pure functions of the paired samples table.
+
+Definitions follow DESIGN.md §Metrics (b = baseline, c = compressed, N paired docs): lost = #(b right,
+c wrong)/N, gained = #(b wrong, c right)/N, flips = lost + gained, label_loyalty = mean(pred_b == pred_c),
+kl = KL(p_b || p_c) in nats. Multiple-choice predictions are recomputed from the stored log-likelihoods, so
+any lm-eval scoring rule (acc, acc_norm) can be reported from ``samples.parquet`` without a model.
+No I/O, no printing, no model loading.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.spatial.distance import jensenshannon
+from scipy.special import rel_entr, softmax
+
+from flipbench.schema import INVALID
+from flipbench.stats import cohen_kappa, mcnemar_exact, nanmean_last, paired_bootstrap
+
+MULTIPLE_CHOICE, GENERATIVE = "multiple_choice", "generate_until"
+MC_METRICS = ("acc", "acc_norm")
+WHOLE_TASK = "all"  # value of `group` on the summary rows that cover a whole task
+KL_UNIT = "KL(base||comp), nats"
+DEFAULT_MARGIN_BINS = (0, 0.1, 0.25, 0.5, 1.0)
+
+SUMMARY_COLUMNS = [
+    "task", "group", "metric", "filter", "headline", "n",
+    "acc_base", "acc_comp", "delta_acc", "flips", "lost", "gained",
+    "label_loyalty", "all_flips", "prob_loyalty",
+    "kl_mean", "kl_median", "kl_p90", "kl_p99", "kl_max", "kl_scope",
+    "kappa", "mcnemar_p",
+    "flips_ci_low", "flips_ci_high", "delta_acc_ci_low", "delta_acc_ci_high",
+    "label_loyalty_ci_low", "label_loyalty_ci_high", "kl_mean_ci_low", "kl_mean_ci_high",
+    # generative only (NaN for multiple choice)
+    "answer_agreement", "invalid_base", "invalid_comp", "flips_to_invalid", "same_top", "n_tokens",
+    "kl_unit", "n_kl", "n_nonfinite",
+]
+MARGIN_COLUMNS = ["task", "metric", "filter", "bin", "bin_low", "bin_high", "n", "flips", "flip_rate"]
+
+# Smallest positive float: a choice the compressed model rules out (p underflows to 0) costs a large but
+# finite KL instead of inf, which would swamp every mean it enters.
+_P_FLOOR = np.finfo(float).tiny
+
+# Statistics bootstrapped per summary row; each maps (R, N) resampled columns to (R,).
+_BOOTSTRAP = {
+    "flips": lambda s: (s["correct_base"] != s["correct_comp"]).mean(axis=-1),
+    "delta_acc": lambda s: (s["correct_comp"] - s["correct_base"]).mean(axis=-1),
+    "label_loyalty": lambda s: s["agree"].mean(axis=-1),
+    "kl_mean": lambda s: nanmean_last(s["kl"]),
+}
+
+
+def choice_distribution(ll) -> np.ndarray:
+    """Softmax of choice log-likelihoods over the last axis: (..., K) nats -> (..., K) probabilities."""
+    return softmax(np.asarray(ll, dtype=float), axis=-1)
+
+
+def choice_divergence(p_base, p_comp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row (kl, js, margin_base) of choice distributions shaped (..., K).
+
+    kl = KL(p_base || p_comp) in nats (p_comp floored at the smallest positive float to stay finite);
+    js = Jensen-Shannon distance, base 2 (scipy's ``jensenshannon``, in [0, 1]);
+    margin_base = top-1 minus top-2 probability of p_base (the top-1 probability when K == 1).
+    Rows containing NaN give NaN.
+    """
+    p_b, p_c = np.asarray(p_base, dtype=float), np.asarray(p_comp, dtype=float)
+    if p_b.shape != p_c.shape or p_b.ndim == 0:
+        raise ValueError(f"choice distributions must share a shape (..., K), got {p_b.shape}, {p_c.shape}")
+    kl = rel_entr(p_b, np.clip(p_c, _P_FLOOR, None)).sum(axis=-1)
+    js = jensenshannon(p_b, p_c, base=2, axis=-1)
+    top = np.sort(p_b, axis=-1)
+    margin = top[..., -1] - (top[..., -2] if p_b.shape[-1] > 1 else 0.0)
+    return kl, js, margin
+
+
+def _by_length(first: pd.Series, *others: pd.Series) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    """Group ragged list cells by the length of ``first``: yields (row positions, [(R, K) per series])."""
+    lengths = first.map(len).to_numpy()
+    for other in others:
+        mismatch = np.flatnonzero(other.map(len).to_numpy() != lengths)
+        if mismatch.size:
+            raise ValueError(f"{first.name} and {other.name} differ in length at rows {mismatch[:5].tolist()}")
+    for k in np.unique(lengths):
+        pos = np.flatnonzero(lengths == k)
+        yield pos, [np.array(s.iloc[pos].tolist(), dtype=float).reshape(len(pos), k) for s in (first, *others)]
+
+
+def _float_column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in frame:
+        return np.full(len(frame), np.nan)
+    # a writable copy: pandas may hand out read-only views (copy-on-write)
+    return np.array(pd.to_numeric(frame[name], errors="coerce"), dtype=float)
+
+
+def annotate(paired: pd.DataFrame) -> pd.DataFrame:
+    """Return a copy of the paired table with p_base, p_comp, kl, js, margin_base filled for MC rows.
+
+    Multiple-choice rows get softmax choice distributions and choice-level divergences from ll_base and
+    ll_comp (rows may have different numbers of choices; rows with the same count are computed together).
+    Generative rows keep their token-level ``kl``, ``same_top`` and ``n_tokens`` (NaN where absent) and
+    get empty p lists and NaN js / margin_base; MC rows get NaN same_top / n_tokens.
+    """
+    out = paired.copy()
+    n = len(out)
+    mc = (out["output_type"] == MULTIPLE_CHOICE).to_numpy()
+    p_base, p_comp = [[] for _ in range(n)], [[] for _ in range(n)]
+    kl, js, margin = _float_column(out, "kl"), np.full(n, np.nan), np.full(n, np.nan)
+    same_top, n_tokens = _float_column(out, "same_top"), _float_column(out, "n_tokens")
+    kl[mc] = same_top[mc] = n_tokens[mc] = np.nan
+
+    mc_rows = np.flatnonzero(mc)
+    mc_frame = out.iloc[mc_rows]
+    for pos, (ll_b, ll_c) in _by_length(mc_frame["ll_base"], mc_frame["ll_comp"]):
+        rows = mc_rows[pos]
+        with np.errstate(invalid="ignore", over="ignore"):  # diverged (non-finite) ll -> NaN rows
+            dist_b, dist_c = choice_distribution(ll_b), choice_distribution(ll_c)
+            kl[rows], js[rows], margin[rows] = choice_divergence(dist_b, dist_c)
+        for row, p_b, p_c in zip(rows, dist_b.tolist(), dist_c.tolist()):
+            p_base[row], p_comp[row] = p_b, p_c
+    out["p_base"], out["p_comp"] = p_base, p_comp
+    out["kl"], out["js"], out["margin_base"] = kl, js, margin
+    out["same_top"], out["n_tokens"] = same_top, n_tokens
+    return out
+
+
+def predictions(df: pd.DataFrame, side: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """One side's (pred, correct) per row under ``metric``.
+
+    MC rows are rescored from ``ll_<side>`` as lm-eval does: ``acc`` = argmax ll, ``acc_norm`` = argmax
+    ll / choice_len (characters); ties (and NaN, as np.argmax treats them) go to the lowest index;
+    pred is the index as a string, correct = pred == int(target). Generative rows return the stored
+    ``pred_<side>`` / ``correct_<side>``. ``correct`` is an int array of 0/1.
+    """
+    if side not in ("base", "comp"):
+        raise ValueError(f"side must be 'base' or 'comp', got {side!r}")
+    pred = df[f"pred_{side}"].to_numpy(dtype=object).copy()
+    correct = _float_column(df, f"correct_{side}")
+    mc_rows = np.flatnonzero((df["output_type"] == MULTIPLE_CHOICE).to_numpy())
+    if mc_rows.size and metric not in MC_METRICS:
+        raise ValueError(f"multiple-choice rows can be scored with {MC_METRICS}, not {metric!r}")
+    mc = df.iloc[mc_rows]
+    targets = mc["target"].astype(int).to_numpy()
+    for pos, (ll, choice_len) in _by_length(mc[f"ll_{side}"], mc["choice_len"]):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scores = ll if metric == "acc" else ll / choice_len
+        chosen = np.argmax(scores, axis=-1)
+        pred[mc_rows[pos]] = chosen.astype(str).astype(object)
+        correct[mc_rows[pos]] = chosen == targets[pos]
+    if not np.isin(correct, (0, 1)).all():
+        raise ValueError(f"correct_{side} must be 0/1 on every generative row")
+    return pred, correct.astype(int)
+
+
+def _metric_specs(task: str, frame: pd.DataFrame, metrics_by_task) -> tuple[str, list[tuple[str, str]]]:
+    """(output_type, [(metric, filter), ...]) reported for a task; the first pair is the headline."""
+    kinds = frame["output_type"].unique()
+    if len(kinds) != 1 or kinds[0] not in (MULTIPLE_CHOICE, GENERATIVE):
+        raise ValueError(f"task {task!r}: expected one output_type of {MULTIPLE_CHOICE}/{GENERATIVE}, got {kinds}")
+    stored = list(frame["metric"].unique())
+    if metrics_by_task and task in metrics_by_task:
+        metrics = list(metrics_by_task[task])
+    elif len(stored) == 1:
+        metrics = stored
+    else:
+        raise ValueError(f"task {task!r}: rows disagree on the headline metric {stored}; pass metrics_by_task")
+    allowed = MC_METRICS if kinds[0] == MULTIPLE_CHOICE else stored  # generative: stored correctness only
+    unknown = [m for m in metrics if m not in allowed]
+    if not metrics or unknown:
+        raise ValueError(f"task {task!r}: cannot report metrics {unknown or metrics}; available: {list(allowed)}")
+    return kinds[0], [(m, f) for m in metrics for f in frame["filter"].unique()]
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if len(values) else np.nan
+
+
+def _kl_stats(kl: np.ndarray) -> dict[str, float]:
+    """Distribution of per-doc KL over finite values only."""
+    kl = kl[np.isfinite(kl)]
+    if kl.size == 0:
+        return dict.fromkeys(["kl_mean", "kl_median", "kl_p90", "kl_p99", "kl_max"], np.nan)
+    p50, p90, p99 = np.percentile(kl, [50, 90, 99])
+    return {"kl_mean": kl.mean(), "kl_median": p50, "kl_p90": p90, "kl_p99": p99, "kl_max": kl.max()}
+
+
+def _n_nonfinite(rows: pd.DataFrame, kind: str) -> int:
+    """Rows whose scores diverged: MC with a non-finite ll on either side; generative with a token KL
+    that was computed (n_tokens > 0) but is not finite."""
+    if kind == MULTIPLE_CHOICE:
+        bad = [not (np.isfinite(b).all() and np.isfinite(c).all())
+               for b, c in zip(rows["ll_base"].map(np.asarray), rows["ll_comp"].map(np.asarray))]
+        return int(np.sum(bad))
+    scored = np.nan_to_num(_float_column(rows, "n_tokens")) > 0
+    return int((scored & ~np.isfinite(_float_column(rows, "kl"))).sum())
+
+
+def _generative_extras(rows: pd.DataFrame, pred_b: np.ndarray, pred_c: np.ndarray) -> dict:
+    invalid_b, invalid_c = pred_b == INVALID, pred_c == INVALID
+    n_tokens = _float_column(rows, "n_tokens")
+    return {
+        "answer_agreement": _mean(pred_b == pred_c),
+        "invalid_base": _mean(invalid_b),
+        "invalid_comp": _mean(invalid_c),
+        "flips_to_invalid": _mean(invalid_c & ~invalid_b),
+        "same_top": float(nanmean_last(_float_column(rows, "same_top"))) if len(rows) else np.nan,
+        "n_tokens": np.nansum(n_tokens) if np.isfinite(n_tokens).any() else np.nan,
+    }
+
+
+def _summary_row(rows: pd.DataFrame, kind: str, metric: str, n_resamples: int, seed: int,
+                 margin_bins: Sequence[float] | None) -> dict:
+    """All summary statistics of one set of paired rows under one metric (rows share one filter)."""
+    pred_b, correct_b = predictions(rows, "base", metric)
+    pred_c, correct_c = predictions(rows, "comp", metric)
+    agree = pred_b == pred_c
+    lost_n = int(((correct_b == 1) & (correct_c == 0)).sum())
+    gained_n = int(((correct_b == 0) & (correct_c == 1)).sum())
+    n = len(rows)
+    kl = _float_column(rows, "kl")
+    kl_finite = np.where(np.isfinite(kl), kl, np.nan)
+    js = _float_column(rows, "js")
+    record = {
+        "n": n, "acc_base": _mean(correct_b), "acc_comp": _mean(correct_c),
+        "delta_acc": _mean(correct_c - correct_b),
+        "flips": (lost_n + gained_n) / n if n else np.nan,
+        "lost": lost_n / n if n else np.nan, "gained": gained_n / n if n else np.nan,
+        "label_loyalty": _mean(agree), "all_flips": 1 - _mean(agree),
+        "prob_loyalty": 1 - float(nanmean_last(js)) if kind == MULTIPLE_CHOICE and n else np.nan,
+        **_kl_stats(kl),
+        "kl_scope": "choice" if kind == MULTIPLE_CHOICE else "token",
+        "kappa": cohen_kappa(pred_b, pred_c), "mcnemar_p": mcnemar_exact(lost_n, gained_n),
+        "kl_unit": KL_UNIT, "n_kl": int(np.isfinite(kl).sum()), "n_nonfinite": _n_nonfinite(rows, kind),
+    }
+    columns = {"correct_base": correct_b.astype(np.int8), "correct_comp": correct_c.astype(np.int8),
+               "agree": agree.astype(np.int8), "kl": kl_finite}
+    for name, (low, high) in paired_bootstrap(columns, _BOOTSTRAP, n_resamples, seed).items():
+        record[f"{name}_ci_low"], record[f"{name}_ci_high"] = low, high
+    if kind == GENERATIVE:
+        record.update(_generative_extras(rows, pred_b, pred_c))
+    elif margin_bins is not None:
+        flips_by_bin = _bin_flips(_float_column(rows, "margin_base"), correct_b != correct_c, margin_bins)
+        record.update({f"flip_rate_margin_{low:g}_{high:g}": rate for low, high, rate in zip(
+            flips_by_bin["bin_low"], flips_by_bin["bin_high"], flips_by_bin["flip_rate"])})
+    return record
+
+
+def _bin_flips(margin: np.ndarray, flipped: np.ndarray, bins: Sequence[float]) -> pd.DataFrame:
+    """Flip counts per margin bin. Bin i holds low < m <= high; the first bin also holds m == low.
+    Docs with a NaN margin or one outside the bins are not counted."""
+    edges = np.asarray(bins, dtype=float)
+    if edges.ndim != 1 or edges.size < 2 or not (np.diff(edges) > 0).all():
+        raise ValueError(f"margin bins must be at least two strictly increasing edges, got {bins}")
+    n_bins = edges.size - 1
+    index = np.searchsorted(edges, margin, side="left") - 1
+    index[margin == edges[0]] = 0
+    valid = np.isfinite(margin) & (index >= 0) & (index < n_bins)
+    n = np.bincount(index[valid], minlength=n_bins)
+    flips = np.bincount(index[valid], weights=flipped[valid].astype(float), minlength=n_bins).astype(int)
+    labels = [f"{'[' if i == 0 else '('}{edges[i]:g}, {edges[i + 1]:g}]" for i in range(n_bins)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(n > 0, flips / np.maximum(n, 1), np.nan)
+    return pd.DataFrame({"bin": labels, "bin_low": edges[:-1], "bin_high": edges[1:],
+                         "n": n, "flips": flips, "flip_rate": rate})
+
+
+def _task_subsets(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The whole task (group "all") first, then each group, sorted, when the task has more than one."""
+    groups = sorted(frame["group"].astype(str).unique())
+    if len(groups) < 2:
+        return [(WHOLE_TASK, frame)]
+    if WHOLE_TASK in groups:
+        raise ValueError(f"group name {WHOLE_TASK!r} is reserved for whole-task summary rows")
+    return [(WHOLE_TASK, frame)] + [(g, frame[frame["group"].astype(str) == g]) for g in groups]
+
+
+def summarize(
+    samples: pd.DataFrame,
+    *,
+    metrics_by_task: dict[str, list[str]] | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    margin_bins: Sequence[float] | None = DEFAULT_MARGIN_BINS,
+) -> pd.DataFrame:
+    """Per-task (and per-group) summary of the paired samples table; columns start with SUMMARY_COLUMNS.
+
+    Tasks appear in order of first appearance. Per task, rows for group "all" (the whole task) come first,
+    then, only where the task has more than one group, the same rows per group (groups sorted). Within
+    each, one row per (metric, filter): metrics from ``metrics_by_task[task]`` (default: the rows'
+    ``metric`` value), filters in order of appearance. The first (metric, filter) is the headline:
+    ``headline`` is True on its rows at every level, so ``headline & (group == "all")`` is one row per task.
+    MC KL is recomputed from the log-likelihoods (choice-level); generative KL is the stored token-level
+    ``kl`` (NaN until computed). KL statistics use finite values only (``n_kl`` rows; ``n_nonfinite`` counts
+    diverged rows). CIs: paired percentile bootstrap, 95%, same seed for every row. With ``margin_bins``,
+    MC rows also get ``flip_rate_margin_<low>_<high>`` columns (see ``flip_rate_by_margin``).
+    """
+    if len(samples) == 0:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    annotated = annotate(samples)
+    records = []
+    for task, frame in annotated.groupby("task", sort=False):
+        kind, specs = _metric_specs(task, frame, metrics_by_task)
+        for group, subset in _task_subsets(frame):
+            for position, (metric, filter_name) in enumerate(specs):
+                rows = subset[subset["filter"] == filter_name]
+                record = {"task": task, "group": group, "metric": metric, "filter": filter_name,
+                          "headline": position == 0}
+                record.update(_summary_row(rows, kind, metric, n_resamples, seed, margin_bins))
+                records.append(record)
+    summary = pd.DataFrame.from_records(records)
+    extra = [c for c in summary.columns if c not in SUMMARY_COLUMNS]
+    return summary.reindex(columns=SUMMARY_COLUMNS + extra)
+
+
+def flip_rate_by_margin(
+    samples: pd.DataFrame,
+    bins: Sequence[float] = DEFAULT_MARGIN_BINS,
+    *,
+    metrics_by_task: dict[str, list[str]] | None = None,
+) -> pd.DataFrame:
+    """Flip rate of MC docs binned by the baseline's margin (p_b top-1 - top-2): where do flips happen?
+
+    One row per (task, metric, filter, bin) with columns MARGIN_COLUMNS; flips counts docs whose
+    correctness changed, flip_rate = flips / n (NaN for an empty bin). Bins are (low, high], the first
+    closed on the left. Metrics as in ``summarize``; generative rows are ignored.
+    """
+    mc = samples[samples["output_type"] == MULTIPLE_CHOICE]
+    if len(mc) == 0:
+        return pd.DataFrame(columns=MARGIN_COLUMNS)
+    annotated = annotate(mc)
+    tables = []
+    for task, frame in annotated.groupby("task", sort=False):
+        for metric, filter_name in _metric_specs(task, frame, metrics_by_task)[1]:
+            rows = frame[frame["filter"] == filter_name]
+            flipped = predictions(rows, "base", metric)[1] != predictions(rows, "comp", metric)[1]
+            table = _bin_flips(rows["margin_base"].to_numpy(), flipped, bins)
+            table.insert(0, "task", task)
+            table.insert(1, "metric", metric)
+            table.insert(2, "filter", filter_name)
+            tables.append(table)
+    return pd.concat(tables, ignore_index=True)[MARGIN_COLUMNS]

@@ -1,0 +1,100 @@
+"""Token-level KL(base || comp) for generative tasks, as llama.cpp's ``--kl-divergence`` reports it.
+
+Both models are teacher-forced on prompt + the baseline's answer; at every answer token we compare the two
+full-vocabulary next-token distributions. The models are only read: pass them in eval mode, on a device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+
+def _encode(tokenizer, prompt: str, answer: str, add_special_tokens: bool) -> tuple[list[int], int]:
+    """(ids of prompt + answer, index of the first answer token).
+
+    As lm-eval scores continuations: encode prompt and prompt + answer separately and take the tokens past
+    the prompt's length as the answer. An empty answer gives start == len(ids) (nothing to score). When the
+    prompt encodes to nothing, the first token has no context and is not scored (start >= 1).
+    """
+    prompt_ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+    if not answer:
+        return list(prompt_ids), len(prompt_ids)
+    ids = tokenizer(prompt + answer, add_special_tokens=add_special_tokens)["input_ids"]
+    return list(ids), max(len(prompt_ids), 1)
+
+
+def _answer_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
+                     cols: torch.Tensor, device) -> torch.Tensor:
+    """fp32 log-softmax of the logits at (rows, cols): (M, V), on the model's (or the given) device."""
+    device = device if device is not None else next(model.parameters()).device
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits  # (B, T, V)
+    return F.log_softmax(logits[rows.to(device), cols.to(device)].float(), dim=-1)
+
+
+def _score_batch(model_base, model_comp, batch: list[tuple[list[int], int]], pad_id: int, device):
+    """Per-row (kl mean, same-top share, n answer tokens) for one right-padded batch."""
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    rows, cols, counts = [], [], []
+    for r, (ids, start) in enumerate(batch):
+        input_ids[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[r, :len(ids)] = 1
+        # the logits at position t predict token t + 1: answer tokens start..len-1 <- positions start-1..len-2
+        positions = torch.arange(start - 1, len(ids) - 1)
+        rows.append(torch.full_like(positions, r))
+        cols.append(positions)
+        counts.append(len(positions))
+    rows, cols = torch.cat(rows), torch.cat(cols)  # (M,), M = answer tokens in the batch
+    logp_b = _answer_logprobs(model_base, input_ids, attention_mask, rows, cols, device)
+    logp_c = _answer_logprobs(model_comp, input_ids, attention_mask, rows, cols, device).to(logp_b.device)
+    if logp_b.shape != logp_c.shape:
+        raise ValueError(f"models disagree on the vocabulary size: {logp_b.shape[-1]} vs {logp_c.shape[-1]}")
+    kl = (logp_b.exp() * (logp_b - logp_c)).sum(dim=-1)  # (M,) sum_v p_b (log p_b - log p_c)
+    same = (logp_b.argmax(dim=-1) == logp_c.argmax(dim=-1)).float()  # (M,)
+    kl_rows = [float(x.double().mean()) for x in torch.split(kl, counts)]
+    same_rows = [float(x.mean()) for x in torch.split(same, counts)]
+    return kl_rows, same_rows, counts
+
+
+def token_kl(
+    model_base,
+    model_comp,
+    tokenizer,
+    prompts: list[str],
+    answers: list[str],
+    batch_size: int = 8,
+    device=None,
+    *,
+    add_special_tokens: bool = False,
+) -> pd.DataFrame:
+    """Per-row token-level KL(base || comp) in nats on the baseline's answers.
+
+    Returns a frame aligned with ``prompts`` with columns ``kl`` (mean over the answer's tokens of the
+    full-vocabulary KL, log-softmax in fp32), ``same_top`` (share of answer tokens where both models' argmax
+    tokens agree) and ``n_tokens`` (answer tokens scored). Rows with no answer token get NaN, NaN, 0.
+    ``device``: where inputs go (both models must be there); None uses each model's own device.
+    ``add_special_tokens`` defaults to False, as lm-eval's HFLM encodes prompts for causal models.
+    Rows are batched longest first (less padding); results do not depend on the batching.
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"got {len(prompts)} prompts but {len(answers)} answers")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    encoded = [_encode(tokenizer, p, a, add_special_tokens) for p, a in zip(prompts, answers)]
+    kl = np.full(len(encoded), np.nan)
+    same_top = np.full(len(encoded), np.nan)
+    n_tokens = np.zeros(len(encoded), dtype=int)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked; any id works
+    order = sorted((i for i, (ids, start) in enumerate(encoded) if len(ids) > start),
+                   key=lambda i: -len(encoded[i][0]))
+    with torch.inference_mode():
+        for first in range(0, len(order), batch_size):
+            chunk = order[first:first + batch_size]
+            kl_rows, same_rows, counts = _score_batch(
+                model_base, model_comp, [encoded[i] for i in chunk], pad_id, device)
+            kl[chunk], same_top[chunk], n_tokens[chunk] = kl_rows, same_rows, counts
+    return pd.DataFrame({"kl": kl, "same_top": same_top, "n_tokens": n_tokens})

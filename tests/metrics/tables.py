@@ -1,0 +1,49 @@
+"""Builders for small paired samples tables written by hand in the tests (schema.SAMPLE_COLUMNS)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from flipbench.schema import SAMPLE_COLUMNS
+
+
+def mc_row(doc_id, target, ll_base, ll_comp, *, task="mc", group=None, choice_len=None, metric="acc"):
+    """One multiple-choice row; stored pred/correct are the acc predictions (argmax ll)."""
+    k = len(ll_base)
+    choice_len = list(choice_len) if choice_len is not None else [1] * k
+    pred_b, pred_c = int(np.argmax(ll_base)), int(np.argmax(ll_comp))
+    return {
+        "task": task, "group": group or task, "doc_id": doc_id, "filter": "none",
+        "output_type": "multiple_choice", "metric": metric, "doc_hash": f"d{doc_id}", "prompt_hash": f"p{doc_id}",
+        "prompt": f"question {doc_id}", "target": str(target), "choices": [f"c{i}" for i in range(k)],
+        "choice_len": choice_len, "ll_base": list(ll_base), "ll_comp": list(ll_comp),
+        "pred_base": str(pred_b), "pred_comp": str(pred_c),
+        "correct_base": int(pred_b == target), "correct_comp": int(pred_c == target),
+        "response_base": "", "response_comp": "",
+        "p_base": [], "p_comp": [], "kl": np.nan, "js": np.nan, "margin_base": np.nan,
+        "same_top": np.nan, "n_tokens": np.nan,
+    }
+
+
+def gen_row(doc_id, target, pred_base, pred_comp, *, task="gen", group=None, filter="strict-match",
+            kl=np.nan, same_top=np.nan, n_tokens=np.nan):
+    """One generative row; correct = exact string match of the filtered answer with the target."""
+    return {
+        "task": task, "group": group or task, "doc_id": doc_id, "filter": filter,
+        "output_type": "generate_until", "metric": "exact_match", "doc_hash": f"d{doc_id}",
+        "prompt_hash": f"p{doc_id}", "prompt": f"Q{doc_id}", "target": target, "choices": [],
+        "choice_len": [], "ll_base": [], "ll_comp": [], "pred_base": pred_base, "pred_comp": pred_comp,
+        "correct_base": int(pred_base == target), "correct_comp": int(pred_comp == target),
+        "response_base": pred_base, "response_comp": pred_comp, "p_base": [], "p_comp": [],
+        "kl": kl, "js": np.nan, "margin_base": np.nan, "same_top": same_top, "n_tokens": n_tokens,
+    }
+
+
+def table(rows) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=SAMPLE_COLUMNS)
+
+
+def log(*p):
+    """Log-probabilities whose softmax is exactly the given distribution."""
+    return list(np.log(p))
