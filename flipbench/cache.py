@@ -24,11 +24,18 @@ def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def _stable(value) -> str:
+    """Functions (process_docs, custom metrics) by qualified name: their default repr holds a memory address."""
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+    return repr(value)
+
+
 def task_fingerprint(tasks: dict) -> dict[str, str]:
     """Hash of each lm-eval task's full config (prompts, splits, data files, filters, metrics)."""
     out = {}
     for name, task in sorted(tasks.items()):
-        dumped = json.dumps(task.dump_config(), sort_keys=True, default=str)
+        dumped = json.dumps(task.dump_config(), sort_keys=True, default=_stable)
         out[name] = hashlib.sha256(dumped.encode()).hexdigest()[:16]
     return out
 

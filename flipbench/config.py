@@ -17,6 +17,9 @@ class ConfigError(ValueError):
     """A user-facing configuration problem: one line naming the problem and the fix."""
 
 
+STANDARD_TASKS = ("mmlu", "hellaswag", "arc_easy", "arc_challenge", "gsm8k")
+
+
 @dataclass
 class ModelConfig:
     name: str = "tiny"  # short tag used in run ids and reports
@@ -59,7 +62,9 @@ class SuiteConfig:
     include_path: Optional[str] = None  # a folder of the user's lm-eval task YAML
     limit: Optional[int] = None  # first N docs of every task
     num_fewshot: Dict[str, int] = field(default_factory=dict)  # per task name
-    data_files: Dict[str, str] = field(default_factory=dict)  # task -> local file in the hub schema
+    # task -> local file in the hub dataset's schema. The standard tasks are declared (unset) so that
+    # `suite.data_files.gsm8k=...` needs no leading '+'; other tasks take `+suite.data_files.NAME=...`.
+    data_files: Dict[str, Optional[str]] = field(default_factory=lambda: dict.fromkeys(STANDARD_TASKS))
     metrics: Dict[str, List[str]] = field(default_factory=dict)  # task -> metrics, first is the headline
     subject_groups: List[str] = field(default_factory=lambda: ["mmlu"])  # groups reported as one task
     subject_field: str = "subject"  # doc field that names a task's groups (synth_mmlu)
@@ -116,6 +121,7 @@ GATE_KEYS = ("max_flips", "max_lost", "max_acc_drop", "max_kl_mean")
 def to_typed(cfg: DictConfig | FlipbenchConfig) -> FlipbenchConfig:
     """Turn a composed config into the typed dataclass tree, validated."""
     typed = cfg if isinstance(cfg, FlipbenchConfig) else OmegaConf.to_object(cfg)
+    typed.suite.data_files = {task: path for task, path in typed.suite.data_files.items() if path}
     validate(typed)
     return typed
 

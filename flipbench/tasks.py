@@ -15,7 +15,6 @@ from pathlib import Path
 from flipbench.config import ConfigError, SuiteConfig
 
 BUNDLED_TASKS = Path(__file__).resolve().parent.parent / "tasks"
-LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 @dataclass
@@ -101,18 +100,24 @@ def resolve(suite: SuiteConfig) -> TaskPlan:
         if name not in index:
             raise ConfigError(f"unknown task {name!r}{_suggest(name, list(index))}")
         for leaf in _leaves(name, index):
-            plan.reported[leaf] = name if name in suite.subject_groups else leaf
-            plan.specs.append(_leaf_spec(leaf, index[leaf], suite))
-            cfg = plan.specs[-1] if isinstance(plan.specs[-1], dict) else (index[leaf].cfg or {})
+            reported = name if name in suite.subject_groups else leaf
+            spec = _leaf_spec(leaf, index[leaf], suite, reported)
+            if spec is None:  # a local file without rows for this subject
+                continue
+            plan.reported[leaf] = reported
+            plan.specs.append(spec)
+            cfg = spec if isinstance(spec, dict) else (index[leaf].cfg or {})
             plan.output_types[leaf] = cfg.get("output_type", "multiple_choice")
+        if name not in plan.reported.values():
+            raise ConfigError(f"task {name!r} has no documents to evaluate; check suite.data_files.{name}")
     unknown = sorted(set(suite.data_files) - set(plan.reported) - set(plan.reported.values()))
     if unknown:
         raise ConfigError(f"suite.data_files names {unknown[0]!r}, which is not among the evaluated tasks {sorted(set(plan.reported.values()))}")
     return plan
 
 
-def _leaf_spec(leaf: str, entry, suite: SuiteConfig):
-    local_file = suite.data_files.get(leaf)
+def _leaf_spec(leaf: str, entry, suite: SuiteConfig, reported: str):
+    local_file = suite.data_files.get(leaf) or suite.data_files.get(reported)
     relative = entry.yaml_path and (entry.cfg or {}).get("dataset_kwargs")
     if not local_file and not relative:
         return leaf
@@ -120,7 +125,7 @@ def _leaf_spec(leaf: str, entry, suite: SuiteConfig):
     if local_file:
         from flipbench.datafiles import apply_local_file
 
-        return apply_local_file(cfg, local_file)
+        return apply_local_file(cfg, local_file, reported)
     files = _relative_data_files(cfg, Path(entry.yaml_path).parent)
     if files:
         cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"], "data_files": files}

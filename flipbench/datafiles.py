@@ -1,0 +1,89 @@
+"""Air-gapped evaluation: run an lm-eval task's own processing over a local file in its hub dataset's schema.
+
+``suite.data_files.<task>=<path>`` swaps only where the rows come from; prompts, filters and metrics stay
+lm-eval's. The file is checked for the fields the task reads before any model loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from flipbench.config import ConfigError
+
+FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+# Fields each hub dataset's lm-eval task reads (its YAML templates and process_docs).
+HUB_SCHEMAS = {
+    "cais/mmlu": ["question", "subject", "choices", "answer"],
+    "Rowan/hellaswag": ["activity_label", "ctx_a", "ctx_b", "endings", "label"],
+    "allenai/ai2_arc": ["question", "choices", "answerKey"],
+    "openai/gsm8k": ["question", "answer"],
+}
+SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
+
+
+class SubjectFilter:
+    """process_docs for one MMLU subject from a file holding them all (a stable repr keeps cache keys stable)."""
+
+    def __init__(self, subject: str):
+        self.subject = subject
+
+    def __call__(self, dataset):
+        return dataset.filter(lambda doc: doc["subject"] == self.subject)
+
+    def __repr__(self) -> str:
+        return f"SubjectFilter({self.subject!r})"
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    fmt = FORMATS.get(path.suffix.lower())
+    try:
+        if fmt == "json":
+            return pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"data file {path} could not be read as {fmt} ({str(err).splitlines()[0]}); "
+                          "check the file's format") from None
+
+
+def check_file(task: str, dataset_path: str, path: Path) -> pd.DataFrame:
+    """The file exists, has a known format and carries the fields the task reads."""
+    if not path.is_file():
+        raise ConfigError(f"suite.data_files.{task}={str(path)!r} does not exist; give a local jsonl, json, parquet or csv file")
+    if path.suffix.lower() not in FORMATS:
+        raise ConfigError(f"suite.data_files.{task}: {path.suffix or 'no suffix'} is not supported; use .jsonl, .json, .parquet or .csv")
+    table = read_table(path)
+    required = HUB_SCHEMAS.get(dataset_path, [])
+    missing = [name for name in required if name not in table.columns]
+    if missing:
+        raise ConfigError(f"suite.data_files.{task}={path.name} lacks the field(s) {', '.join(missing)} of the "
+                          f"{dataset_path} schema ({', '.join(required)}); see README, 'Air-gapped data'")
+    if table.empty:
+        raise ConfigError(f"suite.data_files.{task}={path.name} has no rows")
+    return table
+
+
+def apply_local_file(cfg: dict, path: str, task: str) -> dict | None:
+    """Rewrite a task's full config to read ``path``; None when the file holds no rows for this (MMLU) subject.
+
+    Every split the task uses points at the file, so few-shot examples come from it too; lm-eval leaves the
+    asked document out of its own few-shot context.
+    """
+    local = Path(path).expanduser().resolve()
+    dataset_path = cfg.get("dataset_path", "")
+    table = check_file(task, dataset_path, local)
+    cfg = dict(cfg)
+    if dataset_path == "cais/mmlu" and cfg.get("dataset_name"):
+        subject = cfg["dataset_name"]
+        if subject not in set(table["subject"]):
+            return None
+        cfg["process_docs"] = SubjectFilter(subject)
+    splits = {cfg[key] for key in SPLIT_KEYS if cfg.get(key)}
+    cfg["dataset_path"] = FORMATS[local.suffix.lower()]
+    cfg["dataset_name"] = None
+    cfg["dataset_kwargs"] = {"data_files": {split: str(local) for split in sorted(splits)}}
+    return cfg

@@ -1,0 +1,136 @@
+"""Shared fixtures: a tiny random Llama and tiny local lm-eval tasks, all built here, nothing downloaded."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+MC_YAML = """task: mini_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    train: data/mc_train.jsonl
+    test: data/mc_test.jsonl
+training_split: train
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{question}}\\nAnswer:"
+doc_to_choice: "{{choices}}"
+doc_to_target: "{{answer}}"
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+
+GEN_YAML = """task: mini_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    train: data/gen_train.jsonl
+    test: data/gen_test.jsonl
+training_split: train
+test_split: test
+output_type: generate_until
+doc_to_text: "Question: {{question}}\\nAnswer:"
+doc_to_target: "{{answer}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 6
+  do_sample: false
+filter_list:
+  - name: strict-match
+    filter:
+      - function: regex
+        regex_pattern: "#### (\\\\-?[0-9]+)"
+      - function: take_first
+  - name: flexible-extract
+    filter:
+      - function: regex
+        group_select: -1
+        regex_pattern: "(-?[0-9]+)"
+      - function: take_first
+metric_list:
+  - metric: exact_match
+"""
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_mini_tasks(folder: Path, n_test: int = 12) -> Path:
+    """Two tasks (multiple choice with subjects, generative with two filters) with relative data files."""
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    (folder / "mini_mc.yaml").write_text(MC_YAML)
+    (folder / "mini_gen.yaml").write_text(GEN_YAML)
+    colours = ["red", "green", "blue", "yellow"]
+
+    def mc(i: int) -> dict:
+        return {"question": f"what colour is thing {i}?", "choices": [colours[(i + k) % 4] + " one" * k for k in range(4)],
+                "answer": i % 4, "subject": ["alpha", "beta"][i % 2]}
+
+    _write_jsonl(folder / "data/mc_test.jsonl", [mc(i) for i in range(n_test)])
+    _write_jsonl(folder / "data/mc_train.jsonl", [mc(i) for i in range(100, 120)])
+    gen = lambda i: {"question": f"what is {i} plus 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"}  # noqa: E731
+    _write_jsonl(folder / "data/gen_test.jsonl", [gen(i) for i in range(n_test // 2)])
+    _write_jsonl(folder / "data/gen_train.jsonl", [gen(i) for i in range(100, 120)])
+    return folder
+
+
+def build_random_llama(folder: Path, seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    text = ["Question: what colour is thing 12? Answer: red green blue yellow one", "what is 3 plus 1? 3 + 1 = 4 #### 4"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(text * 20, trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                  pad_token="<|endoftext|>")
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def random_llama(tmp_path_factory) -> Path:
+    return build_random_llama(tmp_path_factory.mktemp("random_llama"))
+
+
+@pytest.fixture(scope="session")
+def mini_tasks(tmp_path_factory) -> Path:
+    return write_mini_tasks(tmp_path_factory.mktemp("mini_tasks"))
+
+
+def compose(overrides: list[str]):
+    """The real config files, composed as the CLI does."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import flipbench.cli  # noqa: F401  (registers the schema and resolvers)
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture
+def mini_run_overrides(random_llama, mini_tasks, tmp_path) -> list[str]:
+    """A fast run on the random model and mini tasks, writing under tmp_path."""
+    return [f"model=hf", f"model.path={random_llama}", f"suite.include_path={mini_tasks}", "suite.tasks=[mini_mc,mini_gen]",
+            "suite.metrics={mini_mc:[acc_norm,acc]}", f"output.root={tmp_path / 'results'}", "eval.batch_size=4",
+            "eval.bootstrap=200"]

@@ -1,0 +1,77 @@
+"""Every config file composes into the typed schema; bad keys and values fail before any model loads."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from flipbench.config import ConfigError, FlipbenchConfig, to_typed
+from tests.conftest import CONF_DIR, compose
+
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF_DIR).iterdir() if g.is_dir()}
+REQUIRED = {"model": {"hf": ["model.path=org/name"]}, "compression": {"checkpoint": ["compression.path=some/dir"]},
+            "calibration": {"text": ["calibration.path=calib.txt"]}}
+CASES = [(group, option) for group, options in GROUPS.items() for option in options]
+
+
+@pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_every_config_file_composes_and_validates(group, option):
+    extra = REQUIRED.get(group, {}).get(option, [])
+    typed = to_typed(compose([f"{group}={option}", *extra]))
+    assert isinstance(typed, FlipbenchConfig)
+
+
+def test_defaults_are_the_bundled_model_and_suite():
+    typed = to_typed(compose([]))
+    assert typed.model.path == "bundled:tiny" and typed.suite.tasks == ["synth"]
+
+
+def test_unknown_key_fails_at_composition():
+    with pytest.raises(ConfigCompositionException):
+        compose(["compression.bitz=3"])
+
+
+def test_wrong_type_fails_at_composition():
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose(["compression.bits=three"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("compression.bits=9", "outside 2-8"),
+    ("compression.bits=1", "outside 2-8"),
+    ("compression.keep_fraction=0.6", "outside \\[0, 0.5\\]"),
+    ("compression.group_size=0", "group_size=0"),
+    ("compression.method=awq", "unknown"),
+    ("eval.batch_size=0", "batch_size"),
+    ("suite.tasks=[]", "suite.tasks is empty"),
+])
+def test_bad_values_fail_validation_with_one_line(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        to_typed(compose([override]))
+    assert "\n" not in str(err.value)
+
+
+def test_data_files_take_new_task_keys_without_plus():
+    typed = to_typed(compose(["suite=standard", "suite.data_files.gsm8k=/data/gsm8k_test.jsonl"]))
+    assert typed.suite.data_files == {"gsm8k": "/data/gsm8k_test.jsonl"}
+
+
+def make_dry_run(*variables: str) -> str:
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(["make", "-n", "-W", ".venv/.installed", "eval", *variables], cwd=root, capture_output=True,
+                         text=True, check=True).stdout
+    return next(line for line in out.splitlines() if "bin/flipbench" in line)
+
+
+def test_make_variables_map_onto_overrides():
+    line = make_dry_run("MODEL=org/model", "METHOD=gptq", "BITS=3", "TASKS=mmlu,gsm8k", "LIMIT=20", "ARGS=eval.seed=7")
+    for part in ("model=hf", "model.path=org/model", "suite=standard", "compression=gptq", "compression.bits=3",
+                 "'suite.tasks=[mmlu,gsm8k]'", "suite.limit=20", "eval.seed=7"):
+        assert part in line
+
+
+def test_make_without_model_keeps_the_bundled_defaults():
+    line = make_dry_run()
+    assert "model=" not in line and "suite=" not in line

@@ -1,0 +1,99 @@
+"""The real pipeline on a tiny random model and tiny local tasks: every contract file and column."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flipbench import pipeline
+from flipbench.report import main as rebuild
+from tests.conftest import compose
+
+SAMPLE_COLUMNS = ["task", "group", "doc_id", "doc_hash", "prompt", "target", "pred_base", "pred_comp", "correct_base",
+                  "correct_comp", "p_base", "p_comp", "kl", "js", "margin_base"]
+SUMMARY_COLUMNS = ["task", "metric", "n", "acc_base", "acc_comp", "delta_acc", "flips", "lost", "gained", "label_loyalty",
+                   "prob_loyalty", "kl_mean", "kl_p99", "kappa", "mcnemar_p", "flips_ci_low", "flips_ci_high",
+                   "delta_acc_ci_low", "delta_acc_ci_high", "avg_bits"]
+
+
+def check_contract(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    for name in ("config.yaml", "manifest.json", "samples.parquet", "summary.csv", "report.md", "report.html"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "plots" / "accuracy_vs_flips.png").is_file()
+    assert (run_dir / "plots" / "accuracy_vs_flips.svg").is_file()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert list(manifest)[-1] == "status" and manifest["status"] == "complete"
+    for key in ("flipbench", "lm_eval", "torch", "transformers"):
+        assert manifest["versions"][key]
+    assert {"load_baseline", "evaluate_baseline", "compress", "evaluate_compressed", "report"} <= set(manifest["stage_seconds"])
+    samples = pd.read_parquet(run_dir / "samples.parquet")
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert set(SAMPLE_COLUMNS) <= set(samples.columns)
+    assert set(SUMMARY_COLUMNS) <= set(summary.columns)
+    assert not samples.duplicated(["task", "group", "doc_id", "filter"]).any()
+    return samples, summary, manifest
+
+
+def test_baseline_against_itself_has_no_flips_and_caches(mini_run_overrides):
+    run_dir = pipeline.run(compose(mini_run_overrides + ["compression=none"]))
+    samples, summary, manifest = check_contract(run_dir)
+    # 12 MC docs + 6 generative docs under two filters.
+    assert len(samples) == 12 + 6 * 2
+    assert set(samples["group"][samples["task"] == "mini_mc"]) == {"alpha", "beta"}
+    assert (summary["flips"] == 0).all() and (summary["label_loyalty"] == 1).all()
+    mc = samples[samples["output_type"] == "multiple_choice"]
+    assert (mc["kl"].abs() < 1e-12).all()
+    assert manifest["baseline_cache_hit"] is False
+    latest = Path(run_dir).parent.parent / "latest"
+    assert latest.resolve() == Path(run_dir).resolve()
+    # The headline row of mini_mc is acc_norm, as configured, and both metrics are reported.
+    heads = summary[(summary["task"] == "mini_mc") & (summary["group"] == "all")]
+    assert heads["metric"].tolist()[:2] == ["acc_norm", "acc"] and bool(heads["headline"].iloc[0])
+    again = pipeline.run(compose(mini_run_overrides + ["compression=none"]))
+    assert json.loads((again / "manifest.json").read_text())["baseline_cache_hit"] is True
+    assert pd.read_parquet(again / "samples.parquet")[["pred_base", "correct_base"]].equals(samples[["pred_base", "correct_base"]])
+
+
+def test_quantized_run_flips_and_report_rebuilds_from_disk(mini_run_overrides):
+    run_dir = pipeline.run(compose(mini_run_overrides + ["compression=rtn", "compression.bits=2"]))
+    samples, summary, manifest = check_contract(run_dir)
+    assert manifest["compression"]["method"] == "rtn"
+    assert math.isclose(summary["avg_bits"].iloc[0], manifest["compression"]["avg_bits"])
+    mc = samples[samples["output_type"] == "multiple_choice"]
+    assert (mc["kl"] > 0).all()  # 2-bit weights move every choice distribution
+    gen = samples[samples["output_type"] == "generate_until"]
+    assert gen["n_tokens"].notna().all()
+    before = (run_dir / "summary.csv").read_text()
+    (run_dir / "summary.csv").unlink()
+    assert rebuild([str(run_dir)]) == 0
+    assert (run_dir / "summary.csv").read_text() == before
+
+
+def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "flipbench", *overrides], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_cli_gate_failure_exits_3(mini_run_overrides, tmp_path):
+    done = run_cli(*mini_run_overrides, "compression=rtn", "compression.bits=2", "gate.max_flips=0.0",
+                   "output.plots=false", cwd=tmp_path)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "gate: FAIL" in done.stdout
+
+
+@pytest.mark.parametrize("override,message", [
+    ("suite.tasks=[mini_mcc]", "unknown task 'mini_mcc'; did you mean mini_mc"),
+    ("model.path=/nonexistent/model", "does not exist"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(mini_run_overrides, tmp_path, override, message):
+    done = run_cli(*mini_run_overrides, override, cwd=tmp_path)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("flipbench: error")]
+    assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
