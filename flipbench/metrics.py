@@ -68,7 +68,8 @@ def choice_divergence(p_base, p_comp) -> tuple[np.ndarray, np.ndarray, np.ndarra
     p_b, p_c = np.asarray(p_base, dtype=float), np.asarray(p_comp, dtype=float)
     if p_b.shape != p_c.shape or p_b.ndim == 0:
         raise ValueError(f"choice distributions must share a shape (..., K), got {p_b.shape}, {p_c.shape}")
-    kl = rel_entr(p_b, np.clip(p_c, _P_FLOOR, None)).sum(axis=-1)
+    # KL >= 0 (Gibbs); a sum of signed rel_entr terms can round to -1e-17, which would read as a bug
+    kl = np.maximum(rel_entr(p_b, np.clip(p_c, _P_FLOOR, None)).sum(axis=-1), 0.0)
     js = jensenshannon(p_b, p_c, base=2, axis=-1)
     top = np.sort(p_b, axis=-1)
     margin = top[..., -1] - (top[..., -2] if p_b.shape[-1] > 1 else 0.0)

@@ -53,7 +53,8 @@ def _score_batch(model_base, model_comp, batch: list[tuple[list[int], int]], pad
     logp_c = _answer_logprobs(model_comp, input_ids, attention_mask, rows, cols, device).to(logp_b.device)
     if logp_b.shape != logp_c.shape:
         raise ValueError(f"models disagree on the vocabulary size: {logp_b.shape[-1]} vs {logp_c.shape[-1]}")
-    kl = (logp_b.exp() * (logp_b - logp_c)).sum(dim=-1)  # (M,) sum_v p_b (log p_b - log p_c)
+    # (M,) sum_v p_b (log p_b - log p_c); >= 0 up to fp32 rounding, which we clamp away
+    kl = (logp_b.exp() * (logp_b - logp_c)).sum(dim=-1).clamp_min(0.0)
     same = (logp_b.argmax(dim=-1) == logp_c.argmax(dim=-1)).float()  # (M,)
     kl_rows = [float(x.double().mean()) for x in torch.split(kl, counts)]
     same_rows = [float(x.mean()) for x in torch.split(same, counts)]

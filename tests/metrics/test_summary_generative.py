@@ -1,0 +1,86 @@
+"""summarize() on generative tasks: per-filter rows, answer agreement, [invalid] answers, token KL."""
+
+import numpy as np
+import pytest
+
+from flipbench.metrics import summarize
+
+from .tables import gen_row, table
+
+TARGETS = ["4", "5", "7", "9", "2"]
+PRED_B = ["4", "[invalid]", "7", "10", "3"]
+PRED_C = ["4", "5", "[invalid]", "[invalid]", "3"]
+KL = [0.0, 0.1, 0.2, 0.3, 0.4]
+SAME_TOP = [1.0, 0.5, 0.5, 0.5, 1.0]
+N_TOKENS = [1, 2, 2, 2, 1]
+
+
+def strict_rows(kl=KL, same_top=SAME_TOP, n_tokens=N_TOKENS):
+    """doc | pred_b pred_c | correct b c
+        0  |  4     4      |  1 1     agree
+        1  | inv    5      |  0 1     gained
+        2  |  7    inv     |  1 0     lost, flip into [invalid]
+        3  | 10    inv     |  0 0     wrong -> invalid
+        4  |  3     3      |  0 0     agree (both wrong)
+    """
+    return [gen_row(i, TARGETS[i], PRED_B[i], PRED_C[i], kl=kl[i], same_top=same_top[i], n_tokens=n_tokens[i])
+            for i in range(5)]
+
+
+HAND = {
+    "n": 5, "acc_base": 0.4, "acc_comp": 0.4, "delta_acc": 0.0, "lost": 0.2, "gained": 0.2, "flips": 0.4,
+    "label_loyalty": 0.4, "answer_agreement": 0.4, "all_flips": 0.6,
+    "invalid_base": 0.2, "invalid_comp": 0.4, "flips_to_invalid": 0.4,   # docs 2, 3
+    # p_o = .4; pred_b: five labels at .2; pred_c: {4: .2, 5: .2, inv: .4, 3: .2}; p_e = .04 + .08 + .04
+    "kappa": (0.4 - 0.16) / 0.84,
+    "mcnemar_p": 1.0,
+    # sorted kl [0, .1, .2, .3, .4]: p90 at rank 3.6 -> .36, p99 at 3.96 -> .396
+    "kl_mean": 0.2, "kl_median": 0.2, "kl_p90": 0.36, "kl_p99": 0.396, "kl_max": 0.4,
+    "same_top": 0.7, "n_tokens": 8, "n_kl": 5, "n_nonfinite": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def two_filters():
+    flexible = [gen_row(i, TARGETS[i], TARGETS[i], TARGETS[i], filter="flexible-extract") for i in range(5)]
+    return summarize(table(strict_rows() + flexible), n_resamples=300)
+
+
+@pytest.mark.parametrize("column", sorted(HAND))
+def test_hand_computed_values(two_filters, column):
+    assert two_filters[column].iloc[0] == pytest.approx(HAND[column], abs=1e-12)
+
+
+def test_one_row_per_filter_first_is_headline(two_filters):
+    assert two_filters[["filter", "metric", "headline", "group"]].values.tolist() == [
+        ["strict-match", "exact_match", True, "all"], ["flexible-extract", "exact_match", False, "all"]]
+    flexible = two_filters.iloc[1]
+    assert flexible["flips"] == 0 and flexible["acc_base"] == 1 and flexible["kappa"] == 1
+    assert (two_filters["kl_scope"] == "token").all() and two_filters["prob_loyalty"].isna().all()
+
+
+def test_intervals_bracket_the_estimate(two_filters):
+    row = two_filters.iloc[0]
+    for name in ("flips", "delta_acc", "label_loyalty", "kl_mean"):
+        assert row[f"{name}_ci_low"] <= HAND[name] <= row[f"{name}_ci_high"]
+
+
+def test_before_token_kl_is_computed():
+    nan = [np.nan] * 5
+    row = summarize(table(strict_rows(kl=nan, same_top=nan, n_tokens=nan)), n_resamples=20).iloc[0]
+    assert row[["kl_mean", "kl_max", "kl_mean_ci_low", "same_top", "n_tokens"]].isna().all()
+    assert row["n_kl"] == 0 and row["n_nonfinite"] == 0 and row["flips"] == pytest.approx(0.4)
+
+
+def test_diverged_token_kl_is_counted_and_left_out():
+    kl = [0.0, 0.1, np.nan, 0.3, np.inf]
+    row = summarize(table(strict_rows(kl=kl)), n_resamples=20).iloc[0]
+    assert row["n_nonfinite"] == 2 and row["n_kl"] == 3
+    assert row["kl_mean"] == pytest.approx(0.4 / 3) and row["kl_max"] == pytest.approx(0.3)
+
+
+def test_generative_metric_must_be_the_stored_one():
+    with pytest.raises(ValueError, match="cannot report"):
+        summarize(table(strict_rows()), metrics_by_task={"gen": ["acc"]})
+    ok = summarize(table(strict_rows()), metrics_by_task={"gen": ["exact_match"]}, n_resamples=5)
+    assert ok["metric"].tolist() == ["exact_match"]
