@@ -293,7 +293,8 @@ def summarize(
     ``headline`` is True on its rows at every level, so ``headline & (group == "all")`` is one row per task.
     MC KL is recomputed from the log-likelihoods (choice-level); generative KL is the stored token-level
     ``kl`` (NaN until computed). KL statistics use finite values only (``n_kl`` rows; ``n_nonfinite`` counts
-    diverged rows). CIs: paired percentile bootstrap, 95%, same seed for every row. With ``margin_bins``,
+    diverged rows). CIs: paired percentile bootstrap, 95%, same seed for every row (``n_resamples=0``
+    leaves them NaN). A (group, filter) without rows gets n = 0 and NaN statistics. With ``margin_bins``,
     MC rows also get ``flip_rate_margin_<low>_<high>`` columns (see ``flip_rate_by_margin``).
     """
     if len(samples) == 0:

@@ -84,3 +84,12 @@ def test_generative_metric_must_be_the_stored_one():
         summarize(table(strict_rows()), metrics_by_task={"gen": ["acc"]})
     ok = summarize(table(strict_rows()), metrics_by_task={"gen": ["exact_match"]}, n_resamples=5)
     assert ok["metric"].tolist() == ["exact_match"]
+
+
+def test_group_missing_a_filter_gets_an_empty_row():
+    rows = [gen_row(0, "1", "1", "1", group="a"), gen_row(1, "2", "2", "3", group="b"),
+            gen_row(1, "2", "2", "2", group="b", filter="flexible-extract")]
+    out = summarize(table(rows), n_resamples=20).set_index(["group", "filter"])
+    empty = out.loc[("a", "flexible-extract")]
+    assert empty["n"] == 0 and empty[["acc_base", "flips", "kappa", "flips_ci_low"]].isna().all()
+    assert out.loc[("all", "strict-match"), "n"] == 2 and out.loc[("b", "strict-match"), "lost"] == 1.0
