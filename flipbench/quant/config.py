@@ -1,0 +1,83 @@
+"""The quantization settings, and the cheap checks that run before any expensive work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from flipbench.families import family_of, in_features, quantizable_linears
+from flipbench.quant.gptq import GPTQSettings
+from flipbench.quant.grid import GridSpec
+
+METHOD_NAMES = ("none", "rtn", "gptq", "tacq")
+
+
+@dataclass
+class QuantConfig:
+    method: str = "rtn"  # one of METHOD_NAMES (checkpoint is handled by the pipeline)
+    bits: int = 4  # 2..8
+    group_size: int = -1  # -1 = one grid per output channel; else columns per group, must divide in_features
+    sym: bool = False
+    mse: bool = False  # MSE grid search over shrink factors
+    act_order: bool = False
+    static_groups: bool = False
+    damp: float = 0.01  # fraction of mean(diag H) added to H's diagonal
+    block_size: int = 128
+    keep_fraction: float = 0.0035  # TACQ: share of quantized weights kept in 16-bit, in [0, 0.5]
+    true_sequential: bool = True
+
+    @property
+    def grid(self) -> GridSpec:
+        return GridSpec(bits=self.bits, sym=self.sym, mse=self.mse)
+
+    @property
+    def gptq(self) -> GPTQSettings:
+        return GPTQSettings(
+            grid=self.grid,
+            group_size=self.group_size,
+            act_order=self.act_order,
+            static_groups=self.static_groups,
+            damp=self.damp,
+            block_size=self.block_size,
+        )
+
+
+def _settings_problem(cfg: QuantConfig) -> str | None:
+    if cfg.method not in METHOD_NAMES:
+        return (
+            f"quantization method {cfg.method!r} is unknown; use one of {', '.join(METHOD_NAMES)} "
+            "(checkpoint is loaded by the pipeline, not quantized)"
+        )
+    if isinstance(cfg.bits, bool) or not isinstance(cfg.bits, int) or not 2 <= cfg.bits <= 8:
+        return f"bits={cfg.bits!r} is outside 2-8; use an integer bit width from 2 to 8"
+    if isinstance(cfg.group_size, bool) or not isinstance(cfg.group_size, int) or not (
+        cfg.group_size == -1 or cfg.group_size >= 1
+    ):
+        return f"group_size={cfg.group_size!r} is invalid; use -1 (one grid per output channel) or a positive divisor of the input width"
+    if not 0 <= cfg.keep_fraction <= 0.5:
+        return f"keep_fraction={cfg.keep_fraction!r} is outside [0, 0.5]; TACQ keeps a small share of weights, e.g. 0.0035"
+    if not cfg.damp > 0:
+        return f"damp={cfg.damp!r} must be positive; the usual value is 0.01 (a fraction of mean(diag H))"
+    if isinstance(cfg.block_size, bool) or not isinstance(cfg.block_size, int) or cfg.block_size < 1:
+        return f"block_size={cfg.block_size!r} must be a positive integer, e.g. 128"
+    return None
+
+
+def validate(model: nn.Module, cfg: QuantConfig) -> None:
+    """Cheap checks before any expensive work; raises ValueError with one line naming the problem and the fix."""
+    problem = _settings_problem(cfg)
+    if problem:
+        raise ValueError(problem)
+    if cfg.method == "none":
+        return
+    family = family_of(model)
+    if cfg.group_size == -1:
+        return
+    for name, module in quantizable_linears(model).items():
+        width = in_features(module, family)
+        if width % cfg.group_size:
+            raise ValueError(
+                f"group_size={cfg.group_size} does not divide the input width {width} of {name}; "
+                "use -1 (one grid per output channel) or a divisor of every quantized layer's input width"
+            )

@@ -1,0 +1,178 @@
+"""GPTQ (Frantar et al. 2022, arXiv 2210.17323) for one linear layer, with TACQ's keep mask.
+
+Quantizes W (rows, cols) column by column to minimise ||XWᵀ − XQᵀ||² over the calibration inputs X,
+spreading each column's rounding error onto the columns not yet quantized through the inverse Hessian
+H⁻¹ of that objective (H = 2/N Σ x xᵀ), in its upper Cholesky form so that one sweep suffices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from flipbench.families import Family, in_features, set_weight_matrix, weight_matrix
+from flipbench.quant.grid import GridSpec, fit_masked, quantize
+from flipbench.quant.layerwise import LayerInputs, layer_by_layer, run_layer
+
+MAX_DAMP_RETRIES = 6  # damp × 10 per retry: 0.01·mean(diag H) reaches 10⁴·mean(diag H)
+
+
+@dataclass(frozen=True)
+class GPTQSettings:
+    grid: GridSpec
+    group_size: int = -1
+    act_order: bool = False
+    static_groups: bool = False
+    damp: float = 0.01
+    block_size: int = 128
+
+
+class GPTQ:
+    """Collect H from a linear layer's inputs with add_batch, then quantize its weights with solve."""
+
+    def __init__(self, columns: int, device: torch.device | str = "cpu"):
+        self.H = torch.zeros(columns, columns, dtype=torch.float32, device=device)  # (cols, cols)
+        self.nsamples = 0
+
+    def add_batch(self, X: torch.Tensor) -> None:
+        """X (..., cols): one batch of inputs; H stays the running 2/N Σ x xᵀ."""
+        X = X.reshape(-1, X.shape[-1]).to(self.H.device, torch.float32)  # (n, cols)
+        n = X.shape[0]
+        self.H *= self.nsamples / (self.nsamples + n)
+        self.nsamples += n
+        X = math.sqrt(2 / self.nsamples) * X
+        self.H += X.t() @ X
+
+    def solve(
+        self, W: torch.Tensor, settings: GPTQSettings, keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, int]:
+        """Quantize W (rows, cols); returns (Q in W's dtype, damp retries).
+
+        keep (bool, like W), for TACQ: those entries are left out of the grid fit, never quantized, add no
+        error, and end with their GPTQ-updated 16-bit value.
+        """
+        s, maxq = settings, settings.grid.maxq
+        rows, cols = W.shape
+        W = W.to(self.H.device, torch.float32).clone()  # (rows, cols)
+        H = self.H.clone()
+        keep = torch.zeros_like(W, dtype=torch.bool) if keep is None else keep.to(W.device).clone()
+
+        dead = torch.diag(H) == 0  # inputs that were always 0: any weight is exact, so use 0
+        H[dead, dead] = 1
+        W[:, dead] = 0
+
+        group = cols if s.group_size == -1 else s.group_size
+        if s.group_size == -1 or s.static_groups:
+            params = [fit_masked(W[:, g : g + group], s.grid, keep[:, g : g + group]) for g in range(0, cols, group)]
+
+        perm = torch.arange(cols, device=W.device)
+        if s.act_order:  # columns with the largest inputs first, while there are most columns left to absorb error
+            perm = torch.argsort(torch.diag(H), descending=True)
+            W, H, keep = W[:, perm], H[perm][:, perm], keep[:, perm]
+
+        Hinv, retries = _inverse_cholesky(H, s.damp)  # (cols, cols), upper triangular
+        Q = torch.zeros_like(W)
+        for i1 in range(0, cols, s.block_size):
+            i2 = min(i1 + s.block_size, cols)
+            W1 = W[:, i1:i2].clone()  # (rows, b): updated in place as the block is swept
+            Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+            Hinv1 = Hinv[i1:i2, i1:i2]
+            for i in range(i2 - i1):
+                col = i1 + i
+                if s.group_size != -1 and not s.static_groups and col % group == 0:
+                    # dynamic groups: fit on the current, error-updated values of the next `group` columns
+                    ahead = W1[:, i : i + group]
+                    ahead = torch.cat([ahead, W[:, i2 : i2 + group - ahead.shape[1]]], dim=1)
+                    current = fit_masked(ahead, s.grid, keep[:, col : col + group])
+                elif s.group_size == -1 or s.static_groups:
+                    current = params[int(perm[col]) // group]
+                w, d, k = W1[:, i], Hinv1[i, i], keep[:, col]  # (rows,), scalar, (rows,)
+                q = torch.where(k, w, quantize(w[:, None], *current, maxq).flatten())
+                Q1[:, i] = q
+                err1 = (w - q) / d  # 0 on kept entries
+                W1[:, i:] -= err1[:, None] @ Hinv1[i, i:][None, :]
+                Err1[:, i] = err1
+            Q[:, i1:i2] = Q1
+            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # the block's error, pushed to every later column at once
+
+        if s.act_order:
+            Q = Q[:, torch.argsort(perm)]
+        return Q, retries
+
+
+def _inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, int]:
+    """Upper Cholesky factor of (H + λI)⁻¹ with λ = damp·mean(diag H), raising λ ×10 until it factors."""
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    mean_diag = torch.diag(H).mean().abs().clamp(min=1e-8)
+    for retry in range(MAX_DAMP_RETRIES + 1):
+        L, info = torch.linalg.cholesky_ex(H + damp * 10**retry * mean_diag * eye)
+        if info == 0:
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if info == 0 and torch.isfinite(U).all():
+                return U, retry
+    raise ValueError(
+        f"the Hessian is not positive definite even with damp {damp * 10**MAX_DAMP_RETRIES:g}·mean(diag H); "
+        "check the calibration inputs for NaN/inf"
+    )
+
+
+def gptq_layer(
+    layer: nn.Module,
+    family: Family,
+    inputs: LayerInputs,
+    settings: GPTQSettings,
+    true_sequential: bool = True,
+    keep: dict[str, torch.Tensor] | None = None,
+) -> dict[str, int]:
+    """Quantize one decoder layer in place; returns damp retries per linear (relative names).
+
+    True-sequential: group k is quantized before group k+1's Hessians are collected, so later linears see
+    the inputs the quantized layer will really give them. keep: relative name -> TACQ mask (out, in).
+    """
+    stages = family.groups if true_sequential else (family.linears,)
+    retries = {}
+    for names in stages:
+        modules = {name: layer.get_submodule(name) for name in names}
+        device = weight_matrix(next(iter(modules.values())), family).device
+        solvers = {name: GPTQ(in_features(module, family), device) for name, module in modules.items()}
+        handles = [
+            module.register_forward_hook(lambda mod, args, out, solver=solvers[name]: solver.add_batch(args[0]))
+            for name, module in modules.items()
+        ]
+        try:
+            run_layer(layer, inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name, module in modules.items():
+            mask = None if keep is None else keep[name]
+            Q, retries[name] = solvers[name].solve(weight_matrix(module, family), settings, mask)
+            set_weight_matrix(module, family, Q)
+        del solvers  # free this stage's Hessians before the next stage allocates its own
+    return retries
+
+
+def gptq_model(
+    model: nn.Module,
+    calib: torch.Tensor,
+    settings: GPTQSettings,
+    device,
+    true_sequential: bool = True,
+    keep: dict[str, torch.Tensor] | None = None,
+    progress: Callable[[str], None] | None = None,
+    label: str = "gptq layer",
+) -> dict[str, int]:
+    """GPTQ on every decoder layer, in place; returns damp retries per linear (full names) where > 0.
+    keep: full linear name -> TACQ mask (out, in)."""
+    retries = {}
+    for index, layer, family, inputs in layer_by_layer(model, calib, device, progress, label):
+        prefix = f"{family.layers}.{index}."
+        layer_keep = None if keep is None else {name: keep[prefix + name] for name in family.linears}
+        for name, count in gptq_layer(layer, family, inputs, settings, true_sequential, layer_keep).items():
+            if count:
+                retries[prefix + name] = count
+    return retries

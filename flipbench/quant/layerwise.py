@@ -1,0 +1,141 @@
+"""Run a causal LM one decoder layer at a time on calibration data.
+
+The first layer's inputs are captured with *all* their positional args and kwargs (new transformers pass
+``position_embeddings``, masks, cache objects) by a forward pre-hook that stops the forward pass. Then each
+layer in turn is moved to the device, handed to the caller (who collects statistics and quantizes it),
+re-run to produce the next layer's inputs, and moved back. Only one layer's activations live at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from flipbench.families import Family, decoder_layers, family_of
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook: nothing after the first decoder layer needs to run."""
+
+
+@dataclass
+class LayerInputs:
+    """One entry per calibration sample (batch 1): hidden (1, seq, hidden), the other args, the kwargs."""
+
+    hidden: list[torch.Tensor]
+    args: list[tuple]
+    kwargs: list[dict]
+
+
+def _move(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_move(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _move(v, device) for k, v in value.items()}
+    return value
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextmanager
+def _outside_layers_on(model: nn.Module, layers: nn.ModuleList, device) -> Iterator[None]:
+    """Temporarily move every parameter and buffer that is not in a decoder layer (embeddings, rotary
+    tables, final norm, head) plus layer 0 to device, so the model can run up to layer 0 there."""
+    inside = {id(t) for t in list(layers.parameters()) + list(layers.buffers())}
+    moved = []  # (module, kind, name, original device)
+    for module in model.modules():
+        for kind in ("_parameters", "_buffers"):
+            for name, tensor in getattr(module, kind).items():
+                if tensor is not None and id(tensor) not in inside:
+                    moved.append((module, kind, name, tensor.device))
+                    tensor.data = tensor.data.to(device)
+    home = model_device(layers[0])
+    layers[0].to(device)
+    try:
+        yield
+    finally:
+        layers[0].to(home)
+        for module, kind, name, original in moved:
+            tensor = getattr(module, kind)[name]
+            tensor.data = tensor.data.to(original)
+
+
+@contextmanager
+def calibration_mode(model: nn.Module) -> Iterator[None]:
+    """eval mode (no dropout), no KV cache, no autograd; restored afterwards."""
+    was_training, use_cache = model.training, getattr(model.config, "use_cache", None)
+    model.eval()
+    model.config.use_cache = False
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.config.use_cache = use_cache
+        model.train(was_training)
+
+
+def capture_inputs(model: nn.Module, calib: torch.Tensor, device) -> LayerInputs:
+    """Inputs of the first decoder layer for each row of calib (n_samples, seq_len), kept on device."""
+    layers = decoder_layers(model, family_of(model))
+    captured = LayerInputs([], [], [])
+
+    def hook(module, args, kwargs):
+        hidden, rest = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
+        captured.hidden.append(hidden)
+        captured.args.append(rest)
+        captured.kwargs.append(kwargs)
+        raise _StopForward
+
+    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with _outside_layers_on(model, layers, device):
+            for row in calib:
+                try:
+                    model(input_ids=row[None].to(device), use_cache=False)
+                except _StopForward:
+                    pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def run_layer(layer: nn.Module, inputs: LayerInputs) -> list[torch.Tensor]:
+    """The layer's output hidden states for every sample (layers return a tensor, or a tuple in older
+    transformers)."""
+    outputs = []
+    for hidden, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs):
+        out = layer(hidden, *args, **kwargs)
+        outputs.append(out[0] if isinstance(out, (tuple, list)) else out)
+    return outputs
+
+
+def layer_by_layer(
+    model: nn.Module, calib: torch.Tensor, device, progress=None, label: str = "layer"
+) -> Iterator[tuple[int, nn.Module, Family, LayerInputs]]:
+    """Yield (index, layer on device, family, inputs) for each decoder layer. When the caller resumes the
+    iteration, the (now quantized) layer is re-run to make the next layer's inputs, then moved back."""
+    family = family_of(model)
+    layers = decoder_layers(model, family)
+    with calibration_mode(model):
+        inputs = capture_inputs(model, calib, device)
+        for index, layer in enumerate(layers):
+            if progress:
+                progress(f"{label} {index + 1}/{len(layers)}")
+            home = model_device(layer)
+            layer.to(device)
+            try:
+                yield index, layer, family, inputs
+                inputs = replace(inputs, hidden=run_layer(layer, inputs))
+            finally:
+                layer.to(home)
+
+
+__all__ = ["LayerInputs", "calibration_mode", "capture_inputs", "layer_by_layer", "model_device", "run_layer"]

@@ -1,0 +1,24 @@
+"""RTN on a whole model: every quantizable linear's weights rounded onto its grid. No data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from flipbench.families import family_of, quantizable_linears, set_weight_matrix, weight_matrix
+from flipbench.quant.grid import GridSpec, rtn
+
+
+def rtn_model(
+    model: nn.Module, spec: GridSpec, group_size: int, device, progress: Callable[[str], None] | None = None
+) -> int:
+    """Quantize in place, one linear at a time on device; returns the number of linears quantized."""
+    family = family_of(model)
+    linears = quantizable_linears(model)
+    for index, module in enumerate(linears.values()):
+        if progress and index % len(family.linears) == 0:
+            progress(f"rtn layer {index // len(family.linears) + 1}/{len(linears) // len(family.linears)}")
+        W = weight_matrix(module, family).to(device)  # (out, in)
+        set_weight_matrix(module, family, rtn(W, spec, group_size))
+    return len(linears)

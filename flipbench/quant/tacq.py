@@ -1,0 +1,154 @@
+"""TACQ: Task-Circuit Quantization (Xiao et al. 2025, arXiv 2504.07389).
+
+GPTQ, except for a tiny task-salient set of weights that stays in 16-bit. Salience of weight w:
+    S = |W| · Σ_samples |∂L/∂W| · |Q(W) − W|
+(how large it is, how much the task loss moves with it, and how much quantization would move it), with
+Q(W) from a first GPTQ pass at the target bits. The global top keep_fraction of all quantized weights is
+kept; a second GPTQ pass from the original weights leaves them out of the grids and the error sweep.
+
+Memory, beyond the model: an fp32 accumulator of |∂L/∂W| per quantized linear (replaced by S linear by
+linear) and one copy of the quantized linears' original weights (model dtype), both where the weights live;
+the gradient step holds the whole model and its linears' gradients on the device.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flipbench.families import family_of, quantizable_linears, set_weight_matrix, weight_grad_matrix, weight_matrix
+from flipbench.quant.gptq import GPTQSettings, gptq_model
+from flipbench.quant.layerwise import model_device
+
+
+def n_to_keep(keep_fraction: float, n_params: int) -> int:
+    """ceil(keep_fraction · n), ignoring float noise such as 0.07·100 = 7.000000000000001."""
+    return min(n_params, math.ceil(keep_fraction * n_params - 1e-9))
+
+
+def gradient_magnitudes(
+    model: nn.Module, ids: torch.Tensor, device, progress: Callable[[str], None] | None = None
+) -> dict[str, torch.Tensor]:
+    """Σ_samples |∂L/∂W| (fp32, (out, in), on the weights' device) per quantizable linear, at the model's
+    current weights. L: mean next-token cross-entropy of one row of ids (n_samples, seq_len): batch 1."""
+    family = family_of(model)
+    linears = quantizable_linears(model)
+    home, was_training = model_device(model), model.training
+    flags = {param: param.requires_grad for param in model.parameters()}
+    G = {
+        name: torch.zeros(weight_matrix(module, family).shape, dtype=torch.float32, device=device)
+        for name, module in linears.items()
+    }
+    model.to(device).eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for module in linears.values():
+        module.weight.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            for index, row in enumerate(ids):
+                if progress:
+                    progress(f"tacq gradients {index + 1}/{len(ids)}")
+                x = row[None].to(device)  # (1, T)
+                logits = model(input_ids=x, use_cache=False).logits  # (1, T, vocab)
+                F.cross_entropy(logits[0, :-1].float(), x[0, 1:]).backward()
+                for name, module in linears.items():
+                    G[name] += weight_grad_matrix(module, family).abs().float()
+                    module.weight.grad = None
+    finally:
+        for param, flag in flags.items():
+            param.requires_grad_(flag)
+        model.to(home).train(was_training)
+    return {name: g.to(home) for name, g in G.items()}
+
+
+def saliency(W: torch.Tensor, G: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """S = |W| · G · |Q − W|, all (out, in); fp32."""
+    W = W.float()
+    return W.abs() * G.float() * (Q.float() - W).abs()
+
+
+def top_k_masks(scores: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """Boolean masks marking exactly min(k, total) entries: the global top k of all score tensors.
+
+    Streams over the tensors, keeping a running top k (values and global flat ids), so the scores are
+    never concatenated."""
+    masks = {name: torch.zeros(S.shape, dtype=torch.bool, device=S.device) for name, S in scores.items()}
+    if k == 0:
+        return masks
+    device = next(iter(scores.values())).device
+    values, ids = torch.empty(0, device=device), torch.empty(0, dtype=torch.long, device=device)
+    offsets, offset = {}, 0
+    for name, S in scores.items():
+        flat = S.detach().flatten().float().to(device)
+        offsets[name] = offset
+        values = torch.cat([values, flat])
+        ids = torch.cat([ids, offset + torch.arange(flat.numel(), device=device)])
+        values, top = torch.topk(values, min(k, values.numel()))
+        ids = ids[top]
+        offset += flat.numel()
+    for name, S in scores.items():
+        local = ids[(ids >= offsets[name]) & (ids < offsets[name] + S.numel())] - offsets[name]
+        masks[name].view(-1)[local.to(S.device)] = True
+    return masks
+
+
+def salient_masks(
+    model: nn.Module,
+    calib: torch.Tensor,
+    task_calib: torch.Tensor,
+    settings: GPTQSettings,
+    keep_fraction: float,
+    device,
+    true_sequential: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """TACQ steps 1–4: the masks of weights to keep in 16-bit (full linear name -> bool (out, in)), plus
+    {"seconds": ..., "damp_retries": ...}. The model's weights are unchanged on return."""
+    family = family_of(model)
+    linears = quantizable_linears(model)
+    seconds = {}
+    start = time.perf_counter()
+    S = gradient_magnitudes(model, task_calib, device, progress)  # of the ORIGINAL weights
+    seconds["gradients"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    W0 = {name: weight_matrix(module, family).clone() for name, module in linears.items()}
+    retries = gptq_model(model, calib, settings, device, true_sequential, None, progress, "tacq gptq pass 1 layer")
+    seconds["gptq_pass1"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    for name, module in linears.items():
+        S[name] = saliency(W0[name], S[name], weight_matrix(module, family))
+        set_weight_matrix(module, family, W0[name])  # back to the original weights for the second pass
+    del W0
+    n_params = sum(s.numel() for s in S.values())
+    masks = top_k_masks(S, n_to_keep(keep_fraction, n_params))
+    seconds["saliency"] = time.perf_counter() - start
+    return masks, {"seconds": seconds, "damp_retries": retries}
+
+
+def tacq_model(
+    model: nn.Module,
+    calib: torch.Tensor,
+    task_calib: torch.Tensor,
+    settings: GPTQSettings,
+    keep_fraction: float,
+    device,
+    true_sequential: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """TACQ in place; returns {"seconds", "damp_retries" (second pass), "n_kept"}."""
+    masks, info = salient_masks(
+        model, calib, task_calib, settings, keep_fraction, device, true_sequential, progress
+    )
+    start = time.perf_counter()
+    retries = gptq_model(model, calib, settings, device, true_sequential, masks, progress, "tacq gptq pass 2 layer")
+    info["seconds"]["gptq_pass2"] = time.perf_counter() - start
+    n_kept = int(sum(int(mask.sum()) for mask in masks.values()))
+    return {"seconds": info["seconds"], "damp_retries": retries, "n_kept": n_kept}
