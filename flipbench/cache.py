@@ -8,11 +8,13 @@ interleave their bytes.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -43,6 +45,17 @@ def task_fingerprint(tasks: dict) -> dict[str, str]:
 class BaselineCache:
     def __init__(self, root: Path):
         self.root = Path(root)
+
+    @contextmanager
+    def lock(self, key: str):
+        """An exclusive advisory lock per entry, held while one process computes it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f"{key}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.root / f"{key}.parquet", self.root / f"{key}.json"

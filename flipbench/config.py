@@ -95,6 +95,7 @@ class OutputConfig:
     root: str = "results"
     run_id: Optional[str] = None  # default: UTC timestamp + model/method/bits tag
     run_dir: Optional[str] = None  # set by sweeps: the member's directory inside the sweep
+    redo: bool = False  # re-run a sweep member whose directory already holds a complete run
     plots: bool = True
 
 

@@ -138,6 +138,9 @@ def run(cfg) -> Path:
     root = Path(cfg.output.root)
     run_id = cfg.output.run_id or rundir.new_run_id(cfg.model.name, cfg.compression.method, cfg.compression.bits)
     run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else root / "runs" / run_id
+    if rundir.is_complete(run_dir) and not cfg.output.redo:
+        log.info("%s is already complete; skipping it (output.redo=true runs it again)", run_dir)
+        return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.save_config(run_dir, cfg)
     device = models.pick_device(cfg.model.device)
@@ -155,7 +158,8 @@ def run(cfg) -> Path:
         store = cache.BaselineCache(root / "cache")
         key_parts = baseline_key(cfg, weights, task_objs, str(device))
         key = cache.cache_key(key_parts)
-        with manifest.stage("evaluate_baseline", log):
+        with manifest.stage("evaluate_baseline", log), store.lock(key):
+            # Under the lock, parallel sweep members wait for one baseline evaluation instead of each running it.
             base = store.load(key) if cfg.eval.cache else None
             hit = base is not None
             if not hit:

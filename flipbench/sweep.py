@@ -1,0 +1,108 @@
+"""Sweep aggregation: when a Hydra multirun ends, its member runs become one table, plots and a report.
+
+Hydra calls :class:`SweepSummary` (configured in ``conf/config.yaml``) with the sweep directory; the same
+aggregation runs by hand with ``python -m flipbench.sweep <sweep_dir>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from hydra.experimental.callback import Callback  # noqa: E402
+
+from flipbench import plots  # noqa: E402
+from flipbench.report import markdown_table  # noqa: E402
+from flipbench.rundir import is_complete  # noqa: E402
+
+log = logging.getLogger(__name__)
+LEAD = ["method", "bits", "avg_bits", "task", "metric", "filter", "run"]
+
+
+def collect(sweep_dir: Path) -> pd.DataFrame:
+    """One row per member × task: each task's headline, whole-task summary row."""
+    frames = []
+    for run_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and is_complete(p)):
+        summary = pd.read_csv(run_dir / "summary.csv")
+        rows = summary[summary["headline"] & (summary["group"] == "all")].copy()
+        rows["run"] = run_dir.name
+        frames.append(rows)
+    if not frames:
+        return pd.DataFrame(columns=LEAD)
+    table = pd.concat(frames, ignore_index=True)
+    rest = [c for c in table.columns if c not in LEAD and c not in ("group", "headline")]
+    return table[LEAD + rest].sort_values(["task", "method", "bits"], kind="stable").reset_index(drop=True)
+
+
+def plot_against_bits(table: pd.DataFrame, column: str, ylabel: str, title: str, stem: Path) -> list[Path]:
+    tasks = sorted(table["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False, sharey=True)
+    for ax, task in zip(axes[0], tasks):
+        for method, rows in table[table["task"] == task].groupby("method"):
+            rows = rows.sort_values("avg_bits")
+            ax.plot(rows["avg_bits"], 100 * rows[column], marker="o", color=plots.colour(method), label=method)
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("average bits per quantized weight (bits)")
+        ax.axhline(0, color="#cccccc", linewidth=0.8)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(ylabel)
+    fig.suptitle(title)
+    return plots.save(fig, stem)
+
+
+def aggregate(sweep_dir: Path) -> Path | None:
+    """Write sweep_summary.csv, plots and sweep_report.md; returns the table's path (None if no member finished)."""
+    table = collect(sweep_dir)
+    if table.empty:
+        log.warning("sweep %s has no complete member runs; nothing to aggregate", sweep_dir)
+        return None
+    out = sweep_dir / "sweep_summary.csv"
+    table.to_csv(out, index=False)
+    figures = plot_against_bits(table, "flips", "flips (% of questions)", "Flips vs average bits",
+                                sweep_dir / "plots" / "flips_vs_bits")
+    figures += plot_against_bits(table, "delta_acc", "Δ accuracy (points, compressed − baseline)",
+                                 "Accuracy change vs average bits", sweep_dir / "plots" / "delta_acc_vs_bits")
+    points = table.assign(label=[f"w{int(b)}" if b == b else "" for b in table["bits"]])
+    figures += plots.kl_vs_flips(points, "KL vs flips across the sweep", sweep_dir / "plots" / "kl_vs_flips")
+    shown = table[["task", "metric", "method", "bits", "avg_bits", "acc_base", "acc_comp", "delta_acc", "flips", "lost",
+                   "gained", "kl_mean"]].copy()
+    for column in ("acc_base", "acc_comp", "delta_acc", "flips", "lost", "gained"):
+        shown[column] = [f"{100 * v:.1f}%" for v in shown[column]]
+    shown["avg_bits"] = [f"{v:.2f}" for v in shown["avg_bits"]]
+    shown["kl_mean"] = [f"{v:.4f}" for v in shown["kl_mean"]]
+    images = [f"![{f.stem}](plots/{f.name})" for f in figures if f.suffix == ".png"]
+    (sweep_dir / "sweep_report.md").write_text(
+        f"# flipbench sweep {sweep_dir.name}\n\n{markdown_table(shown)}\n\n" + "\n".join(images) + "\n")
+    return out
+
+
+class SweepSummary(Callback):
+    """Hydra callback: aggregate when a multirun ends (also after a partial failure of some members)."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            path = aggregate(sweep_dir)
+            if path:
+                print(f"flipbench: sweep summary: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 1 or not Path(args[0]).is_dir():
+        print("usage: python -m flipbench.sweep <sweep_dir>", file=sys.stderr)
+        return 2
+    path = aggregate(Path(args[0]))
+    print(json.dumps({"sweep_summary": str(path) if path else None}))
+    return 0 if path else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
