@@ -1,0 +1,124 @@
+"""RTN and GPTQ on tiny random models of every supported family."""
+
+import copy
+
+import pytest
+import torch
+
+from flipbench.families import FAMILIES, family_of, quantizable_linears, weight_matrix
+from flipbench.quant import QuantConfig, compress
+from flipbench.quant.layerwise import layer_by_layer
+from tests.quant.tiny_models import CONFIGS, random_ids, tiny_model
+
+CALIB = random_ids(8, 32)  # 256 tokens: more than the widest input (128), so every H is full rank
+
+
+def linear_inputs(model, ids) -> dict[str, torch.Tensor]:
+    """Every quantizable linear's inputs X (tokens, in) on ids, from the model as it is."""
+    inputs, handles = {}, []
+    for name, module in quantizable_linears(model).items():
+        hook = lambda mod, args, out, name=name: inputs.__setitem__(name, args[0].reshape(-1, args[0].shape[-1]))
+        handles.append(module.register_forward_hook(hook))
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for handle in handles:
+        handle.remove()
+    return inputs
+
+
+def quantized(model, **cfg):
+    model = copy.deepcopy(model)
+    return model, compress(model, QuantConfig(**cfg), calib=CALIB)
+
+
+def test_every_family_is_covered():
+    assert set(CONFIGS) == set(FAMILIES)
+
+
+@pytest.mark.parametrize("model_type", list(CONFIGS))
+def test_captured_layer_inputs_reproduce_the_model(model_type):
+    # the captured args/kwargs (position embeddings, masks...) must make each layer compute what it computes
+    # inside the model: layer i's inputs equal the model's hidden_states[i]
+    model = tiny_model(model_type)
+    with torch.no_grad():
+        expected = model(input_ids=CALIB[:2], output_hidden_states=True, use_cache=False).hidden_states
+    for index, _layer, _family, inputs in layer_by_layer(model, CALIB[:2], "cpu"):
+        torch.testing.assert_close(torch.cat(inputs.hidden), expected[index], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+@pytest.mark.parametrize("model_type", list(CONFIGS))
+def test_gptq_layer_output_error_below_rtn(model_type, bits):
+    model = tiny_model(model_type)
+    family = family_of(model)
+    X = linear_inputs(model, CALIB)
+    original = {name: weight_matrix(m, family).clone() for name, m in quantizable_linears(model).items()}
+    gptq, _ = quantized(model, method="gptq", bits=bits)
+    rtn, _ = quantized(model, method="rtn", bits=bits)
+    for name, W in original.items():
+        errors = {}
+        for label, q_model in (("gptq", gptq), ("rtn", rtn)):
+            Q = weight_matrix(q_model.get_submodule(name), family)
+            errors[label] = (X[name] @ W.t() - X[name] @ Q.t()).pow(2).sum().item()
+        assert errors["gptq"] < errors["rtn"], (name, errors)
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "opt"])
+def test_eight_bits_keep_logits_close(model_type, method):
+    model = tiny_model(model_type)
+    ids = random_ids(2, 24, seed=5)
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+        logits = quantized(model, method=method, bits=8)[0](input_ids=ids).logits
+    # 8-bit steps are range/255: weights move by ~0.3% of their spread, logits by well under 1%
+    assert ((logits - reference).norm() / reference.norm()).item() < 1e-2
+
+
+@pytest.mark.parametrize("model_type", ["llama", "phi3", "gpt2"])
+def test_only_decoder_linear_weights_change(model_type):
+    model = tiny_model(model_type)
+    q_model, report = quantized(model, method="gptq", bits=3, group_size=32, act_order=True, true_sequential=False)
+    weights = {f"{name}.weight" for name in quantizable_linears(model)}
+    before, after = dict(model.named_parameters()), dict(q_model.named_parameters())
+    for name, param in before.items():
+        assert torch.equal(param, after[name]) != (name in weights), name
+    assert report["layers_quantized"] == len(weights) and report["decoder_layers"] == 2
+
+
+def test_same_calibration_gives_identical_weights():
+    model = tiny_model("qwen2")
+    first, _ = quantized(model, method="gptq", bits=3, group_size=16, mse=True)
+    second, _ = quantized(model, method="gptq", bits=3, group_size=16, mse=True)
+    for (name, a), (_, b) in zip(first.named_parameters(), second.named_parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_bfloat16_model_keeps_its_dtype():
+    model = tiny_model("llama").to(torch.bfloat16)
+    q_model, _ = quantized(model, method="gptq", bits=4)
+    assert all(p.dtype == torch.bfloat16 for p in q_model.parameters())
+    assert torch.isfinite(q_model(input_ids=CALIB[:1]).logits.float()).all()
+
+
+def test_report_and_progress():
+    model = tiny_model("llama")
+    lines = []
+    report = compress(model, QuantConfig(method="gptq", bits=4), calib=CALIB, progress=lines.append)
+    assert lines == ["gptq layer 1/2", "gptq layer 2/2"]
+    # per layer: q 64·64, k and v 32·64 (2 kv heads of 16), o 64·64, gate and up 128·64, down 64·128
+    n_per_layer = 4096 + 2048 + 2048 + 4096 + 8192 + 8192 + 8192
+    assert report["n_quantized_params"] == 2 * n_per_layer
+    # per channel: (16 + 4) / in_features, in = 64 everywhere but down_proj (128)
+    expected_bits = 4 + ((n_per_layer - 8192) * 20 / 64 + 8192 * 20 / 128) / n_per_layer
+    assert report["avg_bits"] == pytest.approx(expected_bits)
+    other_bytes = 4 * (sum(p.numel() for p in model.parameters()) - 2 * n_per_layer)  # fp32
+    assert report["model_bytes"] == round(other_bytes + 2 * n_per_layer * expected_bits / 8)
+    assert report["method"] == "gptq" and report["damp_retries"] == 0 and report["seconds"]["gptq"] > 0
+
+
+def test_none_leaves_the_model_alone():
+    model = tiny_model("opt")
+    q_model, report = quantized(model, method="none")
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), q_model.parameters()))
+    assert report["avg_bits"] == 32.0 and report["n_quantized_params"] == 0
