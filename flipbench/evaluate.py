@@ -36,8 +36,9 @@ def run_lm_eval(lm, tasks: dict, plan: TaskPlan, *, limit: int | None, num_fewsh
         shots = num_fewshot.get(leaf, num_fewshot.get(plan.reported.get(leaf, ""), None))
         if shots is not None:
             task.set_config(key="num_fewshot", value=shots)
+    # Passing our TaskManager spares simple_evaluate from indexing every lm-eval task again (seconds per side).
     return lm_eval.simple_evaluate(
-        lm, tasks=list(tasks.values()), limit=limit, log_samples=True, bootstrap_iters=0,
+        lm, tasks=list(tasks.values()), task_manager=plan.manager, limit=limit, log_samples=True, bootstrap_iters=0,
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
     )
 

@@ -81,7 +81,7 @@ def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_gate_failure_exits_3(mini_run_overrides, tmp_path):
-    done = run_cli(*mini_run_overrides, "compression=rtn", "compression.bits=2", "gate.max_flips=0.0",
+    done = run_cli(*mini_run_overrides, "compression=rtn", "compression.bits=2", "gate.max_kl_mean=0.0",
                    "output.plots=false", cwd=tmp_path)
     assert done.returncode == 3, done.stderr[-2000:]
     assert "gate: FAIL" in done.stdout
