@@ -1,0 +1,151 @@
+"""Benchmark the quantizers on one square linear layer: seconds and relative output error vs width.
+
+    python -m flipbench.bench_quant --out results/bench
+
+Writes quant.csv (method, width, bits, seconds, rel_output_error) and quant.md (the table, a log-log
+least-squares fit of seconds ∝ width^k per method and bits, and the TACQ/GPTQ time ratio).
+
+Setup, per width w: W (w, w) ~ N(0, 1/w); calibration activations X (tokens, w) with correlated, unevenly
+scaled features, as real activations are: a power-law latent spectrum (i^-1/2), randomly mixed, with
+per-feature scales from 0.1 to 10. Seconds are the median of --repeats runs on --threads torch threads
+(default 1: the per-column updates are latency-bound, and extra threads on a shared machine only add
+noise). rel_output_error = ||XWᵀ − XQᵀ||_F / ||XWᵀ||_F on X.
+Timed: rtn = the rounding; gptq = accumulating H with add_batch + solve; tacq = gptq's H + the gradients +
+a first solve + saliency + top-k + the masked solve (H is shared: one layer sees the same inputs in both
+passes). TACQ's gradient on one layer: the loss is the MSE to a noisy target Y = XW₀ᵀ + ε, summed as
+|∂L/∂W| over 256-token chunks (batch 1). The MSE to the original output itself would have a zero gradient
+at W₀; the noise stands in for a task loss the layer does not fit exactly. This is a benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flipbench.quant.gptq import GPTQ, GPTQSettings
+from flipbench.quant.grid import GridSpec, rtn
+from flipbench.quant.tacq import n_to_keep, saliency, top_k_masks
+
+WIDTHS = (256, 512, 1024, 2048)
+BITS = (3, 4)
+TOKENS = 4096
+CHUNK = 256
+KEEP_FRACTION = 0.0035
+
+
+def layer_and_inputs(width: int, tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(width, width, generator=g) / width**0.5  # (out, in)
+    mixing = torch.randn(width, width, generator=g) / width**0.5
+    latent = torch.randn(tokens, width, generator=g) / torch.arange(1, width + 1) ** 0.5  # power-law spectrum
+    X = latent @ mixing * torch.logspace(-1, 1, width)  # (tokens, in)
+    return W, X
+
+
+def hessian(X: torch.Tensor) -> GPTQ:
+    solver = GPTQ(X.shape[1])
+    for chunk in X.split(CHUNK):
+        solver.add_batch(chunk)
+    return solver
+
+
+def gradient_magnitude(W: torch.Tensor, X: torch.Tensor, seed: int) -> torch.Tensor:
+    """Σ_chunks |∂L/∂W| with L = mean (XWᵀ − Y)², Y = XW₀ᵀ + ε (see the module docstring)."""
+    g = torch.Generator().manual_seed(seed)
+    Y = X @ W.t()
+    Y = Y + 0.1 * Y.std() * torch.randn(Y.shape, generator=g)
+    G = torch.zeros_like(W)
+    W = W.clone().requires_grad_(True)
+    for Xb, Yb in zip(X.split(CHUNK), Y.split(CHUNK)):
+        (grad,) = torch.autograd.grad((Xb @ W.t() - Yb).pow(2).mean(), W)
+        G += grad.abs()
+    return G
+
+
+def run_method(method: str, W: torch.Tensor, X: torch.Tensor, bits: int, seed: int) -> torch.Tensor:
+    settings = GPTQSettings(grid=GridSpec(bits=bits))
+    if method == "rtn":
+        return rtn(W, settings.grid)
+    solver = hessian(X)
+    if method == "gptq":
+        return solver.solve(W, settings)[0]
+    G = gradient_magnitude(W, X, seed)
+    S = saliency(W, G, solver.solve(W, settings)[0])
+    keep = top_k_masks({"W": S}, n_to_keep(KEEP_FRACTION, W.numel()))["W"]
+    return solver.solve(W, settings, keep)[0]
+
+
+def measure(widths, bits_list, tokens: int, seed: int, repeats: int) -> list[dict]:
+    rows = []
+    for width in widths:
+        W, X = layer_and_inputs(width, tokens, seed)
+        reference = X @ W.t()
+        for bits in bits_list:
+            for method in ("rtn", "gptq", "tacq"):
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    Q = run_method(method, W, X, bits, seed)
+                    times.append(time.perf_counter() - start)
+                seconds = float(np.median(times))
+                error = ((reference - X @ Q.t()).norm() / reference.norm()).item()
+                rows.append(dict(method=method, width=width, bits=bits, seconds=seconds, rel_output_error=error))
+    return rows
+
+
+def scaling_exponent(rows: list[dict]) -> float:
+    """k in seconds ∝ width^k: least squares on log seconds vs log width."""
+    width = np.log([r["width"] for r in rows])
+    seconds = np.log([r["seconds"] for r in rows])
+    return float(np.polyfit(width, seconds, 1)[0])
+
+
+def markdown(rows: list[dict], tokens: int, threads: int, repeats: int) -> str:
+    lines = [
+        "# Quantizer benchmark: one square linear layer",
+        "",
+        f"{tokens} calibration tokens, {threads} torch thread(s), median of {repeats} runs, per-channel asymmetric grid, "
+        f"TACQ keep_fraction {KEEP_FRACTION}. rel_output_error = ||XWᵀ − XQᵀ||_F / ||XWᵀ||_F.",
+        "",
+        "| method | width | bits | seconds | rel_output_error |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {r['method']} | {r['width']} | {r['bits']} | {r['seconds']:.3f} | {r['rel_output_error']:.4f} |" for r in rows]
+    lines += ["", "## Time scaling: seconds ∝ width^k (log-log least squares)", "", "| method | bits | k |", "|---|---:|---:|"]
+    keys = sorted({(r["method"], r["bits"]) for r in rows}, key=lambda k: (("rtn", "gptq", "tacq").index(k[0]), k[1]))
+    for method, bits in keys:
+        lines.append(f"| {method} | {bits} | {scaling_exponent([r for r in rows if (r['method'], r['bits']) == (method, bits)]):.2f} |")
+    lines += ["", "## TACQ / GPTQ time ratio", "", "| width | bits | ratio |", "|---:|---:|---:|"]
+    seconds = {(r["method"], r["width"], r["bits"]): r["seconds"] for r in rows}
+    for method, width, bits in sorted(k for k in seconds if k[0] == "tacq"):
+        lines.append(f"| {width} | {bits} | {seconds[method, width, bits] / seconds['gptq', width, bits]:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    parser.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS))
+    parser.add_argument("--bits", type=int, nargs="+", default=list(BITS))
+    parser.add_argument("--tokens", type=int, default=TOKENS)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = measure(args.widths, args.bits, args.tokens, args.seed, args.repeats)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "quant.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["method", "width", "bits", "seconds", "rel_output_error"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (args.out / "quant.md").write_text(markdown(rows, args.tokens, args.threads, args.repeats))
+
+
+if __name__ == "__main__":
+    main()
