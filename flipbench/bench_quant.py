@@ -109,17 +109,22 @@ def markdown(rows: list[dict], tokens: int, threads: int, repeats: int) -> str:
     lines = [
         "# Quantizer benchmark: one square linear layer",
         "",
-        f"{tokens} calibration tokens, {threads} torch thread(s), median of {repeats} runs, per-channel asymmetric grid, "
-        f"TACQ keep_fraction {KEEP_FRACTION}. rel_output_error = ||XWᵀ − XQᵀ||_F / ||XWᵀ||_F.",
+        f"{tokens} calibration tokens, {threads} torch thread(s), median of {repeats} runs, "
+        f"per-channel asymmetric grid, TACQ keep_fraction {KEEP_FRACTION}. rel_output_error = ||XWᵀ − XQᵀ||_F / ||XWᵀ||_F.",
         "",
         "| method | width | bits | seconds | rel_output_error |",
         "|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {r['method']} | {r['width']} | {r['bits']} | {r['seconds']:.3f} | {r['rel_output_error']:.4f} |" for r in rows]
-    lines += ["", "## Time scaling: seconds ∝ width^k (log-log least squares)", "", "| method | bits | k |", "|---|---:|---:|"]
-    keys = sorted({(r["method"], r["bits"]) for r in rows}, key=lambda k: (("rtn", "gptq", "tacq").index(k[0]), k[1]))
-    for method, bits in keys:
-        lines.append(f"| {method} | {bits} | {scaling_exponent([r for r in rows if (r['method'], r['bits']) == (method, bits)]):.2f} |")
+    lines += [
+        f"| {r['method']} | {r['width']} | {r['bits']} | {r['seconds']:.3f} | {r['rel_output_error']:.4f} |"
+        for r in rows
+    ]
+    lines += ["", "## Time scaling: seconds ∝ width^k (log-log least squares)", ""]
+    lines += ["| method | bits | k |", "|---|---:|---:|"]
+    for method in ("rtn", "gptq", "tacq"):
+        for bits in sorted({r["bits"] for r in rows}):
+            exponent = scaling_exponent([r for r in rows if r["method"] == method and r["bits"] == bits])
+            lines.append(f"| {method} | {bits} | {exponent:.2f} |")
     lines += ["", "## TACQ / GPTQ time ratio", "", "| width | bits | ratio |", "|---:|---:|---:|"]
     seconds = {(r["method"], r["width"], r["bits"]): r["seconds"] for r in rows}
     for method, width, bits in sorted(k for k in seconds if k[0] == "tacq"):

@@ -54,9 +54,15 @@ def _settings_problem(cfg: QuantConfig) -> str | None:
     if isinstance(cfg.group_size, bool) or not isinstance(cfg.group_size, int) or not (
         cfg.group_size == -1 or cfg.group_size >= 1
     ):
-        return f"group_size={cfg.group_size!r} is invalid; use -1 (one grid per output channel) or a positive divisor of the input width"
+        return (
+            f"group_size={cfg.group_size!r} is invalid; "
+            "use -1 (one grid per output channel) or a positive divisor of the input width"
+        )
     if not 0 <= cfg.keep_fraction <= 0.5:
-        return f"keep_fraction={cfg.keep_fraction!r} is outside [0, 0.5]; TACQ keeps a small share of weights, e.g. 0.0035"
+        return (
+            f"keep_fraction={cfg.keep_fraction!r} is outside [0, 0.5]; "
+            "TACQ keeps a small share of weights, e.g. 0.0035"
+        )
     if not cfg.damp > 0:
         return f"damp={cfg.damp!r} must be positive; the usual value is 0.01 (a fraction of mean(diag H))"
     if isinstance(cfg.block_size, bool) or not isinstance(cfg.block_size, int) or cfg.block_size < 1:

@@ -81,7 +81,9 @@ def compress(
     validate(model, cfg)
     method, needs_data = METHODS[cfg.method]
     if needs_data and calib is None:
-        raise ValueError(f"method {cfg.method} needs calibration token ids (calib); pass a (n_samples, seq_len) LongTensor")
+        raise ValueError(
+            f"method {cfg.method} needs calibration token ids (calib); pass a (n_samples, seq_len) LongTensor"
+        )
     start = time.perf_counter()
     details = method(model, cfg, calib, calib if task_calib is None else task_calib, device, progress)
     details["seconds"]["total"] = time.perf_counter() - start
@@ -90,11 +92,20 @@ def compress(
 
 def _report(model: nn.Module, cfg: QuantConfig, details: dict) -> dict:
     report = {"method": cfg.method, "seconds": details["seconds"]}
-    if cfg.method == "none":
-        bits = 8.0 * next(model.parameters()).element_size()
-        return report | {"bits": None, "group_size": None, "sym": None, "avg_bits": bits,
-                         "model_bytes": model_bytes(model, [], bits), "n_quantized_params": 0, "n_kept": 0,
-                         "layers_quantized": 0, "decoder_layers": 0, "damp_retries": 0, "damp_retries_by_layer": {}}
+    if cfg.method == "none":  # nothing quantized: avg_bits is the weights' own width
+        return report | {
+            "bits": None,
+            "group_size": None,
+            "sym": None,
+            "avg_bits": 8.0 * next(model.parameters()).element_size(),
+            "model_bytes": model_bytes(model, [], 0.0),
+            "n_quantized_params": 0,
+            "n_kept": 0,
+            "layers_quantized": 0,
+            "decoder_layers": 0,
+            "damp_retries": 0,
+            "damp_retries_by_layer": {},
+        }
     family = family_of(model)
     linears = quantizable_linears(model)
     shapes = [tuple(weight_matrix(module, family).shape) for module in linears.values()]

@@ -40,7 +40,8 @@ def write_jsonl(path, rows):
 
 
 def mc_rows(prefix: str, n: int) -> list[dict]:
-    return [{"question": f"{prefix} question {i}?", "choices": ["red", "blue", "green"], "answer": i % 3} for i in range(n)]
+    choices = ["red", "blue", "green"]
+    return [{"question": f"{prefix} question {i}?", "choices": choices, "answer": i % 3} for i in range(n)]
 
 
 def make_task(tmp_path, name: str, splits: dict[str, list[dict]], **config):

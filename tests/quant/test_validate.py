@@ -39,8 +39,8 @@ def test_group_size_that_divides_every_width_passes(llama):
 
 
 def test_unsupported_architecture_lists_supported_ones():
-    bert = BertForMaskedLM(BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=32))
+    config = BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    bert = BertForMaskedLM(config)
     with pytest.raises(ValueError, match=r"model_type 'bert' is not supported.*gpt2, llama, mistral, opt, phi3, qwen2"):
         validate(bert, QuantConfig(method="rtn"))
     validate(bert, QuantConfig(method="none"))  # nothing to quantize: any model can be its own baseline
