@@ -53,10 +53,52 @@ def _app(cfg: DictConfig) -> None:
         sys.exit(EXIT_GATE_FAILED)
 
 
+def precheck(argv: list[str]) -> str | None:
+    """Compose the config once before Hydra runs, so a bad key or value is one line, not Hydra's report.
+
+    Returns the error line, or None. Sweeps (-m) and Hydra's own options are left to Hydra.
+    """
+    if any(a in ("-m", "--multirun") or a.startswith("-") for a in argv):
+        return None
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from flipbench.config import to_typed
+
+    overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            to_typed(compose(config_name="config", overrides=overrides))
+    except ConfigError as err:
+        return str(err)
+    except (HydraException, OmegaConfBaseException) as err:
+        return _one_line(err)
+    return None
+
+
+def _one_line(err: BaseException) -> str:
+    """Hydra's multi-line composition errors, reduced to what is wrong and where to look."""
+    cause = str(err.__cause__ or "").splitlines()
+    text = str(err).splitlines()
+    if cause and "not in" in cause[0]:
+        key = text[0].split("'")[1] if "'" in text[0] else cause[0]
+        return f"unknown config key '{key}'; run `flipbench --help` for the valid keys"
+    if cause:
+        return f"{text[0]}: {cause[0]}"
+    options = [line.strip() for line in text if line.startswith("\t") and "provider=" not in line]
+    hint = f" (choices: {', '.join(options)})" if options else ""
+    return f"{text[0]}{hint}; run `flipbench --help` for the config groups"
+
+
 def main() -> None:
-    """Console entry: logging set-up, then Hydra composes (and type-checks) the config and runs."""
+    """Console entry: logging set-up, a cheap config check, then Hydra composes and runs."""
     logging.basicConfig(level=os.environ.get("FLIPBENCH_LOG", "INFO"), format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    error = precheck(sys.argv[1:])
+    if error:
+        print(f"flipbench: error: {error}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
     _app()
 
 

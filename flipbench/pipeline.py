@@ -88,8 +88,11 @@ def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict):
     return ids, grad_ids
 
 
-def compress(model, tokenizer, task_objs, cfg: FlipbenchConfig):
-    """Returns (compressed model, tokenizer, details for the manifest). Quantization works in place."""
+def compress(model, tokenizer, calibration, cfg: FlipbenchConfig):
+    """Returns (compressed model, tokenizer, details for the manifest). Quantization works in place.
+
+    ``calibration`` is the (calib, task_calib) pair from :func:`calibration_ids`, built before any evaluation.
+    """
     method = cfg.compression.method
     if method == "none":
         return model, tokenizer, {"method": "none", "avg_bits": _native_bits(model)}
@@ -98,10 +101,27 @@ def compress(model, tokenizer, task_objs, cfg: FlipbenchConfig):
         return comp, comp_tok, {"method": "checkpoint", "path": cfg.compression.path, "avg_bits": _native_bits(comp)}
     from flipbench import quant
 
-    calib, task_calib = calibration_ids(cfg, tokenizer, task_objs)
+    calib, task_calib = calibration
     details = quant.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=model.device,
                              progress=log.info)
     return model, tokenizer, details
+
+
+def check_compression(model, tokenizer, task_objs, cfg: FlipbenchConfig):
+    """Checks that need the model's shapes or the tasks' docs (group_size, calibration overlap), before evaluating.
+
+    Returns the calibration token ids, so the same data serve the compression stage.
+    """
+    if cfg.compression.method not in QUANT_METHODS:
+        return None, None
+    from flipbench import quant
+    from flipbench.config import ConfigError
+
+    try:
+        quant.validate(model, quant_config(cfg))
+        return calibration_ids(cfg, tokenizer, task_objs)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _native_bits(model) -> float:
@@ -149,12 +169,9 @@ def run(cfg) -> Path:
     try:
         with manifest.stage("load_baseline", log):
             model, tokenizer = models.load_model(cfg.model)
-            if cfg.compression.method in QUANT_METHODS:
-                from flipbench import quant
-
-                quant.validate(model, quant_config(cfg))
-            weights = models.fingerprint(model)
             task_objs = evaluate.load_tasks(plan)
+            calibration = check_compression(model, tokenizer, task_objs, cfg)
+            weights = models.fingerprint(model)
         store = cache.BaselineCache(root / "cache")
         key_parts = baseline_key(cfg, weights, task_objs, str(device))
         key = cache.cache_key(key_parts)
@@ -171,7 +188,7 @@ def run(cfg) -> Path:
             with manifest.stage("evaluate_noise_floor", log):
                 noise = evaluate_side(model, tokenizer, task_objs, plan, cfg, batch_size=cfg.eval.noise_batch_size)
         with manifest.stage("compress", log):
-            comp_model, comp_tok, details = compress(model, tokenizer, task_objs, cfg)
+            comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg)
         manifest.update(compression=details)
         with manifest.stage("evaluate_compressed", log):
             comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg)

@@ -43,6 +43,11 @@ def build_summary(samples: pd.DataFrame, cfg: FlipbenchConfig, compression: dict
     return summary
 
 
+def diverged_rows(samples: pd.DataFrame) -> int:
+    """Docs where the compressed model's choice log-likelihoods are NaN or infinite (a diverged model)."""
+    return int(sum(not np.isfinite(np.asarray(ll, dtype=float)).all() for ll in samples["ll_comp"] if len(ll)))
+
+
 def worst_flips(samples: pd.DataFrame, n: int = 10) -> pd.DataFrame:
     """The most damaging flips: right → wrong, most confident divergence first."""
     lost = samples[(samples["correct_base"] == 1) & (samples["correct_comp"] == 0)].copy()
@@ -169,6 +174,10 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
     tag = f"{cfg.model.name} · {method}{bits}"
     figures = make_plots(run_dir, samples, summary, method, tag) if cfg.output.plots else []
     head = headline_text(summary, verdict)
+    diverged = diverged_rows(samples)
+    if diverged:
+        head.insert(1, f"**DIVERGED: the compressed model produced non-finite log-likelihoods on {diverged} docs**; "
+                       "accuracy and flips count them as scored by lm-eval, KL statistics use the finite docs only.")
     for task in verdict["tasks"]:
         for check in task["checks"]:
             if not check["pass"]:
@@ -177,7 +186,7 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
     table, flips = task_table(summary), flips_table(samples)
     write_markdown(run_dir / "report.md", title, head, table, flips, figures)
     write_html(run_dir / "report.html", title, head, table, flips, figures)
-    return verdict
+    return {**verdict, "diverged_docs": diverged}
 
 
 def main(argv: list[str] | None = None) -> int:
