@@ -50,13 +50,13 @@ class GPTQ:
     def solve(
         self, W: torch.Tensor, settings: GPTQSettings, keep: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, int]:
-        """Quantize W (rows, cols); returns (Q in W's dtype, damp retries).
+        """Quantize W (rows, cols); returns (Q (rows, cols) in fp32, damp retries).
 
         keep (bool, like W), for TACQ: those entries are left out of the grid fit, never quantized, add no
         error, and end with their GPTQ-updated 16-bit value.
         """
         s, maxq = settings, settings.grid.maxq
-        rows, cols = W.shape
+        cols = W.shape[1]
         W = W.to(self.H.device, torch.float32).clone()  # (rows, cols)
         H = self.H.clone()
         keep = torch.zeros_like(W, dtype=torch.bool) if keep is None else keep.to(W.device).clone()
@@ -74,6 +74,7 @@ class GPTQ:
             perm = torch.argsort(torch.diag(H), descending=True)
             W, H, keep = W[:, perm], H[perm][:, perm], keep[:, perm]
 
+        group_of = (perm // group).tolist()  # original group of each swept column (static / per-channel grids)
         Hinv, retries = _inverse_cholesky(H, s.damp)  # (cols, cols), upper triangular
         Q = torch.zeros_like(W)
         for i1 in range(0, cols, s.block_size):
@@ -89,7 +90,7 @@ class GPTQ:
                     ahead = torch.cat([ahead, W[:, i2 : i2 + group - ahead.shape[1]]], dim=1)
                     current = fit_masked(ahead, s.grid, keep[:, col : col + group])
                 elif s.group_size == -1 or s.static_groups:
-                    current = params[int(perm[col]) // group]
+                    current = params[group_of[col]]
                 w, d, k = W1[:, i], Hinv1[i, i], keep[:, col]  # (rows,), scalar, (rows,)
                 q = torch.where(k, w, quantize(w[:, None], *current, maxq).flatten())
                 Q1[:, i] = q

@@ -11,8 +11,8 @@ from flipbench.quant.calibration import (
     text_file_calibration_texts,
     tokenize_calibration,
 )
-from tests.quant.conftest import make_task, mc_rows
-from tests.quant.tiny_models import tiny_model
+from .tiny_tasks import make_task, mc_rows
+from .tiny_models import tiny_model
 
 
 def test_windows_are_seeded_slices_of_the_token_stream(char_tokenizer):

@@ -10,7 +10,7 @@ from flipbench.families import family_of, quantizable_linears, weight_matrix
 from flipbench.quant import QuantConfig, compress
 from flipbench.quant.gptq import gptq_model
 from flipbench.quant.tacq import gradient_magnitudes, n_to_keep, saliency, salient_masks, top_k_masks
-from tests.quant.tiny_models import random_ids, tiny_model
+from .tiny_models import random_ids, tiny_model
 
 CALIB = random_ids(8, 32)
 TASK = random_ids(3, 20, seed=7)

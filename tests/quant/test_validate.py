@@ -4,7 +4,7 @@ import pytest
 from transformers import BertConfig, BertForMaskedLM
 
 from flipbench.quant import QuantConfig, compress, validate
-from tests.quant.tiny_models import tiny_model
+from .tiny_models import tiny_model
 
 BAD = [
     (dict(method="awq"), r"quantization method 'awq' is unknown; use one of none, rtn, gptq, tacq"),
