@@ -85,7 +85,12 @@ def _by_length(first: pd.Series, *others: pd.Series) -> Iterator[tuple[np.ndarra
             raise ValueError(f"{first.name} and {other.name} differ in length at rows {mismatch[:5].tolist()}")
     for k in np.unique(lengths):
         pos = np.flatnonzero(lengths == k)
-        yield pos, [np.array(s.iloc[pos].tolist(), dtype=float).reshape(len(pos), k) for s in (first, *others)]
+        yield pos, [np.array([_floats(c) for c in s.iloc[pos]], dtype=float).reshape(len(pos), k) for s in (first, *others)]
+
+
+def _floats(cell) -> np.ndarray:
+    """A list cell as floats; parquet stores a NaN inside a list as null, which comes back as None."""
+    return np.array([np.nan if v is None else v for v in cell], dtype=float)
 
 
 def _float_column(frame: pd.DataFrame, name: str) -> np.ndarray:
@@ -191,7 +196,7 @@ def _n_nonfinite(rows: pd.DataFrame, kind: str) -> int:
     that was computed (n_tokens > 0) but is not finite."""
     if kind == MULTIPLE_CHOICE:
         bad = [not (np.isfinite(b).all() and np.isfinite(c).all())
-               for b, c in zip(rows["ll_base"].map(np.asarray), rows["ll_comp"].map(np.asarray))]
+               for b, c in zip(rows["ll_base"].map(_floats), rows["ll_comp"].map(_floats))]
         return int(np.sum(bad))
     scored = np.nan_to_num(_float_column(rows, "n_tokens")) > 0
     return int((scored & ~np.isfinite(_float_column(rows, "kl"))).sum())

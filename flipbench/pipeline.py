@@ -58,12 +58,12 @@ def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch
 
 def eval_doc_hashes(task_objs: dict, limit: int | None) -> set[str]:
     """lm-eval's doc hashes of every doc that will be evaluated (calibration must not contain them)."""
-    from lm_eval.utils import hash_string
+    from flipbench.quant.calibration import doc_hash
 
     hashes = set()
     for task in task_objs.values():
         docs = list(task.eval_docs)
-        hashes.update(hash_string(str(doc)) for doc in docs[: limit or len(docs)])
+        hashes.update(doc_hash(doc) for doc in docs[: limit or len(docs)])
     return hashes
 
 
