@@ -1,0 +1,95 @@
+"""Reports and plots rendered from a hand-made samples table: tables, escaping, gate verdicts."""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from flipbench import report
+from flipbench.config import FlipbenchConfig, GateConfig
+
+HOSTILE = '<script>alert("x")</script>'
+
+
+def fixture_samples() -> pd.DataFrame:
+    """8 MC docs of task t (subjects s1, s2): 2 lost (docs 0, 1), 1 gained (doc 2), 5 unchanged."""
+    rows = []
+    for i in range(8):
+        lost, gained = i in (0, 1), i == 2
+        base_pred = 0 if i != 2 else 1
+        comp_pred = 1 if lost else 0
+        ll_b = [-0.2, -2.0] if base_pred == 0 else [-2.0, -0.2]
+        ll_c = [-0.2, -2.0] if comp_pred == 0 else [-2.0, -0.2]
+        rows.append(dict(
+            task="t", group=f"s{i % 2 + 1}", doc_id=i, filter="none", output_type="multiple_choice", metric="acc",
+            doc_hash=f"h{i}", prompt_hash=f"p{i}", prompt=f"Question {i} {HOSTILE}\nAnswer:", target="0",
+            choices=[f"yes {HOSTILE}", "no"], choice_len=[len(f"yes {HOSTILE}"), 2], ll_base=ll_b, ll_comp=ll_c,
+            pred_base=str(base_pred), pred_comp=str(comp_pred), correct_base=int(base_pred == 0),
+            correct_comp=int(comp_pred == 0), response_base="", response_comp="", kl=float("nan"),
+            same_top=float("nan"), n_tokens=float("nan"),
+        ))
+    return pd.DataFrame(rows)
+
+
+def make_run(tmp_path, gate: GateConfig | None = None):
+    from flipbench.metrics import annotate
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    annotate(fixture_samples()).to_parquet(run_dir / "samples.parquet", index=False)
+    (run_dir / "manifest.json").write_text(json.dumps({"compression": {"method": "rtn", "avg_bits": 4.25}}))
+    cfg = FlipbenchConfig()
+    cfg.model.path, cfg.model.name = "x", "fixture"
+    cfg.eval.bootstrap = 100
+    cfg.suite.metrics = {"t": ["acc"]}
+    cfg.gate = gate or GateConfig()
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    return run_dir, cfg
+
+
+def test_summary_and_markdown_table_hold_the_hand_counted_numbers(tmp_path):
+    run_dir, cfg = make_run(tmp_path)
+    report.build(run_dir, cfg)
+    summary = pd.read_csv(run_dir / "summary.csv")
+    whole = summary[(summary["group"] == "all")].iloc[0]
+    # Baseline right on 7 of 8 (all but doc 2); compressed right on 6 (docs 2-7): lost 2, gained 1.
+    assert (whole["acc_base"], whole["acc_comp"]) == (7 / 8, 6 / 8)
+    assert (whole["lost"], whole["gained"], whole["flips"]) == (2 / 8, 1 / 8, 3 / 8)
+    assert whole["avg_bits"] == 4.25 and whole["method"] == "rtn"
+    assert set(summary["group"]) == {"all", "s1", "s2"}
+    md = (run_dir / "report.md").read_text()
+    assert "| t | acc | none | 8 | 87.5% | 75.0% | -12.5% |" in md
+    assert "37.5% of answers flipped (lost 25.0%, gained 12.5%)" in md
+    assert "KL(baseline ‖ compressed) in nats" in md
+    for name in ("accuracy_vs_flips", "transitions", "kl_vs_flips", "flips_by_margin", "subjects_t"):
+        assert (run_dir / "plots" / f"{name}.png").is_file() and (run_dir / "plots" / f"{name}.svg").is_file()
+
+
+def test_html_is_self_contained_and_escapes_dataset_text(tmp_path):
+    run_dir, cfg = make_run(tmp_path)
+    report.build(run_dir, cfg)
+    page = (run_dir / "report.html").read_text()
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert page.count("data:image/png;base64,") == 5
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing external
+
+
+@pytest.mark.parametrize("gate,verdict", [
+    (GateConfig(), "not set"),
+    (GateConfig(max_flips=0.5), "PASS"),
+    (GateConfig(max_flips=0.3), "FAIL"),  # flips 0.375
+    (GateConfig(max_acc_drop=0.125), "PASS"),  # drop exactly 0.125
+    (GateConfig(max_lost=0.2), "FAIL"),  # lost 0.25
+])
+def test_gate_verdict_in_report(tmp_path, gate, verdict):
+    run_dir, cfg = make_run(tmp_path, gate)
+    assert report.build(run_dir, cfg)["verdict"] == verdict
+    assert f"Release gate: {verdict}" in (run_dir / "report.md").read_text()
+
+
+def test_rebuild_command_needs_a_run_directory(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2
+    assert "has no samples.parquet" in capsys.readouterr().err
