@@ -56,6 +56,19 @@ def git_sha() -> str | None:
         return None
 
 
+def peak_memory_mb() -> dict:
+    """Process peak resident memory so far (and the GPU's peak since the last stage, where there is one)."""
+    import resource
+
+    import torch
+
+    peak = {"rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        peak["cuda"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
 class Manifest:
     """manifest.json, rewritten atomically after every stage."""
 
@@ -76,6 +89,7 @@ class Manifest:
         yield
         seconds = round(time.perf_counter() - start, 3)
         self.data["stage_seconds"][name] = seconds
+        self.data.setdefault("peak_memory_mb", {})[name] = peak_memory_mb()
         log.info("stage %s done in %.1fs", name, seconds)
         self.flush()
 

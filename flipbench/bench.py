@@ -1,0 +1,188 @@
+"""``make bench``: flipbench against plain lm-eval, sweep cost, quantizer scaling, throughput and memory.
+
+    python -m flipbench.bench --out results/bench
+
+Everything is measured side by side in one run on this machine and written under ``--out``:
+overhead.csv (case, model, flipbench_s, lm_eval_s, ratio), sweep.csv, throughput.csv, memory.csv,
+quant.csv/quant.md (from flipbench.bench_quant) and bench.md, the tables the README quotes.
+
+Overhead compares one flipbench process (baseline and compressed evaluation, pairing, metrics, token KL,
+report) with two ``lm-eval run`` processes on the same two saved model directories, tasks, limit and batch
+size. ``cold`` starts from an empty baseline cache, ``cached`` repeats the run with the baseline cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from flipbench.tasks import BUNDLED_TASKS
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+SYNTH = BUNDLED_TASKS / "synth"
+
+
+def timed(args: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:4])} failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def save_pair(base_dir: Path, out: Path, bits: int) -> Path:
+    """Quantize a saved model with RTN in-process and save the result: the 'checkpoint' both tools evaluate."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flipbench import quant
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    quant.compress(model, quant.QuantConfig(method="rtn", bits=bits))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+    return out
+
+
+def large_random_model(out: Path, tokenizer_dir: Path, hidden: int = 1024, layers: int = 4) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 11 // 4,
+                         num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
+                         max_position_embeddings=2048)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def overhead(name: str, base_dir: Path, comp_dir: Path, limit: int | None, batch: int, work: Path) -> list[dict]:
+    root = work / f"results_{name}"
+    flip = [sys.executable, "-m", "flipbench", "model=hf", f"model.path={base_dir}", "model.dtype=float32",
+            f"model.name={name}", "compression=checkpoint",
+            f"compression.path={comp_dir}", f"eval.batch_size={batch}", f"output.root={root}"]
+    flip += [f"suite.limit={limit}"] if limit else []
+    lm = [sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--tasks", "synth", "--include_path", str(SYNTH),
+          "--batch_size", str(batch), "--device", "cpu"] + (["--limit", str(limit)] if limit else [])
+    # lm-eval resolves the synth YAMLs' relative data files against its working directory.
+    lm_s = sum(timed(lm + ["--model_args", f"pretrained={d},dtype=float32"], SYNTH) for d in (base_dir, comp_dir))
+    cold = timed(flip, work)
+    cached = timed(flip, work)
+    runs = sorted((root / "runs").iterdir())
+    return [{"case": case, "model": name, "flipbench_s": round(s, 2), "lm_eval_s": round(lm_s, 2),
+             "ratio": round(s / lm_s, 3), "run": str(run)} for case, s, run in (("cold", cold, runs[0]), ("cached", cached, runs[1]))]
+
+
+def sweep_cost(work: Path, members: str = "2,3,4") -> dict:
+    root = work / "results_sweep"
+    start = time.perf_counter()
+    timed([sys.executable, "-m", "flipbench", "-m", "compression=rtn", f"compression.bits={members}",
+           f"output.root={root}", "output.plots=false"], work)
+    seconds = time.perf_counter() - start
+    manifests = [json.loads(p.read_text()) for p in (root / "sweeps").glob("*/*/manifest.json")]
+    misses = sum(not m["baseline_cache_hit"] for m in manifests)
+    return {"members": len(manifests), "evaluations": len(manifests) + misses, "naive_evaluations": 2 * len(manifests),
+            "seconds": round(seconds, 1)}
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """Achievable fp32 FLOP/s of one large matmul on this machine (the roofline for evaluation)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def throughput(run_dir: Path, peak: float) -> dict:
+    """Tokens scored per second in the compressed evaluation and the FLOP/s that implies (2 · params · tokens)."""
+    from transformers import AutoConfig
+
+    samples = pd.read_parquet(run_dir / "samples.parquet")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    cfg = json.loads((Path(manifest["compression"]["path"]) / "config.json").read_text())
+    config = AutoConfig.for_model(**{k: v for k, v in cfg.items() if k != "transformers_version"})
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    # Characters → tokens at ~4 chars/token would be a guess; count with the model's own tokenizer instead.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(manifest["compression"]["path"])
+    tokens = 0
+    for _, row in samples.drop_duplicates(["task", "group", "doc_id"]).iterrows():
+        n_prompt = len(tok(row["prompt"], add_special_tokens=False)["input_ids"])
+        conts = list(row["choices"]) or [row["response_comp"]]
+        tokens += sum(n_prompt + len(tok(" " + str(c), add_special_tokens=False)["input_ids"]) for c in conts)
+    seconds = manifest["stage_seconds"]["evaluate_compressed"]
+    flops = 2 * params * tokens / seconds
+    return {"params": params, "tokens": tokens, "seconds": seconds, "tokens_per_s": round(tokens / seconds, 1),
+            "flop_per_s": flops, "matmul_peak_flop_per_s": peak, "share_of_peak": round(flops / peak, 4)}
+
+
+def memory(run_dir: Path) -> list[dict]:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    return [{"stage": stage, **peak} for stage, peak in manifest.get("peak_memory_mb", {}).items()]
+
+
+def markdown(tables: dict[str, pd.DataFrame]) -> str:
+    from flipbench.report import markdown_table
+
+    return "\n\n".join(f"## {name}\n\n{markdown_table(frame)}" for name, frame in tables.items()) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="flipbench benchmark")
+    parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    parser.add_argument("--large-limit", type=int, default=20, help="docs per task for the large random model")
+    parser.add_argument("--skip-quant", action="store_true")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    from flipbench.models import resolve_path
+
+    tiny = Path(resolve_path("bundled:tiny"))
+    work = Path(tempfile.mkdtemp(prefix="flipbench-bench-"))
+    try:
+        print("bench: overhead on the bundled model", flush=True)
+        rows = overhead("tiny", tiny, save_pair(tiny, work / "tiny_w4", 4), None, 16, work)
+        print("bench: overhead on a large random model", flush=True)
+        large = large_random_model(work / "large", tiny)
+        rows += overhead("large-random-h1024", large, save_pair(large, work / "large_w4", 4), args.large_limit, 16, work)
+        over = pd.DataFrame(rows)
+        over.drop(columns="run").to_csv(args.out / "overhead.csv", index=False)
+        print("bench: throughput, memory, sweep", flush=True)
+        peak = matmul_peak()
+        thr = pd.DataFrame([{"model": r["model"], **throughput(Path(r["run"]), peak)} for r in rows if r["case"] == "cold"])
+        thr.to_csv(args.out / "throughput.csv", index=False)
+        mem = pd.DataFrame([{"model": r["model"], **m} for r in rows if r["case"] == "cold" for m in memory(Path(r["run"]))])
+        mem.to_csv(args.out / "memory.csv", index=False)
+        sweep = pd.DataFrame([sweep_cost(work)])
+        sweep.to_csv(args.out / "sweep.csv", index=False)
+        if not args.skip_quant:
+            print("bench: quantizer scaling", flush=True)
+            from flipbench import bench_quant
+
+            bench_quant.main(["--out", str(args.out)])
+        tables = {"Overhead (seconds)": over.drop(columns="run"), "Sweep cost": sweep, "Evaluation throughput": thr,
+                  "Peak memory per stage (MB)": mem}
+        (args.out / "bench.md").write_text(markdown(tables))
+        print((args.out / "bench.md").read_text())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
