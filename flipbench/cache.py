@@ -33,11 +33,24 @@ def _stable(value) -> str:
     return repr(value)
 
 
+def _data_files_digest(config: dict) -> str:
+    """Local data files by content: a file edited in place must not reuse a baseline computed from its old rows."""
+    files = (config.get("dataset_kwargs") or {}).get("data_files") or {}
+    files = files if isinstance(files, dict) else {"": files}
+    digest = hashlib.sha256()
+    for split in sorted(files):
+        for path in [files[split]] if isinstance(files[split], str) else files[split]:
+            if Path(path).is_file():
+                digest.update(split.encode() + Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def task_fingerprint(tasks: dict) -> dict[str, str]:
-    """Hash of each lm-eval task's full config (prompts, splits, data files, filters, metrics)."""
+    """Hash of each lm-eval task's full config (prompts, splits, data files, filters, metrics) and local data."""
     out = {}
     for name, task in sorted(tasks.items()):
-        dumped = json.dumps(task.dump_config(), sort_keys=True, default=_stable)
+        config = task.dump_config()
+        dumped = json.dumps(config, sort_keys=True, default=_stable) + _data_files_digest(config)
         out[name] = hashlib.sha256(dumped.encode()).hexdigest()[:16]
     return out
 

@@ -21,6 +21,8 @@ HUB_SCHEMAS = {
     "allenai/ai2_arc": ["question", "choices", "answerKey"],
     "openai/gsm8k": ["question", "answer"],
 }
+# Fields that hold a list or a mapping: csv cannot carry them, and a stringified one must not reach a template.
+NESTED_FIELDS = {"cais/mmlu": ["choices"], "Rowan/hellaswag": ["endings"], "allenai/ai2_arc": ["choices"]}
 SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
 
 
@@ -64,14 +66,19 @@ def check_file(task: str, dataset_path: str, path: Path) -> pd.DataFrame:
                           f"{dataset_path} schema ({', '.join(required)}); see README, 'Air-gapped data'")
     if table.empty:
         raise ConfigError(f"suite.data_files.{task}={path.name} has no rows")
+    flat = [name for name in NESTED_FIELDS.get(dataset_path, []) if isinstance(table[name].iloc[0], str)]
+    if flat:
+        raise ConfigError(f"suite.data_files.{task}={path.name}: field(s) {', '.join(flat)} must be lists or mappings, "
+                          "not text; csv cannot hold them, use .jsonl, .json or .parquet")
     return table
 
 
 def apply_local_file(cfg: dict, path: str, task: str) -> dict | None:
     """Rewrite a task's full config to read ``path``; None when the file holds no rows for this (MMLU) subject.
 
-    Every split the task uses points at the file, so few-shot examples come from it too; lm-eval leaves the
-    asked document out of its own few-shot context.
+    Every split the task uses becomes one split read from the file, so few-shot examples come from it too. The
+    few-shot split is named as the test split because only then does lm-eval leave the asked document out of
+    its own few-shot context (HellaSwag has no test split; lm-eval then compares None with None).
     """
     local = Path(path).expanduser().resolve()
     dataset_path = cfg.get("dataset_path", "")
@@ -82,8 +89,13 @@ def apply_local_file(cfg: dict, path: str, task: str) -> dict | None:
         if subject not in set(table["subject"]):
             return None
         cfg["process_docs"] = SubjectFilter(subject)
-    splits = {cfg[key] for key in SPLIT_KEYS if cfg.get(key)}
+    split = cfg.get("test_split") or cfg.get("validation_split")
+    for key in SPLIT_KEYS:
+        if cfg.get(key):
+            cfg[key] = split
+    if cfg.get("test_split"):
+        cfg["fewshot_split"] = split
     cfg["dataset_path"] = FORMATS[local.suffix.lower()]
     cfg["dataset_name"] = None
-    cfg["dataset_kwargs"] = {"data_files": {split: str(local) for split in sorted(splits)}}
+    cfg["dataset_kwargs"] = {"data_files": {split: str(local)}}
     return cfg

@@ -132,5 +132,5 @@ def compose(overrides: list[str]):
 def mini_run_overrides(random_llama, mini_tasks, tmp_path) -> list[str]:
     """A fast run on the random model and mini tasks, writing under tmp_path."""
     return [f"model=hf", f"model.path={random_llama}", f"suite.include_path={mini_tasks}", "suite.tasks=[mini_mc,mini_gen]",
-            "suite.metrics={mini_mc:[acc_norm,acc]}", f"output.root={tmp_path / 'results'}", "eval.batch_size=4",
+            "+suite.metrics.mini_mc=[acc_norm,acc]", f"output.root={tmp_path / 'results'}", "eval.batch_size=4",
             "eval.bootstrap=200"]

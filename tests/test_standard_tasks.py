@@ -325,9 +325,6 @@ def test_gsm8k_is_five_shot_with_examples_drawn_from_the_file(shared_index, tmp_
         assert asked == f"Question: {GSM8K[doc_id]['question']}\nAnswer:"
 
 
-@pytest.mark.xfail(strict=True, reason="datafiles.apply_local_file names the few-shot split (mmlu: dev, gsm8k: train, "
-                   "arc: training docs) differently from the test split, so lm-eval does not drop the asked doc: "
-                   "it appears, answer included, among its own few-shot examples")
 @pytest.mark.parametrize("task,rows,shots", [("mmlu", MMLU, 5), ("gsm8k", GSM8K, 5), ("arc_easy", ARC_EASY, 3)])
 def test_asked_doc_is_never_among_its_own_few_shot_examples(shared_index, tmp_path, task, rows, shots):
     prompts = build_prompts(task, write(rows, tmp_path / f"{task}.jsonl"), shots=shots)
@@ -375,9 +372,6 @@ def test_a_file_for_a_task_not_evaluated_and_an_mmlu_file_without_known_subjects
         tasks.resolve(SuiteConfig(tasks=["mmlu"], data_files={"mmlu": str(unknown)}))
 
 
-@pytest.mark.xfail(strict=True, reason="datafiles.check_file accepts csv for schemas with list/dict fields: MMLU's "
-                   "options silently become single characters of the stringified list; ARC fails after the model "
-                   "loads, in a jinja traceback")
 @pytest.mark.parametrize("task,rows", [("mmlu", MMLU), ("hellaswag", HELLASWAG), ("arc_easy", ARC_EASY)])
 def test_nested_schema_in_csv_is_refused(shared_index, tmp_path, task, rows):
     path = write(rows, tmp_path / f"{task}.csv")

@@ -67,8 +67,6 @@ def test_critical_queries_against_itself(random_llama, one_thread, tmp_path, mon
     assert (summary["flips"] == 0).all()
 
 
-@pytest.mark.xfail(strict=True, reason="cache.task_fingerprint hashes the task's config (the data file's path), not "
-                   "the file's contents: after an edit the stale cached baseline is reused and pairing refuses the run")
 def test_editing_the_queries_file_evaluates_the_baseline_again(random_llama, one_thread, tmp_path):
     folder = shutil.copytree(EXAMPLE, tmp_path / "my_queries")
     overrides = ["model=hf", f"model.path={random_llama}", "suite=standard", f"suite.include_path={folder}",
