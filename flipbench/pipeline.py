@@ -14,6 +14,7 @@ import pandas as pd
 
 from flipbench import cache, evaluate, models, rundir, tasks
 from flipbench.config import FlipbenchConfig, to_typed
+from flipbench.pairing import pair
 
 log = logging.getLogger("flipbench")
 
@@ -193,11 +194,11 @@ def run(cfg) -> Path:
         with manifest.stage("evaluate_compressed", log):
             comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg)
         with manifest.stage("metrics", log):
-            paired = metrics.annotate(pair_sides(base, comp))
+            paired = metrics.annotate(pair(base, comp))
             token_kl_stage(paired, comp_model, tokenizer, cfg, same_model=cfg.compression.method == "none")
             paired.to_parquet(run_dir / "samples.parquet", index=False)
             if noise is not None:
-                metrics.annotate(pair_sides(base, noise)).to_parquet(run_dir / "noise_samples.parquet", index=False)
+                metrics.annotate(pair(base, noise)).to_parquet(run_dir / "noise_samples.parquet", index=False)
         with manifest.stage("report", log):
             verdict = report.build(run_dir, cfg)
         manifest.complete(gate=verdict)
@@ -207,8 +208,3 @@ def run(cfg) -> Path:
     rundir.point_latest(root, run_dir)
     return run_dir
 
-
-def pair_sides(base: pd.DataFrame, comp: pd.DataFrame) -> pd.DataFrame:
-    from flipbench.pairing import pair
-
-    return pair(base, comp)
