@@ -103,4 +103,6 @@ def samples_frame(results: dict, tasks: dict, plan: TaskPlan, metrics_cfg: dict[
                 metric=metric, doc_hash=sample["doc_hash"], prompt_hash=sample["prompt_hash"], **body,
             ))
     frame = pd.DataFrame(rows)
-    return frame.sort_values(["task", "group", "doc_id", "filter"], kind="stable").reset_index(drop=True)
+    # Stable sort without the filter: filters keep lm-eval's order, so the task's first filter
+    # (GSM8k's strict-match) is its headline.
+    return frame.sort_values(["task", "group", "doc_id"], kind="stable").reset_index(drop=True)

@@ -99,6 +99,7 @@ def resolve(suite: SuiteConfig) -> TaskPlan:
     for name in suite.tasks:
         if name not in index:
             raise ConfigError(f"unknown task {name!r}{_suggest(name, list(index))}")
+        before = len(plan.reported)
         for leaf in _leaves(name, index):
             reported = name if name in suite.subject_groups else leaf
             spec = _leaf_spec(leaf, index[leaf], suite, reported)
@@ -108,7 +109,7 @@ def resolve(suite: SuiteConfig) -> TaskPlan:
             plan.specs.append(spec)
             cfg = spec if isinstance(spec, dict) else (index[leaf].cfg or {})
             plan.output_types[leaf] = cfg.get("output_type", "multiple_choice")
-        if name not in plan.reported.values():
+        if len(plan.reported) == before:
             raise ConfigError(f"task {name!r} has no documents to evaluate; check suite.data_files.{name}")
     unknown = sorted(set(suite.data_files) - set(plan.reported) - set(plan.reported.values()))
     if unknown:
