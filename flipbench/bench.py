@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="flipbench benchmark")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--large-limit", type=int, default=20, help="docs per task for the large random model")
-    parser.add_argument("--skip-quant", action="store_true")
+    parser.add_argument("--skip-quant", action="store_true", help="skip the quantizer scaling benchmark")
+    parser.add_argument("--skip-large", action="store_true", help="skip the large random model (hidden 1024)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     from flipbench.models import resolve_path
@@ -157,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print("bench: overhead on the bundled model", flush=True)
         rows = overhead("tiny", tiny, save_pair(tiny, work / "tiny_w4", 4), None, 16, work)
-        print("bench: overhead on a large random model", flush=True)
-        large = large_random_model(work / "large", tiny)
-        rows += overhead("large-random-h1024", large, save_pair(large, work / "large_w4", 4), args.large_limit, 16, work)
+        if not args.skip_large:
+            print("bench: overhead on a large random model", flush=True)
+            large = large_random_model(work / "large", tiny)
+            rows += overhead("large-random-h1024", large, save_pair(large, work / "large_w4", 4), args.large_limit, 16, work)
         over = pd.DataFrame(rows)
         over.drop(columns="run").to_csv(args.out / "overhead.csv", index=False)
         print("bench: throughput, memory, sweep", flush=True)
