@@ -1,8 +1,8 @@
 """synth_arc: short reasoning questions whose choice texts are scored as continuations, as in lm-eval's ARC.
 
 The question alone carries the information (lm-eval scores each choice without showing the others).
-Item kinds range from copying (a rule applied to a named person) through comparisons and number
-sequences to two-step ordering, so accuracy depends on the mix in ``KINDS``.
+Item kinds range from copying (a rule applied to a named person) through comparisons to picking the
+right one of two rules, so accuracy depends on the mix in ``KINDS``.
 """
 
 from __future__ import annotations
@@ -18,25 +18,28 @@ COLORS = ("red", "blue", "green", "yellow", "black", "white")
 LABELS = ("A", "B", "C", "D")
 
 
-def _most(rng: random.Random) -> tuple[str, list[str], str]:
-    names, counts = rng.sample(NAMES, 4), rng.sample(range(2, 100), 4)
-    thing, most = rng.choice(THINGS), rng.random() < 0.5
-    said = ", ".join(f"{n} has {c} {thing}" for n, c in zip(names[:3], counts[:3]))
-    question = f"{said} and {names[3]} has {counts[3]} {thing}. Who has the {'most' if most else 'fewest'} {thing}?"
-    pick = max if most else min
-    return question, names, names[counts.index(pick(counts))]
+def _compare(rng: random.Random) -> tuple[str, list[str], str]:
+    (a, b), (x, y) = rng.sample(NAMES, 2), rng.sample(range(10, 100), 2)
+    thing, more = rng.choice(THINGS), rng.random() < 0.5
+    question = f"{a} has {x} {thing} and {b} has {y} {thing}. Who has {'more' if more else 'fewer'} {thing}?"
+    return question, [a, b], a if (x > y) == more else b
 
 
 def _order(rng: random.Random) -> tuple[str, list[str], str]:
-    a, b, c = rng.sample(NAMES, 3)  # a > b > c
-    facts = [f"{a} is taller than {b}.", f"{b} is taller than {c}."]
-    rng.shuffle(facts)
-    tallest = rng.random() < 0.5
-    question = " ".join(facts) + f" Who is the {'tallest' if tallest else 'shortest'}?"
-    return question, [a, b, c], a if tallest else c
+    taller, shorter = rng.sample(NAMES, 2)
+    ask_tall = rng.random() < 0.5
+    question = f"{taller} is taller than {shorter}. Who is {'taller' if ask_tall else 'shorter'}?"
+    return question, [taller, shorter], taller if ask_tall else shorter
 
 
 def _rule(rng: random.Random) -> tuple[str, list[str], str]:
+    job, name = rng.choice(JOBS), rng.choice(NAMES)
+    color, *others = rng.sample(COLORS, 4)
+    question = f"Every {job} in this town wears a {color} hat. {name} is a {job}. What color is the hat of {name}?"
+    return question, [color] + others, color
+
+
+def _two_rules(rng: random.Random) -> tuple[str, list[str], str]:
     (job, other), (color, other_color) = rng.sample(JOBS, 2), rng.sample(COLORS, 2)
     name = rng.choice(NAMES)
     rules = [f"every {job} wears a {color} hat", f"every {other} wears a {other_color} hat"]
@@ -59,11 +62,11 @@ def _sums(rng: random.Random) -> tuple[str, list[str], str]:
 
 
 def _sequence(rng: random.Random) -> tuple[str, list[str], str]:
-    start, step = rng.randint(1, 20), rng.randint(2, 9)
+    start, step = rng.randint(1, 80), rng.randint(1, 3)
     seq = [start + i * step for i in range(4)]
     nxt = seq[-1] + step
     question = f"What number comes next: {', '.join(map(str, seq))}, ...?"
-    wrong = sorted({nxt + 1, nxt - 1, nxt + step, seq[-1] + 1} - {nxt})[:3]
+    wrong = sorted({nxt + 1, nxt - 1, nxt + 2, nxt - 2} - {nxt, seq[-1]})[:3]
     return question, [str(nxt)] + [str(w) for w in wrong], str(nxt)
 
 
@@ -72,8 +75,10 @@ def _parity(rng: random.Random) -> tuple[str, list[str], str]:
     return f"Is the number {n} even or odd?", ["even", "odd"], "even" if n % 2 == 0 else "odd"
 
 
-KINDS = {"rule": (_rule, 2), "most": (_most, 3), "sums": (_sums, 2), "sequence": (_sequence, 2),
-         "parity": (_parity, 1), "order": (_order, 2)}
+# kind -> (generator, weight). Copying a stated rule and comparing small sums are the easy kinds;
+# comparisons bound to names, two competing rules and number sequences are the hard ones.
+KINDS = {"rule": (_rule, 2), "sums": (_sums, 2), "compare": (_compare, 2), "order": (_order, 1),
+         "two_rules": (_two_rules, 2), "sequence": (_sequence, 1), "parity": (_parity, 1)}
 
 
 def make_doc(rng: random.Random, kind: str, index: str) -> dict:

@@ -4,8 +4,8 @@ Output (all deterministic given the seed and sizes):
 - ``synth.yaml`` (lm-eval group ``synth``) and one task YAML per task, whose ``data_files`` are relative to
   the YAML's folder (flipbench resolves them against it at run time);
 - ``data/<task>_{train,test}.jsonl``: the docs, test and train disjoint by question text;
-- ``data/synth_world_train.jsonl``: training-only text (fact statements, craft narratives) that teaches
-  what the questions ask about. It is never evaluated.
+- ``data/synth_world_train.jsonl``: training-only text that teaches what the questions ask about (fact
+  statements, question/answer pairs, option-letter drills, craft narratives). It is never evaluated.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from flipbench.synth import arc, gsm8k, hellaswag, mmlu
-from flipbench.synth.world import PEOPLE, build_world
+from flipbench.synth.world import build_world
 
 TASKS = ("synth_mmlu", "synth_arc", "synth_hellaswag", "synth_gsm8k")
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "tasks" / "synth"
@@ -38,12 +38,15 @@ class Sizes:
     mmlu_test: int = 200
     mmlu_train: int = 6000
     mmlu_unseen: float = 0.25  # share of test facts with no train question at all (the hard items)
+    mmlu_open_book: float = 0.4  # share of train questions that state their fact first
+    mmlu_drills: int = 2000  # training-only texts binding option texts to letters
     arc_test: int = 200
     arc_train: int = 8000
     hellaswag_test: int = 200
     hellaswag_train: int = 4000
     hellaswag_hard: float = 0.5  # share of docs with a later step of the same craft among the endings
-    narratives_per_craft: int = 12
+    hellaswag_zipf: float = 1.0  # craft i is trained on in proportion to 1 / (i + 1) ** zipf
+    narratives: int = 24  # narratives of the most frequent craft
     gsm8k_test: int = 100
     gsm8k_train: int = 8000
 
@@ -52,19 +55,17 @@ def build(seed: int, sizes: Sizes) -> dict[str, list[dict]]:
     """All files' records, keyed by file stem (``synth_mmlu_train`` …), without touching the disk."""
     world = build_world(seed)
     files = {}
-    shuffle = random.Random(f"{seed}:order")
-    train, test = mmlu.generate(world, seed, sizes.mmlu_test, sizes.mmlu_train, sizes.mmlu_unseen)
-    shuffle.shuffle(test)  # mix subjects, so lm-eval's limit=N (first N docs) still covers them all
+    train, test, facts_qa = mmlu.generate(world, seed, sizes.mmlu_test, sizes.mmlu_train, sizes.mmlu_unseen,
+                                          sizes.mmlu_open_book, sizes.mmlu_drills)
+    random.Random(f"{seed}:order").shuffle(test)  # mix subjects: lm-eval's limit=N takes the first N docs
     files["synth_mmlu_train"], files["synth_mmlu_test"] = train, test
     files["synth_arc_train"], files["synth_arc_test"] = arc.generate(seed, sizes.arc_test, sizes.arc_train)
-    train, test, crafts = hellaswag.generate(seed, sizes.hellaswag_test, sizes.hellaswag_train, sizes.hellaswag_hard)
+    train, test, stories = hellaswag.generate(seed, sizes.hellaswag_test, sizes.hellaswag_train,
+                                              sizes.hellaswag_hard, sizes.hellaswag_zipf, sizes.narratives)
     files["synth_hellaswag_train"], files["synth_hellaswag_test"] = train, test
     files["synth_gsm8k_train"], files["synth_gsm8k_test"] = gsm8k.generate(seed, sizes.gsm8k_test, sizes.gsm8k_train)
-    names = random.Random(f"{seed}:narratives")
-    stories = [hellaswag.narrative(craft, name) for craft in crafts
-               for name in names.sample(sorted(PEOPLE), sizes.narratives_per_craft)]
-    files["synth_world_train"] = [{"kind": "fact", "text": t} for t in mmlu.knowledge(world, seed)] + \
-                                 [{"kind": "craft", "text": t} for t in stories]
+    facts = [{"kind": "fact", "text": text} for text in mmlu.knowledge(world, seed)]
+    files["synth_world_train"] = facts + facts_qa + stories
     return files
 
 

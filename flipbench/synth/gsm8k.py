@@ -1,7 +1,7 @@
 """synth_gsm8k: short word problems with worked answers ending in ``#### N``, as in lm-eval's GSM8k.
 
-One-step problems (addition, subtraction, small products) are the easy items; two-step problems (a sum
-then a difference) are the hard ones. Worked answers stay within ``max_gen_toks`` of the tiny tokenizer.
+Numbers stay small (sums up to 29, single-digit products) so the arithmetic is a table a tiny model can
+learn; one-step problems are the easy items, two-step problems (a sum then a difference) the hard ones. Worked answers stay within ``max_gen_toks`` of the tiny tokenizer.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ ITEMS = ("apples", "pencils", "marbles", "stickers", "cookies", "shells", "books
 
 
 def _add(rng, name, pronoun, item):
-    x, y = rng.randint(2, 40), rng.randint(2, 40)
+    x, y = rng.randint(2, 20), rng.randint(2, 9)
     question = f"{name} has {x} {item}. {cap(pronoun)} finds {y} more. How many {item} does {name} have now?"
     return question, [f"{name} has {x} + {y} = {x + y} {item} now."], x + y
 
 
 def _sub(rng, name, pronoun, item):
-    x = rng.randint(10, 60)
-    y = rng.randint(2, x - 1)
+    x = rng.randint(5, 20)
+    y = rng.randint(2, min(9, x - 1))
     question = f"{name} has {x} {item}. {cap(pronoun)} gives away {y}. How many {item} does {name} have left?"
     return question, [f"{name} has {x} - {y} = {x - y} {item} left."], x - y
 
@@ -34,8 +34,8 @@ def _mul(rng, name, pronoun, item):
 
 
 def _two_step(rng, name, pronoun, item):
-    x, y = rng.randint(5, 30), rng.randint(2, 20)
-    z = rng.randint(2, x + y - 1)
+    x, y = rng.randint(2, 12), rng.randint(2, 9)
+    z = rng.randint(2, min(9, x + y - 1))
     question = (f"{name} has {x} {item}. {cap(pronoun)} buys {y} more and then gives away {z}. "
                 f"How many {item} does {name} have left?")
     steps = [f"{name} has {x} + {y} = {x + y} {item}.", f"Then {pronoun} has {x + y} - {z} = {x + y - z} {item} left."]

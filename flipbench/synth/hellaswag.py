@@ -34,6 +34,8 @@ class Craft:
     """A craft's label (HellaSwag's activity_label) and its ordered steps."""
 
     label: str
+    material: str
+    product: str
     steps: tuple[str, ...]
 
 
@@ -46,7 +48,7 @@ def build_crafts(seed: int, count: int = 24) -> list[Craft]:
         fill = {"m": material, "p": product}
         steps = tuple(s.format(t=rng.choice(TOOLS), c=rng.choice(COLORS), **fill)
                       for s in rng.sample(STEPS, SCRIPT_LENGTH))
-        crafts.append(Craft(f"Making a {material} {product}", steps))
+        crafts.append(Craft(f"Making a {material} {product}", material, product, steps))
     return crafts
 
 
@@ -62,26 +64,39 @@ def narrative(craft: Craft, name: str) -> str:
     return _context(craft, name, SCRIPT_LENGTH).rsplit(" ", 1)[0]
 
 
-def make_doc(rng: random.Random, crafts: list[Craft], hard: float) -> dict:
-    """A doc asking for step ``shown + 1`` of a random craft; a later step is a distractor with prob. ``hard``."""
-    craft = rng.choice(crafts)
+def _wrong_endings(rng: random.Random, craft: Craft, crafts: list[Craft], shown: int, hard: float) -> list[str]:
+    """Three wrong next steps: maybe a later step of the same craft, then steps of other crafts, preferring
+    crafts with the same material or product (their steps name the same things)."""
+    wrong = [rng.choice(craft.steps[shown + 1:])] if rng.random() < hard else []
+    similar = [c for c in crafts if c is not craft and (c.material == craft.material or c.product == craft.product)]
+    while len(wrong) < 3:
+        pool = similar if similar and rng.random() < 0.5 else [c for c in crafts if c is not craft]
+        candidate = rng.choice(rng.choice(pool).steps)
+        if candidate not in wrong and candidate not in craft.steps:
+            wrong.append(candidate)
+    return wrong
+
+
+def make_doc(rng: random.Random, crafts: list[Craft], hard: float, weights: list[float] | None = None) -> dict:
+    """A doc asking for step ``shown + 1`` of a craft drawn with ``weights`` (uniform if None)."""
+    craft = rng.choices(crafts, weights)[0]
     name, shown = rng.choice(sorted(PEOPLE)), rng.randint(1, SCRIPT_LENGTH - 2)
     right = craft.steps[shown]
-    wrong = [rng.choice(craft.steps[shown + 1:])] if rng.random() < hard else []
-    others = [s for c in crafts if c is not craft for s in c.steps if s not in craft.steps]
-    while len(wrong) < 3:
-        candidate = rng.choice(others)
-        if candidate not in wrong:
-            wrong.append(candidate)
-    endings = [f"{s}." for s in wrong + [right]]
+    endings = [f"{s}." for s in _wrong_endings(rng, craft, crafts, shown, hard) + [right]]
     rng.shuffle(endings)
     return {"activity_label": craft.label, "query": _context(craft, name, shown), "choices": endings,
             "label": str(endings.index(f"{right}."))}
 
 
-def generate(seed: int, n_test: int, n_train: int, hard: float) -> tuple[list[dict], list[dict], list[Craft]]:
-    """Test docs, then train docs whose contexts never equal a test context, and the crafts behind them."""
+def generate(seed: int, n_test: int, n_train: int, hard: float, zipf: float,
+             narratives: int) -> tuple[list[dict], list[dict], list[dict]]:
+    """Train docs, test docs and training-only narratives.
+
+    Test docs are spread evenly over crafts; training (docs and narratives) sees craft ``i`` in proportion
+    to ``1 / (i + 1) ** zipf``, so rare crafts are remembered less well: the hard items.
+    """
     crafts = build_crafts(seed)
+    weights = [1 / (i + 1) ** zipf for i in range(len(crafts))]
     rng = random.Random(f"{seed}:hellaswag")
     test, test_queries = [], set()
     while len(test) < n_test:  # test contexts are unique
@@ -91,10 +106,13 @@ def generate(seed: int, n_test: int, n_train: int, hard: float) -> tuple[list[di
             test.append(doc)
     train = []
     while len(train) < n_train:  # train may repeat a context (other endings), never a test one
-        doc = make_doc(rng, crafts, hard)
+        doc = make_doc(rng, crafts, hard, weights)
         if doc["query"] not in test_queries:
             train.append(doc)
-    return train, test, crafts
+    people = sorted(PEOPLE)
+    texts = [{"kind": "craft", "text": narrative(craft, name)} for craft, w in zip(crafts, weights)
+             for name in rng.sample(people, max(1, round(narratives * w)))]
+    return train, test, texts
 
 
 YAML = """\

@@ -4,13 +4,15 @@ Every fact is taught as statements. A test question asks a fact in a question fo
 never pairs with that fact (the other forms are used for it, and this form is used for other facts); a
 share of test facts (``unseen``) gets no train question at all, so the model must go from statement to
 question on its own. That mix of easy and hard items keeps accuracy away from both chance and 100%.
+Training-only texts (question/answer pairs in the allowed forms, option-to-letter drills) help a tiny
+model learn the two halves of an MMLU answer, recalling the fact and finding its letter.
 """
 
 from __future__ import annotations
 
 import random
 
-from flipbench.synth.world import SUBJECTS, Attribute, World, question, statement
+from flipbench.synth.world import SUBJECTS, Attribute, World, cap, question, statement
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -33,10 +35,11 @@ def _facts(world: World) -> dict[str, list[tuple]]:
     return by_subject
 
 
-def generate(world: World, seed: int, n_test: int, n_train: int, unseen: float) -> tuple[list[dict], list[dict]]:
-    """Train and test docs. Test: ``n_test`` facts spread evenly over subjects, one question each."""
-    rng = random.Random(f"{seed}:mmlu")
-    test, allowed = [], {}  # allowed: fact -> question forms the train split may use for it
+def _split_facts(world: World, rng: random.Random, n_test: int, unseen: float):
+    """Test docs (``n_test`` facts spread evenly over subjects) and, per fact, the question forms the
+    train split may use: all three for untested facts, the two others for tested ones, none for the
+    ``unseen`` share of tested facts."""
+    test, allowed = [], {}
     per_subject = n_test // len(SUBJECTS)
     for facts in _facts(world).values():
         rng.shuffle(facts)
@@ -47,15 +50,44 @@ def generate(world: World, seed: int, n_test: int, n_train: int, unseen: float) 
                 test.append(mc_doc(rng, *fact, form=held_out))
                 hard = i < round(per_subject * unseen)
                 allowed[fact] = () if hard else tuple(f for f in (0, 1, 2) if f != held_out)
+    return test, allowed
+
+
+def _drill(rng: random.Random, attribute: Attribute) -> str:
+    """Training-only text binding option texts to their letters: the lookup an MMLU answer needs.
+
+    Written so the value and the letter are the same tokens as in a question (" marsh", " B").
+    """
+    values = rng.sample(attribute.values, 4)
+    lines = "\n".join(f"{letter}. {value}" for letter, value in zip(LETTERS, values))
+    order = rng.sample(range(4), 4)
+    return lines + "".join(f"\nAnswer for {values[i]}: {LETTERS[i]}" for i in order)
+
+
+def generate(world: World, seed: int, n_test: int, n_train: int, unseen: float,
+             open_book: float, n_drills: int) -> tuple[list[dict], list[dict], list[dict]]:
+    """Train docs, test docs, and training-only texts (question/answer pairs and letter drills).
+
+    A share ``open_book`` of train docs states the fact before asking it, so the answer can be found in
+    the prompt: these teach the letter lookup before recall and lookup must be combined.
+    """
+    rng = random.Random(f"{seed}:mmlu")
+    test, allowed = _split_facts(world, rng, n_test, unseen)
     test_questions = {d["question"] for d in test}
     eligible = [fact for fact, forms in allowed.items() if forms]
     train = []
     while len(train) < n_train:
         fact = rng.choice(eligible)
         doc = mc_doc(rng, *fact, form=rng.choice(allowed[fact]))
+        if rng.random() < open_book:
+            doc["question"] = f"{statement(fact[1], fact[2], fact[3], rng.randrange(2))} {doc['question']}"
         if doc["question"] not in test_questions:  # cannot happen by construction; kept as the contract
             train.append(doc)
-    return train, test
+    texts = [{"kind": "qa", "text": f"Question: {question(f[1], f[2], form)}\nAnswer: {f[3]}"}
+             for f in eligible for form in allowed[f]]
+    attributes = [a for subject in SUBJECTS for a in subject.attributes]
+    texts += [{"kind": "drill", "text": _drill(rng, rng.choice(attributes))} for _ in range(n_drills)]
+    return train, test, texts
 
 
 def knowledge(world: World, seed: int) -> list[str]:

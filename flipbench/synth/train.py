@@ -32,42 +32,55 @@ class TrainConfig:
 
     seed: int = 0
     vocab_size: int = 1024
-    hidden_size: int = 256
+    hidden_size: int = 128
     layers: int = 4
     heads: int = 4
-    intermediate_size: int = 688
-    steps: int = 1200
-    batch_docs: int = 64  # documents per step; each row is one document, as at evaluation
-    lr: float = 2e-3
-    warmup: int = 60
+    intermediate_size: int = 384
+    steps: int = 4000
+    batch_docs: int = 32  # documents per step; each row is one document, as at evaluation
+    lr: float = 3e-3
+    warmup: int = 100
     weight_decay: float = 0.1
     target_weight: float = 3.0  # loss weight of the scored answer tokens relative to prompt tokens
-    fact_repeats: int = 6  # world-text copies per epoch: facts must be seen often to be memorised
+    # World-text copies per epoch of the task docs: facts must be seen often to be memorised.
+    fact_repeats: int = 6
+    qa_repeats: int = 2
+    drill_repeats: int = 1
     craft_repeats: int = 3
     # One thread: on a shared 2-core machine two OpenMP threads slow down several-fold as soon as another
     # process takes a core, and a fixed thread count keeps CPU float sums (hence the weights) reproducible.
     threads: int = 1
+    log_every: int = 100
 
 
 def training_examples(task_dir: Path, cfg: TrainConfig) -> list[Example]:
     """Train-split docs once each, world text repeated as configured."""
-    repeats = {"world:fact": cfg.fact_repeats, "world:craft": cfg.craft_repeats}
+    repeats = {"world:fact": cfg.fact_repeats, "world:qa": cfg.qa_repeats, "world:drill": cfg.drill_repeats,
+               "world:craft": cfg.craft_repeats}
     world = [e for e in world_examples(task_dir) for _ in range(repeats[e.source])]
     return task_examples(task_dir) + world
 
 
-def encode(tokenizer, example: Example, target_weight: float) -> tuple[list[int], list[float]]:
-    """Token ids (``<s>`` … ``</s>``) and per-token loss weights for predicting each token.
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenised example: ids (``<s>`` … ``</s>``), per-token loss weights, where the target starts."""
 
-    Prompt and target are encoded together, as lm-eval does, and split at the prompt's length.
-    """
+    ids: list[int]
+    weights: list[float]
+    target_start: int
+    source: str
+
+
+def encode(tokenizer, example: Example, target_weight: float) -> Encoded:
+    """Tokenise one example; prompt and target are encoded together (as lm-eval does) and split at the
+    prompt's length. Weight 0 on ``<s>`` (never predicted), ``target_weight`` on the target and ``</s>``."""
     ids = tokenizer.encode(example.text) + [tokenizer.eos_token_id]
     n_prompt = len(tokenizer.encode(example.prompt)) if example.target else len(ids)
     weights = [0.0] + [1.0] * (n_prompt - 1) + [target_weight] * (len(ids) - n_prompt)
-    return ids, weights
+    return Encoded(ids, weights, n_prompt, example.source)
 
 
-def batches(encoded: list, batch_docs: int, rng: random.Random):
+def batches(encoded: list[Encoded], batch_docs: int, rng: random.Random):
     """Endless batches: each epoch shuffled, then grouped by length so rows need little padding."""
     while True:
         order = list(range(len(encoded)))
@@ -75,23 +88,25 @@ def batches(encoded: list, batch_docs: int, rng: random.Random):
         chunk = batch_docs * 32
         epoch = []
         for start in range(0, len(order), chunk):
-            part = sorted(order[start:start + chunk], key=lambda i: len(encoded[i][0]))
+            part = sorted(order[start:start + chunk], key=lambda i: len(encoded[i].ids))
             epoch += [part[i:i + batch_docs] for i in range(0, len(part), batch_docs)]
         rng.shuffle(epoch)
         yield from epoch
 
 
-def collate(encoded: list, rows: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids (B, T), attention mask (B, T) and loss weights (B, T) for one batch."""
-    width = max(len(encoded[i][0]) for i in rows)
+def collate(encoded: list[Encoded], rows: list[int], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Right-padded ids, attention mask, loss weights and target mask, each (B, T), for one batch."""
+    width = max(len(encoded[i].ids) for i in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     weights = torch.zeros((len(rows), width))
+    target = torch.zeros((len(rows), width), dtype=torch.bool)
     for r, i in enumerate(rows):
-        n = len(encoded[i][0])
-        ids[r, :n], mask[r, :n] = torch.tensor(encoded[i][0]), 1
-        weights[r, :n] = torch.tensor(encoded[i][1])
-    return ids, mask, weights
+        n = len(encoded[i].ids)
+        ids[r, :n], mask[r, :n] = torch.tensor(encoded[i].ids), 1
+        weights[r, :n] = torch.tensor(encoded[i].weights)
+        target[r, encoded[i].target_start:n] = True
+    return ids, mask, weights, target
 
 
 def build_model(cfg: TrainConfig, tokenizer) -> LlamaForCausalLM:
@@ -120,26 +135,36 @@ def _optimizer(model, cfg: TrainConfig):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def fit(model, encoded: list, cfg: TrainConfig, pad_id: int, log=print) -> list[float]:
-    """The training loop: weighted next-token cross-entropy. Returns the loss per step."""
+def fit(model, encoded: list[Encoded], cfg: TrainConfig, pad_id: int, log=print) -> list[float]:
+    """The training loop: weighted next-token cross-entropy. Returns the loss per step.
+
+    Logs the loss and, per task, the cross-entropy on target tokens only: the number that shows when a
+    skill (copying, letter lookup) starts to be learned.
+    """
     optimizer, scheduler = _optimizer(model, cfg)
     stream = batches(encoded, cfg.batch_docs, random.Random(f"{cfg.seed}:batches"))
-    losses, start = [], time.time()
+    losses, window, start = [], {}, time.time()
     model.train()
     for step in range(cfg.steps):
-        ids, mask, weights = collate(encoded, next(stream), pad_id)
+        rows = next(stream)
+        ids, mask, weights, target = collate(encoded, rows, pad_id)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (B, T-1, V)
-        ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none")
-        w = weights[:, 1:].reshape(-1)
-        loss = (ce * w).sum() / w.sum()
+        ce = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
+        loss = (ce * weights[:, 1:]).sum() / weights[:, 1:].sum()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        if step % 50 == 0 or step == cfg.steps - 1:
-            log(f"step {step:5d}  loss {sum(losses[-50:]) / len(losses[-50:]):.4f}  {time.time() - start:6.0f}s")
+        for r, i in enumerate(rows):
+            if encoded[i].target_start < len(encoded[i].ids):
+                window.setdefault(encoded[i].source, []).append(ce[r][target[r, 1:]].mean().item())
+        if (step + 1) % cfg.log_every == 0 or step == cfg.steps - 1:
+            per_task = "  ".join(f"{s.removeprefix('synth_')} {sum(v) / len(v):.3f}" for s, v in sorted(window.items()))
+            recent = losses[-cfg.log_every:]
+            log(f"step {step + 1:5d}  loss {sum(recent) / len(recent):.4f}  target CE: {per_task}  {time.time() - start:5.0f}s")
+            window = {}
     model.eval()
     return losses
 
@@ -162,9 +187,9 @@ def train(task_dir: Path, out: Path, cfg: TrainConfig, log=print) -> dict:
         "seed": cfg.seed, "config": asdict(cfg), "seconds": round(time.time() - start, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_docs": {s: sum(e.source == s for e in examples) for s in sources},
-        "tokens_per_epoch": sum(len(ids) for ids, _ in encoded),
-        "tokens_seen": cfg.steps * cfg.batch_docs * sum(len(ids) for ids, _ in encoded) // len(encoded),
-        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+        "tokens_per_epoch": sum(len(e.ids) for e in encoded),
+        "tokens_seen": cfg.steps * cfg.batch_docs * sum(len(e.ids) for e in encoded) // len(encoded),
+        "final_loss": round(sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]), 4),
         "torch": torch.__version__,
     }
     (out / "training.json").write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
@@ -177,8 +202,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other TrainConfig fields")
     args = parser.parse_args(argv)
-    facts = train(args.tasks, args.out, TrainConfig(steps=args.steps, seed=args.seed))
+    cfg = TrainConfig(steps=args.steps, seed=args.seed)
+    for item in args.set:
+        key, value = item.split("=", 1)
+        if not hasattr(cfg, key):
+            raise SystemExit(f"unknown TrainConfig field {key!r}; known: {', '.join(asdict(cfg))}")
+        setattr(cfg, key, type(getattr(cfg, key))(value))
+    facts = train(args.tasks, args.out, cfg)
     print(json.dumps({k: facts[k] for k in ("seconds", "parameters", "final_loss")}))
 
 
