@@ -22,6 +22,10 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 
+# Bump when the per-sample frame's layout or order changes, so entries written by older code are not reused.
+FORMAT = 2
+
+
 def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 

@@ -100,9 +100,15 @@ def samples_frame(results: dict, tasks: dict, plan: TaskPlan, metrics_cfg: dict[
             group = leaf.removeprefix(f"{task}_") if task != leaf else str(sample["doc"].get(subject_field, leaf))
             rows.append(dict(
                 task=task, group=group, doc_id=int(sample["doc_id"]), filter=sample["filter"], output_type=output_type,
-                metric=metric, doc_hash=sample["doc_hash"], prompt_hash=sample["prompt_hash"], **body,
+                metric=metric, doc_hash=sample["doc_hash"], prompt_hash=sample["prompt_hash"], **body, _leaf=leaf,
             ))
     frame = pd.DataFrame(rows)
-    # Stable sort without the filter: filters keep lm-eval's order, so the task's first filter
-    # (GSM8k's strict-match) is its headline.
-    return frame.sort_values(["task", "group", "doc_id"], kind="stable").reset_index(drop=True)
+    # Filters in the task YAML's order, so the first one listed (GSM8k's strict-match) is the headline.
+    frame["_rank"] = [filter_rank(tasks, leaf_of, name) for leaf_of, name in zip(frame.pop("_leaf"), frame["filter"])]
+    frame = frame.sort_values(["task", "group", "doc_id", "_rank"], kind="stable")
+    return frame.drop(columns="_rank").reset_index(drop=True)
+
+
+def filter_rank(tasks: dict, leaf: str, name: str) -> int:
+    filters = [f.get("name") for f in (tasks[leaf].get_config("filter_list") or []) if isinstance(f, dict)]
+    return filters.index(name) if name in filters else len(filters)

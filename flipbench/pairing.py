@@ -19,7 +19,9 @@ def pair(base: pd.DataFrame, comp: pd.DataFrame) -> pd.DataFrame:
         dupes = frame.duplicated(PAIR_KEY)
         if dupes.any():
             raise PairingError(f"{name} has duplicate rows for {frame.loc[dupes, PAIR_KEY].iloc[0].to_dict()}")
-    merged = base.merge(comp, on=PAIR_KEY, how="outer", suffixes=("_base", "_comp"), indicator=True)
+    # An outer merge sorts its keys; keep the baseline's row order (filters in the task's own order).
+    merged = base.assign(_order=range(len(base))).merge(comp, on=PAIR_KEY, how="outer", suffixes=("_base", "_comp"),
+                                                         indicator=True)
     unpaired = merged[merged["_merge"] != "both"]
     if len(unpaired):
         first = unpaired.iloc[0]
@@ -32,6 +34,7 @@ def pair(base: pd.DataFrame, comp: pd.DataFrame) -> pd.DataFrame:
             row = bad.iloc[0]
             raise PairingError(f"{column} differs for {row['task']} doc {row['doc_id']} ({len(bad)} docs); "
                                "the two sides saw different documents or prompts and cannot be compared")
+    merged = merged.sort_values("_order", kind="stable")
     out = merged[PAIR_KEY].copy()
     for column in SHARED:
         out[column] = merged[f"{column}_base"]

@@ -44,7 +44,7 @@ def quant_config(cfg: FlipbenchConfig):
 def baseline_key(cfg: FlipbenchConfig, fingerprint: str, task_objs: dict, device: str) -> dict:
     from importlib.metadata import version
 
-    return {"model": cfg.model.path, "revision": cfg.model.revision, "weights": fingerprint,
+    return {"format": cache.FORMAT, "model": cfg.model.path, "revision": cfg.model.revision, "weights": fingerprint,
             "tasks": cache.task_fingerprint(task_objs), "lm_eval": version("lm_eval"), "batch_size": cfg.eval.batch_size,
             "dtype": cfg.model.dtype, "device": device, "limit": cfg.suite.limit, "num_fewshot": dict(cfg.suite.num_fewshot),
             "seed": cfg.eval.seed, "metrics": dict(cfg.suite.metrics), "subject_field": cfg.suite.subject_field}

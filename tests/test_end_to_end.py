@@ -54,6 +54,9 @@ def test_baseline_against_itself_has_no_flips_and_caches(mini_run_overrides):
     # The headline row of mini_mc is acc_norm, as configured, and both metrics are reported.
     heads = summary[(summary["task"] == "mini_mc") & (summary["group"] == "all")]
     assert heads["metric"].tolist()[:2] == ["acc_norm", "acc"] and bool(heads["headline"].iloc[0])
+    # The generative task's headline is its first listed filter (strict-match), not the alphabetical first.
+    gen_heads = summary[(summary["task"] == "mini_gen") & (summary["group"] == "all")]
+    assert gen_heads["filter"].tolist() == ["strict-match", "flexible-extract"]
     again = pipeline.run(compose(mini_run_overrides + ["compression=none"]))
     assert json.loads((again / "manifest.json").read_text())["baseline_cache_hit"] is True
     assert pd.read_parquet(again / "samples.parquet")[["pred_base", "correct_base"]].equals(samples[["pred_base", "correct_base"]])
