@@ -108,3 +108,41 @@ class BaselineCache:
         # Data first, then its sidecar: a reader that sees the new sidecar also sees the matching data.
         os.replace(data_tmp, data_path)
         os.replace(meta_tmp, meta_path)
+
+    # The baseline's answer-token log-probs for token KL, beside its samples: a cached run then needs only the
+    # compressed model's forward pass. Rows are keyed by (task, group, doc_id).
+
+    def _reference_path(self, key: str) -> Path:
+        return self.root / f"{key}.kl.safetensors"
+
+    def load_reference(self, key: str) -> dict[tuple, "torch.Tensor"] | None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
+        path = self._reference_path(key)
+        if not path.exists():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                rows = json.loads(handle.metadata()["rows"])
+            tensors = load_file(str(path))
+            counts = tensors["n_tokens"].tolist()
+            if len(counts) != len(rows) or sum(counts) != len(tensors["logprobs"]):
+                raise ValueError("row count mismatch")
+        except (OSError, ValueError, KeyError, SafetensorError) as err:
+            log.warning("token-KL reference %s is corrupt or partial (%s); recomputing it", key, err)
+            return None
+        return {tuple(row): part for row, part in zip(rows, tensors["logprobs"].split(counts))}
+
+    def store_reference(self, key: str, reference: dict[tuple, "torch.Tensor"]) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        rows = list(reference)
+        tensors = {"logprobs": torch.cat([reference[r] for r in rows]).contiguous(),
+                   "n_tokens": torch.tensor([len(reference[r]) for r in rows], dtype=torch.long)}
+        path = self._reference_path(key)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file(tensors, str(tmp), metadata={"rows": json.dumps([list(r) for r in rows])})
+        os.replace(tmp, path)

@@ -76,6 +76,9 @@ class EvalConfig:
     seed: int = 1234
     bootstrap: int = 1000  # paired-bootstrap resamples for the confidence intervals
     token_kl: bool = True  # token-level KL for generative tasks (one extra forward pass per side)
+    # The baseline's answer-token log-probs are kept (and cached with the baseline) up to this size; above it
+    # the baseline is reloaded after compression for the KL pass instead.
+    token_kl_reference_mb: int = 2048
     noise_floor: bool = False  # also evaluate the baseline at noise_batch_size and report its flips
     noise_batch_size: int = 1
     cache: bool = True  # reuse cached baseline samples
@@ -154,6 +157,7 @@ def validate(cfg: FlipbenchConfig) -> None:
     _check(not needs_text or bool(cal.path), "calibration from text needs calibration.path=<text file>")
     _check(cal.n_samples > 0 and cal.seq_len > 0, "calibration.n_samples and calibration.seq_len must be positive")
     _check(ev.batch_size > 0, f"eval.batch_size={ev.batch_size} must be positive")
+    _check(ev.token_kl_reference_mb >= 0, f"eval.token_kl_reference_mb={ev.token_kl_reference_mb} must be >= 0 (0 never keeps it)")
     _check(ev.bootstrap >= 0, f"eval.bootstrap={ev.bootstrap} must be >= 0 (0 disables the intervals)")
     _check(len(cfg.suite.tasks) > 0, "suite.tasks is empty; name at least one task, e.g. TASKS=synth_mmlu")
     _check(cfg.suite.limit is None or cfg.suite.limit > 0, f"suite.limit={cfg.suite.limit} must be positive")

@@ -130,24 +130,69 @@ def _native_bits(model) -> float:
     return float(param.element_size() * 8)
 
 
-def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchConfig, same_model: bool) -> None:
-    """Token-level KL(base‖comp) on the baseline's generated answers, filled into the generative rows."""
+def _kl_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per distinct generative (task, group, doc_id): GSM8k logs a row per filter with the same generation."""
+    return frame[frame["output_type"] == "generate_until"].drop_duplicates(["task", "group", "doc_id"])
+
+
+def _row_keys(rows: pd.DataFrame) -> list[tuple]:
+    return [(str(t), str(g), int(d)) for t, g, d in zip(rows["task"], rows["group"], rows["doc_id"])]
+
+
+def kl_reference(base: pd.DataFrame, model, tokenizer, cfg: FlipbenchConfig, store: cache.BaselineCache, key: str):
+    """The baseline's answer-token log-probs for token KL, computed while ``model`` still is the baseline.
+
+    Returns {(task, group, doc_id): (answer tokens, V) tensor}, from the cache when it holds them; None when
+    token KL is off, no task generates, or they would exceed ``eval.token_kl_reference_mb`` (the KL stage then
+    reloads the baseline instead).
+    """
+    rows = _kl_rows(base)
+    if not cfg.eval.token_kl or rows.empty:
+        return None
+    keys = _row_keys(rows)
+    reference = store.load_reference(key) if cfg.eval.cache else None
+    if reference is not None and all(k in reference for k in keys):
+        return reference
+    from flipbench.tokenkl import answer_logprobs, reference_bytes
+
+    prompts, answers = rows["prompt"].tolist(), rows["response"].tolist()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    size = reference_bytes(tokenizer, prompts, answers, vocab)
+    if size > cfg.eval.token_kl_reference_mb * 2**20:
+        log.info("token KL: the baseline's log-probs would take %.0f MB > eval.token_kl_reference_mb=%d; "
+                 "the baseline is reloaded for the KL pass instead", size / 2**20, cfg.eval.token_kl_reference_mb)
+        return None
+    logprobs = answer_logprobs(model, tokenizer, prompts, answers, batch_size=cfg.eval.batch_size, device=model.device)
+    reference = dict(zip(keys, logprobs))
+    if cfg.eval.cache:
+        store.store_reference(key, reference)
+    return reference
+
+
+def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchConfig, base) -> None:
+    """Token-level KL(base‖comp) on the baseline's generated answers, filled into the generative rows.
+
+    ``base``: the baseline's stored log-probs (from :func:`kl_reference`), the baseline model itself where it
+    is still in memory, or None to reload it (in-place quantization changed the loaded copy).
+    """
     gen = paired.index[paired["output_type"] == "generate_until"]
     if not cfg.eval.token_kl or len(gen) == 0:
         return
     from flipbench.tokenkl import token_kl
 
-    # One forward per distinct (prompt, answer): GSM8k logs a row per filter with the same generation.
-    rows = paired.loc[gen].drop_duplicates(["task", "group", "doc_id"])
-    base_model = comp_model if same_model else models.load_model(cfg.model)[0]
-    stats = token_kl(base_model, comp_model, tokenizer, rows["prompt"].tolist(), rows["response_base"].tolist(),
+    rows = _kl_rows(paired)
+    if isinstance(base, dict):
+        keys = _row_keys(rows)
+        base = [base[k] for k in keys] if all(k in base for k in keys) else None
+    if base is None:
+        base = models.load_model(cfg.model)[0]
+    stats = token_kl(base, comp_model, tokenizer, rows["prompt"].tolist(), rows["response_base"].tolist(),
                      batch_size=cfg.eval.batch_size, device=comp_model.device)
     stats.index = rows.index
     keyed = pd.concat([rows[["task", "group", "doc_id"]], stats], axis=1)
     filled = paired.loc[gen, ["task", "group", "doc_id"]].merge(keyed, on=["task", "group", "doc_id"], how="left")
     for column in ("kl", "same_top", "n_tokens"):
         paired.loc[gen, column] = filled[column].to_numpy()
-    del base_model
 
 
 def run(cfg) -> Path:
@@ -176,13 +221,16 @@ def run(cfg) -> Path:
         store = cache.BaselineCache(root / "cache")
         key_parts = baseline_key(cfg, weights, task_objs, str(device))
         key = cache.cache_key(key_parts)
-        with manifest.stage("evaluate_baseline", log), store.lock(key):
+        with store.lock(key):
             # Under the lock, parallel sweep members wait for one baseline evaluation instead of each running it.
-            base = store.load(key) if cfg.eval.cache else None
-            hit = base is not None
-            if not hit:
-                base = evaluate_side(model, tokenizer, task_objs, plan, cfg)
-                store.store(key, base, key_parts)
+            with manifest.stage("evaluate_baseline", log):
+                base = store.load(key) if cfg.eval.cache else None
+                hit = base is not None
+                if not hit:
+                    base = evaluate_side(model, tokenizer, task_objs, plan, cfg)
+                    store.store(key, base, key_parts)
+            with manifest.stage("token_kl_reference", log):
+                reference = kl_reference(base, model, tokenizer, cfg, store, key)
         manifest.update(baseline_cache_hit=hit, baseline_cache_key=key, baseline_fingerprint=weights)
         noise = None
         if cfg.eval.noise_floor:
@@ -195,7 +243,10 @@ def run(cfg) -> Path:
             comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg)
         with manifest.stage("metrics", log):
             paired = metrics.annotate(pair(base, comp))
-            token_kl_stage(paired, comp_model, tokenizer, cfg, same_model=cfg.compression.method == "none")
+            # The baseline for token KL: its stored log-probs, else the loaded model if compression left it as it was.
+            untouched = cfg.compression.method in ("none", "checkpoint")
+            kl_base = reference if reference is not None else (model if untouched else None)
+            token_kl_stage(paired, comp_model, tokenizer, cfg, kl_base)
             paired.to_parquet(run_dir / "samples.parquet", index=False)
             if noise is not None:
                 metrics.annotate(pair(base, noise)).to_parquet(run_dir / "noise_samples.parquet", index=False)

@@ -2,6 +2,10 @@
 
 Both models are teacher-forced on prompt + the baseline's answer; at every answer token we compare the two
 full-vocabulary next-token distributions. The models are only read: pass them in eval mode, on a device.
+
+The baseline side can be computed once, before the baseline's weights are quantized in place, and kept
+(:func:`answer_logprobs`, :func:`reference_bytes` to budget it); :func:`token_kl` then runs only the
+compressed model, so no second copy of the baseline is ever loaded.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ def _answer_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     return F.log_softmax(logits[rows.to(device), cols.to(device)].float(), dim=-1)
 
 
-def _score_batch(model_base, model_comp, batch: list[tuple[list[int], int]], pad_id: int, device):
-    """Per-row (kl mean, same-top share, n answer tokens) for one right-padded batch."""
+def _answer_batch(model, batch: list[tuple[list[int], int]], pad_id: int, device) -> tuple[torch.Tensor, list[int]]:
+    """fp32 log-probs at every answer token of one right-padded batch, (M, V), and the answer tokens per row."""
     width = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
     attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -49,8 +53,12 @@ def _score_batch(model_base, model_comp, batch: list[tuple[list[int], int]], pad
         cols.append(positions)
         counts.append(len(positions))
     rows, cols = torch.cat(rows), torch.cat(cols)  # (M,), M = answer tokens in the batch
-    logp_b = _answer_logprobs(model_base, input_ids, attention_mask, rows, cols, device)
-    logp_c = _answer_logprobs(model_comp, input_ids, attention_mask, rows, cols, device).to(logp_b.device)
+    return _answer_logprobs(model, input_ids, attention_mask, rows, cols, device), counts
+
+
+def _compare(logp_b: torch.Tensor, logp_c: torch.Tensor, counts: list[int]):
+    """Per-row (kl mean, same-top share) from the two sides' (M, V) log-probs."""
+    logp_c = logp_c.to(logp_b.device)
     if logp_b.shape != logp_c.shape:
         raise ValueError(f"models disagree on the vocabulary size: {logp_b.shape[-1]} vs {logp_c.shape[-1]}")
     # (M,) sum_v p_b (log p_b - log p_c); >= 0 up to fp32 rounding, which we clamp away
@@ -58,11 +66,47 @@ def _score_batch(model_base, model_comp, batch: list[tuple[list[int], int]], pad
     same = (logp_b.argmax(dim=-1) == logp_c.argmax(dim=-1)).float()  # (M,)
     kl_rows = [float(x.double().mean()) for x in torch.split(kl, counts)]
     same_rows = [float(x.mean()) for x in torch.split(same, counts)]
-    return kl_rows, same_rows, counts
+    return kl_rows, same_rows
+
+
+def _prepare(tokenizer, prompts, answers, batch_size, add_special_tokens):
+    """Encoded rows, pad id, and the scored rows in batches (longest first: less padding)."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"got {len(prompts)} prompts but {len(answers)} answers")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    encoded = [_encode(tokenizer, p, a, add_special_tokens) for p, a in zip(prompts, answers)]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked; any id works
+    order = sorted((i for i, (ids, start) in enumerate(encoded) if len(ids) > start), key=lambda i: -len(encoded[i][0]))
+    return encoded, pad_id, [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+
+
+def reference_bytes(tokenizer, prompts: list[str], answers: list[str], vocab_size: int, *,
+                    add_special_tokens: bool = False) -> int:
+    """Memory :func:`answer_logprobs` would take: answer tokens × vocabulary × 4 bytes."""
+    encoded = [_encode(tokenizer, p, a, add_special_tokens) for p, a in zip(prompts, answers)]
+    return sum(len(ids) - start for ids, start in encoded) * vocab_size * 4
+
+
+def answer_logprobs(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 8, device=None, *,
+                    add_special_tokens: bool = False) -> list[torch.Tensor]:
+    """One model's fp32 log-probs at each answer token, per row: (answer tokens, V) on the CPU ((0, V) when
+    the answer is empty). Pass the result as ``token_kl``'s ``base`` to reuse it."""
+    encoded, pad_id, batches = _prepare(tokenizer, prompts, answers, batch_size, add_special_tokens)
+    vocab = None
+    out: list[torch.Tensor | None] = [None] * len(encoded)
+    with torch.inference_mode():
+        for chunk in batches:
+            logp, counts = _answer_batch(model, [encoded[i] for i in chunk], pad_id, device)
+            vocab = logp.shape[-1]
+            for i, part in zip(chunk, torch.split(logp.cpu(), counts)):
+                out[i] = part.clone()
+    vocab = vocab or model.get_output_embeddings().weight.shape[0]
+    return [t if t is not None else torch.empty(0, vocab) for t in out]
 
 
 def token_kl(
-    model_base,
+    base,
     model_comp,
     tokenizer,
     prompts: list[str],
@@ -74,6 +118,7 @@ def token_kl(
 ) -> pd.DataFrame:
     """Per-row token-level KL(base || comp) in nats on the baseline's answers.
 
+    ``base`` is the baseline model, or its :func:`answer_logprobs` on the same prompts and answers.
     Returns a frame aligned with ``prompts`` with columns ``kl`` (mean over the answer's tokens of the
     full-vocabulary KL, log-softmax in fp32), ``same_top`` (share of answer tokens where both models' argmax
     tokens agree) and ``n_tokens`` (answer tokens scored). Rows with no answer token get NaN, NaN, 0.
@@ -81,21 +126,23 @@ def token_kl(
     ``add_special_tokens`` defaults to False, as lm-eval's HFLM encodes prompts for causal models.
     Rows are batched longest first (less padding); results do not depend on the batching.
     """
-    if len(prompts) != len(answers):
-        raise ValueError(f"got {len(prompts)} prompts but {len(answers)} answers")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    encoded = [_encode(tokenizer, p, a, add_special_tokens) for p, a in zip(prompts, answers)]
+    encoded, pad_id, batches = _prepare(tokenizer, prompts, answers, batch_size, add_special_tokens)
+    stored = isinstance(base, (list, tuple))
+    if stored and len(base) != len(encoded):
+        raise ValueError(f"the stored baseline log-probs cover {len(base)} rows, not {len(encoded)}")
     kl = np.full(len(encoded), np.nan)
     same_top = np.full(len(encoded), np.nan)
     n_tokens = np.zeros(len(encoded), dtype=int)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked; any id works
-    order = sorted((i for i, (ids, start) in enumerate(encoded) if len(ids) > start),
-                   key=lambda i: -len(encoded[i][0]))
     with torch.inference_mode():
-        for first in range(0, len(order), batch_size):
-            chunk = order[first:first + batch_size]
-            kl_rows, same_rows, counts = _score_batch(
-                model_base, model_comp, [encoded[i] for i in chunk], pad_id, device)
-            kl[chunk], same_top[chunk], n_tokens[chunk] = kl_rows, same_rows, counts
+        for chunk in batches:
+            rows = [encoded[i] for i in chunk]
+            logp_c, counts = _answer_batch(model_comp, rows, pad_id, device)
+            if stored:
+                if [len(base[i]) for i in chunk] != counts:
+                    raise ValueError("the stored baseline log-probs were computed on other answers or another tokenizer")
+                logp_b = torch.cat([base[i] for i in chunk]).to(logp_c.device)
+            else:
+                logp_b = _answer_batch(base, rows, pad_id, device)[0]
+            kl[chunk], same_top[chunk] = _compare(logp_b, logp_c, counts)
+            n_tokens[chunk] = counts
     return pd.DataFrame({"kl": kl, "same_top": same_top, "n_tokens": n_tokens})

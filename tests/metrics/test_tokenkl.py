@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 
-from flipbench.tokenkl import token_kl  # noqa: E402
+from flipbench.tokenkl import answer_logprobs, reference_bytes, token_kl  # noqa: E402
 
 CORPUS = ["question : what is two plus two ? answer : four",
           "question : how many legs has a cat ? answer : four legs",
@@ -96,3 +96,26 @@ def test_vocabulary_mismatch_is_an_error(llamas, tokenizer):
     bigger = tiny_llama(2, len(tokenizer) + 8)
     with pytest.raises(ValueError, match="vocabulary"):
         token_kl(llamas[0], bigger, tokenizer, PROMPTS[:1], ANSWERS[:1])
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_stored_baseline_logprobs_match_the_per_token_loop(llamas, tokenizer, batch_size):
+    stored = answer_logprobs(llamas[0], tokenizer, PROMPTS, ANSWERS, batch_size=batch_size)
+    assert [len(t) for t in stored] == [1, 8, 4, 0, 1]  # answer tokens per row, as counted by the fixture test
+    assert all(t.shape[1] == len(tokenizer) for t in stored)
+    assert reference_bytes(tokenizer, PROMPTS, ANSWERS, len(tokenizer)) == 14 * len(tokenizer) * 4
+    out = token_kl(stored, llamas[1], tokenizer, PROMPTS, ANSWERS, batch_size=2)
+    for i, (prompt, answer) in enumerate(zip(PROMPTS, ANSWERS)):
+        kl, same, n = per_token_reference(*llamas, tokenizer, prompt, answer)
+        assert out["n_tokens"][i] == n
+        if n:
+            assert out["kl"][i] == pytest.approx(kl, rel=1e-4, abs=1e-6)
+            assert out["same_top"][i] == pytest.approx(same)
+
+
+def test_stored_logprobs_for_other_answers_are_refused(llamas, tokenizer):
+    stored = answer_logprobs(llamas[0], tokenizer, PROMPTS, ANSWERS)
+    with pytest.raises(ValueError, match="other answers"):
+        token_kl(stored, llamas[1], tokenizer, PROMPTS, [" four"] * len(PROMPTS))
+    with pytest.raises(ValueError, match="cover 4 rows"):
+        token_kl(stored[:4], llamas[1], tokenizer, PROMPTS, ANSWERS)
