@@ -12,9 +12,11 @@ per-feature scales from 0.1 to 10. Seconds are the median of --repeats runs on -
 noise). rel_output_error = ||XWᵀ − XQᵀ||_F / ||XWᵀ||_F on X.
 Timed: rtn = the rounding; gptq = accumulating H with add_batch + solve; tacq = gptq's H + the gradients +
 a first solve + saliency + top-k + the masked solve (H is shared: one layer sees the same inputs in both
-passes). TACQ's gradient on one layer: the loss is the MSE to a noisy target Y = XW₀ᵀ + ε, summed as
-|∂L/∂W| over 256-token chunks (batch 1). The MSE to the original output itself would have a zero gradient
-at W₀; the noise stands in for a task loss the layer does not fit exactly. This is a benchmark, not a test.
+passes, and the second solve reuses the first one's factorization of H). TACQ's gradient on one layer: the
+loss is the MSE to a noisy target Y = XW₀ᵀ + ε, summed as |∂L/∂W| over 256-token chunks (batch 1). Y is
+the task data (the labels, in a model), drawn before timing starts. The MSE to the original output itself
+would have a zero gradient at W₀; the noise stands in for a task loss the layer does not fit exactly.
+This is a benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -54,11 +56,15 @@ def hessian(X: torch.Tensor) -> GPTQ:
     return solver
 
 
-def gradient_magnitude(W: torch.Tensor, X: torch.Tensor, seed: int) -> torch.Tensor:
-    """Σ_chunks |∂L/∂W| with L = mean (XWᵀ − Y)², Y = XW₀ᵀ + ε (see the module docstring)."""
+def task_targets(W: torch.Tensor, X: torch.Tensor, seed: int) -> torch.Tensor:
+    """Y = XW₀ᵀ + ε, ε at 10% of the output's scale: what TACQ's stand-in task loss fits."""
     g = torch.Generator().manual_seed(seed)
     Y = X @ W.t()
-    Y = Y + 0.1 * Y.std() * torch.randn(Y.shape, generator=g)
+    return Y + 0.1 * Y.std() * torch.randn(Y.shape, generator=g)
+
+
+def gradient_magnitude(W: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Σ_chunks |∂L/∂W| with L = mean (XWᵀ − Y)² (see the module docstring)."""
     G = torch.zeros_like(W)
     W = W.clone().requires_grad_(True)
     for Xb, Yb in zip(X.split(CHUNK), Y.split(CHUNK)):
@@ -67,14 +73,14 @@ def gradient_magnitude(W: torch.Tensor, X: torch.Tensor, seed: int) -> torch.Ten
     return G
 
 
-def run_method(method: str, W: torch.Tensor, X: torch.Tensor, bits: int, seed: int) -> torch.Tensor:
+def run_method(method: str, W: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, bits: int) -> torch.Tensor:
     settings = GPTQSettings(grid=GridSpec(bits=bits))
     if method == "rtn":
         return rtn(W, settings.grid)
     solver = hessian(X)
     if method == "gptq":
         return solver.solve(W, settings)[0]
-    G = gradient_magnitude(W, X, seed)
+    G = gradient_magnitude(W, X, Y)
     S = saliency(W, G, solver.solve(W, settings)[0])
     keep = top_k_masks({"W": S}, n_to_keep(KEEP_FRACTION, W.numel()))["W"]
     return solver.solve(W, settings, keep)[0]
@@ -84,13 +90,14 @@ def measure(widths, bits_list, tokens: int, seed: int, repeats: int) -> list[dic
     rows = []
     for width in widths:
         W, X = layer_and_inputs(width, tokens, seed)
+        Y = task_targets(W, X, seed)
         reference = X @ W.t()
         for bits in bits_list:
             for method in ("rtn", "gptq", "tacq"):
                 times = []
                 for _ in range(repeats):
                     start = time.perf_counter()
-                    Q = run_method(method, W, X, bits, seed)
+                    Q = run_method(method, W, X, Y, bits)
                     times.append(time.perf_counter() - start)
                 seconds = float(np.median(times))
                 error = ((reference - X @ Q.t()).norm() / reference.norm()).item()

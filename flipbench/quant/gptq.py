@@ -37,11 +37,13 @@ class GPTQ:
     def __init__(self, columns: int, device: torch.device | str = "cpu"):
         self.H = torch.zeros(columns, columns, dtype=torch.float32, device=device)  # (cols, cols)
         self.nsamples = 0
+        self._factor = None  # ((damp, act_order), (H⁻¹ upper Cholesky, retries)) of the current H
 
     def add_batch(self, X: torch.Tensor) -> None:
         """X (..., cols): one batch of inputs; H stays the running 2/N Σ x xᵀ."""
         X = X.reshape(-1, X.shape[-1]).to(self.H.device, torch.float32)  # (n, cols)
         n = X.shape[0]
+        self._factor = None
         self.H *= self.nsamples / (self.nsamples + n)
         self.nsamples += n
         X = math.sqrt(2 / self.nsamples) * X
@@ -75,7 +77,10 @@ class GPTQ:
             W, H, keep = W[:, perm], H[perm][:, perm], keep[:, perm]
 
         group_of = (perm // group).tolist()  # original group of each swept column (static / per-channel grids)
-        Hinv, retries = _inverse_cholesky(H, s.damp)  # (cols, cols), upper triangular
+        # A second solve on the same H (TACQ's masked pass) reuses the O(cols³) factorization.
+        if self._factor is None or self._factor[0] != (s.damp, s.act_order):
+            self._factor = ((s.damp, s.act_order), _inverse_cholesky(H, s.damp))
+        Hinv, retries = self._factor[1]  # (cols, cols), upper triangular
         Q = torch.zeros_like(W)
         for i1 in range(0, cols, s.block_size):
             i2 = min(i1 + s.block_size, cols)

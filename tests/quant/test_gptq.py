@@ -114,3 +114,22 @@ def test_kept_entries_are_off_grid_and_the_rest_on_the_masked_grid():
     assert on_grid[~keep].all()
     assert not on_grid[keep].any()
     assert torch.equal(Q[:, 0], W[:, 0])
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_second_solve_reuses_the_factorization_and_matches_a_fresh_solver(act_order):
+    X = correlated_inputs(512, 32, seed=3)
+    W = torch.randn(16, 32, generator=torch.Generator().manual_seed(4))
+    settings = GPTQSettings(grid=GridSpec(bits=3), act_order=act_order)
+    keep = torch.rand(16, 32, generator=torch.Generator().manual_seed(5)) < 0.05
+    solver = solver_for(X)
+    solver.solve(W, settings)
+    factor = solver._factor
+    masked = solver.solve(W, settings, keep)[0]
+    assert solver._factor is factor  # reused, not recomputed
+    assert torch.equal(masked, solver_for(X).solve(W, settings, keep)[0])
+    # other damping, or more inputs, refactor
+    solver.solve(W, GPTQSettings(grid=GridSpec(bits=3), act_order=act_order, damp=0.1))
+    assert solver._factor is not factor
+    solver.add_batch(X[:8])
+    assert solver._factor is None
