@@ -25,13 +25,6 @@ def _compare(rng: random.Random) -> tuple[str, list[str], str]:
     return question, [a, b], a if (x > y) == more else b
 
 
-def _order(rng: random.Random) -> tuple[str, list[str], str]:
-    taller, shorter = rng.sample(NAMES, 2)
-    ask_tall = rng.random() < 0.5
-    question = f"{taller} is taller than {shorter}. Who is {'taller' if ask_tall else 'shorter'}?"
-    return question, [taller, shorter], taller if ask_tall else shorter
-
-
 def _rule(rng: random.Random) -> tuple[str, list[str], str]:
     job, name = rng.choice(JOBS), rng.choice(NAMES)
     color, *others = rng.sample(COLORS, 4)
@@ -77,8 +70,8 @@ def _parity(rng: random.Random) -> tuple[str, list[str], str]:
 
 # kind -> (generator, weight). Copying a stated rule and comparing small sums are the easy kinds;
 # comparisons bound to names, two competing rules and number sequences are the hard ones.
-KINDS = {"rule": (_rule, 2), "sums": (_sums, 2), "compare": (_compare, 2), "order": (_order, 1),
-         "two_rules": (_two_rules, 2), "sequence": (_sequence, 1), "parity": (_parity, 1)}
+KINDS = {"rule": (_rule, 2), "sums": (_sums, 2), "compare": (_compare, 2), "two_rules": (_two_rules, 2),
+         "sequence": (_sequence, 1), "parity": (_parity, 1)}
 
 
 def make_doc(rng: random.Random, kind: str, index: str) -> dict:

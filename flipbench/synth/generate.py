@@ -5,7 +5,7 @@ Output (all deterministic given the seed and sizes):
   the YAML's folder (flipbench resolves them against it at run time);
 - ``data/<task>_{train,test}.jsonl``: the docs, test and train disjoint by question text;
 - ``data/synth_world_train.jsonl``: training-only text that teaches what the questions ask about (fact
-  statements, question/answer pairs, option-letter drills, craft narratives). It is never evaluated.
+  statements, question/answer pairs, craft narratives). It is never evaluated.
 """
 
 from __future__ import annotations
@@ -36,16 +36,14 @@ class Sizes:
     """Docs per split. Test splits are small so a baseline + compressed run of the suite stays cheap."""
 
     mmlu_test: int = 200
-    mmlu_train: int = 6000
     mmlu_unseen: float = 0.25  # share of test facts with no train question at all (the hard items)
-    mmlu_open_book: float = 0.4  # share of train questions that state their fact first
-    mmlu_drills: int = 2000  # training-only texts binding option texts to letters
     arc_test: int = 200
     arc_train: int = 8000
     hellaswag_test: int = 200
     hellaswag_train: int = 4000
     hellaswag_hard: float = 0.5  # share of docs with a later step of the same craft among the endings
-    hellaswag_zipf: float = 1.0  # craft i is trained on in proportion to 1 / (i + 1) ** zipf
+    hellaswag_zipf: float = 2.0  # craft i is trained on in proportion to 1 / (i + 1) ** zipf
+    hellaswag_unseen: int = 6  # crafts (of 24) asked in test but never trained on
     narratives: int = 24  # narratives of the most frequent craft
     gsm8k_test: int = 100
     gsm8k_train: int = 8000
@@ -55,13 +53,13 @@ def build(seed: int, sizes: Sizes) -> dict[str, list[dict]]:
     """All files' records, keyed by file stem (``synth_mmlu_train`` …), without touching the disk."""
     world = build_world(seed)
     files = {}
-    train, test, facts_qa = mmlu.generate(world, seed, sizes.mmlu_test, sizes.mmlu_train, sizes.mmlu_unseen,
-                                          sizes.mmlu_open_book, sizes.mmlu_drills)
+    train, test, facts_qa = mmlu.generate(world, seed, sizes.mmlu_test, sizes.mmlu_unseen)
     random.Random(f"{seed}:order").shuffle(test)  # mix subjects: lm-eval's limit=N takes the first N docs
     files["synth_mmlu_train"], files["synth_mmlu_test"] = train, test
     files["synth_arc_train"], files["synth_arc_test"] = arc.generate(seed, sizes.arc_test, sizes.arc_train)
     train, test, stories = hellaswag.generate(seed, sizes.hellaswag_test, sizes.hellaswag_train,
-                                              sizes.hellaswag_hard, sizes.hellaswag_zipf, sizes.narratives)
+                                              sizes.hellaswag_hard, sizes.hellaswag_zipf, sizes.narratives,
+                                              sizes.hellaswag_unseen)
     files["synth_hellaswag_train"], files["synth_hellaswag_test"] = train, test
     files["synth_gsm8k_train"], files["synth_gsm8k_test"] = gsm8k.generate(seed, sizes.gsm8k_test, sizes.gsm8k_train)
     facts = [{"kind": "fact", "text": text} for text in mmlu.knowledge(world, seed)]

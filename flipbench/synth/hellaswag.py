@@ -89,14 +89,16 @@ def make_doc(rng: random.Random, crafts: list[Craft], hard: float, weights: list
 
 
 def generate(seed: int, n_test: int, n_train: int, hard: float, zipf: float,
-             narratives: int) -> tuple[list[dict], list[dict], list[dict]]:
+             narratives: int, unseen: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
     """Train docs, test docs and training-only narratives.
 
     Test docs are spread evenly over crafts; training (docs and narratives) sees craft ``i`` in proportion
-    to ``1 / (i + 1) ** zipf``, so rare crafts are remembered less well: the hard items.
+    to ``1 / (i + 1) ** zipf``, so rare crafts are remembered less well, and never sees the last ``unseen``
+    crafts (their steps still appear as wrong endings): the hard items, where only a guess from the words
+    of the context is left.
     """
     crafts = build_crafts(seed)
-    weights = [1 / (i + 1) ** zipf for i in range(len(crafts))]
+    weights = [1 / (i + 1) ** zipf if i < len(crafts) - unseen else 0.0 for i in range(len(crafts))]
     rng = random.Random(f"{seed}:hellaswag")
     test, test_queries = [], set()
     while len(test) < n_test:  # test contexts are unique
@@ -110,7 +112,7 @@ def generate(seed: int, n_test: int, n_train: int, hard: float, zipf: float,
         if doc["query"] not in test_queries:
             train.append(doc)
     people = sorted(PEOPLE)
-    texts = [{"kind": "craft", "text": narrative(craft, name)} for craft, w in zip(crafts, weights)
+    texts = [{"kind": "craft", "text": narrative(craft, name)} for craft, w in zip(crafts, weights) if w
              for name in rng.sample(people, max(1, round(narratives * w)))]
     return train, test, texts
 

@@ -4,23 +4,23 @@ Every fact is taught as statements. A test question asks a fact in a question fo
 never pairs with that fact (the other forms are used for it, and this form is used for other facts); a
 share of test facts (``unseen``) gets no train question at all, so the model must go from statement to
 question on its own. That mix of easy and hard items keeps accuracy away from both chance and 100%.
-Training-only texts (question/answer pairs in the allowed forms, option-to-letter drills) help a tiny
-model learn the two halves of an MMLU answer, recalling the fact and finding its letter.
+
+The options are an attribute's four values in a fixed order, like a questionnaire. Finding the letter of a
+recalled value among shuffled options ("symbol binding") is a circuit a 1M-parameter model does not form
+within a CPU-minutes budget: trained on 64k examples where the answer was even stated in the question,
+its loss on the letter stayed at chance. With a fixed order the letter follows from the recalled value,
+so the task measures what quantization should disturb here: memorised facts.
 """
 
 from __future__ import annotations
 
 import random
 
-from flipbench.synth.world import SUBJECTS, Attribute, World, cap, question, statement
+from flipbench.synth.world import SUBJECTS, Attribute, World, question, statement
 
-LETTERS = ("A", "B", "C", "D")
-
-
-def mc_doc(rng: random.Random, subject: str, attribute: Attribute, entity: str, value: str, form: int) -> dict:
-    """One MMLU-shaped doc: the true value among three other values of the same attribute, shuffled."""
-    choices = rng.sample([v for v in attribute.values if v != value], 3) + [value]
-    rng.shuffle(choices)
+def mc_doc(subject: str, attribute: Attribute, entity: str, value: str, form: int) -> dict:
+    """One MMLU-shaped doc: the attribute's four values as options, in their fixed order."""
+    choices = list(attribute.values)
     return {"subject": subject, "question": question(attribute, entity, form), "choices": choices,
             "answer": choices.index(value)}
 
@@ -47,46 +47,21 @@ def _split_facts(world: World, rng: random.Random, n_test: int, unseen: float):
             allowed[fact] = (0, 1, 2)
             if i < per_subject:
                 held_out = rng.randrange(3)
-                test.append(mc_doc(rng, *fact, form=held_out))
+                test.append(mc_doc(*fact, form=held_out))
                 hard = i < round(per_subject * unseen)
                 allowed[fact] = () if hard else tuple(f for f in (0, 1, 2) if f != held_out)
     return test, allowed
 
 
-def _drill(rng: random.Random, attribute: Attribute) -> str:
-    """Training-only text binding option texts to their letters: the lookup an MMLU answer needs.
-
-    Written so the value and the letter are the same tokens as in a question (" marsh", " B").
-    """
-    values = rng.sample(attribute.values, 4)
-    lines = "\n".join(f"{letter}. {value}" for letter, value in zip(LETTERS, values))
-    order = rng.sample(range(4), 4)
-    return lines + "".join(f"\nAnswer for {values[i]}: {LETTERS[i]}" for i in order)
-
-
-def generate(world: World, seed: int, n_test: int, n_train: int, unseen: float,
-             open_book: float, n_drills: int) -> tuple[list[dict], list[dict], list[dict]]:
-    """Train docs, test docs, and training-only texts (question/answer pairs and letter drills).
-
-    A share ``open_book`` of train docs states the fact before asking it, so the answer can be found in
-    the prompt: these teach the letter lookup before recall and lookup must be combined.
-    """
+def generate(world: World, seed: int, n_test: int, unseen: float) -> tuple[list[dict], list[dict], list[dict]]:
+    """Train docs (every fact in every form it may use, once), test docs, and training-only
+    question/answer texts in the same forms."""
     rng = random.Random(f"{seed}:mmlu")
     test, allowed = _split_facts(world, rng, n_test, unseen)
-    test_questions = {d["question"] for d in test}
-    eligible = [fact for fact, forms in allowed.items() if forms]
-    train = []
-    while len(train) < n_train:
-        fact = rng.choice(eligible)
-        doc = mc_doc(rng, *fact, form=rng.choice(allowed[fact]))
-        if rng.random() < open_book:
-            doc["question"] = f"{statement(fact[1], fact[2], fact[3], rng.randrange(2))} {doc['question']}"
-        if doc["question"] not in test_questions:  # cannot happen by construction; kept as the contract
-            train.append(doc)
+    train = [mc_doc(*fact, form=form) for fact, forms in allowed.items() for form in forms]
+    rng.shuffle(train)
     texts = [{"kind": "qa", "text": f"Question: {question(f[1], f[2], form)}\nAnswer: {f[3]}"}
-             for f in eligible for form in allowed[f]]
-    attributes = [a for subject in SUBJECTS for a in subject.attributes]
-    texts += [{"kind": "drill", "text": _drill(rng, rng.choice(attributes))} for _ in range(n_drills)]
+             for f, forms in allowed.items() for form in forms]
     return train, test, texts
 
 

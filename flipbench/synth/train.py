@@ -42,10 +42,10 @@ class TrainConfig:
     warmup: int = 100
     weight_decay: float = 0.1
     target_weight: float = 3.0  # loss weight of the scored answer tokens relative to prompt tokens
-    # World-text copies per epoch of the task docs: facts must be seen often to be memorised.
-    fact_repeats: int = 6
+    # Copies per epoch of the small sources: facts must be seen often to be memorised.
+    mmlu_repeats: int = 8
+    fact_repeats: int = 8
     qa_repeats: int = 2
-    drill_repeats: int = 1
     craft_repeats: int = 3
     # One thread: on a shared 2-core machine two OpenMP threads slow down several-fold as soon as another
     # process takes a core, and a fixed thread count keeps CPU float sums (hence the weights) reproducible.
@@ -54,11 +54,11 @@ class TrainConfig:
 
 
 def training_examples(task_dir: Path, cfg: TrainConfig) -> list[Example]:
-    """Train-split docs once each, world text repeated as configured."""
-    repeats = {"world:fact": cfg.fact_repeats, "world:qa": cfg.qa_repeats, "world:drill": cfg.drill_repeats,
+    """Train-split docs and world text, the small sources repeated as configured."""
+    repeats = {"synth_mmlu": cfg.mmlu_repeats, "world:fact": cfg.fact_repeats, "world:qa": cfg.qa_repeats,
                "world:craft": cfg.craft_repeats}
-    world = [e for e in world_examples(task_dir) for _ in range(repeats[e.source])]
-    return task_examples(task_dir) + world
+    examples = task_examples(task_dir) + world_examples(task_dir)
+    return [e for e in examples for _ in range(repeats.get(e.source, 1))]
 
 
 @dataclass(frozen=True)

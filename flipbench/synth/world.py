@@ -1,9 +1,9 @@
 """A made-up world drawn from a seed: the facts the tiny model must memorise.
 
 Entity names are invented so no pre-trained knowledge (there is none anyway) could answer; attribute values
-are plain English words so questions read naturally. Every fact has two statement forms (taught as text)
-and three question forms (used by synth_mmlu), so a test question can use a form the train split never
-paired with that fact.
+are plain English words so questions read naturally. Each attribute has four values, in a fixed order
+(synth_mmlu's options A–D). Every fact has two statement forms (taught as text) and three question forms
+(used by synth_mmlu), so a test question can use a form the train split never paired with that fact.
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ def _attr(name, values, questions, statements):
     return Attribute(name, tuple(values.split(", ")), tuple(questions), tuple(statements))
 
 
-COLORS = "red, blue, green, yellow, black, white, orange, purple"
+COLORS = "red, blue, green, yellow"
 SUBJECTS = (
     Subject("zoology", "the {n}", (
-        _attr("habitat", "marsh, desert, forest, cave, reef, tundra, canyon, meadow",
+        _attr("habitat", "marsh, desert, forest, cave",
               ["Where does {e} live?", "Which habitat is home to {e}?", "In which habitat is {e} found?"],
               ["{E} lives in the {v}.", "The {v} is home to {e}."]),
-        _attr("diet", "berries, fish, insects, roots, seeds, moss, snails, leaves",
+        _attr("diet", "berries, fish, insects, roots",
               ["What does {e} eat?", "What is the main food of {e}?", "{E} feeds mostly on which food?"],
               ["{E} eats {v}.", "The main food of {e} is {v}."]),
         _attr("color", COLORS,
@@ -55,51 +55,47 @@ SUBJECTS = (
               ["{E} is {v}.", "The fur of {e} is {v}."]),
     )),
     Subject("geography", "{N}", (
-        _attr("country", "Ostrand, Velia, Karun, Demmet, Soria, Bexland, Ulvar, Tamsin",
+        _attr("country", "Ostrand, Velia, Karun, Demmet",
               ["In which country is {e}?", "{E} is a city of which country?", "Which country does {e} belong to?"],
               ["{E} is a city in {v}.", "The country of {e} is {v}."]),
-        _attr("climate", "rainy, dry, snowy, windy, foggy, humid, cold, hot",
+        _attr("climate", "rainy, dry, snowy, windy",
               ["What is the climate of {e}?", "Which word describes the weather in {e}?",
                "The weather in {e} is usually what?"],
               ["The climate of {e} is {v}.", "The weather in {e} is usually {v}."]),
-        _attr("export", "salt, copper, wool, glass, tea, silk, timber, grain",
+        _attr("export", "salt, copper, wool, glass",
               ["What does {e} export?", "Which good is the main export of {e}?", "{E} is known for exporting what?"],
               ["{E} exports {v}.", "The main export of {e} is {v}."]),
     )),
     Subject("history", "King {N}", (
-        _attr("kingdom", "Arveth, Gollan, Sisk, Marrow, Pellin, Ostia, Dunvar, Fiora",
+        _attr("kingdom", "Arveth, Gollan, Sisk, Marrow",
               ["Which kingdom did {e} rule?", "{E} was the ruler of which kingdom?", "Over which kingdom did {e} reign?"],
               ["{E} ruled the kingdom of {v}.", "The kingdom of {v} was ruled by {e}."]),
-        _attr("century", "the 2nd century, the 3rd century, the 4th century, the 5th century, the 6th century, "
-                         "the 7th century, the 8th century, the 9th century",
+        _attr("century", "the 2nd century, the 3rd century, the 4th century, the 5th century",
               ["When did {e} rule?", "In which century did {e} reign?", "{E} was on the throne in which century?"],
               ["{E} ruled in {v}.", "In {v}, {e} was on the throne."]),
-        _attr("deed", "building bridges, writing laws, winning wars, founding schools, digging canals, making peace, "
-                      "raising taxes, planting forests",
+        _attr("deed", "building bridges, writing laws, winning wars, founding schools",
               ["What is {e} remembered for?", "{E} is best known for what?", "Which deed made {e} famous?"],
               ["{E} is remembered for {v}.", "{E} became famous for {v}."]),
     )),
     Subject("chemistry", "{n}ium", (
-        _attr("color", "silver, gold, green, blue, red, black, white, violet",
+        _attr("color", "silver, gold, green, blue",
               ["What color is {e}?", "Which color does pure {e} have?", "Pure {e} is what color?"],
               ["{E} is {v}.", "Pure {e} has a {v} color."]),
-        _attr("reacts", "water, acid, air, salt, iron, sulfur, light, heat",
+        _attr("reacts", "water, acid, air, salt",
               ["What does {e} react with?", "Which substance makes {e} react?", "{E} reacts strongly with what?"],
               ["{E} reacts with {v}.", "Contact with {v} makes {e} react."]),
-        _attr("use", "making glass, making coins, making glue, making paint, making soap, making rope, making ink, "
-                     "making tools",
+        _attr("use", "making glass, making coins, making glue, making paint",
               ["What is {e} used for?", "{E} is mainly used for what?", "Which use is {e} known for?"],
               ["{E} is used for {v}.", "People use {e} for {v}."]),
     )),
     Subject("astronomy", "{N}", (
-        _attr("star", "Altor, Bremis, Cygna, Doral, Eskel, Fomal, Grenn, Hadar",
+        _attr("star", "Altor, Bremis, Cygna, Doral",
               ["Which star does {e} orbit?", "{E} circles which star?", "Around which star does {e} travel?"],
               ["{E} orbits the star {v}.", "The star {v} is circled by {e}."]),
-        _attr("moons", "one moon, two moons, three moons, four moons, five moons, six moons, seven moons, "
-                       "eight moons",
+        _attr("moons", "one moon, two moons, three moons, four moons",
               ["How many moons does {e} have?", "{E} has how many moons?", "What is the number of moons of {e}?"],
               ["{E} has {v}.", "Around {e} travel {v}."]),
-        _attr("surface", "ice, sand, rock, lava, water, dust, glass, mud",
+        _attr("surface", "ice, sand, rock, lava",
               ["What covers the surface of {e}?", "The surface of {e} is made of what?", "Which material covers {e}?"],
               ["The surface of {e} is covered in {v}.", "{E} is covered in {v}."]),
     )),
