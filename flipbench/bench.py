@@ -3,7 +3,7 @@
     python -m flipbench.bench --out results/bench
 
 Everything is measured side by side in one run on this machine and written under ``--out``:
-overhead.csv (case, model, flipbench_s, lm_eval_s, ratio), sweep.csv, throughput.csv, memory.csv,
+overhead.csv (case, model, flipbench_s, lm_eval_s, ratio), stages.csv, sweep.csv, throughput.csv, memory.csv,
 quant.csv/quant.md (from flipbench.bench_quant) and bench.md, the tables the README quotes.
 
 Overhead compares one flipbench process (baseline and compressed evaluation, pairing, metrics, token KL,
@@ -132,6 +132,12 @@ def throughput(run_dir: Path, peak: float) -> dict:
             "flop_per_s": flops, "matmul_peak_flop_per_s": peak, "share_of_peak": round(flops / peak, 4)}
 
 
+def stages(run_dir: Path) -> dict:
+    """Seconds per pipeline stage of one flipbench run (where its time went)."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    return {stage: round(seconds, 2) for stage, seconds in manifest["stage_seconds"].items()}
+
+
 def memory(run_dir: Path) -> list[dict]:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     return [{"stage": stage, **peak} for stage, peak in manifest.get("peak_memory_mb", {}).items()]
@@ -170,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         thr.to_csv(args.out / "throughput.csv", index=False)
         mem = pd.DataFrame([{"model": r["model"], **m} for r in rows if r["case"] == "cold" for m in memory(Path(r["run"]))])
         mem.to_csv(args.out / "memory.csv", index=False)
+        stage = pd.DataFrame([{"model": r["model"], "case": r["case"], **stages(Path(r["run"]))} for r in rows]).fillna(0.0)
+        stage.to_csv(args.out / "stages.csv", index=False)
         sweep = pd.DataFrame([sweep_cost(work)])
         sweep.to_csv(args.out / "sweep.csv", index=False)
         if not args.skip_quant:
@@ -177,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             from flipbench import bench_quant
 
             bench_quant.main(["--out", str(args.out)])
-        tables = {"Overhead (seconds)": over.drop(columns="run"), "Sweep cost": sweep, "Evaluation throughput": thr,
-                  "Peak memory per stage (MB)": mem}
+        tables = {"Overhead (seconds)": over.drop(columns="run"), "flipbench seconds per stage": stage,
+                  "Sweep cost": sweep, "Evaluation throughput": thr, "Peak memory per stage (MB)": mem}
         (args.out / "bench.md").write_text(markdown(tables))
         print((args.out / "bench.md").read_text())
     finally:
