@@ -7,9 +7,10 @@ least-squares fit of seconds ∝ width^k per method and bits, and the TACQ/GPTQ 
 
 Setup, per width w: W (w, w) ~ N(0, 1/w); calibration activations X (tokens, w) with correlated, unevenly
 scaled features, as real activations are: a power-law latent spectrum (i^-1/2), randomly mixed, with
-per-feature scales from 0.1 to 10. Seconds are the median of --repeats runs on --threads torch threads
-(default 1: the per-column updates are latency-bound, and extra threads on a shared machine only add
-noise). rel_output_error = ||XWᵀ − XQᵀ||_F / ||XWᵀ||_F on X.
+per-feature scales from 0.1 to 10. Seconds are the median of at least --repeats runs (more, up to 50, until
+they add up to 1 s), after one untimed warm-up run, on --threads torch threads (default 1: the per-column
+updates are latency-bound, and extra threads on a shared machine only add noise).
+rel_output_error = ||XWᵀ − XQᵀ||_F / ||XWᵀ||_F on X.
 Timed: rtn = the rounding; gptq = accumulating H with add_batch + solve; tacq = gptq's H + the gradients +
 a first solve + saliency + top-k + the masked solve (H is shared: one layer sees the same inputs in both
 passes, and the second solve reuses the first one's factorization of H). TACQ's gradient on one layer: the
@@ -38,6 +39,7 @@ BITS = (3, 4)
 TOKENS = 4096
 CHUNK = 256
 KEEP_FRACTION = 0.0035
+MIN_TOTAL_S, MAX_RUNS = 1.0, 50
 
 
 def layer_and_inputs(width: int, tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,8 +96,10 @@ def measure(widths, bits_list, tokens: int, seed: int, repeats: int) -> list[dic
         reference = X @ W.t()
         for bits in bits_list:
             for method in ("rtn", "gptq", "tacq"):
+                run_method(method, W, X, Y, bits)  # warm-up: first-call allocations and kernel set-up
                 times = []
-                for _ in range(repeats):
+                # at least `repeats` runs and MIN_TOTAL_S in all: milliseconds-long runs need many to be stable
+                while len(times) < repeats or (sum(times) < MIN_TOTAL_S and len(times) < MAX_RUNS):
                     start = time.perf_counter()
                     Q = run_method(method, W, X, Y, bits)
                     times.append(time.perf_counter() - start)
@@ -116,7 +120,7 @@ def markdown(rows: list[dict], tokens: int, threads: int, repeats: int) -> str:
     lines = [
         "# Quantizer benchmark: one square linear layer",
         "",
-        f"{tokens} calibration tokens, {threads} torch thread(s), median of {repeats} runs, "
+        f"{tokens} calibration tokens, {threads} torch thread(s), median of at least {repeats} runs (1 s in all), "
         f"per-channel asymmetric grid, TACQ keep_fraction {KEEP_FRACTION}. rel_output_error = ||XWᵀ − XQᵀ||_F / ||XWᵀ||_F.",
         "",
         "| method | width | bits | seconds | rel_output_error |",
