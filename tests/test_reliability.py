@@ -189,3 +189,22 @@ def test_bad_input_on_the_command_line_exits_2_without_traceback(tmp_path):
                               env=env, timeout=300)
         assert done.returncode == 2, done.stderr[-1000:]
         assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("flipbench: error:")
+
+
+def test_token_kl_reference_round_trip_and_torn_file_is_recomputed(tmp_path, caplog):
+    import torch
+
+    cache = BaselineCache(tmp_path)
+    reference = {("gsm", "gsm", 0): torch.randn(3, 5), ("gsm", "gsm", 1): torch.empty(0, 5), ("gsm", "gsm", 7): torch.randn(2, 5)}
+    cache.store_reference("k", reference)
+    loaded = cache.load_reference("k")
+    assert list(loaded) == list(reference)
+    assert all(torch.equal(loaded[key], reference[key]) for key in reference)
+    path = tmp_path / "k.kl.safetensors"
+    path.write_bytes(path.read_bytes()[:-16])  # torn write
+    with caplog.at_level("WARNING"):
+        assert cache.load_reference("k") is None
+    assert "recomputing" in caplog.text
+    path.write_bytes(b"not a safetensors file")
+    assert cache.load_reference("k") is None
+    assert cache.load_reference("absent") is None
