@@ -128,3 +128,39 @@ def test_tiny_model_beats_chance_on_synth_mmlu(tiny):
             correct += int(logprobs[letters].argmax()) == doc["answer"]
     # Chance is 5/20; 10 or more correct happens by chance with probability ~1.4%.
     assert correct >= 10, f"{correct}/20"
+
+
+def _train(task_dir: Path, out: Path, **overrides):
+    from flipbench.synth.train import TrainConfig, train
+
+    train(task_dir, out, TrainConfig(**overrides), log=lambda *_: None)
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_training_is_deterministic_given_the_seed(tmp_path):
+    write(tmp_path / "tasks", 0, SMALL)
+    shape = dict(hidden_size=32, layers=1, heads=2, intermediate_size=64, vocab_size=400, steps=6, batch_docs=4,
+                 warmup=2, log_every=3)
+    first = _train(tmp_path / "tasks", tmp_path / "m1", **shape)
+    second = _train(tmp_path / "tasks", tmp_path / "m2", **shape)
+    other = _train(tmp_path / "tasks", tmp_path / "m3", seed=1, **shape)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+    facts = json.loads((tmp_path / "m1" / "training.json").read_text())
+    assert "synth_mmlu_test" not in json.dumps(facts) and set(facts["train_docs"]) >= set(TASKS)
+
+
+@pytest.mark.slow
+def test_make_tiny_model_reproduces_the_shipped_weights(tmp_path):
+    """The full `make tiny-model` (about 10 minutes on 2 CPU cores): same seed, same data, same weights."""
+    shipped = json.loads((MODEL_DIR / "training.json").read_text())
+    config = {k: v for k, v in shipped["config"].items()}
+    rebuilt = _train(TASK_DIR, tmp_path / "tiny", **config)
+    from safetensors.torch import load_file
+
+    reference = load_file(str(MODEL_DIR / "model.safetensors"))
+    assert rebuilt.keys() == reference.keys()
+    assert all(torch.equal(rebuilt[k], reference[k]) for k in reference)
