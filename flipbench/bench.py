@@ -139,8 +139,34 @@ def stages(run_dir: Path) -> dict:
 
 
 def memory(run_dir: Path) -> list[dict]:
+    """Per stage: resident MB at its start and its own peak (see flipbench.rundir.peak_memory_mb)."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    return [{"stage": stage, **peak} for stage, peak in manifest.get("peak_memory_mb", {}).items()]
+    method = manifest.get("compression", {}).get("method", "")
+    return [{"method": method, "stage": stage, "rss_start": peak.get("rss_start"), "rss_peak": peak["rss"],
+             "rss_scope": peak.get("rss_scope", "process")}
+            for stage, peak in manifest.get("peak_memory_mb", {}).items()]
+
+
+def quantization_memory(model_dir: Path, work: Path, methods=("gptq", "tacq")) -> tuple[list[dict], list[dict]]:
+    """In-process quantization of a saved model: each method's stage peaks, and whether ``compress`` ever held
+    a second copy of the weights (its own peak above its starting RSS by the model's size or more)."""
+    # The weights are stored in fp32 and loaded as fp32 (model.dtype=float32): file size = one copy in memory.
+    model_mb = (model_dir / "model.safetensors").stat().st_size / 2**20
+    rows, checks = [], []
+    for method in methods:
+        root = work / f"results_mem_{method}"
+        timed([sys.executable, "-m", "flipbench", "model=hf", f"model.path={model_dir}", "model.dtype=float32",
+               f"model.name=mem-{method}", f"compression={method}", "compression.bits=4", "calibration.n_samples=16",
+               "suite.limit=2", "output.plots=false", f"output.root={root}"], work)
+        run = next((root / "runs").iterdir())
+        stage_rows = memory(run)
+        rows += stage_rows
+        comp = next(r for r in stage_rows if r["stage"] == "compress")
+        extra = comp["rss_peak"] - comp["rss_start"]
+        checks.append({"method": method, "model_mb": round(model_mb, 1), "compress_rss_start": comp["rss_start"],
+                       "compress_rss_peak": comp["rss_peak"], "compress_extra_mb": round(extra, 1),
+                       "second_copy": comp["rss_scope"] != "stage" or extra >= model_mb})
+    return rows, checks
 
 
 def markdown(tables: dict[str, pd.DataFrame]) -> str:
@@ -174,7 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         peak = matmul_peak()
         thr = pd.DataFrame([{"model": r["model"], **throughput(Path(r["run"]), peak)} for r in rows if r["case"] == "cold"])
         thr.to_csv(args.out / "throughput.csv", index=False)
-        mem = pd.DataFrame([{"model": r["model"], **m} for r in rows if r["case"] == "cold" for m in memory(Path(r["run"]))])
+        mem = [{"model": r["model"], **m} for r in rows if r["case"] == "cold" for m in memory(Path(r["run"]))]
+        quant_mem = pd.DataFrame()
+        if not args.skip_large:
+            print("bench: memory of in-process quantization on the large random model", flush=True)
+            qrows, qchecks = quantization_memory(large, work)
+            mem += [{"model": "large-random-h1024", **m} for m in qrows]
+            quant_mem = pd.DataFrame(qchecks)
+            quant_mem.to_csv(args.out / "quant_memory.csv", index=False)
+        mem = pd.DataFrame(mem)
         mem.to_csv(args.out / "memory.csv", index=False)
         stage = pd.DataFrame([{"model": r["model"], "case": r["case"], **stages(Path(r["run"]))} for r in rows]).fillna(0.0)
         stage.to_csv(args.out / "stages.csv", index=False)
@@ -187,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_quant.main(["--out", str(args.out)])
         tables = {"Overhead (seconds)": over.drop(columns="run"), "flipbench seconds per stage": stage,
                   "Sweep cost": sweep, "Evaluation throughput": thr, "Peak memory per stage (MB)": mem}
+        if not quant_mem.empty:
+            tables["In-process quantization: a second copy of the weights? (MB)"] = quant_mem
         (args.out / "bench.md").write_text(markdown(tables))
         print((args.out / "bench.md").read_text())
     finally:

@@ -56,13 +56,35 @@ def git_sha() -> str | None:
         return None
 
 
-def peak_memory_mb() -> dict:
-    """Process peak resident memory so far (and the GPU's peak since the last stage, where there is one)."""
+def _status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (VmRSS, VmHWM) in MB; None where there is no /proc."""
+    try:
+        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return round(int(match.group(1)) / 1024, 1) if match else None
+
+
+def reset_peak_rss() -> bool:
+    """Restart the kernel's peak-RSS counter (Linux: ``echo 5 > /proc/self/clear_refs``) so the next reading is
+    one stage's own peak. False where that is not possible; readings are then the process's peak so far."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb(stage_scoped: bool = False) -> dict:
+    """Peak resident memory: the stage's own (``stage_scoped``, after :func:`reset_peak_rss`) or the process's
+    so far; and the GPU's peak since the last reading, where there is one."""
     import resource
 
     import torch
 
-    peak = {"rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    hwm = _status_mb("VmHWM") if stage_scoped else None
+    peak = {"rss": hwm if hwm is not None else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "rss_scope": "stage" if hwm is not None else "process"}
     if torch.cuda.is_available():
         peak["cuda"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         torch.cuda.reset_peak_memory_stats()
@@ -85,11 +107,12 @@ class Manifest:
     @contextmanager
     def stage(self, name: str, log):
         log.info("stage %s ...", name)
+        rss_start, scoped = _status_mb("VmRSS"), reset_peak_rss()
         start = time.perf_counter()
         yield
         seconds = round(time.perf_counter() - start, 3)
         self.data["stage_seconds"][name] = seconds
-        self.data.setdefault("peak_memory_mb", {})[name] = peak_memory_mb()
+        self.data.setdefault("peak_memory_mb", {})[name] = {"rss_start": rss_start, **peak_memory_mb(scoped)}
         log.info("stage %s done in %.1fs", name, seconds)
         self.flush()
 

@@ -6,16 +6,20 @@ GPTQ, except for a tiny task-salient set of weights that stays in 16-bit. Salien
 Q(W) from a first GPTQ pass at the target bits. The global top keep_fraction of all quantized weights is
 kept; a second GPTQ pass from the original weights leaves them out of the grids and the error sweep.
 
-Memory, beyond the model: an fp32 accumulator of |∂L/∂W| per quantized linear (replaced by S linear by
-linear) and one copy of the quantized linears' original weights (model dtype), both where the weights live;
-the gradient step holds the whole model and its linears' gradients on the device.
+Memory, beyond the model: the method's fp32 accumulator of |∂L/∂W| per quantized linear (replaced by S
+linear by linear), where the weights live. The weights are never copied in memory: the original weights the
+second pass starts from are spilled to a temporary file before the first pass and read back one linear at a
+time, and in the gradient step each linear's gradient is folded into the accumulator and freed as soon as
+backward produces it, so the linears' gradients never coexist.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +51,17 @@ def gradient_magnitudes(
     model.to(device).eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    for module in linears.values():
+
+    def fold_into(name: str, module: nn.Module):
+        def hook(param: torch.Tensor) -> None:  # runs once backward has this weight's gradient
+            G[name] += weight_grad_matrix(module, family).abs().float()
+            param.grad = None
+        return hook
+
+    handles = []
+    for name, module in linears.items():
         module.weight.requires_grad_(True)
+        handles.append(module.weight.register_post_accumulate_grad_hook(fold_into(name, module)))
     try:
         with torch.enable_grad():
             for index, row in enumerate(ids):
@@ -57,14 +70,18 @@ def gradient_magnitudes(
                 x = row[None].to(device)  # (1, T)
                 logits = model(input_ids=x, use_cache=False).logits  # (1, T, vocab)
                 F.cross_entropy(logits[0, :-1].float(), x[0, 1:]).backward()
-                for name, module in linears.items():
-                    G[name] += weight_grad_matrix(module, family).abs().float()
-                    module.weight.grad = None
     finally:
+        for handle in handles:
+            handle.remove()
         for param, flag in flags.items():
             param.requires_grad_(flag)
         model.to(home).train(was_training)
     return {name: g.to(home) for name, g in G.items()}
+
+
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself where it owns its storage (torch.save writes the whole storage), else a compact copy of it."""
+    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
 
 
 def saliency(W: torch.Tensor, G: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
@@ -117,16 +134,22 @@ def salient_masks(
     S = gradient_magnitudes(model, task_calib, device, progress)  # of the ORIGINAL weights
     seconds["gradients"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    W0 = {name: weight_matrix(module, family).clone() for name, module in linears.items()}
-    retries = gptq_model(model, calib, settings, device, true_sequential, None, progress, "tacq gptq pass 1 layer")
-    seconds["gptq_pass1"] = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="flipbench-tacq-") as spill:
+        start = time.perf_counter()
+        originals = {}
+        for index, (name, module) in enumerate(linears.items()):  # one tensor at a time
+            originals[name] = Path(spill) / f"{index}.pt"
+            torch.save(_own_storage(module.weight.data), originals[name])
+        retries = gptq_model(model, calib, settings, device, true_sequential, None, progress, "tacq gptq pass 1 layer")
+        seconds["gptq_pass1"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    for name, module in linears.items():
-        S[name] = saliency(W0[name], S[name], weight_matrix(module, family))
-        set_weight_matrix(module, family, W0[name])  # back to the original weights for the second pass
-    del W0
+        start = time.perf_counter()
+        for name, module in linears.items():
+            stored = torch.load(originals[name], mmap=True, weights_only=True)  # as module.weight, file-backed
+            W0 = stored.t() if family.conv1d else stored  # (out, in)
+            S[name] = saliency(W0.to(S[name].device), S[name], weight_matrix(module, family))
+            module.weight.data.copy_(stored.to(module.weight.device))  # back to the original for the second pass
+            del stored, W0
     n_params = sum(s.numel() for s in S.values())
     masks = top_k_masks(S, n_to_keep(keep_fraction, n_params))
     seconds["saliency"] = time.perf_counter() - start

@@ -114,3 +114,32 @@ def test_tacq_is_deterministic():
         compress(copy_, QuantConfig(method="tacq", bits=3, keep_fraction=0.01), calib=CALIB, task_calib=TASK)
         runs.append(copy_)
     assert all(torch.equal(a, b) for a, b in zip(runs[0].parameters(), runs[1].parameters()))
+
+
+def test_gradient_step_frees_each_linear_gradient_as_soon_as_it_is_folded(monkeypatch):
+    import flipbench.quant.tacq as tacq
+
+    model = tiny_model("llama")
+    linears = quantizable_linears(model)
+    alive, original = [], tacq.weight_grad_matrix
+
+    def counting(module, family):
+        alive.append(sum(m.weight.grad is not None for m in linears.values()))
+        return original(module, family)
+
+    monkeypatch.setattr(tacq, "weight_grad_matrix", counting)
+    gradient_magnitudes(model, TASK, "cpu")
+    assert len(alive) == len(TASK) * len(linears)
+    assert max(alive) == 1  # never two linears' gradients at once, let alone all of them
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_salient_masks_restore_the_original_weights_bit_for_bit(model_type):
+    from flipbench.quant.gptq import GPTQSettings
+    from flipbench.quant.grid import GridSpec
+
+    model = tiny_model(model_type)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    masks, _ = salient_masks(model, CALIB, TASK, GPTQSettings(grid=GridSpec(bits=3)), 0.01, "cpu")
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    assert sum(int(m.sum()) for m in masks.values()) > 0
