@@ -60,11 +60,11 @@ class GPTQ:
         s, maxq = settings, settings.grid.maxq
         cols = W.shape[1]
         W = W.to(self.H.device, torch.float32).clone()  # (rows, cols)
-        H = self.H.clone()
         keep = torch.zeros_like(W, dtype=torch.bool) if keep is None else keep.to(W.device).clone()
 
-        dead = torch.diag(H) == 0  # inputs that were always 0: any weight is exact, so use 0
-        H[dead, dead] = 1
+        diag = torch.diag(self.H).clone()
+        dead = diag == 0  # inputs that were always 0: any weight is exact, so use 0
+        diag[dead] = 1
         W[:, dead] = 0
 
         group = cols if s.group_size == -1 else s.group_size
@@ -73,13 +73,20 @@ class GPTQ:
 
         perm = torch.arange(cols, device=W.device)
         if s.act_order:  # columns with the largest inputs first, while there are most columns left to absorb error
-            perm = torch.argsort(torch.diag(H), descending=True)
-            W, H, keep = W[:, perm], H[perm][:, perm], keep[:, perm]
+            perm = torch.argsort(diag, descending=True)
+            W, keep = W[:, perm], keep[:, perm]
 
         group_of = (perm // group).tolist()  # original group of each swept column (static / per-channel grids)
         # A second solve on the same H (TACQ's masked pass) reuses the O(cols³) factorization.
         if self._factor is None or self._factor[0] != (s.damp, s.act_order):
+            self._factor = None  # free the old factor before making the new one
+            H = self.H  # (cols, cols); copied only where dead inputs or act_order change it
+            if dead.any() or s.act_order:
+                H = H.clone()
+                H[dead, dead] = 1
+                H = H[perm][:, perm] if s.act_order else H
             self._factor = ((s.damp, s.act_order), _inverse_cholesky(H, s.damp))
+            del H
         Hinv, retries = self._factor[1]  # (cols, cols), upper triangular
         Q = torch.zeros_like(W)
         for i1 in range(0, cols, s.block_size):
@@ -112,12 +119,19 @@ class GPTQ:
 
 def _inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, int]:
     """Upper Cholesky factor of (H + λI)⁻¹ with λ = damp·mean(diag H), raising λ ×10 until it factors."""
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     mean_diag = torch.diag(H).mean().abs().clamp(min=1e-8)
+    # Memory: at most two (cols, cols) matrices beside H at a time; for an MLP's down projection these are
+    # the largest tensors GPTQ makes.
     for retry in range(MAX_DAMP_RETRIES + 1):
-        L, info = torch.linalg.cholesky_ex(H + damp * 10**retry * mean_diag * eye)
+        damped = H.clone()
+        damped.diagonal().add_(damp * 10**retry * mean_diag)
+        L, info = torch.linalg.cholesky_ex(damped)
+        del damped
         if info == 0:
-            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            inverse = torch.cholesky_inverse(L)
+            del L
+            U, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if info == 0 and torch.isfinite(U).all():
                 return U, retry
     raise ValueError(
