@@ -151,7 +151,8 @@ def quantization_memory(tokenizer_dir: Path, work: Path, layers=(4, 8), methods=
     """In-process quantization of random hidden-1024 models of two depths: the ``compress`` stage's own peak
     above its starting RSS. A copy of the weights would grow with the model; GPTQ's working memory (one
     layer's Hessians and activations) does not. TACQ adds its fp32 Σ|∂L/∂W| accumulator, one value per
-    quantized weight. Returns (per-stage rows, one summary row per model and method)."""
+    quantized weight. Also the whole-model quantization seconds (TACQ against GPTQ on a real model, not one
+    layer). Returns (per-stage rows, one summary row per model and method)."""
     rows, checks = [], []
     for depth in layers:
         model_dir = large_random_model(work / f"mem_l{depth}", tokenizer_dir, layers=depth)
@@ -163,14 +164,16 @@ def quantization_memory(tokenizer_dir: Path, work: Path, layers=(4, 8), methods=
             timed([sys.executable, "-m", "flipbench", "model=hf", f"model.path={model_dir}", "model.dtype=float32",
                    f"model.name=mem-{method}-l{depth}", f"compression={method}", "compression.bits=4",
                    "calibration.n_samples=16", "suite.limit=2", "output.plots=false", f"output.root={root}"], work)
-            stage_rows = memory(next((root / "runs").iterdir()))
+            run = next((root / "runs").iterdir())
+            stage_rows = memory(run)
+            compress_s = json.loads((run / "manifest.json").read_text())["compression"]["seconds"]["total"]
             rows += [{"model": f"random-h1024-l{depth}", **r} for r in stage_rows]
             comp = next(r for r in stage_rows if r["stage"] == "compress")
             checks.append({"method": method, "layers": depth, "model_mb": round(model_mb, 1),
                            "accumulator_mb": round(quantized * 4 / 2**20, 1) if method == "tacq" else 0.0,
                            "compress_rss_start": comp["rss_start"], "compress_rss_peak": comp["rss_peak"],
                            "compress_extra_mb": round(comp["rss_peak"] - comp["rss_start"], 1),
-                           "rss_scope": comp["rss_scope"]})
+                           "rss_scope": comp["rss_scope"], "compress_s": round(compress_s, 1)})
     return rows, checks
 
 

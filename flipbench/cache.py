@@ -96,6 +96,7 @@ class BaselineCache:
 
     def store(self, key: str, frame: pd.DataFrame, parts: dict) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        self.drop_reference(key)  # computed from the samples being replaced
         data_path, meta_path = self._paths(key)
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=False)
@@ -110,39 +111,54 @@ class BaselineCache:
         os.replace(meta_tmp, meta_path)
 
     # The baseline's answer-token log-probs for token KL, beside its samples: a cached run then needs only the
-    # compressed model's forward pass. Rows are keyed by (task, group, doc_id).
+    # compressed model's forward pass. Rows are keyed by (task, group, doc_id, digest of prompt and answer), so
+    # a reference written for other generations never matches. One tensor per row, written by torch.save
+    # straight from each tensor's storage and read back memory-mapped; a sidecar holds the file's sha256.
 
-    def _reference_path(self, key: str) -> Path:
-        return self.root / f"{key}.kl.safetensors"
+    def _reference_paths(self, key: str) -> tuple[Path, Path]:
+        return self.root / f"{key}.kl.pt", self.root / f"{key}.kl.json"
 
-    def load_reference(self, key: str) -> dict[tuple, "torch.Tensor"] | None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file, safe_open
+    def drop_reference(self, key: str) -> None:
+        for path in self._reference_paths(key):
+            path.unlink(missing_ok=True)
 
-        path = self._reference_path(key)
-        if not path.exists():
+    def load_reference(self, key: str, max_bytes: int | None = None) -> dict[tuple, "torch.Tensor"] | None:
+        """The stored reference, or None when absent, larger than ``max_bytes``, torn or corrupt."""
+        import torch
+
+        data_path, meta_path = self._reference_paths(key)
+        if not data_path.exists() and not meta_path.exists():
             return None
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                rows = json.loads(handle.metadata()["rows"])
-            tensors = load_file(str(path))
-            counts = tensors["n_tokens"].tolist()
-            if len(counts) != len(rows) or sum(counts) != len(tensors["logprobs"]):
+            meta = json.loads(meta_path.read_text())
+            if max_bytes is not None and data_path.stat().st_size > max_bytes:
+                return None
+            if _file_sha256(data_path) != meta["sha256"]:
+                raise ValueError("checksum mismatch")
+            tensors = torch.load(data_path, mmap=True, weights_only=True)
+            if len(tensors) != len(meta["rows"]):
                 raise ValueError("row count mismatch")
-        except (OSError, ValueError, KeyError, SafetensorError) as err:
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
             log.warning("token-KL reference %s is corrupt or partial (%s); recomputing it", key, err)
             return None
-        return {tuple(row): part for row, part in zip(rows, tensors["logprobs"].split(counts))}
+        return {tuple(row): tensor for row, tensor in zip(meta["rows"], tensors)}
 
     def store_reference(self, key: str, reference: dict[tuple, "torch.Tensor"]) -> None:
         import torch
-        from safetensors.torch import save_file
 
         self.root.mkdir(parents=True, exist_ok=True)
-        rows = list(reference)
-        tensors = {"logprobs": torch.cat([reference[r] for r in rows]).contiguous(),
-                   "n_tokens": torch.tensor([len(reference[r]) for r in rows], dtype=torch.long)}
-        path = self._reference_path(key)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file(tensors, str(tmp), metadata={"rows": json.dumps([list(r) for r in rows])})
-        os.replace(tmp, path)
+        data_path, meta_path = self._reference_paths(key)
+        suffix = f".tmp{os.getpid()}"
+        data_tmp, meta_tmp = data_path.with_suffix(suffix + ".pt"), meta_path.with_suffix(suffix + ".json")
+        torch.save([tensor.contiguous() for tensor in reference.values()], data_tmp)
+        meta_tmp.write_text(json.dumps({"sha256": _file_sha256(data_tmp), "rows": [list(r) for r in reference]}))
+        os.replace(data_tmp, data_path)
+        os.replace(meta_tmp, meta_path)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

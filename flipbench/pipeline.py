@@ -6,6 +6,7 @@ before the first model weight is read; results already written are never removed
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -135,22 +136,28 @@ def _kl_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["output_type"] == "generate_until"].drop_duplicates(["task", "group", "doc_id"])
 
 
-def _row_keys(rows: pd.DataFrame) -> list[tuple]:
-    return [(str(t), str(g), int(d)) for t, g, d in zip(rows["task"], rows["group"], rows["doc_id"])]
+def _row_keys(rows: pd.DataFrame, response: str) -> list[tuple]:
+    """(task, group, doc_id, digest of prompt + answer) per row: a stored log-prob row only fits the same text."""
+    def digest(prompt: str, answer: str) -> str:
+        return hashlib.sha256(f"{prompt}\x00{answer}".encode()).hexdigest()[:16]
+
+    return [(str(t), str(g), int(d), digest(str(p), str(a)))
+            for t, g, d, p, a in zip(rows["task"], rows["group"], rows["doc_id"], rows["prompt"], rows[response])]
 
 
 def kl_reference(base: pd.DataFrame, model, tokenizer, cfg: FlipbenchConfig, store: cache.BaselineCache, key: str):
     """The baseline's answer-token log-probs for token KL, computed while ``model`` still is the baseline.
 
-    Returns {(task, group, doc_id): (answer tokens, V) tensor}, from the cache when it holds them; None when
-    token KL is off, no task generates, or they would exceed ``eval.token_kl_reference_mb`` (the KL stage then
-    reloads the baseline instead).
+    Returns {row key: (answer tokens, V) tensor} (see :func:`_row_keys`), from the cache when it holds them;
+    None when token KL is off, no task generates, or they would exceed ``eval.token_kl_reference_mb`` (the KL
+    stage then uses the baseline model itself, reloading it if quantization changed the loaded copy).
     """
     rows = _kl_rows(base)
     if not cfg.eval.token_kl or rows.empty:
         return None
-    keys = _row_keys(rows)
-    reference = store.load_reference(key) if cfg.eval.cache else None
+    keys = _row_keys(rows, "response")
+    budget = cfg.eval.token_kl_reference_mb * 2**20
+    reference = store.load_reference(key, max_bytes=budget) if cfg.eval.cache else None
     if reference is not None and all(k in reference for k in keys):
         return reference
     from flipbench.tokenkl import answer_logprobs, reference_bytes
@@ -158,9 +165,9 @@ def kl_reference(base: pd.DataFrame, model, tokenizer, cfg: FlipbenchConfig, sto
     prompts, answers = rows["prompt"].tolist(), rows["response"].tolist()
     vocab = model.get_output_embeddings().weight.shape[0]
     size = reference_bytes(tokenizer, prompts, answers, vocab)
-    if size > cfg.eval.token_kl_reference_mb * 2**20:
+    if size > budget:
         log.info("token KL: the baseline's log-probs would take %.0f MB > eval.token_kl_reference_mb=%d; "
-                 "the baseline is reloaded for the KL pass instead", size / 2**20, cfg.eval.token_kl_reference_mb)
+                 "the baseline model is used for the KL pass instead", size / 2**20, cfg.eval.token_kl_reference_mb)
         return None
     logprobs = answer_logprobs(model, tokenizer, prompts, answers, batch_size=cfg.eval.batch_size, device=model.device)
     reference = dict(zip(keys, logprobs))
@@ -169,11 +176,11 @@ def kl_reference(base: pd.DataFrame, model, tokenizer, cfg: FlipbenchConfig, sto
     return reference
 
 
-def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchConfig, base) -> None:
+def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchConfig, reference, base_model) -> None:
     """Token-level KL(base‖comp) on the baseline's generated answers, filled into the generative rows.
 
-    ``base``: the baseline's stored log-probs (from :func:`kl_reference`), the baseline model itself where it
-    is still in memory, or None to reload it (in-place quantization changed the loaded copy).
+    The baseline side comes from ``reference`` (:func:`kl_reference`) where it covers every row, else from
+    ``base_model`` (the loaded baseline, where compression left it unchanged), else from a fresh load.
     """
     gen = paired.index[paired["output_type"] == "generate_until"]
     if not cfg.eval.token_kl or len(gen) == 0:
@@ -181,11 +188,11 @@ def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchCo
     from flipbench.tokenkl import token_kl
 
     rows = _kl_rows(paired)
-    if isinstance(base, dict):
-        keys = _row_keys(rows)
-        base = [base[k] for k in keys] if all(k in base for k in keys) else None
-    if base is None:
-        base = models.load_model(cfg.model)[0]
+    keys = _row_keys(rows, "response_base")
+    if reference is not None and all(k in reference for k in keys):
+        base = [reference[k] for k in keys]
+    else:
+        base = base_model if base_model is not None else models.load_model(cfg.model)[0]
     stats = token_kl(base, comp_model, tokenizer, rows["prompt"].tolist(), rows["response_base"].tolist(),
                      batch_size=cfg.eval.batch_size, device=comp_model.device)
     stats.index = rows.index
@@ -211,6 +218,7 @@ def run(cfg) -> Path:
     rundir.save_config(run_dir, cfg)
     device = models.pick_device(cfg.model.device)
     manifest = rundir.Manifest(run_dir, cfg.eval.seed, str(device))
+    log_file = rundir.attach_log(run_dir / "run.log")
     log.info("run directory: %s", run_dir)
     try:
         with manifest.stage("load_baseline", log):
@@ -243,10 +251,8 @@ def run(cfg) -> Path:
             comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg)
         with manifest.stage("metrics", log):
             paired = metrics.annotate(pair(base, comp))
-            # The baseline for token KL: its stored log-probs, else the loaded model if compression left it as it was.
-            untouched = cfg.compression.method in ("none", "checkpoint")
-            kl_base = reference if reference is not None else (model if untouched else None)
-            token_kl_stage(paired, comp_model, tokenizer, cfg, kl_base)
+            untouched = cfg.compression.method in ("none", "checkpoint")  # the loaded baseline is still the baseline
+            token_kl_stage(paired, comp_model, tokenizer, cfg, reference, model if untouched else None)
             paired.to_parquet(run_dir / "samples.parquet", index=False)
             if noise is not None:
                 metrics.annotate(pair(base, noise)).to_parquet(run_dir / "noise_samples.parquet", index=False)
@@ -256,6 +262,8 @@ def run(cfg) -> Path:
     except BaseException as err:  # Ctrl-C included: the manifest says why the run is not complete
         manifest.fail(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         raise
+    finally:
+        rundir.detach_log(log_file)
     rundir.point_latest(root, run_dir)
     return run_dir
 

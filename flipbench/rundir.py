@@ -7,6 +7,7 @@ as the last write, so a crashed or interrupted run never looks complete.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import re
@@ -67,7 +68,9 @@ def _status_mb(field: str) -> float | None:
 
 def reset_peak_rss() -> bool:
     """Restart the kernel's peak-RSS counter (Linux: ``echo 5 > /proc/self/clear_refs``) so the next reading is
-    one stage's own peak. False where that is not possible; readings are then the process's peak so far."""
+    one stage's own peak. False where that is not possible; readings are then the process's peak so far.
+    Side effect: the whole process's peak as seen from outside (``ru_maxrss``, ``/usr/bin/time``) then only
+    covers the last stage; the manifest's per-stage peaks are the record."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -89,6 +92,25 @@ def peak_memory_mb(stage_scoped: bool = False) -> dict:
         peak["cuda"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         torch.cuda.reset_peak_memory_stats()
     return peak
+
+
+def attach_log(path: Path) -> logging.Handler:
+    """Copy flipbench's and lm-eval's log records into ``path`` (the run's own log) until detached."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    handler.setLevel(logging.INFO)
+    for name in LOGGERS:
+        logging.getLogger(name).addHandler(handler)
+    return handler
+
+
+def detach_log(handler: logging.Handler) -> None:
+    for name in LOGGERS:
+        logging.getLogger(name).removeHandler(handler)
+    handler.close()
+
+
+LOGGERS = ("flipbench", "lm_eval")
 
 
 class Manifest:

@@ -77,20 +77,24 @@ def test_quantized_run_flips_and_report_rebuilds_from_disk(mini_run_overrides):
     assert (run_dir / "summary.csv").read_text() == before
 
 
-def test_token_kl_is_the_same_from_stored_cached_or_reloaded_baseline(mini_run_overrides):
+def test_token_kl_is_the_same_from_stored_cached_or_reloaded_baseline(mini_run_overrides, monkeypatch):
     """Three ways to get the baseline side of token KL must agree: log-probs kept before in-place quantization,
     the same read back from the baseline cache, and (budget 0) the baseline reloaded after compression."""
     base = mini_run_overrides + ["compression=rtn", "compression.bits=2", "output.plots=false"]
-    kl = {}
-    for case, extra in (("stored", []), ("cached", []), ("reloaded", ["eval.token_kl_reference_mb=0", "eval.cache=false"])):
-        run_dir = pipeline.run(compose(base + extra))
-        manifest = json.loads((run_dir / "manifest.json").read_text())
-        assert manifest["baseline_cache_hit"] is (case == "cached")
-        gen = pd.read_parquet(run_dir / "samples.parquet").query("output_type == 'generate_until'")
-        kl[case] = gen.set_index(["doc_id", "filter"])["kl"].sort_index()
     root = next(o for o in mini_run_overrides if o.startswith("output.root=")).split("=", 1)[1]
     cache_dir = Path(root) / "cache"
-    assert len(list(cache_dir.glob("*.kl.safetensors"))) == 1
+    kl = {}
+    for case, extra in (("stored", []), ("cached", []), ("reloaded", ["eval.token_kl_reference_mb=0", "eval.cache=false"])):
+        with monkeypatch.context() as patch:
+            if case == "cached":  # must come from the cache: computing it again would fail here
+                patch.setattr("flipbench.tokenkl.answer_logprobs", lambda *a, **k: pytest.fail("recomputed"))
+            run_dir = pipeline.run(compose(base + extra))
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        assert manifest["baseline_cache_hit"] is (case == "cached")
+        if case == "cached":  # the reference was stored with the baseline and read back
+            assert len(list(cache_dir.glob("*.kl.pt"))) == 1
+        gen = pd.read_parquet(run_dir / "samples.parquet").query("output_type == 'generate_until'")
+        kl[case] = gen.set_index(["doc_id", "filter"])["kl"].sort_index()
     assert (kl["stored"] > 0).all() and len(kl["stored"]) == 12  # 6 docs x 2 filters, every one scored
     pd.testing.assert_series_equal(kl["stored"], kl["cached"])
     pd.testing.assert_series_equal(kl["stored"], kl["reloaded"], rtol=1e-5)

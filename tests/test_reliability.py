@@ -195,16 +195,19 @@ def test_token_kl_reference_round_trip_and_torn_file_is_recomputed(tmp_path, cap
     import torch
 
     cache = BaselineCache(tmp_path)
-    reference = {("gsm", "gsm", 0): torch.randn(3, 5), ("gsm", "gsm", 1): torch.empty(0, 5), ("gsm", "gsm", 7): torch.randn(2, 5)}
+    reference = {("gsm", "gsm", 0, "ab"): torch.randn(3, 5), ("gsm", "gsm", 1, "cd"): torch.empty(0, 5),
+                 ("gsm", "gsm", 7, "ef"): torch.randn(2, 5)}
     cache.store_reference("k", reference)
     loaded = cache.load_reference("k")
     assert list(loaded) == list(reference)
     assert all(torch.equal(loaded[key], reference[key]) for key in reference)
-    path = tmp_path / "k.kl.safetensors"
+    assert cache.load_reference("k", max_bytes=10) is None  # over the size budget: not even read
+    path = tmp_path / "k.kl.pt"
     path.write_bytes(path.read_bytes()[:-16])  # torn write
     with caplog.at_level("WARNING"):
         assert cache.load_reference("k") is None
     assert "recomputing" in caplog.text
-    path.write_bytes(b"not a safetensors file")
-    assert cache.load_reference("k") is None
-    assert cache.load_reference("absent") is None
+    cache.store_reference("k", reference)
+    assert cache.load_reference("k") is not None
+    cache.store("k", frame(), {})  # new baseline samples: the reference computed from the old ones goes
+    assert cache.load_reference("k") is None and not path.exists()

@@ -37,7 +37,7 @@ class GPTQ:
     def __init__(self, columns: int, device: torch.device | str = "cpu"):
         self.H = torch.zeros(columns, columns, dtype=torch.float32, device=device)  # (cols, cols)
         self.nsamples = 0
-        self._factor = None  # ((damp, act_order), (H⁻¹ upper Cholesky, retries)) of the current H
+        self._factor = None  # (key of H and settings, column order, H⁻¹ upper Cholesky, damp retries)
 
     def add_batch(self, X: torch.Tensor) -> None:
         """X (..., cols): one batch of inputs; H stays the running 2/N Σ x xᵀ."""
@@ -71,23 +71,24 @@ class GPTQ:
         if s.group_size == -1 or s.static_groups:
             params = [fit_masked(W[:, g : g + group], s.grid, keep[:, g : g + group]) for g in range(0, cols, group)]
 
-        perm = torch.arange(cols, device=W.device)
-        if s.act_order:  # columns with the largest inputs first, while there are most columns left to absorb error
-            perm = torch.argsort(diag, descending=True)
-            W, keep = W[:, perm], keep[:, perm]
-
-        group_of = (perm // group).tolist()  # original group of each swept column (static / per-channel grids)
-        # A second solve on the same H (TACQ's masked pass) reuses the O(cols³) factorization.
-        if self._factor is None or self._factor[0] != (s.damp, s.act_order):
+        # A second solve on the same H (TACQ's masked pass) reuses the O(cols³) factorization and its order.
+        key = (s.damp, s.act_order, self.H.data_ptr(), self.H._version)
+        if self._factor is None or self._factor[0] != key:
             self._factor = None  # free the old factor before making the new one
+            perm = torch.arange(cols, device=W.device)
+            if s.act_order:  # largest inputs first, while there are most columns left to absorb error
+                perm = torch.argsort(diag, descending=True)
             H = self.H  # (cols, cols); copied only where dead inputs or act_order change it
             if dead.any() or s.act_order:
                 H = H.clone()
                 H[dead, dead] = 1
                 H = H[perm][:, perm] if s.act_order else H
-            self._factor = ((s.damp, s.act_order), _inverse_cholesky(H, s.damp))
+            self._factor = (key, perm, *_inverse_cholesky(H, s.damp))
             del H
-        Hinv, retries = self._factor[1]  # (cols, cols), upper triangular
+        _, perm, Hinv, retries = self._factor  # Hinv: (cols, cols), upper triangular
+        if s.act_order:
+            W, keep = W[:, perm], keep[:, perm]
+        group_of = (perm // group).tolist()  # original group of each swept column (static / per-channel grids)
         Q = torch.zeros_like(W)
         for i1 in range(0, cols, s.block_size):
             i2 = min(i1 + s.block_size, cols)
@@ -170,9 +171,10 @@ def gptq_layer(
                 handle.remove()
         for name, module in modules.items():
             mask = None if keep is None else keep[name]
-            Q, retries[name] = solvers[name].solve(weight_matrix(module, family), settings, mask)
+            solver = solvers.pop(name)  # its Hessian and factor are freed as soon as this linear is done
+            Q, retries[name] = solver.solve(weight_matrix(module, family), settings, mask)
             set_weight_matrix(module, family, Q)
-        del solvers  # free this stage's Hessians before the next stage allocates its own
+            del solver, Q
     return retries
 
 

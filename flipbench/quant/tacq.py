@@ -8,8 +8,8 @@ kept; a second GPTQ pass from the original weights leaves them out of the grids 
 
 Memory, beyond the model: the method's fp32 accumulator of |∂L/∂W| per quantized linear (replaced by S
 linear by linear), where the weights live. The weights are never copied in memory: the original weights the
-second pass starts from are spilled to a temporary file before the first pass and read back one linear at a
-time, and in the gradient step each linear's gradient is folded into the accumulator and freed as soon as
+second pass starts from are spilled to a temporary file before the first pass (in the system temp folder:
+set TMPDIR to a disk-backed folder where /tmp is a RAM disk) and read back one linear at a time, and in the gradient step each linear's gradient is folded into the accumulator and freed as soon as
 backward produces it, so the linears' gradients never coexist.
 """
 
@@ -52,16 +52,22 @@ def gradient_magnitudes(
     for param in model.parameters():
         param.requires_grad_(False)
 
-    def fold_into(name: str, module: nn.Module):
-        def hook(param: torch.Tensor) -> None:  # runs once backward has this weight's gradient
-            G[name] += weight_grad_matrix(module, family).abs().float()
+    sharing: dict[int, list[str]] = {}  # one hook per weight tensor, adding into every linear that uses it
+    for name, module in linears.items():
+        sharing.setdefault(id(module.weight), []).append(name)
+
+    def fold_into(names: list[str]):
+        def hook(param: torch.Tensor) -> None:  # runs once backward has this weight's whole gradient
+            for name in names:
+                G[name] += weight_grad_matrix(linears[name], family).abs().float()
             param.grad = None
         return hook
 
     handles = []
-    for name, module in linears.items():
-        module.weight.requires_grad_(True)
-        handles.append(module.weight.register_post_accumulate_grad_hook(fold_into(name, module)))
+    for names in sharing.values():
+        weight = linears[names[0]].weight
+        weight.requires_grad_(True)
+        handles.append(weight.register_post_accumulate_grad_hook(fold_into(names)))
     try:
         with torch.enable_grad():
             for index, row in enumerate(ids):
