@@ -22,7 +22,7 @@ SUMMARY_COLUMNS = ["task", "metric", "n", "acc_base", "acc_comp", "delta_acc", "
 
 
 def check_contract(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    for name in ("config.yaml", "manifest.json", "samples.parquet", "summary.csv", "report.md", "report.html"):
+    for name in ("config.yaml", "manifest.json", "run.log", "samples.parquet", "summary.csv", "report.md", "report.html"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "plots" / "accuracy_vs_flips.png").is_file()
     assert (run_dir / "plots" / "accuracy_vs_flips.svg").is_file()
