@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from flipbench.families import quantizable_linears
 from flipbench.tasks import BUNDLED_TASKS
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -158,7 +159,7 @@ def quantization_memory(tokenizer_dir: Path, work: Path, layers=(4, 8), methods=
         model_dir = large_random_model(work / f"mem_l{depth}", tokenizer_dir, layers=depth)
         # Stored and loaded in fp32 (model.dtype=float32): the file's size is one copy of the weights in memory.
         model_mb = (model_dir / "model.safetensors").stat().st_size / 2**20
-        quantized = sum(p.numel() for n, p in _meta_model(model_dir).named_parameters() if ".layers." in n and n.endswith("proj.weight"))
+        quantized = sum(m.weight.numel() for m in quantizable_linears(_meta_model(model_dir)).values())
         for method in methods:
             root = work / f"results_mem_{method}_l{depth}"
             timed([sys.executable, "-m", "flipbench", "model=hf", f"model.path={model_dir}", "model.dtype=float32",

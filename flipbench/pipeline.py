@@ -160,16 +160,14 @@ def kl_reference(base: pd.DataFrame, model, tokenizer, cfg: FlipbenchConfig, sto
     reference = store.load_reference(key, max_bytes=budget) if cfg.eval.cache else None
     if reference is not None and all(k in reference for k in keys):
         return reference
-    from flipbench.tokenkl import answer_logprobs, reference_bytes
+    from flipbench.tokenkl import answer_logprobs
 
-    prompts, answers = rows["prompt"].tolist(), rows["response"].tolist()
-    vocab = model.get_output_embeddings().weight.shape[0]
-    size = reference_bytes(tokenizer, prompts, answers, vocab)
-    if size > budget:
-        log.info("token KL: the baseline's log-probs would take %.0f MB > eval.token_kl_reference_mb=%d; "
-                 "the baseline model is used for the KL pass instead", size / 2**20, cfg.eval.token_kl_reference_mb)
+    logprobs = answer_logprobs(model, tokenizer, rows["prompt"].tolist(), rows["response"].tolist(),
+                               batch_size=cfg.eval.batch_size, device=model.device, max_bytes=budget)
+    if logprobs is None:
+        log.info("token KL: the baseline's log-probs would exceed eval.token_kl_reference_mb=%d; the baseline "
+                 "model is used for the KL pass instead", cfg.eval.token_kl_reference_mb)
         return None
-    logprobs = answer_logprobs(model, tokenizer, prompts, answers, batch_size=cfg.eval.batch_size, device=model.device)
     reference = dict(zip(keys, logprobs))
     if cfg.eval.cache:
         store.store_reference(key, reference)

@@ -94,6 +94,9 @@ def peak_memory_mb(stage_scoped: bool = False) -> dict:
     return peak
 
 
+LOGGERS = ("flipbench", "lm_eval")  # whose records a run's run.log receives
+
+
 def attach_log(path: Path) -> logging.Handler:
     """Copy flipbench's and lm-eval's log records into ``path`` (the run's own log) until detached."""
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -108,9 +111,6 @@ def detach_log(handler: logging.Handler) -> None:
     for name in LOGGERS:
         logging.getLogger(name).removeHandler(handler)
     handler.close()
-
-
-LOGGERS = ("flipbench", "lm_eval")
 
 
 class Manifest:

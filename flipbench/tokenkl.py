@@ -81,28 +81,33 @@ def _prepare(tokenizer, prompts, answers, batch_size, add_special_tokens):
     return encoded, pad_id, [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
 
 
+def _answer_tokens(encoded: list[tuple[list[int], int]]) -> int:
+    return sum(len(ids) - start for ids, start in encoded)
+
+
 def reference_bytes(tokenizer, prompts: list[str], answers: list[str], vocab_size: int, *,
                     add_special_tokens: bool = False) -> int:
     """Memory :func:`answer_logprobs` would take: answer tokens × vocabulary × 4 bytes."""
     encoded = [_encode(tokenizer, p, a, add_special_tokens) for p, a in zip(prompts, answers)]
-    return sum(len(ids) - start for ids, start in encoded) * vocab_size * 4
+    return _answer_tokens(encoded) * vocab_size * 4
 
 
 def answer_logprobs(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 8, device=None, *,
-                    add_special_tokens: bool = False) -> list[torch.Tensor]:
+                    add_special_tokens: bool = False, max_bytes: int | None = None) -> list[torch.Tensor] | None:
     """One model's fp32 log-probs at each answer token, per row: (answer tokens, V) on the CPU ((0, V) when
-    the answer is empty). Pass the result as ``token_kl``'s ``base`` to reuse it."""
+    the answer is empty). Pass the result as ``token_kl``'s ``base`` to reuse it. None, before any forward
+    pass, when they would take more than ``max_bytes`` (see :func:`reference_bytes`)."""
     encoded, pad_id, batches = _prepare(tokenizer, prompts, answers, batch_size, add_special_tokens)
-    vocab = None
-    out: list[torch.Tensor | None] = [None] * len(encoded)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if max_bytes is not None and _answer_tokens(encoded) * vocab * 4 > max_bytes:
+        return None
+    out = [torch.empty(0, vocab) for _ in encoded]
     with torch.inference_mode():
         for chunk in batches:
             logp, counts = _answer_batch(model, [encoded[i] for i in chunk], pad_id, device)
-            vocab = logp.shape[-1]
             for i, part in zip(chunk, torch.split(logp.cpu(), counts)):
                 out[i] = part.clone()
-    vocab = vocab or model.get_output_embeddings().weight.shape[0]
-    return [t if t is not None else torch.empty(0, vocab) for t in out]
+    return out
 
 
 def token_kl(

@@ -9,8 +9,9 @@ kept; a second GPTQ pass from the original weights leaves them out of the grids 
 Memory, beyond the model: the method's fp32 accumulator of |∂L/∂W| per quantized linear (replaced by S
 linear by linear), where the weights live. The weights are never copied in memory: the original weights the
 second pass starts from are spilled to a temporary file before the first pass (in the system temp folder:
-set TMPDIR to a disk-backed folder where /tmp is a RAM disk) and read back one linear at a time, and in the gradient step each linear's gradient is folded into the accumulator and freed as soon as
-backward produces it, so the linears' gradients never coexist.
+set TMPDIR to a disk-backed folder where /tmp is a RAM disk) and read back one linear at a time, and in the
+gradient step each linear's gradient is folded into the accumulator and freed as soon as backward produces
+it, so the linears' gradients never coexist.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flipbench.families import family_of, quantizable_linears, set_weight_matrix, weight_grad_matrix, weight_matrix
+from flipbench.families import family_of, quantizable_linears, weight_grad_matrix, weight_matrix
 from flipbench.quant.gptq import GPTQSettings, gptq_model
 from flipbench.quant.layerwise import model_device
 
