@@ -50,7 +50,7 @@ test-slow: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(TEST_ENV) $(BIN)/python -m flipbench.bench --out results/bench
+	$(TEST_ENV) $(BIN)/python -m benchmarks.bench --out results/bench
 
 tasks: $(STAMP)
 	$(BIN)/python -m flipbench.synth.generate

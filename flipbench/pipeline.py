@@ -36,7 +36,7 @@ def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
 
 
 def quant_config(cfg: FlipbenchConfig):
-    from flipbench.quant import QuantConfig
+    from flipbench.compress import QuantConfig
 
     fields = {k: v for k, v in asdict(cfg.compression).items() if k in QuantConfig.__dataclass_fields__}
     return QuantConfig(**fields)
@@ -60,7 +60,7 @@ def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch
 
 def eval_doc_hashes(task_objs: dict, limit: int | None) -> set[str]:
     """lm-eval's doc hashes of every doc that will be evaluated (calibration must not contain them)."""
-    from flipbench.quant.calibration import doc_hash
+    from flipbench.compress.calibration import doc_hash
 
     hashes = set()
     for task in task_objs.values():
@@ -71,7 +71,7 @@ def eval_doc_hashes(task_objs: dict, limit: int | None) -> set[str]:
 
 def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict):
     """(calib, task_calib) token-id tensors for GPTQ Hessians and TACQ gradients; None for data-free methods."""
-    from flipbench.quant import calibration as calib
+    from flipbench.compress import calibration as calib
 
     cal = cfg.calibration
     if cfg.compression.method not in ("gptq", "tacq"):
@@ -101,10 +101,10 @@ def compress(model, tokenizer, calibration, cfg: FlipbenchConfig):
     if method == "checkpoint":
         comp, comp_tok = models.load_model(cfg.model, cfg.compression.path)
         return comp, comp_tok, {"method": "checkpoint", "path": cfg.compression.path, "avg_bits": _native_bits(comp)}
-    from flipbench import quant
+    from flipbench import compress as compressors
 
     calib, task_calib = calibration
-    details = quant.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=model.device,
+    details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=model.device,
                              progress=log.info)
     return model, tokenizer, details
 
@@ -116,11 +116,11 @@ def check_compression(model, tokenizer, task_objs, cfg: FlipbenchConfig):
     """
     if cfg.compression.method not in QUANT_METHODS:
         return None, None
-    from flipbench import quant
+    from flipbench import compress as compressors
     from flipbench.config import ConfigError
 
     try:
-        quant.validate(model, quant_config(cfg))
+        compressors.validate(model, quant_config(cfg))
         return calibration_ids(cfg, tokenizer, task_objs)
     except ValueError as err:
         raise ConfigError(str(err)) from None

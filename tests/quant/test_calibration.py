@@ -5,7 +5,7 @@ from itertools import permutations
 import pytest
 import torch
 
-from flipbench.quant.calibration import (
+from flipbench.compress.calibration import (
     doc_hash,
     task_calibration_texts,
     text_file_calibration_texts,

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from flipbench.quant.gptq import GPTQ, GPTQSettings
-from flipbench.quant.grid import GridSpec, fit_masked, rtn
+from flipbench.compress.quant.gptq import GPTQ, GPTQSettings
+from flipbench.compress.quant.grid import GridSpec, fit_masked, rtn
 
 
 def correlated_inputs(n: int, cols: int, seed: int = 0) -> torch.Tensor:

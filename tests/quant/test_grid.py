@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from flipbench.quant.grid import GridSpec, fit, fit_masked, quantize, rtn
+from flipbench.compress.quant.grid import GridSpec, fit, fit_masked, quantize, rtn
 
 CASES = [
     pytest.param(

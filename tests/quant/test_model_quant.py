@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
-from flipbench.families import FAMILIES, family_of, quantizable_linears, weight_matrix
-from flipbench.quant import QuantConfig, compress
-from flipbench.quant.layerwise import layer_by_layer
+from flipbench.compress.families import FAMILIES, family_of, quantizable_linears, weight_matrix
+from flipbench.compress import QuantConfig, compress
+from flipbench.compress.layerwise import layer_by_layer
 from .tiny_models import CONFIGS, random_ids, tiny_model
 
 CALIB = random_ids(8, 32)  # 256 tokens: more than the widest input (128), so every H is full rank

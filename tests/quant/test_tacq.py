@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flipbench.families import family_of, quantizable_linears, weight_matrix
-from flipbench.quant import QuantConfig, compress
-from flipbench.quant.gptq import gptq_model
-from flipbench.quant.tacq import gradient_magnitudes, n_to_keep, saliency, salient_masks, top_k_masks
+from flipbench.compress.families import family_of, quantizable_linears, weight_matrix
+from flipbench.compress import QuantConfig, compress
+from flipbench.compress.quant.gptq import gptq_model
+from flipbench.compress.quant.tacq import gradient_magnitudes, n_to_keep, saliency, salient_masks, top_k_masks
 from .tiny_models import random_ids, tiny_model
 
 CALIB = random_ids(8, 32)
@@ -117,7 +117,7 @@ def test_tacq_is_deterministic():
 
 
 def test_gradient_step_frees_each_linear_gradient_as_soon_as_it_is_folded(monkeypatch):
-    import flipbench.quant.tacq as tacq
+    import flipbench.compress.quant.tacq as tacq
 
     model = tiny_model("llama")
     linears = quantizable_linears(model)
@@ -135,8 +135,8 @@ def test_gradient_step_frees_each_linear_gradient_as_soon_as_it_is_folded(monkey
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])
 def test_salient_masks_restore_the_original_weights_bit_for_bit(model_type):
-    from flipbench.quant.gptq import GPTQSettings
-    from flipbench.quant.grid import GridSpec
+    from flipbench.compress.quant.gptq import GPTQSettings
+    from flipbench.compress.quant.grid import GridSpec
 
     model = tiny_model(model_type)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}

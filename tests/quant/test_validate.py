@@ -3,7 +3,7 @@
 import pytest
 from transformers import BertConfig, BertForMaskedLM
 
-from flipbench.quant import QuantConfig, compress, validate
+from flipbench.compress import QuantConfig, compress, validate
 from .tiny_models import tiny_model
 
 BAD = [

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from flipbench.families import family_of, quantizable_linears, set_weight_matrix, weight_matrix
-from flipbench.quant.grid import GridSpec, rtn
+from flipbench.compress.families import family_of, quantizable_linears, set_weight_matrix, weight_matrix
+from flipbench.compress.quant.grid import GridSpec, rtn
 
 
 def rtn_model(

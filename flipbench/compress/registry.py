@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from flipbench.families import decoder_layers, family_of, quantizable_linears, weight_matrix
-from flipbench.quant.config import QuantConfig, validate
-from flipbench.quant.gptq import gptq_model
-from flipbench.quant.rtn import rtn_model
-from flipbench.quant.tacq import tacq_model
+from flipbench.compress.families import decoder_layers, family_of, quantizable_linears, weight_matrix
+from flipbench.compress.quant.config import QuantConfig, validate
+from flipbench.compress.quant.gptq import gptq_model
+from flipbench.compress.quant.rtn import rtn_model
+from flipbench.compress.quant.tacq import tacq_model
 
 Progress = Callable[[str], None] | None
 

@@ -1,10 +1,10 @@
 """``make bench``: flipbench against plain lm-eval, sweep cost, quantizer scaling, throughput and memory.
 
-    python -m flipbench.bench --out results/bench
+    python -m benchmarks.bench --out results/bench
 
 Everything is measured side by side in one run on this machine and written under ``--out``:
 overhead.csv (case, model, flipbench_s, lm_eval_s, ratio), stages.csv, sweep.csv, throughput.csv, memory.csv,
-quant.csv/quant.md (from flipbench.bench_quant) and bench.md, the tables the README quotes.
+quant.csv/quant.md (from benchmarks.bench_quant) and bench.md, the tables the README quotes.
 
 Overhead compares one flipbench process (baseline and compressed evaluation, pairing, metrics, token KL,
 report) with two ``lm-eval run`` processes on the same two saved model directories, tasks, limit and batch
@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from flipbench.families import quantizable_linears
+from flipbench.compress.families import quantizable_linears
 from flipbench.tasks import BUNDLED_TASKS
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -45,10 +45,10 @@ def save_pair(base_dir: Path, out: Path, bits: int) -> Path:
     """Quantize a saved model with RTN in-process and save the result: the 'checkpoint' both tools evaluate."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flipbench import quant
+    from flipbench import compress as compressors
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    quant.compress(model, quant.QuantConfig(method="rtn", bits=bits))
+    compressors.compress(model, compressors.QuantConfig(method="rtn", bits=bits))
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
     return out
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep.to_csv(args.out / "sweep.csv", index=False)
         if not args.skip_quant:
             print("bench: quantizer scaling", flush=True)
-            from flipbench import bench_quant
+            from benchmarks import bench_quant
 
             bench_quant.main(["--out", str(args.out)])
         tables = {"Overhead (seconds)": over.drop(columns="run"), "flipbench seconds per stage": stage,

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from flipbench.families import family_of, in_features, quantizable_linears
-from flipbench.quant.gptq import GPTQSettings
-from flipbench.quant.grid import GridSpec
+from flipbench.compress.families import family_of, in_features, quantizable_linears
+from flipbench.compress.quant.gptq import GPTQSettings
+from flipbench.compress.quant.grid import GridSpec
 
 METHOD_NAMES = ("none", "rtn", "gptq", "tacq")
 

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flipbench.families import family_of, quantizable_linears, weight_grad_matrix, weight_matrix
-from flipbench.quant.gptq import GPTQSettings, gptq_model
-from flipbench.quant.layerwise import model_device
+from flipbench.compress.families import family_of, quantizable_linears, weight_grad_matrix, weight_matrix
+from flipbench.compress.quant.gptq import GPTQSettings, gptq_model
+from flipbench.compress.layerwise import model_device
 
 
 def n_to_keep(keep_fraction: float, n_params: int) -> int:

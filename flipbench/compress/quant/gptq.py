@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flipbench.families import Family, in_features, set_weight_matrix, weight_matrix
-from flipbench.quant.grid import GridSpec, fit_masked, quantize
-from flipbench.quant.layerwise import LayerInputs, layer_by_layer, run_layer
+from flipbench.compress.families import Family, in_features, set_weight_matrix, weight_matrix
+from flipbench.compress.quant.grid import GridSpec, fit_masked, quantize
+from flipbench.compress.layerwise import LayerInputs, layer_by_layer, run_layer
 
 MAX_DAMP_RETRIES = 6  # damp × 10 per retry: 0.01·mean(diag H) reaches 10⁴·mean(diag H)
 

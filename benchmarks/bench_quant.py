@@ -1,6 +1,6 @@
 """Benchmark the quantizers on one square linear layer: seconds and relative output error vs width.
 
-    python -m flipbench.bench_quant --out results/bench
+    python -m benchmarks.bench_quant --out results/bench
 
 Writes quant.csv (method, width, bits, seconds, rel_output_error) and quant.md (the table, a log-log
 least-squares fit of seconds ∝ width^k per method and bits, and the TACQ/GPTQ time ratio).
@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flipbench.quant.gptq import GPTQ, GPTQSettings
-from flipbench.quant.grid import GridSpec, rtn
-from flipbench.quant.tacq import n_to_keep, saliency, top_k_masks
+from flipbench.compress.quant.gptq import GPTQ, GPTQSettings
+from flipbench.compress.quant.grid import GridSpec, rtn
+from flipbench.compress.quant.tacq import n_to_keep, saliency, top_k_masks
 
 WIDTHS = (256, 512, 1024, 2048)
 BITS = (3, 4)

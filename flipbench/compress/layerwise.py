@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from flipbench.families import Family, decoder_layers, family_of
+from flipbench.compress.families import Family, decoder_layers, family_of
 
 
 class _StopForward(Exception):
