@@ -7,7 +7,7 @@ the config is composed, and :func:`validate` checks ranges and cross-field rules
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -62,9 +62,10 @@ class SuiteConfig:
     include_path: Optional[str] = None  # a folder of the user's lm-eval task YAML
     limit: Optional[int] = None  # first N docs of every task
     num_fewshot: Dict[str, int] = field(default_factory=dict)  # per task name
-    # task -> local file in the hub dataset's schema. The standard tasks are declared (unset) so that
-    # `suite.data_files.gsm8k=...` needs no leading '+'; other tasks take `+suite.data_files.NAME=...`.
-    data_files: Dict[str, Optional[str]] = field(default_factory=lambda: dict.fromkeys(STANDARD_TASKS))
+    # task -> local data in the hub dataset's schema: one file, a {split: file} mapping or a hub-layout folder
+    # (flipbench/datafiles.py). The standard tasks are declared (unset) so that `suite.data_files.gsm8k=...`
+    # needs no leading '+'; other tasks take `+suite.data_files.NAME=...`.
+    data_files: Dict[str, Any] = field(default_factory=lambda: dict.fromkeys(STANDARD_TASKS))
     metrics: Dict[str, List[str]] = field(default_factory=dict)  # task -> metrics, first is the headline
     subject_groups: List[str] = field(default_factory=lambda: ["mmlu"])  # groups reported as one task
     subject_field: str = "subject"  # doc field that names a task's groups (synth_mmlu)

@@ -218,6 +218,9 @@ def run(cfg) -> Path:
     manifest = rundir.Manifest(run_dir, cfg.eval.seed, str(device))
     log_file = rundir.attach_log(run_dir / "run.log")
     log.info("run directory: %s", run_dir)
+    for note in plan.notes:  # once per run; the report repeats it
+        log.warning("note: %s", note)
+    manifest.update(data_notes=plan.notes)
     try:
         with manifest.stage("load_baseline", log):
             model, tokenizer = models.load_model(cfg.model)
