@@ -28,14 +28,19 @@ def load_tasks(plan: TaskPlan) -> dict:
     return plan.manager.load(plan.specs)["tasks"]
 
 
-def run_lm_eval(lm, tasks: dict, plan: TaskPlan, *, limit: int | None, num_fewshot: dict[str, int], seed: int) -> dict:
-    """``simple_evaluate`` with per-sample logging. Few-shot counts are set per task on the Task objects."""
-    import lm_eval
-
+def apply_fewshot(tasks: dict, plan: TaskPlan, num_fewshot: dict[str, int]) -> None:
+    """The suite's few-shot counts, per leaf or per reported task, set on the Task objects."""
     for leaf, task in tasks.items():
         shots = num_fewshot.get(leaf, num_fewshot.get(plan.reported.get(leaf, ""), None))
         if shots is not None:
             task.set_config(key="num_fewshot", value=shots)
+
+
+def run_lm_eval(lm, tasks: dict, plan: TaskPlan, *, limit: int | None, num_fewshot: dict[str, int], seed: int) -> dict:
+    """``simple_evaluate`` with per-sample logging. Few-shot counts are set per task on the Task objects."""
+    import lm_eval
+
+    apply_fewshot(tasks, plan, num_fewshot)
     # Passing our TaskManager spares simple_evaluate from indexing every lm-eval task again (seconds per side).
     return lm_eval.simple_evaluate(
         lm, tasks=list(tasks.values()), task_manager=plan.manager, limit=limit, log_samples=True, bootstrap_iters=0,

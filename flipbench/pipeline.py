@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flipbench import cache, evaluate, models, rundir, tasks
+from flipbench import cache, console, evaluate, models, rundir, tasks
 from flipbench.config import FlipbenchConfig, to_typed
 from flipbench.pairing import pair
 
@@ -51,10 +51,21 @@ def baseline_key(cfg: FlipbenchConfig, fingerprint: str, task_objs: dict, device
             "seed": cfg.eval.seed, "metrics": dict(cfg.suite.metrics), "subject_field": cfg.suite.subject_field}
 
 
-def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch_size: int | None = None) -> pd.DataFrame:
+def estimate_work(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig) -> console.Work:
+    """The one line a person reads before evaluating: docs, requests, tokens and minutes per side."""
+    evaluate.apply_fewshot(task_objs, plan, dict(cfg.suite.num_fewshot))
+    work = console.estimate(task_objs, cfg.suite.limit, model, tokenizer, cfg.eval.seed)
+    log.info(work.line())
+    return work
+
+
+def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch_size: int | None = None,
+                  label: str = "side", work: console.Work | None = None) -> pd.DataFrame:
     lm = evaluate.build_lm(model, tokenizer, batch_size or cfg.eval.batch_size)
-    raw = evaluate.run_lm_eval(lm, task_objs, plan, limit=cfg.suite.limit, num_fewshot=dict(cfg.suite.num_fewshot),
-                               seed=cfg.eval.seed)
+    docs, requests = (work.docs, work.requests) if work else (0, 0)
+    with console.side_progress(label, docs, requests):
+        raw = evaluate.run_lm_eval(lm, task_objs, plan, limit=cfg.suite.limit, num_fewshot=dict(cfg.suite.num_fewshot),
+                                   seed=cfg.eval.seed)
     return evaluate.samples_frame(raw, task_objs, plan, dict(cfg.suite.metrics), cfg.suite.subject_field)
 
 
@@ -105,7 +116,7 @@ def compress(model, tokenizer, calibration, cfg: FlipbenchConfig):
 
     calib, task_calib = calibration
     details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=model.device,
-                             progress=log.info)
+                             progress=logging.getLogger("flipbench.compress").info)  # per layer: run.log only
     return model, tokenizer, details
 
 
@@ -227,6 +238,7 @@ def run(cfg) -> Path:
             task_objs = evaluate.load_tasks(plan)
             calibration = check_compression(model, tokenizer, task_objs, cfg)
             weights = models.fingerprint(model)
+            work = estimate_work(model, tokenizer, task_objs, plan, cfg)
         store = cache.BaselineCache(root / "cache")
         key_parts = baseline_key(cfg, weights, task_objs, str(device))
         key = cache.cache_key(key_parts)
@@ -236,7 +248,7 @@ def run(cfg) -> Path:
                 base = store.load(key) if cfg.eval.cache else None
                 hit = base is not None
                 if not hit:
-                    base = evaluate_side(model, tokenizer, task_objs, plan, cfg)
+                    base = evaluate_side(model, tokenizer, task_objs, plan, cfg, label="baseline", work=work)
                     store.store(key, base, key_parts)
             with manifest.stage("token_kl_reference", log):
                 reference = kl_reference(base, model, tokenizer, cfg, store, key)
@@ -244,12 +256,13 @@ def run(cfg) -> Path:
         noise = None
         if cfg.eval.noise_floor:
             with manifest.stage("evaluate_noise_floor", log):
-                noise = evaluate_side(model, tokenizer, task_objs, plan, cfg, batch_size=cfg.eval.noise_batch_size)
+                noise = evaluate_side(model, tokenizer, task_objs, plan, cfg, batch_size=cfg.eval.noise_batch_size,
+                                      label="noise floor", work=work)
         with manifest.stage("compress", log):
             comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg)
         manifest.update(compression=details)
         with manifest.stage("evaluate_compressed", log):
-            comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg)
+            comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg, label="compressed", work=work)
         with manifest.stage("metrics", log):
             paired = metrics.annotate(pair(base, comp))
             untouched = cfg.compression.method in ("none", "checkpoint")  # the loaded baseline is still the baseline
