@@ -118,16 +118,16 @@ class Work:
                 f"a timed probe puts it at ~{minutes:.1f} min per side")
 
 
-def estimate(task_objs: dict, limit: int | None, model, tokenizer, seed: int, sample: int = 4) -> Work:
-    """Docs and requests exactly; tokens from up to ``sample`` prompts per task; seconds from one timed forward.
+def estimate(task_objs: dict, limits: dict, model, tokenizer, seed: int, sample: int = 4) -> Work:
+    """``limits``: leaf -> docs evaluated (None: all). Docs and requests exactly; tokens from up to ``sample`` prompts per task; seconds from one timed forward.
 
     Generative requests count their prompt plus max_gen_toks tokens, so their share is an upper bound.
     """
     import torch
 
     docs = requests = tokens = 0
-    for task in task_objs.values():
-        eval_docs = list(task.eval_docs)[: limit or None]
+    for leaf, task in task_objs.items():
+        eval_docs = list(task.eval_docs)[: limits.get(leaf) or None]
         shots = task.get_config("num_fewshot") or 0
         generative = task.get_config("output_type") == "generate_until"
         counts = [1 if generative else len(task.doc_to_choice(doc)) for doc in eval_docs]

@@ -47,14 +47,14 @@ def baseline_key(cfg: FlipbenchConfig, fingerprint: str, task_objs: dict, device
 
     return {"format": cache.FORMAT, "model": cfg.model.path, "revision": cfg.model.revision, "weights": fingerprint,
             "tasks": cache.task_fingerprint(task_objs), "lm_eval": version("lm_eval"), "batch_size": cfg.eval.batch_size,
-            "dtype": cfg.model.dtype, "device": device, "limit": cfg.suite.limit, "num_fewshot": dict(cfg.suite.num_fewshot),
+            "dtype": cfg.model.dtype, "device": device, "limit": cfg.suite.limit, "task_limits": dict(cfg.suite.task_limits), "num_fewshot": dict(cfg.suite.num_fewshot),
             "seed": cfg.eval.seed, "metrics": dict(cfg.suite.metrics), "subject_field": cfg.suite.subject_field}
 
 
 def estimate_work(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig) -> console.Work:
     """The one line a person reads before evaluating: docs, requests, tokens and minutes per side."""
     evaluate.apply_fewshot(task_objs, plan, dict(cfg.suite.num_fewshot))
-    work = console.estimate(task_objs, cfg.suite.limit, model, tokenizer, cfg.eval.seed)
+    work = console.estimate(task_objs, limits(task_objs, plan, cfg), model, tokenizer, cfg.eval.seed)
     log.info(work.line())
     return work
 
@@ -65,22 +65,28 @@ def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch
     docs, requests = (work.docs, work.requests) if work else (0, 0)
     with console.side_progress(label, docs, requests):
         raw = evaluate.run_lm_eval(lm, task_objs, plan, limit=cfg.suite.limit, num_fewshot=dict(cfg.suite.num_fewshot),
-                                   seed=cfg.eval.seed)
+                                   seed=cfg.eval.seed, task_limits=dict(cfg.suite.task_limits))
     return evaluate.samples_frame(raw, task_objs, plan, dict(cfg.suite.metrics), cfg.suite.subject_field)
 
 
-def eval_doc_hashes(task_objs: dict, limit: int | None) -> set[str]:
-    """lm-eval's doc hashes of every doc that will be evaluated (calibration must not contain them)."""
+def limits(task_objs: dict, plan, cfg: FlipbenchConfig) -> dict:
+    return evaluate.doc_limits(task_objs, plan, cfg.suite.limit, dict(cfg.suite.task_limits))
+
+
+def eval_doc_hashes(task_objs: dict, limits: dict) -> set[str]:
+    """lm-eval's doc hashes of every doc that will be evaluated (calibration must not contain them).
+
+    ``limits``: leaf -> docs evaluated (None: all)."""
     from flipbench.compress.calibration import doc_hash
 
     hashes = set()
-    for task in task_objs.values():
+    for leaf, task in task_objs.items():
         docs = list(task.eval_docs)
-        hashes.update(doc_hash(doc) for doc in docs[: limit or len(docs)])
+        hashes.update(doc_hash(doc) for doc in docs[: limits.get(leaf) or len(docs)])
     return hashes
 
 
-def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict):
+def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict, evaluated: dict | None = None):
     """(calib, task_calib) token-id tensors for GPTQ Hessians and TACQ gradients; None for data-free methods."""
     from flipbench.compress import calibration as calib
 
@@ -91,7 +97,8 @@ def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict):
     def texts(source: str) -> list[str]:
         if source == "text":
             return calib.text_file_calibration_texts(cal.path)
-        return calib.task_calibration_texts(task_objs, cal.n_samples, cfg.eval.seed, eval_doc_hashes(task_objs, cfg.suite.limit))
+        return calib.task_calibration_texts(task_objs, cal.n_samples, cfg.eval.seed, eval_doc_hashes(
+            task_objs, evaluated if evaluated is not None else dict.fromkeys(task_objs, cfg.suite.limit)))
 
     ids = calib.tokenize_calibration(tokenizer, texts(cal.source), cal.n_samples, cal.seq_len, cfg.eval.seed)
     grad_ids = None
@@ -120,7 +127,7 @@ def compress(model, tokenizer, calibration, cfg: FlipbenchConfig):
     return model, tokenizer, details
 
 
-def check_compression(model, tokenizer, task_objs, cfg: FlipbenchConfig):
+def check_compression(model, tokenizer, task_objs, cfg: FlipbenchConfig, evaluated: dict | None = None):
     """Checks that need the model's shapes or the tasks' docs (group_size, calibration overlap), before evaluating.
 
     Returns the calibration token ids, so the same data serve the compression stage.
@@ -132,7 +139,7 @@ def check_compression(model, tokenizer, task_objs, cfg: FlipbenchConfig):
 
     try:
         compressors.validate(model, quant_config(cfg))
-        return calibration_ids(cfg, tokenizer, task_objs)
+        return calibration_ids(cfg, tokenizer, task_objs, evaluated)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
@@ -236,7 +243,7 @@ def run(cfg) -> Path:
         with manifest.stage("load_baseline", log):
             model, tokenizer = models.load_model(cfg.model)
             task_objs = evaluate.load_tasks(plan)
-            calibration = check_compression(model, tokenizer, task_objs, cfg)
+            calibration = check_compression(model, tokenizer, task_objs, cfg, limits(task_objs, plan, cfg))
             weights = models.fingerprint(model)
             work = estimate_work(model, tokenizer, task_objs, plan, cfg)
         store = cache.BaselineCache(root / "cache")
