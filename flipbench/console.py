@@ -92,15 +92,19 @@ def side_progress(label: str, docs: int, requests: int):
             return counter
         return tqdm(*args, **{**kwargs, "disable": True})
 
-    modules = [importlib.import_module(name) for name in BAR_MODULES]
-    saved = [module.tqdm for module in modules]
-    for module in modules:
-        module.tqdm = factory
+    # lm-eval's bars, and its `git describe` of the working directory, whose "fatal: not a git repository" lands
+    # on the console from a subprocess (the manifest records flipbench's own commit).
+    patches = [(importlib.import_module(name), "tqdm", factory) for name in BAR_MODULES]
+    patches += [(importlib.import_module(name), "get_git_commit_hash", lambda: None)
+                for name in ("lm_eval.evaluator", "lm_eval.loggers.utils")]
+    saved = [getattr(module, attr) for module, attr, _ in patches]
+    for module, attr, replacement in patches:
+        setattr(module, attr, replacement)
     try:
         yield
     finally:
-        for module, original in zip(modules, saved):
-            module.tqdm = original
+        for (module, attr, _), original in zip(patches, saved):
+            setattr(module, attr, original)
         counter.update(counter.requests)  # cached or skipped requests still count as done
         bar.close()
 
