@@ -7,18 +7,16 @@ H⁻¹ of that objective (H = 2/N Σ x xᵀ), in its upper Cholesky form so that
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from flipbench.compress.families import Family, in_features, set_weight_matrix, weight_matrix
+from flipbench.compress.families import Family
+from flipbench.compress.hessian import Hessian, inverse_cholesky, solve_layer
+from flipbench.compress.layerwise import LayerInputs, layer_by_layer
 from flipbench.compress.quant.grid import GridSpec, fit_masked, quantize
-from flipbench.compress.layerwise import LayerInputs, layer_by_layer, run_layer
-
-MAX_DAMP_RETRIES = 6  # damp × 10 per retry: 0.01·mean(diag H) reaches 10⁴·mean(diag H)
 
 
 @dataclass(frozen=True)
@@ -31,23 +29,17 @@ class GPTQSettings:
     block_size: int = 128
 
 
-class GPTQ:
-    """Collect H from a linear layer's inputs with add_batch, then quantize its weights with solve."""
+class GPTQ(Hessian):
+    """Collect H from a linear layer's inputs with add_batch (hessian.Hessian), then quantize its weights
+    with solve."""
 
     def __init__(self, columns: int, device: torch.device | str = "cpu"):
-        self.H = torch.zeros(columns, columns, dtype=torch.float32, device=device)  # (cols, cols)
-        self.nsamples = 0
+        super().__init__(columns, device)
         self._factor = None  # (key of H and settings, column order, H⁻¹ upper Cholesky, damp retries)
 
     def add_batch(self, X: torch.Tensor) -> None:
-        """X (..., cols): one batch of inputs; H stays the running 2/N Σ x xᵀ."""
-        X = X.reshape(-1, X.shape[-1]).to(self.H.device, torch.float32)  # (n, cols)
-        n = X.shape[0]
-        self._factor = None
-        self.H *= self.nsamples / (self.nsamples + n)
-        self.nsamples += n
-        X = math.sqrt(2 / self.nsamples) * X
-        self.H += X.t() @ X
+        self._factor = None  # a new H needs a new factor; free the old one now
+        super().add_batch(X)
 
     def solve(
         self, W: torch.Tensor, settings: GPTQSettings, keep: torch.Tensor | None = None
@@ -83,7 +75,7 @@ class GPTQ:
                 H = H.clone()
                 H[dead, dead] = 1
                 H = H[perm][:, perm] if s.act_order else H
-            self._factor = (key, perm, *_inverse_cholesky(H, s.damp))
+            self._factor = (key, perm, *inverse_cholesky(H, s.damp))
             del H
         _, perm, Hinv, retries = self._factor  # Hinv: (cols, cols), upper triangular
         if s.act_order:
@@ -118,29 +110,6 @@ class GPTQ:
         return Q, retries
 
 
-def _inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, int]:
-    """Upper Cholesky factor of (H + λI)⁻¹ with λ = damp·mean(diag H), raising λ ×10 until it factors."""
-    mean_diag = torch.diag(H).mean().abs().clamp(min=1e-8)
-    # Memory: at most two (cols, cols) matrices beside H at a time; for an MLP's down projection these are
-    # the largest tensors GPTQ makes.
-    for retry in range(MAX_DAMP_RETRIES + 1):
-        damped = H.clone()
-        damped.diagonal().add_(damp * 10**retry * mean_diag)
-        L, info = torch.linalg.cholesky_ex(damped)
-        del damped
-        if info == 0:
-            inverse = torch.cholesky_inverse(L)
-            del L
-            U, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            del inverse
-            if info == 0 and torch.isfinite(U).all():
-                return U, retry
-    raise ValueError(
-        f"the Hessian is not positive definite even with damp {damp * 10**MAX_DAMP_RETRIES:g}·mean(diag H); "
-        "check the calibration inputs for NaN/inf"
-    )
-
-
 def gptq_layer(
     layer: nn.Module,
     family: Family,
@@ -154,28 +123,10 @@ def gptq_layer(
     True-sequential: group k is quantized before group k+1's Hessians are collected, so later linears see
     the inputs the quantized layer will really give them. keep: relative name -> TACQ mask (out, in).
     """
-    stages = family.groups if true_sequential else (family.linears,)
-    retries = {}
-    for names in stages:
-        modules = {name: layer.get_submodule(name) for name in names}
-        device = weight_matrix(next(iter(modules.values())), family).device
-        solvers = {name: GPTQ(in_features(module, family), device) for name, module in modules.items()}
-        handles = [
-            module.register_forward_hook(lambda mod, args, out, solver=solvers[name]: solver.add_batch(args[0]))
-            for name, module in modules.items()
-        ]
-        try:
-            run_layer(layer, inputs)
-        finally:
-            for handle in handles:
-                handle.remove()
-        for name, module in modules.items():
-            mask = None if keep is None else keep[name]
-            solver = solvers.pop(name)  # its Hessian and factor are freed as soon as this linear is done
-            Q, retries[name] = solver.solve(weight_matrix(module, family), settings, mask)
-            set_weight_matrix(module, family, Q)
-            del solver, Q
-    return retries
+    def solve(name: str, solver: GPTQ, W: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return solver.solve(W, settings, None if keep is None else keep[name])
+
+    return solve_layer(layer, family, inputs, true_sequential, GPTQ, solve)
 
 
 def gptq_model(

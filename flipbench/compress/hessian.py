@@ -1,0 +1,137 @@
+"""Input statistics of a layer's linears, shared by GPTQ, TACQ, SparseGPT and Wanda.
+
+- :class:`Hessian`: H = 2/N Σ x xᵀ (cols, cols) of the layer-wise objective ||XWᵀ − XŴᵀ||², accumulated
+  batch by batch, and :func:`inverse_cholesky`, the damped upper Cholesky factor of H⁻¹ that both GPTQ and
+  SparseGPT sweep columns with.
+- :class:`ColumnNorms`: only the squared input norms ||X_j||² (cols,), what Wanda scores weights with.
+- :func:`collect`: run one decoder layer on its calibration inputs with a collector hooked to each linear.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from flipbench.compress.families import Family, in_features, set_weight_matrix, weight_matrix
+from flipbench.compress.layerwise import LayerInputs, run_layer
+
+MAX_DAMP_RETRIES = 6  # damp × 10 per retry: 0.01·mean(diag H) reaches 10⁴·mean(diag H)
+
+
+class Hessian:
+    """H (cols, cols) = 2/N Σ x xᵀ over every input row x seen by add_batch."""
+
+    def __init__(self, columns: int, device: torch.device | str = "cpu"):
+        self.H = torch.zeros(columns, columns, dtype=torch.float32, device=device)  # (cols, cols)
+        self.nsamples = 0
+
+    def add_batch(self, X: torch.Tensor) -> None:
+        """X (..., cols): one batch of inputs; H stays the running 2/N Σ x xᵀ."""
+        X = X.reshape(-1, X.shape[-1]).to(self.H.device, torch.float32)  # (n, cols)
+        n = X.shape[0]
+        self.H *= self.nsamples / (self.nsamples + n)
+        self.nsamples += n
+        X = math.sqrt(2 / self.nsamples) * X
+        self.H += X.t() @ X
+
+
+class ColumnNorms:
+    """sq_norms (cols,) = Σ_n x_nj² over every input row seen by add_batch: ||X_j||₂² without H's O(cols²)."""
+
+    def __init__(self, columns: int, device: torch.device | str = "cpu"):
+        self.sq_norms = torch.zeros(columns, dtype=torch.float32, device=device)
+        self.nsamples = 0
+
+    def add_batch(self, X: torch.Tensor) -> None:
+        X = X.reshape(-1, X.shape[-1]).to(self.sq_norms.device, torch.float32)  # (n, cols)
+        self.nsamples += X.shape[0]
+        self.sq_norms += X.pow(2).sum(dim=0)
+
+
+def inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, int]:
+    """Upper Cholesky factor of (H + λI)⁻¹ with λ = damp·mean(diag H), raising λ ×10 until it factors.
+
+    Returns (U (cols, cols) upper triangular, retries)."""
+    mean_diag = torch.diag(H).mean().abs().clamp(min=1e-8)
+    # Memory: at most two (cols, cols) matrices beside H at a time; for an MLP's down projection these are
+    # the largest tensors the solvers make.
+    for retry in range(MAX_DAMP_RETRIES + 1):
+        damped = H.clone()
+        damped.diagonal().add_(damp * 10**retry * mean_diag)
+        L, info = torch.linalg.cholesky_ex(damped)
+        del damped
+        if info == 0:
+            inverse = torch.cholesky_inverse(L)
+            del L
+            U, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
+            if info == 0 and torch.isfinite(U).all():
+                return U, retry
+    raise ValueError(
+        f"the Hessian is not positive definite even with damp {damp * 10**MAX_DAMP_RETRIES:g}·mean(diag H); "
+        "check the calibration inputs for NaN/inf"
+    )
+
+
+def without_dead_inputs(H: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs that were always 0 (H_jj = 0): any weight there is exact, so W[:, j] = 0 and H_jj = 1 keep H
+    invertible. Returns (H, W), copied only where changed; W is a float32 copy either way."""
+    W = W.float().clone()
+    dead = torch.diag(H) == 0
+    if dead.any():
+        H = H.clone()
+        H[dead, dead] = 1
+        W[:, dead] = 0
+    return H, W
+
+
+def collect(
+    layer: nn.Module,
+    family: Family,
+    inputs: LayerInputs,
+    names: tuple[str, ...],
+    make: Callable[[int, torch.device], Hessian | ColumnNorms],
+) -> dict[str, Hessian | ColumnNorms]:
+    """Run layer on inputs with make(in_features, device) hooked to each linear in names; returns the
+    collectors by relative name."""
+    modules = {name: layer.get_submodule(name) for name in names}
+    device = weight_matrix(next(iter(modules.values())), family).device
+    collectors = {name: make(in_features(module, family), device) for name, module in modules.items()}
+    handles = [
+        module.register_forward_hook(lambda mod, args, out, c=collectors[name]: c.add_batch(args[0]))
+        for name, module in modules.items()
+    ]
+    try:
+        run_layer(layer, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return collectors
+
+
+def solve_layer(
+    layer: nn.Module,
+    family: Family,
+    inputs: LayerInputs,
+    true_sequential: bool,
+    make: Callable[[int, torch.device], Hessian],
+    solve: Callable[[str, Hessian, torch.Tensor], tuple[torch.Tensor, int]],
+) -> dict[str, int]:
+    """Replace each linear's W by solve(relative name, its collected Hessian, W (out, in)) -> (Ŵ, damp
+    retries), in place; returns the retries by relative name.
+
+    True-sequential: group k is solved before group k+1's Hessians are collected, so later linears see the
+    inputs the compressed layer will really give them."""
+    retries = {}
+    for names in family.groups if true_sequential else (family.linears,):
+        solvers = collect(layer, family, inputs, names, make)
+        for name in names:
+            module = layer.get_submodule(name)
+            solver = solvers.pop(name)  # its Hessian and factor are freed as soon as this linear is done
+            W_hat, retries[name] = solve(name, solver, weight_matrix(module, family))
+            set_weight_matrix(module, family, W_hat)
+            del solver, W_hat
+    return retries

@@ -1,0 +1,42 @@
+"""Wanda (Sun et al. 2023, arXiv 2306.11695): prune by |W_ij|·||X_j||₂, compared within each output row.
+
+X_j is the j-th input feature of the linear over every calibration token, so a small weight on a large
+activation survives where magnitude pruning would drop it. Layers are pruned one at a time and the next
+layer's inputs come from the pruned ones (as in the paper); within a layer, true-sequential groups see the
+inputs the already-pruned linears give them. No weight is updated: only the mask differs from magnitude.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from flipbench.compress.families import weight_matrix
+from flipbench.compress.hessian import ColumnNorms, collect
+from flipbench.compress.layerwise import layer_by_layer
+from flipbench.compress.prune.masks import Pattern, mask_for
+
+
+def wanda_scores(W: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
+    """S_ij = |W_ij| · ||X_j||₂ for W (out, in) and sq_norms = ||X_j||₂² (in,)."""
+    return W.abs().float() * sq_norms.sqrt()[None, :]
+
+
+def wanda_model(
+    model: nn.Module,
+    calib: torch.Tensor,
+    sparsity: float,
+    pattern: Pattern,
+    device,
+    true_sequential: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Wanda on every decoder linear, in place; calib (n_samples, seq_len) token ids."""
+    for _, layer, family, inputs in layer_by_layer(model, calib, device, progress, "wanda layer"):
+        for names in family.groups if true_sequential else (family.linears,):
+            norms = collect(layer, family, inputs, names, ColumnNorms)
+            for name in names:
+                W = weight_matrix(layer.get_submodule(name), family)  # view (out, in)
+                W.masked_fill_(mask_for(wanda_scores(W, norms.pop(name).sq_norms), sparsity, pattern), 0)
