@@ -32,8 +32,8 @@ class ModelConfig:
 
 @dataclass
 class CompressionConfig:
-    method: str = "rtn"  # none | rtn | gptq | tacq | checkpoint
-    bits: int = 4
+    method: str = "rtn"  # none | rtn | gptq | tacq | magnitude | wanda | sparsegpt | layerdrop | checkpoint
+    bits: Optional[int] = 4  # sparsegpt: null prunes only, 2-8 also quantizes the surviving weights
     group_size: int = -1  # -1: one grid per output channel
     sym: bool = False
     mse: bool = False
@@ -44,6 +44,12 @@ class CompressionConfig:
     keep_fraction: float = 0.0035
     true_sequential: bool = True
     path: Optional[str] = None  # checkpoint: the compressed model's directory or hub id
+    # pruning (magnitude, wanda, sparsegpt; see flipbench/compress/prune/)
+    sparsity: float = 0.5  # share of each pruned linear's weights set to 0, in [0, 1)
+    pattern: str = "unstructured"  # unstructured | N:M (N kept in every M input columns, e.g. 2:4, 4:8)
+    scope: str = "row"  # magnitude: row | global
+    n_layers: int = 1  # layerdrop: decoder blocks removed
+    select: str = "last"  # layerdrop: last | angular
 
 
 @dataclass
@@ -117,7 +123,9 @@ def register() -> None:
     ConfigStore.instance().store(name="flipbench_schema", node=FlipbenchConfig)
 
 
-METHODS = ("none", "rtn", "gptq", "tacq", "checkpoint")
+QUANT_METHODS = ("rtn", "gptq", "tacq")
+PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt", "layerdrop")
+METHODS = ("none", *QUANT_METHODS, *PRUNE_METHODS, "checkpoint")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 GATE_KEYS = ("max_flips", "max_lost", "max_acc_drop", "max_kl_mean")
 
@@ -135,18 +143,30 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_pruning(comp: CompressionConfig) -> None:
+    from flipbench.compress.prune.config import PruneConfig, settings_problem
+
+    fields = {k: v for k, v in vars(comp).items() if k in PruneConfig.__dataclass_fields__}
+    if comp.method != "sparsegpt":
+        fields["bits"] = None  # joint quantization is SparseGPT's; the schema's default 4 means nothing here
+    problem = settings_problem(PruneConfig(**fields))
+    _check(problem is None, f"compression.{problem}")
+
+
 def validate(cfg: FlipbenchConfig) -> None:
     """Range and cross-field checks: cheap, before any model or dataset loads."""
     comp, cal, ev = cfg.compression, cfg.calibration, cfg.eval
     _check(comp.method in METHODS, f"compression.method={comp.method!r} is unknown; use one of {', '.join(METHODS)}")
-    if comp.method in ("rtn", "gptq", "tacq"):
-        _check(2 <= comp.bits <= 8, f"compression.bits={comp.bits} is outside 2-8; pick a bit width from 2 to 8")
+    if comp.method in QUANT_METHODS:
+        _check(comp.bits is not None and 2 <= comp.bits <= 8, f"compression.bits={comp.bits} is outside 2-8; pick a bit width from 2 to 8")
         _check(comp.group_size == -1 or comp.group_size > 0,
                f"compression.group_size={comp.group_size} is invalid; use -1 (per channel) or a positive column count")
         _check(0.0 <= comp.keep_fraction <= 0.5,
                f"compression.keep_fraction={comp.keep_fraction} is outside [0, 0.5]; TACQ keeps a small share, e.g. 0.0035")
         _check(comp.damp > 0, f"compression.damp={comp.damp} must be positive, e.g. 0.01")
         _check(comp.block_size > 0, f"compression.block_size={comp.block_size} must be positive, e.g. 128")
+    if comp.method in PRUNE_METHODS:
+        _check_pruning(comp)
     if comp.method == "checkpoint":
         _check(bool(comp.path), "compression=checkpoint needs compression.path=<model directory or hub id>")
     _check(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r} is unknown; use one of {', '.join(DTYPES)}")

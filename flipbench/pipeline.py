@@ -14,12 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from flipbench import cache, evaluate, models, rundir, tasks
-from flipbench.config import FlipbenchConfig, to_typed
+from flipbench.config import PRUNE_METHODS, QUANT_METHODS, FlipbenchConfig, to_typed
 from flipbench.pairing import pair
 
 log = logging.getLogger("flipbench")
-
-QUANT_METHODS = ("rtn", "gptq", "tacq")
 
 
 def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
@@ -36,10 +34,14 @@ def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
 
 
 def quant_config(cfg: FlipbenchConfig):
-    from flipbench.compress import QuantConfig
+    """The compressor's settings: a QuantConfig or a PruneConfig, whichever the method takes."""
+    from flipbench.compress import settings_type
 
-    fields = {k: v for k, v in asdict(cfg.compression).items() if k in QuantConfig.__dataclass_fields__}
-    return QuantConfig(**fields)
+    settings = settings_type(cfg.compression.method)
+    fields = {k: v for k, v in asdict(cfg.compression).items() if k in settings.__dataclass_fields__}
+    if cfg.compression.method in PRUNE_METHODS and cfg.compression.method != "sparsegpt":
+        fields["bits"] = None  # only SparseGPT quantizes while it prunes
+    return settings(**fields)
 
 
 def baseline_key(cfg: FlipbenchConfig, fingerprint: str, task_objs: dict, device: str) -> dict:
@@ -72,9 +74,10 @@ def eval_doc_hashes(task_objs: dict, limit: int | None) -> set[str]:
 def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict):
     """(calib, task_calib) token-id tensors for GPTQ Hessians and TACQ gradients; None for data-free methods."""
     from flipbench.compress import calibration as calib
+    from flipbench.compress import needs_data
 
     cal = cfg.calibration
-    if cfg.compression.method not in ("gptq", "tacq"):
+    if not needs_data(quant_config(cfg)):
         return None, None
 
     def texts(source: str) -> list[str]:
@@ -110,11 +113,12 @@ def compress(model, tokenizer, calibration, cfg: FlipbenchConfig):
 
 
 def check_compression(model, tokenizer, task_objs, cfg: FlipbenchConfig):
-    """Checks that need the model's shapes or the tasks' docs (group_size, calibration overlap), before evaluating.
+    """Checks that need the model's shapes or the tasks' docs (group_size, N:M widths, depth for layerdrop,
+    calibration overlap), before evaluating.
 
     Returns the calibration token ids, so the same data serve the compression stage.
     """
-    if cfg.compression.method not in QUANT_METHODS:
+    if cfg.compression.method not in QUANT_METHODS + PRUNE_METHODS:
         return None, None
     from flipbench import compress as compressors
     from flipbench.config import ConfigError

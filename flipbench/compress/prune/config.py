@@ -57,8 +57,9 @@ def settings_problem(cfg: PruneConfig) -> str | None:
                 "with 2-8 bits (bits=null prunes only)")
     if not cfg.damp > 0:
         return f"damp={cfg.damp!r} must be positive; the usual value is 0.01 (a fraction of mean(diag H))"
-    if cfg.block_size < 1 or (pattern.structured and cfg.block_size % pattern.m):
-        return f"block_size={cfg.block_size!r} must be a positive multiple of the pattern's m, e.g. 128"
+    m = pattern.m if cfg.method == "sparsegpt" and pattern.structured else 1
+    if cfg.block_size < 1 or cfg.block_size % m:
+        return f"block_size={cfg.block_size!r} must be a positive multiple of the pattern's m, e.g. {m * (128 // m)}"
     if cfg.select not in ("last", "angular"):
         return f"select={cfg.select!r} is unknown; use last or angular"
     if cfg.method == "layerdrop" and cfg.n_layers < 1:
