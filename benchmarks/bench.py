@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--large-limit", type=int, default=20, help="docs per task for the large random model")
     parser.add_argument("--skip-quant", action="store_true", help="skip the quantizer scaling benchmark")
+    parser.add_argument("--skip-prune", action="store_true", help="skip the pruning benchmark (bench_prune)")
     parser.add_argument("--skip-large", action="store_true", help="skip the large random model (hidden 1024)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -235,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import bench_quant
 
             bench_quant.main(["--out", str(args.out)])
+        if not args.skip_prune:
+            print("bench: pruning (one layer; compress-stage memory at two depths)", flush=True)
+            from benchmarks import bench_prune
+
+            bench_prune.main(["--out", str(args.out)])
         tables = {"Overhead (seconds)": over.drop(columns="run"), "flipbench seconds per stage": stage,
                   "Sweep cost": sweep, "Evaluation throughput": thr, "Peak memory per stage (MB)": mem}
         if not quant_mem.empty:
