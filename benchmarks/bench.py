@@ -4,7 +4,8 @@
 
 Everything is measured side by side in one run on this machine and written under ``--out``:
 overhead.csv (case, model, flipbench_s, lm_eval_s, ratio), stages.csv, sweep.csv, throughput.csv, memory.csv,
-quant.csv/quant.md (from benchmarks.bench_quant) and bench.md, the tables the README quotes.
+quant.csv/quant.md (from benchmarks.bench_quant), prune.csv/prune_memory.csv/prune.md (benchmarks.bench_prune)
+and bench.md, the tables the README quotes.
 
 Overhead compares one flipbench process (baseline and compressed evaluation, pairing, metrics, token KL,
 report) with two ``lm-eval run`` processes on the same two saved model directories, tasks, limit and batch
