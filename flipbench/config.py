@@ -40,6 +40,7 @@ class CompressionConfig:
     group_size: int = -1  # -1: one grid per output channel
     sym: bool = False
     mse: bool = False
+    mse_norm: float = 2.4  # MSE search error Σ|q − w|^mse_norm; 2.4 as reference GPTQ/TACQ, 2 = squared error
     act_order: bool = False
     static_groups: bool = False
     damp: float = 0.01
@@ -197,6 +198,7 @@ def validate(cfg: FlipbenchConfig) -> None:
                f"compression.group_size={comp.group_size} is invalid; use -1 (per channel) or a positive column count")
         _check(0.0 <= comp.keep_fraction <= 0.5,
                f"compression.keep_fraction={comp.keep_fraction} is outside [0, 0.5]; TACQ keeps a small share, e.g. 0.0035")
+        _check(comp.mse_norm > 0, f"compression.mse_norm={comp.mse_norm} must be positive, e.g. 2.4 or 2")
         _check(comp.damp > 0, f"compression.damp={comp.damp} must be positive, e.g. 0.01")
         _check(comp.block_size > 0, f"compression.block_size={comp.block_size} must be positive, e.g. 128")
     if comp.method == "checkpoint":
