@@ -250,7 +250,7 @@ def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchCo
     gen = paired.index[paired["output_type"] == "generate_until"]
     if not cfg.eval.token_kl or len(gen) == 0:
         return
-    from flipbench.tokenkl import token_kl
+    from flipbench.tokenkl import TOKEN_COLUMNS, token_kl
 
     rows = _kl_rows(paired)
     keys = _row_keys(rows, "response_base")
@@ -265,6 +265,10 @@ def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchCo
     filled = paired.loc[gen, ["task", "group", "doc_id"]].merge(keyed, on=["task", "group", "doc_id"], how="left")
     for column in ("kl", "same_top", "n_tokens"):
         paired.loc[gen, column] = filled[column].to_numpy()
+    for column in TOKEN_COLUMNS:  # per-token lists: empty for MC rows
+        cells = pd.Series([[] for _ in range(len(paired))], index=paired.index, dtype=object)
+        cells.loc[gen] = [v if isinstance(v, list) else [] for v in filled[column]]
+        paired[column] = cells
 
 
 def run(cfg) -> Path:
