@@ -43,6 +43,16 @@ def _dtype(name: str, device: torch.device) -> torch.dtype | str:
     return getattr(torch, name)
 
 
+def load_dtype(name: str, device: torch.device, config) -> torch.dtype:
+    """The dtype load_model's weights end up in: the configured one, or under auto the checkpoint's own
+    (fp32 on CPU)."""
+    chosen = _dtype(name, device)
+    if chosen != "auto":
+        return chosen
+    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return getattr(torch, saved) if isinstance(saved, str) else saved or torch.float32
+
+
 def check_model(path: str, revision: str | None = None, trust_remote_code: bool = False, what: str = "model.path"):
     """Cheap pre-flight: the config loads, weights exist, no remote code unless allowed. Returns the config."""
     path = resolve_path(path)
