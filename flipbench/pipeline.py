@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flipbench import cache, evaluate, models, rundir, tasks
+from flipbench import cache, evaluate, models, rundir, scoring, tasks
 from flipbench.config import FlipbenchConfig, to_typed
 from flipbench.pairing import pair
 
@@ -346,6 +346,11 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg)
     with manifest.stage("metrics", log):
         paired = metrics.annotate(pair(base, comp))
+        mismatches = scoring.count_mismatches(paired)
+        if mismatches:
+            log.warning("%d predictions recomputed from the log-likelihoods disagree with lm-eval's logged "
+                        "correctness; correctness follows lm-eval (n_pred_mismatch in summary.csv)", mismatches)
+        manifest.update(n_pred_mismatch=mismatches)
         untouched = cfg.compression.method in ("none", "checkpoint")  # the loaded baseline is still the baseline
         token_kl_stage(paired, comp_model, tokenizer, cfg, reference, model if untouched else None)
         paired.to_parquet(run_dir / "samples.parquet", index=False)

@@ -125,7 +125,7 @@ def make_plots(run_dir: Path, samples: pd.DataFrame, summary: pd.DataFrame, meth
     if len(mc):
         made += plots.flips_by_margin(metrics.flip_rate_by_margin(mc), method, f"Where flips happen — {tag}",
                                       out / "flips_by_margin")
-    for task in summary.loc[summary["group"] != "all", "task"].unique():
+    for task in summary.loc[summary["level"] == "group", "task"].unique():
         made += plots.subject_flips(summary, task, method, f"Flips per subject: {task} — {tag}", out / f"subjects_{task}")
     return made
 
