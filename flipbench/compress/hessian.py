@@ -4,7 +4,8 @@
   batch by batch, and :func:`inverse_cholesky`, the damped upper Cholesky factor of H⁻¹ that both GPTQ and
   SparseGPT sweep columns with.
 - :class:`ColumnNorms`: only the squared input norms ||X_j||² (cols,), what Wanda scores weights with.
-- :func:`collect`: run one decoder layer on its calibration inputs with a collector hooked to each linear.
+- :func:`solve_layer`: collect H for each weight of one decoder layer (true-sequential) and replace the weight
+  by what a solver makes of it: GPTQ's and SparseGPT's shared layer loop.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from flipbench.compress.families import Family, in_features, set_weight_matrix, weight_matrix
-from flipbench.compress.layerwise import LayerInputs, run_layer
+from flipbench.compress.families import block_linears, in_features, set_weight_matrix, weight_matrix
+from flipbench.compress.layerwise import LayerInputs, collect_inputs, run_layer, sequential_groups
 
 MAX_DAMP_RETRIES = 6  # damp × 10 per retry: 0.01·mean(diag H) reaches 10⁴·mean(diag H)
 
@@ -32,6 +33,8 @@ class Hessian:
         """X (..., cols): one batch of inputs; H stays the running 2/N Σ x xᵀ."""
         X = X.reshape(-1, X.shape[-1]).to(self.H.device, torch.float32)  # (n, cols)
         n = X.shape[0]
+        if n == 0:  # an expert no token of this batch was routed to
+            return
         self.H *= self.nsamples / (self.nsamples + n)
         self.nsamples += n
         X = math.sqrt(2 / self.nsamples) * X
@@ -88,50 +91,36 @@ def without_dead_inputs(H: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor,
     return H, W
 
 
-def collect(
-    layer: nn.Module,
-    family: Family,
-    inputs: LayerInputs,
-    names: tuple[str, ...],
-    make: Callable[[int, torch.device], Hessian | ColumnNorms],
-) -> dict[str, Hessian | ColumnNorms]:
-    """Run layer on inputs with make(in_features, device) hooked to each linear in names; returns the
-    collectors by relative name."""
-    modules = {name: layer.get_submodule(name) for name in names}
-    device = weight_matrix(next(iter(modules.values())), family).device
-    collectors = {name: make(in_features(module, family), device) for name, module in modules.items()}
-    handles = [
-        module.register_forward_hook(lambda mod, args, out, c=collectors[name]: c.add_batch(args[0]))
-        for name, module in modules.items()
-    ]
-    try:
-        run_layer(layer, inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return collectors
-
-
 def solve_layer(
     layer: nn.Module,
-    family: Family,
     inputs: LayerInputs,
     true_sequential: bool,
     make: Callable[[int, torch.device], Hessian],
     solve: Callable[[str, Hessian, torch.Tensor], tuple[torch.Tensor, int]],
-) -> dict[str, int]:
-    """Replace each linear's W by solve(relative name, its collected Hessian, W (out, in)) -> (Ŵ, damp
-    retries), in place; returns the retries by relative name.
+    without_data: Callable[[str, torch.Tensor], torch.Tensor],
+) -> tuple[dict[str, int], list[str]]:
+    """Replace each quantizable weight W (out, in) of one decoder layer, in place, by solve(relative name, its
+    collected Hessian, W) -> (Ŵ, damp retries), or by without_data(name, W) where no calibration token reached
+    it (an expert the router never picked). Returns (retries, unreached names), relative to the layer.
 
-    True-sequential: group k is solved before group k+1's Hessians are collected, so later linears see the
-    inputs the compressed layer will really give them."""
-    retries = {}
-    for names in family.groups if true_sequential else (family.linears,):
-        solvers = collect(layer, family, inputs, names, make)
+    True-sequential: group k is solved before group k+1's Hessians are collected, so later weights see the
+    inputs the compressed layer will really give them; the groups come from a traced forward."""
+    targets = block_linears(layer)
+    stages = sequential_groups(layer, inputs) if true_sequential else [list(targets)]
+    retries, unreached = {}, []
+    for names in stages:
+        device = weight_matrix(targets[names[0]]).device
+        solvers = {name: make(in_features(targets[name]), device) for name in names}
+        with collect_inputs(layer, names, lambda name, X: solvers[name].add_batch(X)):
+            run_layer(layer, inputs)
         for name in names:
-            module = layer.get_submodule(name)
-            solver = solvers.pop(name)  # its Hessian and factor are freed as soon as this linear is done
-            W_hat, retries[name] = solve(name, solver, weight_matrix(module, family))
-            set_weight_matrix(module, family, W_hat)
+            solver = solvers.pop(name)  # its Hessian and factor are freed as soon as this weight is done
+            W = weight_matrix(targets[name])
+            if solver.nsamples == 0:
+                W_hat, retries[name] = without_data(name, W), 0
+                unreached.append(name)
+            else:
+                W_hat, retries[name] = solve(name, solver, W)
+            set_weight_matrix(targets[name], None, W_hat)
             del solver, W_hat
-    return retries
+    return retries, unreached

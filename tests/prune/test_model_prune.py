@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from flipbench.compress import PruneConfig, compress, needs_data, validate
-from flipbench.compress.families import FAMILIES, family_of, quantizable_linears, weight_matrix
-from tests.quant.tiny_models import random_ids, tiny_model
+from flipbench.compress.families import quantizable_linears, weight_matrix
+from tests.quant.tiny_models import CONFIGS, random_ids, tiny_model
 
 CASES = {
     "magnitude": PruneConfig(method="magnitude", sparsity=0.25),
@@ -20,9 +20,17 @@ CASES = {
 }
 
 
-DEFAULT = {"sparsegpt-4:8-w4", "layerdrop-angular"}  # on every family by default; every case on llama
-PAIRS = [pytest.param(model_type, case, marks=() if model_type == "llama" or case in DEFAULT else pytest.mark.slow)
-         for model_type in sorted(FAMILIES) for case in CASES]
+# By default: every case on llama, SparseGPT (the Hessian path, traced groups, grids) on every architecture,
+# layer dropping on a sliding-window model and a mixture of experts; the rest of the matrix is marked slow.
+DEFAULT = {("gemma3_text", "layerdrop-angular"), ("mixtral", "layerdrop-angular")}
+
+
+def _default(model_type: str, case: str) -> bool:
+    return model_type == "llama" or case == "sparsegpt-4:8-w4" or (model_type, case) in DEFAULT
+
+
+PAIRS = [pytest.param(model_type, case, marks=() if _default(model_type, case) else pytest.mark.slow)
+         for model_type in sorted(CONFIGS) for case in CASES]
 
 
 @pytest.mark.parametrize("model_type,case", PAIRS)
@@ -30,10 +38,9 @@ def test_every_method_on_every_family_reports_what_it_left(model_type, case):
     cfg = CASES[case]
     model = tiny_model(model_type)
     n_params = sum(p.numel() for p in model.parameters())
-    linear_weights = sum(weight_matrix(m, family_of(model)).numel() for m in quantizable_linears(model).values())
+    linear_weights = sum(weight_matrix(m).numel() for m in quantizable_linears(model).values())
     report = compress(model, cfg, calib=random_ids(4, 16) if needs_data(cfg) else None)
-    family = family_of(model)
-    linears = {name: weight_matrix(m, family) for name, m in quantizable_linears(model).items()}
+    linears = {name: weight_matrix(m) for name, m in quantizable_linears(model).items()}
     zeros = sum(int((W == 0).sum()) for W in linears.values())
     kept_weights = sum(W.numel() for W in linears.values())
     # the report's sparsity is the zeros counted here, over the linears the model had before

@@ -6,7 +6,7 @@ Storage formats for a pruned linear of shape (rows, cols) with k non-zero weight
 - ``n:m packed`` (semi-structured, as NVIDIA's 2:4 sparse tensor cores): n values of every m, each with a
   ⌈log₂ m⌉-bit index into its group: rows·cols·n/m·(v + ⌈log₂ m⌉).
 Unstructured masks take the bitmask or dense, whichever is smaller. With SparseGPT's joint quantization v is
-the grid's bits and every row adds a 16-bit scale and a bits-wide zero. avg_bits is the stored bits of the
+the grid's bits and every row adds a 16-bit scale and (asymmetric grids) a bits-wide zero. avg_bits is the stored bits of the
 pruned linears per weight they had before pruning, so it lines up with the quantizers' avg_bits.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from flipbench.compress.families import decoder_layers, family_of, weight_matrix
+from flipbench.compress.families import block_linears, decoder_layers, family_of, weight_matrix, weight_param
 from flipbench.compress.prune.masks import Pattern
 
 
@@ -30,13 +30,11 @@ class Before:
 
 
 def _layer_linears(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
-    family = family_of(model)
-    return [[(name, layer.get_submodule(name)) for name in family.linears] for layer in decoder_layers(model, family)]
+    return [list(block_linears(layer).items()) for layer in decoder_layers(model)]
 
 
 def before(model: nn.Module) -> Before:
-    family = family_of(model)
-    weights = [sum(weight_matrix(m, family).numel() for _, m in linears) for linears in _layer_linears(model)]
+    weights = [sum(weight_matrix(m).numel() for _, m in linears) for linears in _layer_linears(model)]
     return Before(sum(p.numel() for p in model.parameters()), weights)
 
 
@@ -48,7 +46,8 @@ def linear_bits(rows: int, cols: int, nonzero: int, value_bits: float, pattern: 
     return (bitmask, "bitmask") if bitmask < dense else (dense, "dense")
 
 
-def prune_report(model: nn.Module, start: Before, kept: list[int], pattern: Pattern, bits: int | None) -> dict:
+def prune_report(model: nn.Module, start: Before, kept: list[int], pattern: Pattern, bits: int | None,
+                 sym: bool = False) -> dict:
     """Measured sparsity (overall, per decoder block by its original index, per linear), parameters kept,
     storage format, avg_bits and model_bytes. kept: the original index of each block still in the model."""
     family = family_of(model)
@@ -57,14 +56,14 @@ def prune_report(model: nn.Module, start: Before, kept: list[int], pattern: Patt
     for index, linears in zip(kept, _layer_linears(model)):
         layer_nonzero = 0
         for name, module in linears:
-            W = weight_matrix(module, family)
+            W = weight_matrix(module)
             rows, cols = W.shape
             nonzero = int(W.count_nonzero())
             value_bits = 8 * W.element_size() if bits is None else bits
             size, fmt = linear_bits(rows, cols, nonzero, value_bits, pattern)
-            stored_bits += size + (0 if bits is None else rows * (16 + bits))
+            stored_bits += size + (0 if bits is None else rows * (16 + (0 if sym else bits)))  # scale, zero
             formats.add(fmt)
-            linear_ids.add(id(module.weight))
+            linear_ids.add(id(weight_param(module)))
             per_linear[f"{family.layers}.{index}.{name}"] = 1 - nonzero / W.numel()
             layer_nonzero += nonzero
         per_layer[str(index)] = 1 - layer_nonzero / start.layer_weights[index]

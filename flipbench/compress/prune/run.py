@@ -32,14 +32,14 @@ def prune(
     """Prune model in place with cfg.method; returns the JSON-able report (settings, measured sparsity, size)."""
     start = measure.before(model)
     kept = list(range(len(decoder_layers(model, family_of(model)))))
-    pattern, retries, dropped = cfg.nm, {}, []
+    pattern, retries, unreached, dropped = cfg.nm, {}, [], []
     clock = time.perf_counter()
     if cfg.method == "magnitude":
         magnitude_model(model, cfg.sparsity, pattern, cfg.scope)
     elif cfg.method == "wanda":
         wanda_model(model, calib, cfg.sparsity, pattern, device, cfg.true_sequential, progress)
     elif cfg.method == "sparsegpt":
-        retries = sparsegpt_model(model, calib, cfg.sparsegpt, device, cfg.true_sequential, progress)
+        retries, unreached = sparsegpt_model(model, calib, cfg.sparsegpt, device, cfg.true_sequential, progress)
     else:
         dropped = select_layers(model, cfg.n_layers, cfg.select, calib, device, progress)
         drop_layers(model, dropped)
@@ -53,9 +53,10 @@ def prune(
         settings["true_sequential"] = cfg.true_sequential
     if cfg.method == "sparsegpt":
         settings |= {"block_size": cfg.block_size, "damp": cfg.damp, "bits": cfg.bits, "sym": cfg.sym,
-                     "damp_retries": int(sum(retries.values())), "damp_retries_by_layer": retries}
+                     "damp_retries": int(sum(retries.values())), "damp_retries_by_layer": retries,
+                     "n_unreached_magnitude": len(unreached), "unreached_magnitude": unreached}
     if cfg.method == "layerdrop":
         settings = {"n_layers": cfg.n_layers, "select": cfg.select, "dropped_layers": dropped}
     bits = cfg.bits if cfg.method == "sparsegpt" else None
     return ({"method": cfg.method, "seconds": {cfg.method: seconds}} | settings
-            | measure.prune_report(model, start, kept, pattern, bits))
+            | measure.prune_report(model, start, kept, pattern, bits, cfg.sym))

@@ -19,8 +19,8 @@ from torch import nn
 
 from flipbench.compress.hessian import Hessian, inverse_cholesky, solve_layer, without_dead_inputs
 from flipbench.compress.layerwise import layer_by_layer
-from flipbench.compress.prune.masks import Pattern, lowest
-from flipbench.compress.quant.grid import GridSpec, fit, quantize
+from flipbench.compress.prune.masks import Pattern, lowest, mask_for
+from flipbench.compress.quant.grid import GridSpec, fit, quantize, rtn
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,12 @@ class SparseGPT(Hessian):
         return Q, retries
 
 
+def _without_data(W: torch.Tensor, s: SparseGPTSettings) -> torch.Tensor:
+    """A weight no calibration token reached (an expert the router never picked): magnitude mask, RTN."""
+    W = W.float().masked_fill(mask_for(W.abs(), s.sparsity, s.pattern), 0)
+    return W if s.grid is None else rtn(W, s.grid)
+
+
 def sparsegpt_model(
     model: nn.Module,
     calib: torch.Tensor,
@@ -80,11 +86,15 @@ def sparsegpt_model(
     device,
     true_sequential: bool = True,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, int]:
-    """SparseGPT on every decoder linear, in place; returns damp retries per linear (full names) where > 0."""
-    retries = {}
+) -> tuple[dict[str, int], list[str]]:
+    """SparseGPT on every decoder linear, in place; returns (damp retries per linear (full names) where > 0,
+    full names of the weights no calibration token reached, pruned by magnitude instead)."""
+    retries, unreached = {}, []
     for index, layer, family, inputs in layer_by_layer(model, calib, device, progress, "sparsegpt layer"):
-        solved = solve_layer(layer, family, inputs, true_sequential, SparseGPT,
-                             lambda name, solver, W: solver.solve(W, settings))
-        retries.update({f"{family.layers}.{index}.{name}": n for name, n in solved.items() if n})
-    return retries
+        prefix = f"{family.layers}.{index}."
+        layer_retries, layer_unreached = solve_layer(
+            layer, inputs, true_sequential, SparseGPT,
+            lambda name, solver, W: solver.solve(W, settings), lambda name, W: _without_data(W, settings))
+        retries.update({prefix + name: n for name, n in layer_retries.items() if n})
+        unreached += [prefix + name for name in layer_unreached]
+    return retries, unreached

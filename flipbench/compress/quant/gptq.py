@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flipbench.compress.families import Family
+from flipbench.compress.families import Family, block_linears
 from flipbench.compress.hessian import Hessian, inverse_cholesky, solve_layer
 from flipbench.compress.layerwise import LayerInputs, layer_by_layer
-from flipbench.compress.quant.grid import GridSpec, fit_masked, quantize
+from flipbench.compress.quant.grid import GridSpec, fit_masked, quantize, rtn
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,8 @@ class GPTQ(Hessian):
             for i in range(i2 - i1):
                 col = i1 + i
                 if s.group_size != -1 and not s.static_groups and col % group == 0:
-                    # dynamic groups: fit on the current, error-updated values of the next `group` columns
+                    # dynamic groups: fit on the current, error-updated values of the next `group` columns (fewer at
+                    # the row's end: the last group is narrower when group does not divide cols)
                     ahead = W1[:, i : i + group]
                     ahead = torch.cat([ahead, W[:, i2 : i2 + group - ahead.shape[1]]], dim=1)
                     current = fit_masked(ahead, s.grid, keep[:, col : col + group])
@@ -112,21 +113,27 @@ class GPTQ(Hessian):
 
 def gptq_layer(
     layer: nn.Module,
-    family: Family,
+    family: Family | None,
     inputs: LayerInputs,
     settings: GPTQSettings,
     true_sequential: bool = True,
     keep: dict[str, torch.Tensor] | None = None,
-) -> dict[str, int]:
-    """Quantize one decoder layer in place; returns damp retries per linear (relative names).
+) -> tuple[dict[str, int], list[str]]:
+    """Quantize one decoder layer in place; returns (damp retries per linear, linears no calibration token
+    reached), with names relative to the layer.
 
     True-sequential: group k is quantized before group k+1's Hessians are collected, so later linears see
-    the inputs the quantized layer will really give them. keep: relative name -> TACQ mask (out, in).
+    the inputs the quantized layer will really give them; the groups come from a traced forward. A weight
+    with no inputs (an expert no token was routed to) is quantized without data: RTN on the same grid.
+    keep: relative name -> TACQ mask (out, in).
     """
     def solve(name: str, solver: GPTQ, W: torch.Tensor) -> tuple[torch.Tensor, int]:
         return solver.solve(W, settings, None if keep is None else keep[name])
 
-    return solve_layer(layer, family, inputs, true_sequential, GPTQ, solve)
+    def without_data(name: str, W: torch.Tensor) -> torch.Tensor:
+        return rtn(W, settings.grid, settings.group_size, None if keep is None else keep[name])
+
+    return solve_layer(layer, inputs, true_sequential, GPTQ, solve, without_data)
 
 
 def gptq_model(
@@ -138,14 +145,15 @@ def gptq_model(
     keep: dict[str, torch.Tensor] | None = None,
     progress: Callable[[str], None] | None = None,
     label: str = "gptq layer",
-) -> dict[str, int]:
-    """GPTQ on every decoder layer, in place; returns damp retries per linear (full names) where > 0.
+) -> tuple[dict[str, int], list[str]]:
+    """GPTQ on every decoder layer, in place; returns (damp retries per linear (full names) where > 0,
+    full names of the linears no calibration token reached, quantized with RTN).
     keep: full linear name -> TACQ mask (out, in)."""
-    retries = {}
+    retries, unreached = {}, []
     for index, layer, family, inputs in layer_by_layer(model, calib, device, progress, label):
         prefix = f"{family.layers}.{index}."
-        layer_keep = None if keep is None else {name: keep[prefix + name] for name in family.linears}
-        for name, count in gptq_layer(layer, family, inputs, settings, true_sequential, layer_keep).items():
-            if count:
-                retries[prefix + name] = count
-    return retries
+        layer_keep = None if keep is None else {name: keep[prefix + name] for name in block_linears(layer)}
+        layer_retries, layer_unreached = gptq_layer(layer, family, inputs, settings, true_sequential, layer_keep)
+        retries.update({prefix + name: count for name, count in layer_retries.items() if count})
+        unreached += [prefix + name for name in layer_unreached]
+    return retries, unreached
