@@ -25,8 +25,8 @@ from flipbench.rundir import is_complete  # noqa: E402
 log = logging.getLogger(__name__)
 LEAD = ["method", "bits", "avg_bits", "sparsity", "params_kept", "task", "metric", "filter", "run"]
 X_AXES = {  # sweep plot x axis -> (file name part, label)
-    "avg_bits": ("bits", "average bits per compressed weight (bits, sparse-format overhead included)"),
-    "params_kept": ("params_kept", "parameters kept (% of the baseline's; quantizers keep 100%)"),
+    "avg_bits": ("bits", "average bits per compressed weight (bits)"),
+    "params_kept": ("params_kept", "parameters kept (% of baseline)"),
 }
 
 
