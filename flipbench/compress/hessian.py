@@ -79,6 +79,38 @@ def inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, int]:
     )
 
 
+def blocked_sweep(
+    W: torch.Tensor,
+    Hinv: torch.Tensor,
+    block_size: int,
+    column: Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """The column sweep GPTQ and SparseGPT share, with lazy batch updates (Frantar et al.).
+
+    W (rows, cols) is swept one block of block_size columns at a time. Column i of the block starting at i1
+    becomes q = column(i1, i, W1, Hinv1), where W1 (rows, b) is the block with the error of every earlier
+    column already spread into it and Hinv1 the block's part of the upper Cholesky factor of H⁻¹. The error
+    (w − q)/[H⁻¹]_ii goes to the block's later columns at once and to the columns after the block in one
+    matmul per block. W is updated in place; returns Q (rows, cols)."""
+    cols = W.shape[1]
+    Q = torch.zeros_like(W)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1 = W[:, i1:i2].clone()  # (rows, b): updated in place as the block is swept
+        Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            w = W1[:, i]  # (rows,), a view: read before the update below changes it
+            q = column(i1, i, W1, Hinv1)
+            Q1[:, i] = q
+            err1 = (w - q) / Hinv1[i, i]
+            W1[:, i:] -= err1[:, None] @ Hinv1[i, i:][None, :]
+            Err1[:, i] = err1
+        Q[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # the block's error, pushed to every later column at once
+    return Q
+
+
 def without_dead_inputs(H: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs that were always 0 (H_jj = 0): any weight there is exact, so W[:, j] = 0 and H_jj = 1 keep H
     invertible. Returns (H, W), copied only where changed; W is a float32 copy either way."""

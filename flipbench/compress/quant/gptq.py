@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from flipbench.compress.families import Family, block_linears
-from flipbench.compress.hessian import Hessian, inverse_cholesky, solve_layer
+from flipbench.compress.hessian import Hessian, blocked_sweep, inverse_cholesky, solve_layer
 from flipbench.compress.layerwise import LayerInputs, layer_by_layer
 from flipbench.compress.quant.grid import GridSpec, fit_masked, quantize, rtn
 
@@ -81,30 +81,22 @@ class GPTQ(Hessian):
         if s.act_order:
             W, keep = W[:, perm], keep[:, perm]
         group_of = (perm // group).tolist()  # original group of each swept column (static / per-channel grids)
-        Q = torch.zeros_like(W)
-        for i1 in range(0, cols, s.block_size):
-            i2 = min(i1 + s.block_size, cols)
-            W1 = W[:, i1:i2].clone()  # (rows, b): updated in place as the block is swept
-            Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
-            Hinv1 = Hinv[i1:i2, i1:i2]
-            for i in range(i2 - i1):
-                col = i1 + i
-                if s.group_size != -1 and not s.static_groups and col % group == 0:
-                    # dynamic groups: fit on the current, error-updated values of the next `group` columns (fewer at
-                    # the row's end: the last group is narrower when group does not divide cols)
-                    ahead = W1[:, i : i + group]
-                    ahead = torch.cat([ahead, W[:, i2 : i2 + group - ahead.shape[1]]], dim=1)
-                    current = fit_masked(ahead, s.grid, keep[:, col : col + group])
-                elif s.group_size == -1 or s.static_groups:
-                    current = params[group_of[col]]
-                w, d, k = W1[:, i], Hinv1[i, i], keep[:, col]  # (rows,), scalar, (rows,)
-                q = torch.where(k, w, quantize(w[:, None], *current, maxq).flatten())
-                Q1[:, i] = q
-                err1 = (w - q) / d  # 0 on kept entries
-                W1[:, i:] -= err1[:, None] @ Hinv1[i, i:][None, :]
-                Err1[:, i] = err1
-            Q[:, i1:i2] = Q1
-            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # the block's error, pushed to every later column at once
+        def column(i1: int, i: int, W1: torch.Tensor, Hinv1: torch.Tensor) -> torch.Tensor:
+            nonlocal current
+            col, i2 = i1 + i, i1 + W1.shape[1]
+            if s.group_size != -1 and not s.static_groups and col % group == 0:
+                # dynamic groups: fit on the current, error-updated values of the next `group` columns (fewer at
+                # the row's end: the last group is narrower when group does not divide cols)
+                ahead = W1[:, i : i + group]
+                ahead = torch.cat([ahead, W[:, i2 : i2 + group - ahead.shape[1]]], dim=1)
+                current = fit_masked(ahead, s.grid, keep[:, col : col + group])
+            elif s.group_size == -1 or s.static_groups:
+                current = params[group_of[col]]
+            w, k = W1[:, i], keep[:, col]  # (rows,), (rows,)
+            return torch.where(k, w, quantize(w[:, None], *current, maxq).flatten())  # kept: no error
+
+        current = None
+        Q = blocked_sweep(W, Hinv, s.block_size, column)
 
         if s.act_order:
             Q = Q[:, torch.argsort(perm)]
