@@ -157,3 +157,18 @@ def subject_flips(summary: pd.DataFrame, task: str, method: str, title: str, ste
     ax.set_title(title)
     ax.legend(fontsize=7)
     return save(fig, stem)
+
+
+def flip_overlap(matrix: pd.DataFrame, title: str, stem: Path) -> list[Path]:
+    """Heatmap of the Jaccard overlap between the sets of docs each sweep member flips (0: disjoint, 1: same)."""
+    names = list(matrix.index)
+    fig, ax = plt.subplots(figsize=(1.0 * len(names) + 3, 0.8 * len(names) + 2))
+    image = ax.imshow(matrix.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1)
+    for (i, j), value in np.ndenumerate(matrix.to_numpy(dtype=float)):
+        ax.text(j, i, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
+                color="black" if value > 0.6 else "white")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    fig.colorbar(image, ax=ax, label="Jaccard |A ∩ B| / |A ∪ B| of flipped docs")
+    ax.set_title(title, fontsize=9)
+    return save(fig, stem)
