@@ -116,8 +116,20 @@ def token_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+# Bidirectional controls (LRE, RLE, PDF, LRO, RLO, LRI, RLI, FSI, PDI, LRM, RLM, ALM) can make user text read
+# in another order than it is stored (the "Trojan Source" trick); reports show them as visible code points.
+BIDI_CONTROLS = {c: f"<U+{ord(c):04X}>" for c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"}
+_BIDI_TABLE = str.maketrans(BIDI_CONTROLS)
+
+
+def plain(text) -> str:
+    """User text for a report: bidirectional controls made visible, HTML escaped (a Markdown viewer renders
+    raw HTML, so report.md escapes it too); the caller escapes nothing else."""
+    return html.escape(str(text).translate(_BIDI_TABLE))
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
-    cells = [[str(v).replace("|", "\\|").replace("\n", " ") for v in row] for row in frame.itertuples(index=False)]
+    cells = [[plain(v).replace("|", "\\|").replace("\n", " ") for v in row] for row in frame.itertuples(index=False)]
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
@@ -179,7 +191,7 @@ def sections(summary: pd.DataFrame, samples: pd.DataFrame) -> list[tuple[str, pd
 
 
 def write_markdown(path: Path, title: str, head: list[str], parts: list, figures: list[Path]):
-    lines = [f"# {title}", "", *head, ""]
+    lines = [f"# {plain(title)}", "", *map(plain, head), ""]
     for heading, body in parts:
         lines += ([f"## {heading}", ""] if heading else []) + [body if isinstance(body, str) else markdown_table(body), ""]
     lines += ["## Plots", ""] + [f"![{f.stem}](plots/{f.name})" for f in figures if f.suffix == ".png"]
@@ -187,8 +199,8 @@ def write_markdown(path: Path, title: str, head: list[str], parts: list, figures
 
 
 def _html_table(frame: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+    head = "".join(f"<th>{plain(c)}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{plain(v)}</td>" for v in row) + "</tr>"
                    for row in frame.itertuples(index=False))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -197,14 +209,14 @@ def write_html(path: Path, title: str, head: list[str], parts: list, figures: li
     """Self-contained: plots inlined as base64 PNG, every piece of text escaped, no external references."""
     imgs = "".join(f'<figure><img alt="{html.escape(f.stem)}" src="data:image/png;base64,'
                    f'{base64.b64encode(f.read_bytes()).decode()}"></figure>' for f in figures if f.suffix == ".png")
-    heads = "".join(f"<p>{html.escape(line.replace('**', ''))}</p>" for line in head)
-    body = "".join((f"<h2>{html.escape(heading)}</h2>" if heading else "")
-                   + (f"<p>{html.escape(part)}</p>" if isinstance(part, str) else _html_table(part))
+    heads = "".join(f"<p>{plain(line.replace('**', ''))}</p>" for line in head)
+    body = "".join((f"<h2>{plain(heading)}</h2>" if heading else "")
+                   + (f"<p>{plain(part)}</p>" if isinstance(part, str) else _html_table(part))
                    for heading, part in parts)
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}"
              "td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}img{max-width:100%}")
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                    f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{heads}"
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{plain(title)}</title>"
+                    f"<style>{style}</style></head><body><h1>{plain(title)}</h1>{heads}"
                     f"{body}<h2>Plots</h2>{imgs}</body></html>\n")
 
 
