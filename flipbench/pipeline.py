@@ -25,9 +25,14 @@ QUANT_METHODS = ("rtn", "gptq", "tacq")
 def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
     """Everything that can be checked without model weights: config, tasks, model paths, calibration file."""
     plan = tasks.resolve(cfg.suite)
-    models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code)
+    m = cfg.model
+    config = models.check_model(m.path, m.revision, m.trust_remote_code, gguf_file=m.gguf_file)
+    models.check_placement(m, lambda: config or models.gguf_config(m.path, m.gguf_file))
     if cfg.compression.method == "checkpoint":
-        models.check_model(cfg.compression.path, None, cfg.model.trust_remote_code, what="compression.path")
+        comp = cfg.compression
+        config = models.check_model(comp.path or m.path, None, m.trust_remote_code, what="compression.path",
+                                    gguf_file=comp.gguf_file)
+        models.check_placement(m, lambda: config or models.gguf_config(comp.path or m.path, comp.gguf_file))
     if cfg.calibration.path and not Path(cfg.calibration.path).expanduser().is_file():
         from flipbench.config import ConfigError
 
@@ -99,13 +104,14 @@ def compress(model, tokenizer, calibration, cfg: FlipbenchConfig):
     if method == "none":
         return model, tokenizer, {"method": "none", "avg_bits": _native_bits(model)}
     if method == "checkpoint":
-        comp, comp_tok = models.load_model(cfg.model, cfg.compression.path)
+        comp, comp_tok = models.load_model(cfg.model, cfg.compression.path or cfg.model.path, cfg.compression.gguf_file)
         return comp, comp_tok, {"method": "checkpoint", "path": cfg.compression.path, "avg_bits": _native_bits(comp)}
     from flipbench import compress as compressors
 
     calib, task_calib = calibration
-    details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=model.device,
-                             progress=log.info)
+    device = models.pick_device(cfg.compression.device)  # one decoder block at a time goes there
+    details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=device,
+                                   progress=log.info)
     return model, tokenizer, details
 
 
@@ -163,7 +169,7 @@ def kl_reference(base: pd.DataFrame, model, tokenizer, cfg: FlipbenchConfig, sto
     from flipbench.tokenkl import answer_logprobs
 
     logprobs = answer_logprobs(model, tokenizer, rows["prompt"].tolist(), rows["response"].tolist(),
-                               batch_size=cfg.eval.batch_size, device=model.device, max_bytes=budget)
+                               batch_size=cfg.eval.batch_size, device=models.input_device(model), max_bytes=budget)
     if logprobs is None:
         log.info("token KL: the baseline's log-probs would exceed eval.token_kl_reference_mb=%d; the baseline "
                  "model is used for the KL pass instead", cfg.eval.token_kl_reference_mb)
@@ -192,7 +198,7 @@ def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchCo
     else:
         base = base_model if base_model is not None else models.load_model(cfg.model)[0]
     stats = token_kl(base, comp_model, tokenizer, rows["prompt"].tolist(), rows["response_base"].tolist(),
-                     batch_size=cfg.eval.batch_size, device=comp_model.device)
+                     batch_size=cfg.eval.batch_size, device=models.input_device(comp_model))
     stats.index = rows.index
     keyed = pd.concat([rows[["task", "group", "doc_id"]], stats], axis=1)
     filled = paired.loc[gen, ["task", "group", "doc_id"]].merge(keyed, on=["task", "group", "doc_id"], how="left")

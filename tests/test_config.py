@@ -11,7 +11,7 @@ from flipbench.config import ConfigError, FlipbenchConfig, to_typed
 from tests.conftest import CONF_DIR, compose
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF_DIR).iterdir() if g.is_dir()}
-REQUIRED = {"model": {"hf": ["model.path=org/name"]}, "compression": {"checkpoint": ["compression.path=some/dir"]},
+REQUIRED = {"model": {"hf": ["model.path=org/name"], "gguf": ["model.gguf_file=some.gguf"]}, "compression": {"checkpoint": ["compression.path=some/dir"]},
             "calibration": {"text": ["calibration.path=calib.txt"]}}
 CASES = [(group, option) for group, options in GROUPS.items() for option in options]
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from flipbench.compress.families import family_of, quantizable_linears, set_weight_matrix, weight_matrix
+from flipbench.compress.placement import onload
 from flipbench.compress.quant.grid import GridSpec, rtn
 
 
@@ -19,6 +20,6 @@ def rtn_model(
     for index, module in enumerate(linears.values()):
         if progress and index % len(family.linears) == 0:
             progress(f"rtn layer {index // len(family.linears) + 1}/{len(linears) // len(family.linears)}")
-        W = weight_matrix(module, family).to(device)  # (out, in)
-        set_weight_matrix(module, family, rtn(W, spec, group_size))
+        with onload(module, device):  # and back where it lives (a GPU, the CPU, offload storage)
+            set_weight_matrix(module, family, rtn(weight_matrix(module, family), spec, group_size))  # W (out, in)
     return len(linears)
