@@ -28,8 +28,9 @@ def _rotary_interleave(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_llama_gguf(model, tokenizer, path: Path, architecture: str = "llama") -> Path:
-    """model: a LlamaForCausalLM; tokenizer: a byte-level BPE fast tokenizer. Tensors are stored in F32."""
+def write_llama_gguf(model, tokenizer, path: Path, architecture: str = "llama", f16: bool = False) -> Path:
+    """model: a LlamaForCausalLM; tokenizer: a byte-level BPE fast tokenizer. Tensors are stored in F32, or
+    with f16 the matrices in F16 (norms stay F32, as llama.cpp's converter does)."""
     import gguf
 
     c = model.config
@@ -58,6 +59,8 @@ def write_llama_gguf(model, tokenizer, path: Path, architecture: str = "llama") 
     writer.add_eos_token_id(tokenizer.eos_token_id)
 
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    if f16:
+        state = {k: v.astype(np.float16) if v.ndim == 2 else v for k, v in state.items()}
     writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
     writer.add_tensor("output_norm.weight", state["model.norm.weight"])
     if not c.tie_word_embeddings:
@@ -77,12 +80,26 @@ def write_llama_gguf(model, tokenizer, path: Path, architecture: str = "llama") 
     return path
 
 
-def tiny_llama_gguf(folder: Path, seed: int = 0) -> tuple[Path, Path]:
-    """(source model directory, GGUF file written from it), a tiny Llama with the test BPE tokenizer."""
+def tiny_llama_ggufs(folder: Path, seed: int = 0) -> tuple[Path, Path, Path]:
+    """(source model directory, F32 GGUF, F16 GGUF written from it): a tiny Llama with the test BPE tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tests.conftest import build_random_llama
 
     source = build_random_llama(folder / "source", seed)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    return source, write_llama_gguf(model, AutoTokenizer.from_pretrained(source), folder / "tiny-f32.gguf")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return (source, write_llama_gguf(model, tokenizer, folder / "tiny-f32.gguf"),
+            write_llama_gguf(model, tokenizer, folder / "tiny-f16.gguf", f16=True))
+
+
+def metadata_only_gguf(path: Path, architecture: str) -> Path:
+    """A GGUF file with nothing but its architecture (for the refusal of architectures transformers cannot read)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
