@@ -8,6 +8,7 @@ accelerate through ``from_pretrained`` (see placement.py for how the compressors
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from flipbench.config import ConfigError, ModelConfig
+from flipbench.preflight import check_config_json, check_weight_files
 
 BUNDLED_DIR = Path(__file__).parent / "assets"
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
@@ -44,6 +46,16 @@ def _dtype(name: str, device: torch.device) -> torch.dtype | str:
     return getattr(torch, name)
 
 
+def load_dtype(name: str, device: torch.device, config) -> torch.dtype:
+    """The dtype load_model's weights end up in: the configured one, or under auto the checkpoint's own
+    (fp32 on CPU)."""
+    chosen = _dtype(name, device)
+    if chosen != "auto":
+        return chosen
+    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return getattr(torch, saved) if isinstance(saved, str) else saved or torch.float32
+
+
 def check_model(
     path: str, revision: str | None = None, trust_remote_code: bool = False, what: str = "model.path",
     gguf_file: str | None = None,
@@ -52,12 +64,14 @@ def check_model(
     path = resolve_path(path)
     local = Path(path).expanduser()
     if gguf_file:
-        return _check_gguf(path, gguf_file, what)
+        _check_gguf(path, gguf_file, what)
+        return gguf_config(path, gguf_file)
     if local.exists():
         if not (local / "config.json").exists():
             raise ConfigError(f"{what}={path!r} has no config.json; point it at a Hugging Face model directory")
         if not any(next(local.glob(p), None) for p in WEIGHT_PATTERNS):
             raise ConfigError(f"{what}={path!r} holds no weights (*.safetensors or *.bin); save the model with save_pretrained")
+        check_config_json(local, f"{what}={path!r}")
     elif path.startswith((".", "/", "~")) or os.sep in path and path.count("/") > 1:
         raise ConfigError(f"{what}={path!r} does not exist; give an existing directory or a hub id like org/name")
     try:
@@ -72,21 +86,43 @@ def check_model(
         raise ConfigError(f"{what}={path!r} is neither a local model directory nor a reachable hub model; {hint}") from None
     if getattr(config, "auto_map", None) and not trust_remote_code and "AutoModelForCausalLM" in config.auto_map:
         raise ConfigError(f"{what}={path!r} needs custom code; review it, then set model.trust_remote_code=true")
+    if local.is_dir():
+        check_weight_files(local, f"{what}={path!r}")
     return config
 
 
-def load_model(cfg: ModelConfig, path: str | None = None, gguf_file: str | None = None):
-    """Load (model, tokenizer) in eval mode; safetensors preferred. Without model.device_map the model goes
-    whole to model.device; with it accelerate places it (over GPUs, the CPU, disk offload) and it stays there.
-    gguf_file (default model.gguf_file; given with path for the compressed side): a GGUF file, dequantized."""
-    device = pick_device(cfg.device)
-    if path is None:  # the baseline
+def load_tokenizer(cfg: ModelConfig, path: str | None = None, gguf_file: str | None = None):
+    """The model's tokenizer (no weights read), with a pad token: lm-eval batches need one. path/gguf_file
+    default to the baseline's (model.path, model.gguf_file)."""
+    if path is None:
         path, gguf_file = cfg.path, cfg.gguf_file
     path = resolve_path(path)
     kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     if gguf_file:
         path, kwargs["gguf_file"] = _gguf_location(path, gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"the tokenizer of {path!r} could not be loaded ({str(err).splitlines()[0][:200]}); "
+                          "save it beside the model with tokenizer.save_pretrained") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, path: str | None = None, tokenizer=None, gguf_file: str | None = None):
+    """Load (model, tokenizer) in eval mode; safetensors preferred. Without model.device_map the model goes
+    whole to model.device; with it accelerate places it (over GPUs, the CPU, disk offload) and it stays there.
+    path/gguf_file: the compressed side's (default: the baseline's model.path, model.gguf_file); a GGUF file
+    is dequantized to a plain float model."""
+    device = pick_device(cfg.device)
+    if path is None:  # the baseline
+        path, gguf_file = cfg.path, cfg.gguf_file
+    path = resolve_path(path)
+    kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg, path, gguf_file)
+    if gguf_file:
+        path, kwargs["gguf_file"] = _gguf_location(path, gguf_file)
     kwargs |= placement_kwargs(cfg)
     if gguf_file:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(cfg.dtype, device), **kwargs)
@@ -99,8 +135,6 @@ def load_model(cfg: ModelConfig, path: str | None = None, gguf_file: str | None 
     if cfg.device_map is None:
         model.to(device)
     model.eval()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
@@ -197,8 +231,10 @@ def _check_gguf(path: str, gguf_file: str, what: str) -> None:
         )
 
 
+@functools.lru_cache(maxsize=4)
 def gguf_config(path: str, gguf_file: str):
-    """The transformers config of a GGUF file (parses its metadata: seconds for a tokenizer-sized vocabulary)."""
+    """The transformers config of a GGUF file (parses its metadata: seconds for a tokenizer-sized vocabulary,
+    so it is kept for the checks that follow)."""
     folder, name = _gguf_location(resolve_path(path), gguf_file)
     return AutoConfig.from_pretrained(folder, gguf_file=name)
 
@@ -228,9 +264,9 @@ def _device_problem(device) -> str | None:
     return None
 
 
-def check_placement(cfg: ModelConfig, load_config) -> None:
-    """model.device_map / max_memory / offload_folder make sense and the model fits: one line and the fix
-    otherwise. load_config() returns the model's transformers config (read only when the map must be planned)."""
+def check_placement(cfg: ModelConfig, config) -> None:
+    """model.device_map / max_memory / offload_folder make sense and the model fits (config: the model's
+    transformers config): one line and the fix otherwise."""
     if cfg.device_map is None:
         if cfg.max_memory or cfg.offload_folder:
             raise ConfigError("model.max_memory and model.offload_folder need model.device_map; set model.device_map=auto")
@@ -252,13 +288,13 @@ def check_placement(cfg: ModelConfig, load_config) -> None:
             raise ConfigError(f"model.max_memory.{device}={size!r} is not a size; write it like 20GiB or 500MB") from None
     if device_map == "cpu" or (isinstance(device_map, dict) and "disk" not in placed):
         if isinstance(device_map, dict):
-            _check_mapping_covers(device_map, load_config())
+            _check_mapping_covers(device_map, config)
         return
     if isinstance(device_map, dict):
-        _check_mapping_covers(device_map, load_config())
+        _check_mapping_covers(device_map, config)
         offloaded = True
     else:
-        offloaded = "disk" in _planned_map(cfg, load_config()).values()
+        offloaded = "disk" in _planned_map(cfg, config).values()
     if offloaded and not cfg.offload_folder:
         what = "model.device_map puts weights on disk" if isinstance(device_map, dict) else (
             f"the model does not fit in model.max_memory={dict(cfg.max_memory)}" if cfg.max_memory

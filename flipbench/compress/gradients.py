@@ -23,18 +23,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flipbench.compress.families import decoder_layers, family_of, quantizable_linears, weight_grad_matrix, weight_matrix
+from flipbench.compress.families import (
+    decoder_layers,
+    family_of,
+    param_matrix,
+    quantizable_linears,
+    weight_grad_matrix,
+    weight_matrix,
+    weight_param,
+)
 from flipbench.compress.layerwise import LayerInputs, calibration_mode, capture_inputs, outside_layers_on
 from flipbench.compress.placement import onload
 
 Progress = Callable[[str], None] | None
 
 
-def _shared(linears: dict[str, nn.Module]) -> dict[int, list[str]]:
-    """id(weight tensor) -> names of the linears that use it (one gradient, added into each of them)."""
+def _shared(linears: dict) -> dict[int, list[str]]:
+    """id(weight parameter) -> names of the linears (or expert matrices) that use it: one gradient, read into
+    each of them."""
     sharing: dict[int, list[str]] = {}
     for name, module in linears.items():
-        sharing.setdefault(id(module.weight), []).append(name)
+        sharing.setdefault(id(weight_param(module)), []).append(name)
     return sharing
 
 
@@ -46,19 +55,19 @@ def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def _whole_model(model, ids, device, dtype, G, progress: Progress) -> None:
     """One ordinary forward and backward per sample with the whole model onloaded. Each weight's gradient is
     folded into G and freed as soon as backward has it, so the linears' gradients never coexist."""
-    family, linears = family_of(model), quantizable_linears(model)
+    linears = quantizable_linears(model)
 
     def fold_into(names: list[str]):
         def hook(param: torch.Tensor) -> None:
             for name in names:
-                G[name] += weight_grad_matrix(linears[name], family).abs().float().cpu()
+                G[name] += weight_grad_matrix(linears[name]).abs().float().cpu()
             param.grad = None
         return hook
 
     with onload(model, device, dtype, write_back=False):
         handles = []
         for names in _shared(linears).values():
-            weight = linears[names[0]].weight.requires_grad_(True)
+            weight = weight_param(linears[names[0]]).requires_grad_(True)
             handles.append(weight.register_post_accumulate_grad_hook(fold_into(names)))
         try:
             for index, row in enumerate(ids):
@@ -124,7 +133,7 @@ def _blockwise(model, ids, device, dtype, G, progress: Progress) -> None:
         block = {name: module for name, module in linears.items() if name.startswith(prefix)}
         with onload(layers[index], device, dtype, write_back=False):
             sharing = _shared(block)
-            weights = [block[names[0]].weight.requires_grad_(True) for names in sharing.values()]
+            weights = [weight_param(block[names[0]]).requires_grad_(True) for names in sharing.values()]
             acc = [torch.zeros_like(w, dtype=torch.float32) for w in weights]  # Σ_s |∂L_s/∂w|, as stored
             for s, (h, a, k) in enumerate(zip(boundaries[index], inputs.args, inputs.kwargs)):
                 h = h.to(device).requires_grad_(True)
@@ -134,11 +143,9 @@ def _blockwise(model, ids, device, dtype, G, progress: Progress) -> None:
                 for total, g in zip(acc, dW):
                     total += g.abs().float()
                 grads[s] = dh
-            for (names, module_acc) in zip(sharing.values(), acc):
-                module = block[names[0]]
-                as_matrix = module_acc.t() if family.conv1d else module_acc  # (out, in)
+            for names, total in zip(sharing.values(), acc):
                 for name in names:
-                    G[name] += as_matrix.cpu()
+                    G[name] += param_matrix(block[name], total).cpu()  # (out, in)
         boundaries[index] = None
 
 
@@ -154,8 +161,8 @@ def gradient_magnitudes(
 
     ids (n_samples, seq_len): one row per sample (batch 1). dtype: the backward pass's dtype. checkpointing:
     one block on the device at a time (see the module docstring). The model is unchanged on return."""
-    family, linears = family_of(model), quantizable_linears(model)
-    G = {name: torch.zeros(weight_matrix(m, family).shape, dtype=torch.float32) for name, m in linears.items()}
+    linears = quantizable_linears(model)
+    G = {name: torch.zeros(weight_matrix(m).shape, dtype=torch.float32) for name, m in linears.items()}
     flags = {param: param.requires_grad for param in model.parameters()}
     for param in flags:
         param.requires_grad_(False)

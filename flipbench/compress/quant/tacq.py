@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from flipbench.compress.families import family_of, quantizable_linears, weight_matrix
+from flipbench.compress.families import quantizable_linears, weight_matrix
 from flipbench.compress.gradients import gradient_magnitudes
 from flipbench.compress.placement import onload
 from flipbench.compress.quant.gptq import GPTQSettings, gptq_model
@@ -93,7 +93,6 @@ def salient_masks(
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """TACQ steps 1–4: the masks of weights to keep in 16-bit (full linear name -> bool (out, in)), plus
     {"seconds": ..., "damp_retries": ...}. The model's weights are unchanged on return."""
-    family = family_of(model)
     linears = quantizable_linears(model)
     seconds = {}
     start = time.perf_counter()
@@ -106,19 +105,22 @@ def salient_masks(
         originals = {}
         for index, (name, module) in enumerate(linears.items()):  # one tensor at a time
             originals[name] = Path(spill) / f"{index}.pt"
-            with onload(module, "cpu", write_back=False):  # also from a device_map's GPU or offload storage
+            # also from a device_map's GPU or offload storage (an expert matrix: its experts module)
+            with onload(getattr(module, "experts", module), "cpu", write_back=False):
                 torch.save(_own_storage(module.weight.data), originals[name])
-        retries = gptq_model(model, calib, settings, device, true_sequential, None, progress, "tacq gptq pass 1 layer")
+        retries, _ = gptq_model(
+            model, calib, settings, device, true_sequential, None, progress, "tacq gptq pass 1 layer"
+        )
         seconds["gptq_pass1"] = time.perf_counter() - start
 
         start = time.perf_counter()
         for name, module in linears.items():
             stored = torch.load(originals[name], mmap=True, weights_only=True)  # as module.weight, file-backed
-            W0 = stored.t() if family.conv1d else stored  # (out, in)
-            with onload(module, "cpu"):
-                S[name] = saliency(W0, S[name], weight_matrix(module, family))
+            with onload(getattr(module, "experts", module), "cpu"):
+                Q = weight_matrix(module).clone()  # (out, in): pass 1's result, one linear at a time
                 module.weight.data.copy_(stored)  # back to the original for the second pass
-            del stored, W0
+                S[name] = saliency(weight_matrix(module), S[name], Q)
+            del stored, Q
     n_params = sum(s.numel() for s in S.values())
     masks = top_k_masks(S, n_to_keep(keep_fraction, n_params))
     seconds["saliency"] = time.perf_counter() - start
@@ -136,12 +138,14 @@ def tacq_model(
     progress: Callable[[str], None] | None = None,
     gradients: GradientSettings = GradientSettings(),
 ) -> dict:
-    """TACQ in place; returns {"seconds", "damp_retries" (second pass), "n_kept"}."""
+    """TACQ in place; returns {"seconds", "damp_retries" (second pass), "n_kept", "unreached" (second pass)}."""
     masks, info = salient_masks(
         model, calib, task_calib, settings, keep_fraction, device, true_sequential, progress, gradients
     )
     start = time.perf_counter()
-    retries = gptq_model(model, calib, settings, device, true_sequential, masks, progress, "tacq gptq pass 2 layer")
+    retries, unreached = gptq_model(
+        model, calib, settings, device, true_sequential, masks, progress, "tacq gptq pass 2 layer"
+    )
     info["seconds"]["gptq_pass2"] = time.perf_counter() - start
     n_kept = int(sum(int(mask.sum()) for mask in masks.values()))
-    return {"seconds": info["seconds"], "damp_retries": retries, "n_kept": n_kept}
+    return {"seconds": info["seconds"], "damp_retries": retries, "n_kept": n_kept, "unreached": unreached}
