@@ -254,7 +254,7 @@ def _device_problem(device) -> str | None:
         return None
     if device == "mps":
         return None if torch.backends.mps.is_available() else "mps is not available here"
-    index = device if isinstance(device, int) else None
+    index = device if isinstance(device, int) else 0 if device == "cuda" else None
     if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
         index = int(device[5:])
     if index is None:
@@ -286,15 +286,11 @@ def check_placement(cfg: ModelConfig, config) -> None:
             convert_file_size_to_int(size)
         except ValueError:
             raise ConfigError(f"model.max_memory.{device}={size!r} is not a size; write it like 20GiB or 500MB") from None
-    if device_map == "cpu" or (isinstance(device_map, dict) and "disk" not in placed):
-        if isinstance(device_map, dict):
-            _check_mapping_covers(device_map, config)
-        return
     if isinstance(device_map, dict):
         _check_mapping_covers(device_map, config)
-        offloaded = True
+        offloaded = "disk" in placed
     else:
-        offloaded = "disk" in _planned_map(cfg, config).values()
+        offloaded = device_map != "cpu" and "disk" in _planned_map(cfg, config).values()
     if offloaded and not cfg.offload_folder:
         what = "model.device_map puts weights on disk" if isinstance(device_map, dict) else (
             f"the model does not fit in model.max_memory={dict(cfg.max_memory)}" if cfg.max_memory

@@ -137,18 +137,26 @@ def test_placed_model_evaluates_and_gptq_quantizes_like_the_plain_load(mini_run_
     _same_samples(pd.read_parquet(pipeline.run(compose(common + placement + offload)) / "samples.parquet"), plain)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["model.device_map=everywhere"], "device_map='everywhere' is unknown"),
-    (["model.device_map={model:tpu,lm_head:cpu}"], "'tpu' is not a device name"),
-    (["model.device_map={model:\"cuda:3\",lm_head:cpu}"], "GPU 3 does not exist"),
-    (["model.device_map={model:cpu,head:cpu}"], "modules the model does not have: head"),
-    (["model.device_map={model:cpu}"], "no device for lm_head.weight"),
-    (["model.device_map={model:disk,lm_head:cpu}"], "set model.offload_folder"),
-    (["model.device_map=auto", "+model.max_memory={cpu:10KB}"], "does not fit in model.max_memory"),
-    (["model.device_map=auto", "+model.max_memory={cpu:lots}"], "is not a size"),
-    (["+model.max_memory={cpu:1GB}"], "need model.device_map"),
+@pytest.mark.parametrize("placement,message", [
+    (dict(device_map="everywhere"), "device_map='everywhere' is unknown"),
+    (dict(device_map={"model": "tpu", "lm_head": "cpu"}), "'tpu' is not a device name"),
+    (dict(device_map={"model": "cuda:3", "lm_head": "cpu"}), "GPU 3 does not exist"),
+    (dict(device_map={"model": "cpu", "head": "cpu"}), "modules the model does not have: head"),
+    (dict(device_map={"model": "cpu"}), "no device for lm_head.weight"),
+    (dict(device_map={"model": "disk", "lm_head": "cpu"}), "set model.offload_folder"),
+    (dict(device_map="auto", max_memory={"cpu": "10KB"}), "does not fit in model.max_memory"),
+    (dict(device_map="auto", max_memory={"cpu": "lots"}), "is not a size"),
+    (dict(max_memory={"cpu": "1GB"}), "need model.device_map"),
 ])
-def test_bad_placement_fails_in_preflight_with_one_line(mini_run_overrides, overrides, message):
+def test_bad_placement_is_one_line_with_the_fix(random_llama, placement, message):
+    from transformers import AutoConfig
+
     with pytest.raises(ConfigError, match=message) as err:
-        pipeline.run(compose(mini_run_overrides + overrides))
+        models.check_placement(ModelConfig(path=str(random_llama), **placement), AutoConfig.from_pretrained(random_llama))
     assert "\n" not in str(err.value)
+
+
+def test_bad_placement_stops_the_run_before_any_weight_or_folder(mini_run_overrides, tmp_path):
+    with pytest.raises(ConfigError, match="set model.offload_folder"):
+        pipeline.run(compose(mini_run_overrides + ["model.device_map={model:disk,lm_head:cpu}"]))
+    assert not (tmp_path / "results" / "runs").exists()
