@@ -139,9 +139,10 @@ def _blockwise(model, ids, device, dtype, G, progress: Progress) -> None:
                 h = h.to(device).requires_grad_(True)
                 with torch.enable_grad():
                     out = _layer_output(layers[index](h, *a, **k))
-                    *dW, dh = torch.autograd.grad(out, [*weights, h], grads[s])
+                    *dW, dh = torch.autograd.grad(out, [*weights, h], grads[s], allow_unused=True)
                 for total, g in zip(acc, dW):
-                    total += g.abs().float()
+                    if g is not None:  # None: this sample's forward never used the weight
+                        total += g.abs().float()
                 grads[s] = dh
             for names, total in zip(sharing.values(), acc):
                 for name in names:
