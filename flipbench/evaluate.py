@@ -19,10 +19,17 @@ log = logging.getLogger(__name__)
 
 
 def build_lm(model, tokenizer, batch_size: int):
-    """Wrap an in-memory model for lm-eval. Device and dtype come from the model itself."""
+    """Wrap an in-memory model for lm-eval. Device and dtype come from the model itself: HFLM leaves a
+    pre-built model where it is (also one placed over several devices by accelerate) and sends the inputs to
+    ``model.device``, the first parameter's device."""
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    from flipbench.models import input_device
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    if lm.device != input_device(model):  # first parameter offloaded (meta): inputs go to accelerate's main device
+        lm._device = input_device(model)
+    return lm
 
 
 def load_tasks(plan: TaskPlan) -> dict:
