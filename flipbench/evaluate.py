@@ -30,14 +30,27 @@ def load_tasks(plan: TaskPlan) -> dict:
     return plan.manager.load(plan.specs)["tasks"]
 
 
+def _per_task(setting: dict, leaf: str, plan: TaskPlan):
+    return setting.get(leaf, setting.get(plan.reported.get(leaf, ""), None))
+
+
+def configure(tasks: dict, plan: TaskPlan, num_fewshot: dict[str, int], max_gen_toks: dict[str, int] | None = None):
+    """Per-task few-shot counts and generation budgets (``suite.num_fewshot``, ``suite.max_gen_toks``), set on the
+    Task objects so that lm-eval builds its requests with them and the baseline cache key sees them."""
+    for leaf, task in tasks.items():
+        shots = _per_task(num_fewshot, leaf, plan)
+        if shots is not None:
+            task.set_config(key="num_fewshot", value=shots)
+        budget = _per_task(max_gen_toks or {}, leaf, plan)
+        if budget is not None:
+            task.set_config(key="generation_kwargs", value={**(task.config.generation_kwargs or {}), "max_gen_toks": budget})
+
+
 def run_lm_eval(lm, tasks: dict, plan: TaskPlan, *, limit: int | None, num_fewshot: dict[str, int], seed: int) -> dict:
     """``simple_evaluate`` with per-sample logging. Few-shot counts are set per task on the Task objects."""
     import lm_eval
 
-    for leaf, task in tasks.items():
-        shots = num_fewshot.get(leaf, num_fewshot.get(plan.reported.get(leaf, ""), None))
-        if shots is not None:
-            task.set_config(key="num_fewshot", value=shots)
+    configure(tasks, plan, num_fewshot)
     # Passing our TaskManager spares simple_evaluate from indexing every lm-eval task again (seconds per side).
     return lm_eval.simple_evaluate(
         lm, tasks=list(tasks.values()), task_manager=plan.manager, limit=limit, log_samples=True, bootstrap_iters=0,

@@ -18,9 +18,10 @@ import pandas as pd
 from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr, softmax
 
-from flipbench import scoring
+from flipbench import klstats, scoring
 from flipbench.schema import INVALID
-from flipbench.stats import cohen_kappa, mcnemar_exact, nanmean_last, paired_bootstrap
+from flipbench.stats import (benjamini_hochberg, clopper_pearson, cohen_kappa, holm, mcnemar_exact, nanmean_last,
+                             paired_bootstrap)
 
 MULTIPLE_CHOICE, GENERATIVE = "multiple_choice", "generate_until"
 MC_METRICS = tuple(scoring.RULES)
@@ -33,12 +34,14 @@ SUMMARY_COLUMNS = [
     "task", "group", "level", "metric", "filter", "headline", "n",
     "acc_base", "acc_comp", "delta_acc", "flips", "lost", "gained",
     "label_loyalty", "all_flips", "prob_loyalty",
-    "kl_mean", "kl_median", "kl_p90", "kl_p99", "kl_max", "kl_scope",
-    "kappa", "mcnemar_p",
-    "flips_ci_low", "flips_ci_high", "delta_acc_ci_low", "delta_acc_ci_high",
+    *klstats.KL_COLUMNS, "kl_doc_mean", "kl_scope",
+    "kappa", "mcnemar_p", "mcnemar_p_holm", "mcnemar_q_bh",
+    "flips_ci_low", "flips_ci_high", "lost_ci_low", "lost_ci_high", "gained_ci_low", "gained_ci_high",
+    "delta_acc_ci_low", "delta_acc_ci_high",
     "label_loyalty_ci_low", "label_loyalty_ci_high", "kl_mean_ci_low", "kl_mean_ci_high",
     # generative only (NaN for multiple choice)
-    "answer_agreement", "invalid_base", "invalid_comp", "flips_to_invalid", "same_top", "n_tokens",
+    *klstats.TOKEN_ONLY, "answer_agreement", "invalid_base", "invalid_comp", "flips_to_invalid",
+    "lost_to_invalid", "lost_to_wrong", "n_tokens",
     "kl_unit", "n_kl", "n_nonfinite", "n_pred_mismatch",
 ]
 MARGIN_COLUMNS = ["task", "metric", "filter", "bin", "bin_low", "bin_high", "n", "flips", "flip_rate"]
@@ -47,13 +50,20 @@ MARGIN_COLUMNS = ["task", "metric", "filter", "bin", "bin_low", "bin_high", "n",
 # finite KL instead of inf, which would swamp every mean it enters.
 _P_FLOOR = np.finfo(float).tiny
 
-# Statistics bootstrapped per summary row; each maps (R, N) resampled columns to (R,).
+# Statistics bootstrapped per summary row; each maps (R, N) resampled columns to (R,). flips, lost and
+# gained get exact Clopper-Pearson intervals instead (a percentile bootstrap gives [0, 0] for 0 flips).
+# kl_mean is sum(KL) / count over the resampled docs: per doc, one choice KL (count 1) or its answer tokens'
+# KL sum and count, so the token-weighted mean is resampled by whole docs.
 _BOOTSTRAP = {
-    "flips": lambda s: (s["correct_base"] != s["correct_comp"]).mean(axis=-1),
     "delta_acc": lambda s: (s["correct_comp"] - s["correct_base"]).mean(axis=-1),
     "label_loyalty": lambda s: s["agree"].mean(axis=-1),
-    "kl_mean": lambda s: nanmean_last(s["kl"]),
+    "kl_mean": lambda s: _ratio(np.nansum(s["kl_sum"], axis=-1), s["kl_count"].sum(axis=-1)),
 }
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
 
 
 def choice_distribution(ll) -> np.ndarray:
@@ -182,15 +192,6 @@ def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if len(values) else np.nan
 
 
-def _kl_stats(kl: np.ndarray) -> dict[str, float]:
-    """Distribution of per-doc KL over finite values only."""
-    kl = kl[np.isfinite(kl)]
-    if kl.size == 0:
-        return dict.fromkeys(["kl_mean", "kl_median", "kl_p90", "kl_p99", "kl_max"], np.nan)
-    p50, p90, p99 = np.percentile(kl, [50, 90, 99])
-    return {"kl_mean": kl.mean(), "kl_median": p50, "kl_p90": p90, "kl_p99": p99, "kl_max": kl.max()}
-
-
 def _n_nonfinite(rows: pd.DataFrame, kind: str) -> int:
     """Rows whose scores diverged: MC with a non-finite ll on either side; generative with a token KL
     that was computed (n_tokens > 0) but is not finite."""
@@ -202,17 +203,30 @@ def _n_nonfinite(rows: pd.DataFrame, kind: str) -> int:
     return int((scored & ~np.isfinite(_float_column(rows, "kl"))).sum())
 
 
-def _generative_extras(rows: pd.DataFrame, pred_b: np.ndarray, pred_c: np.ndarray) -> dict:
+def _generative_extras(rows: pd.DataFrame, pred_b: np.ndarray, pred_c: np.ndarray, lost: np.ndarray) -> dict:
+    """Answer-level shares; ``lost`` marks b right, c wrong, split by whether c's answer became [invalid]."""
     invalid_b, invalid_c = pred_b == INVALID, pred_c == INVALID
     n_tokens = _float_column(rows, "n_tokens")
     return {
         "answer_agreement": _mean(pred_b == pred_c),
         "invalid_base": _mean(invalid_b),
         "invalid_comp": _mean(invalid_c),
-        "flips_to_invalid": _mean(invalid_c & ~invalid_b),
-        "same_top": float(nanmean_last(_float_column(rows, "same_top"))) if len(rows) else np.nan,
+        "flips_to_invalid": _mean(lost & invalid_c),  # right -> [invalid] only (wrong -> [invalid] is no flip)
+        "lost_to_invalid": _mean(lost & invalid_c),
+        "lost_to_wrong": _mean(lost & ~invalid_c),
         "n_tokens": np.nansum(n_tokens) if np.isfinite(n_tokens).any() else np.nan,
     }
+
+
+def _kl_record(rows: pd.DataFrame, kind: str, kl: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(KL statistics in its scope, per-doc KL sum, per-doc KL count) for the bootstrap of kl_mean."""
+    finite = np.isfinite(kl)
+    if kind == MULTIPLE_CHOICE:
+        return klstats.choice_stats(kl), np.where(finite, kl, np.nan), finite.astype(float)
+    record = klstats.token_stats(rows)
+    record["kl_doc_mean"] = float(kl[finite].mean()) if finite.any() else np.nan
+    sums, counts = klstats.token_sums(rows)
+    return record, sums, counts
 
 
 def _summary_row(rows: pd.DataFrame, kind: str, metric: str, n_resamples: int, seed: int,
@@ -225,7 +239,7 @@ def _summary_row(rows: pd.DataFrame, kind: str, metric: str, n_resamples: int, s
     gained_n = int(((correct_b == 0) & (correct_c == 1)).sum())
     n = len(rows)
     kl = _float_column(rows, "kl")
-    kl_finite = np.where(np.isfinite(kl), kl, np.nan)
+    kl_record, kl_sum, kl_count = _kl_record(rows, kind, kl)
     js = _float_column(rows, "js")
     record = {
         "n": n, "acc_base": _mean(correct_b), "acc_comp": _mean(correct_c),
@@ -234,18 +248,20 @@ def _summary_row(rows: pd.DataFrame, kind: str, metric: str, n_resamples: int, s
         "lost": lost_n / n if n else np.nan, "gained": gained_n / n if n else np.nan,
         "label_loyalty": _mean(agree), "all_flips": 1 - _mean(agree),
         "prob_loyalty": 1 - float(nanmean_last(js)) if kind == MULTIPLE_CHOICE and n else np.nan,
-        **_kl_stats(kl),
+        **kl_record,
         "kl_scope": "choice" if kind == MULTIPLE_CHOICE else "token",
         "kappa": cohen_kappa(pred_b, pred_c), "mcnemar_p": mcnemar_exact(lost_n, gained_n),
         "kl_unit": KL_UNIT, "n_kl": int(np.isfinite(kl).sum()), "n_nonfinite": _n_nonfinite(rows, kind),
         "n_pred_mismatch": _n_pred_mismatch(rows, kind, metric),
     }
+    for name, count in (("flips", lost_n + gained_n), ("lost", lost_n), ("gained", gained_n)):
+        record[f"{name}_ci_low"], record[f"{name}_ci_high"] = clopper_pearson(count, n)
     columns = {"correct_base": correct_b.astype(np.int8), "correct_comp": correct_c.astype(np.int8),
-               "agree": agree.astype(np.int8), "kl": kl_finite}
+               "agree": agree.astype(np.int8), "kl_sum": kl_sum, "kl_count": kl_count}
     for name, (low, high) in paired_bootstrap(columns, _BOOTSTRAP, n_resamples, seed).items():
         record[f"{name}_ci_low"], record[f"{name}_ci_high"] = low, high
     if kind == GENERATIVE:
-        record.update(_generative_extras(rows, pred_b, pred_c))
+        record.update(_generative_extras(rows, pred_b, pred_c, (correct_b == 1) & (correct_c == 0)))
     elif margin_bins is not None:
         flips_by_bin = _bin_flips(_float_column(rows, "margin_base"), correct_b != correct_c, margin_bins)
         record.update({f"flip_rate_margin_{low:g}_{high:g}": rate for low, high, rate in zip(
@@ -288,6 +304,21 @@ def _task_subsets(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     return subsets + [(g, "group", frame[frame["group"].astype(str) == g]) for g in groups]
 
 
+def _adjust_p_values(summary: pd.DataFrame) -> pd.DataFrame:
+    """mcnemar_p Holm- and BH-adjusted per family: a task's subject rows of one (metric, filter); the tasks'
+    headline whole-task rows; the tasks' other whole-task rows."""
+    whole = summary["group"] == WHOLE_TASK
+    family = np.where(whole, "all:" + summary["headline"].astype(str),
+                      "sub:" + summary["task"] + ":" + summary["metric"] + ":" + summary["filter"].astype(str))
+    summary["mcnemar_p_holm"], summary["mcnemar_q_bh"] = np.nan, np.nan
+    for key in pd.unique(family):
+        rows = np.flatnonzero(family == key)
+        p = summary["mcnemar_p"].to_numpy(dtype=float)[rows]
+        summary.loc[summary.index[rows], "mcnemar_p_holm"] = holm(p)
+        summary.loc[summary.index[rows], "mcnemar_q_bh"] = benjamini_hochberg(p)
+    return summary
+
+
 def summarize(
     samples: pd.DataFrame,
     *,
@@ -305,8 +336,10 @@ def summarize(
     ``headline`` is True on its rows at every level, so ``headline & (group == "all")`` is one row per task.
     MC KL is recomputed from the log-likelihoods (choice-level); generative KL is the stored token-level
     ``kl`` (NaN until computed). KL statistics use finite values only (``n_kl`` rows; ``n_nonfinite`` counts
-    diverged rows). CIs: paired percentile bootstrap, 95%, same seed for every row (``n_resamples=0``
-    leaves them NaN). A (group, filter) without rows gets n = 0 and NaN statistics. With ``margin_bins``,
+    diverged rows); generative rows use the token-weighted statistics of flipbench.klstats and keep the
+    per-doc mean as ``kl_doc_mean``. CIs, 95%: exact Clopper-Pearson for flips, lost, gained; paired
+    percentile bootstrap over docs for the rest, same seed for every row (``n_resamples=0`` leaves those NaN).
+    ``mcnemar_p_holm`` / ``mcnemar_q_bh`` adjust ``mcnemar_p`` within families (see ``_adjust_p_values``). A (group, filter) without rows gets n = 0 and NaN statistics. With ``margin_bins``,
     MC rows also get ``flip_rate_margin_<low>_<high>`` columns (see ``flip_rate_by_margin``).
     """
     if len(samples) == 0:
@@ -323,7 +356,7 @@ def summarize(
                           "headline": position == 0}
                 record.update(_summary_row(rows, kind, metric, n_resamples, seed, margin_bins))
                 records.append(record)
-    summary = pd.DataFrame.from_records(records)
+    summary = _adjust_p_values(pd.DataFrame.from_records(records))
     extra = [c for c in summary.columns if c not in SUMMARY_COLUMNS]
     return summary.reindex(columns=SUMMARY_COLUMNS + extra)
 

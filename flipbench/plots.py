@@ -10,6 +10,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+# Task names, subjects and model names are the user's text: a '$' in them must print as a '$', not start
+# mathtext (an unbalanced or invalid formula would crash the report stage after all the expensive work).
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

@@ -52,6 +52,10 @@ SAMPLE_COLUMNS = [
     # Generative only (NaN for MC): share of answer tokens where both models' argmax token agrees,
     # and how many answer tokens the token KL averaged over.
     "same_top", "n_tokens",
+    # Generative only (empty lists for MC): per answer token of the baseline's answer, the full-vocabulary
+    # KL(base || comp) in nats, 1.0 where both argmax tokens agree, and the answer token's log-prob under each
+    # side; summary statistics over tokens (flipbench.klstats) are computed from these, without a model.
+    "tok_kl", "tok_same_top", "tok_logp_base", "tok_logp_comp",
 ]
 
 INVALID = "[invalid]"  # lm-eval's marker for an answer the filter could not extract

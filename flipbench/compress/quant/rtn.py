@@ -6,7 +6,14 @@ from collections.abc import Callable
 
 from torch import nn
 
-from flipbench.compress.families import family_of, quantizable_linears, set_weight_matrix, weight_matrix
+from flipbench.compress.families import (
+    block_linears,
+    decoder_layers,
+    family_of,
+    quantizable_linears,
+    set_weight_matrix,
+    weight_matrix,
+)
 from flipbench.compress.quant.grid import GridSpec, rtn
 
 
@@ -15,10 +22,11 @@ def rtn_model(
 ) -> int:
     """Quantize in place, one linear at a time on device; returns the number of linears quantized."""
     family = family_of(model)
-    linears = quantizable_linears(model)
-    for index, module in enumerate(linears.values()):
-        if progress and index % len(family.linears) == 0:
-            progress(f"rtn layer {index // len(family.linears) + 1}/{len(linears) // len(family.linears)}")
-        W = weight_matrix(module, family).to(device)  # (out, in)
-        set_weight_matrix(module, family, rtn(W, spec, group_size))
-    return len(linears)
+    blocks = decoder_layers(model, family)
+    for index, block in enumerate(blocks):
+        if progress:
+            progress(f"rtn layer {index + 1}/{len(blocks)}")
+        for module in block_linears(block).values():
+            W = weight_matrix(module).to(device)  # (out, in)
+            set_weight_matrix(module, family, rtn(W, spec, group_size))
+    return len(quantizable_linears(model))
