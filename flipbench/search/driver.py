@@ -100,8 +100,8 @@ def run(overrides: list[str]) -> Path:
 
     settings.register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg, budget = settings.to_typed(compose("search", overrides))
         base = run_overrides(overrides)
+        cfg, budget = settings.to_typed(compose("search", overrides))
 
         def compose_run(extra: list[str]):
             return compose("config", [*base, *extra])
