@@ -96,6 +96,7 @@ def run(overrides: list[str]) -> Path:
     """Run or resume the search the overrides describe; returns its folder."""
     from hydra import compose, initialize_config_dir
 
+    import flipbench.cli  # noqa: F401  (registers the run schema and the config resolvers)
     from flipbench.config import to_typed
 
     settings.register()
