@@ -100,6 +100,7 @@ class OutputConfig:
     run_dir: Optional[str] = None  # set by sweeps: the member's directory inside the sweep
     redo: bool = False  # re-run a sweep member whose directory already holds a complete run
     plots: bool = True
+    save_model: bool = False  # write the compressed model into <run>/model (packed for RTN/GPTQ, dense for TACQ)
 
 
 @dataclass
@@ -161,6 +162,12 @@ def validate(cfg: FlipbenchConfig) -> None:
     _check(ev.bootstrap >= 0, f"eval.bootstrap={ev.bootstrap} must be >= 0 (0 disables the intervals)")
     _check(len(cfg.suite.tasks) > 0, "suite.tasks is empty; name at least one task, e.g. TASKS=synth_mmlu")
     _check(cfg.suite.limit is None or cfg.suite.limit > 0, f"suite.limit={cfg.suite.limit} must be positive")
+    if cfg.output.save_model:
+        _check(comp.method in ("rtn", "gptq", "tacq"), f"output.save_model=true saves a model quantized here; "
+               f"compression={comp.method} has none to save (use compression=rtn, gptq or tacq)")
+        _check(not (comp.act_order and comp.group_size != -1 and not comp.static_groups and comp.method != "tacq"),
+               "output.save_model with compression.act_order=true and groups needs compression.static_groups=true "
+               "(compressed-tensors stores groups in column order, without g_idx)")
     for task, limits in cfg.gate.per_task.items():
         for key in limits:
             _check(key in GATE_KEYS, f"gate.per_task.{task}.{key} is unknown; use one of {', '.join(GATE_KEYS)}")

@@ -90,10 +90,11 @@ def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict):
     return ids, grad_ids
 
 
-def compress(model, tokenizer, calibration, cfg: FlipbenchConfig):
+def compress(model, tokenizer, calibration, cfg: FlipbenchConfig, grids: dict | None = None):
     """Returns (compressed model, tokenizer, details for the manifest). Quantization works in place.
 
-    ``calibration`` is the (calib, task_calib) pair from :func:`calibration_ids`, built before any evaluation.
+    ``calibration`` is the (calib, task_calib) pair from :func:`calibration_ids`, built before any evaluation;
+    ``grids`` (for output.save_model) receives what the quantizer fitted per linear.
     """
     method = cfg.compression.method
     if method == "none":
@@ -105,7 +106,7 @@ def compress(model, tokenizer, calibration, cfg: FlipbenchConfig):
 
     calib, task_calib = calibration
     details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=model.device,
-                             progress=log.info)
+                             progress=log.info, grids=grids)
     return model, tokenizer, details
 
 
@@ -242,8 +243,9 @@ def run(cfg) -> Path:
         if cfg.eval.noise_floor:
             with manifest.stage("evaluate_noise_floor", log):
                 noise = evaluate_side(model, tokenizer, task_objs, plan, cfg, batch_size=cfg.eval.noise_batch_size)
+        grids = {} if cfg.output.save_model else None
         with manifest.stage("compress", log):
-            comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg)
+            comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg, grids)
         manifest.update(compression=details)
         with manifest.stage("evaluate_compressed", log):
             comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg)
@@ -254,6 +256,11 @@ def run(cfg) -> Path:
             paired.to_parquet(run_dir / "samples.parquet", index=False)
             if noise is not None:
                 metrics.annotate(pair(base, noise)).to_parquet(run_dir / "noise_samples.parquet", index=False)
+        if cfg.output.save_model:  # last use of the compressed model: packing rewrites its linears in place
+            with manifest.stage("save_model", log):
+                from flipbench.compress.export import save
+
+                manifest.update(saved_model=save(comp_model, comp_tok, grids, quant_config(cfg), run_dir / "model"))
         with manifest.stage("report", log):
             verdict = report.build(run_dir, cfg)
         manifest.complete(gate=verdict)

@@ -38,6 +38,7 @@ class GPTQ:
         self.H = torch.zeros(columns, columns, dtype=torch.float32, device=device)  # (cols, cols)
         self.nsamples = 0
         self._factor = None  # (key of H and settings, column order, H⁻¹ upper Cholesky, damp retries)
+        self.grid = None  # the last solve's grids (see _grid_record), for a packed export
 
     def add_batch(self, X: torch.Tensor) -> None:
         """X (..., cols): one batch of inputs; H stays the running 2/N Σ x xᵀ."""
@@ -89,6 +90,7 @@ class GPTQ:
         if s.act_order:
             W, keep = W[:, perm], keep[:, perm]
         group_of = (perm // group).tolist()  # original group of each swept column (static / per-channel grids)
+        dynamic = []  # dynamic groups' (scale, zero), in sweep order
         Q = torch.zeros_like(W)
         for i1 in range(0, cols, s.block_size):
             i2 = min(i1 + s.block_size, cols)
@@ -102,6 +104,7 @@ class GPTQ:
                     ahead = W1[:, i : i + group]
                     ahead = torch.cat([ahead, W[:, i2 : i2 + group - ahead.shape[1]]], dim=1)
                     current = fit_masked(ahead, s.grid, keep[:, col : col + group])
+                    dynamic.append(current)
                 elif s.group_size == -1 or s.static_groups:
                     current = params[group_of[col]]
                 w, d, k = W1[:, i], Hinv1[i, i], keep[:, col]  # (rows,), scalar, (rows,)
@@ -115,7 +118,17 @@ class GPTQ:
 
         if s.act_order:
             Q = Q[:, torch.argsort(perm)]
+        self.grid = _grid_record(params if not dynamic else dynamic, perm, group, bool(dynamic))
         return Q, retries
+
+
+def _grid_record(fitted: list, perm: torch.Tensor, group: int, dynamic: bool) -> dict:
+    """What a packed export needs: scale and zero (rows, n_groups) and g_idx (cols,), the group of each
+    original column. Dynamic groups are numbered in sweep order, so under act_order g_idx is permuted."""
+    g_idx = torch.empty_like(perm)
+    g_idx[perm] = torch.arange(len(perm), device=perm.device) // group if dynamic else perm // group
+    return {"scale": torch.cat([sc for sc, _ in fitted], 1).cpu(), "zero": torch.cat([z for _, z in fitted], 1).cpu(),
+            "g_idx": g_idx.cpu()}
 
 
 def _inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, int]:
@@ -148,8 +161,10 @@ def gptq_layer(
     settings: GPTQSettings,
     true_sequential: bool = True,
     keep: dict[str, torch.Tensor] | None = None,
+    grids: dict | None = None,
 ) -> dict[str, int]:
     """Quantize one decoder layer in place; returns damp retries per linear (relative names).
+    grids, when given, receives each linear's grid record (relative name -> scale, zero, g_idx).
 
     True-sequential: group k is quantized before group k+1's Hessians are collected, so later linears see
     the inputs the quantized layer will really give them. keep: relative name -> TACQ mask (out, in).
@@ -173,6 +188,8 @@ def gptq_layer(
             mask = None if keep is None else keep[name]
             solver = solvers.pop(name)  # its Hessian and factor are freed as soon as this linear is done
             Q, retries[name] = solver.solve(weight_matrix(module, family), settings, mask)
+            if grids is not None:
+                grids[name] = solver.grid
             set_weight_matrix(module, family, Q)
             del solver, Q
     return retries
@@ -187,14 +204,18 @@ def gptq_model(
     keep: dict[str, torch.Tensor] | None = None,
     progress: Callable[[str], None] | None = None,
     label: str = "gptq layer",
+    grids: dict | None = None,
 ) -> dict[str, int]:
     """GPTQ on every decoder layer, in place; returns damp retries per linear (full names) where > 0.
-    keep: full linear name -> TACQ mask (out, in)."""
+    keep: full linear name -> TACQ mask (out, in). grids: filled with full linear name -> grid record."""
     retries = {}
     for index, layer, family, inputs in layer_by_layer(model, calib, device, progress, label):
         prefix = f"{family.layers}.{index}."
         layer_keep = None if keep is None else {name: keep[prefix + name] for name in family.linears}
-        for name, count in gptq_layer(layer, family, inputs, settings, true_sequential, layer_keep).items():
+        layer_grids = None if grids is None else {}
+        for name, count in gptq_layer(layer, family, inputs, settings, true_sequential, layer_keep, layer_grids).items():
             if count:
                 retries[prefix + name] = count
+        if grids is not None:
+            grids.update({prefix + name: record for name, record in layer_grids.items()})
     return retries

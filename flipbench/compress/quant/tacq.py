@@ -172,13 +172,17 @@ def tacq_model(
     device,
     true_sequential: bool = True,
     progress: Callable[[str], None] | None = None,
+    masks: dict | None = None,
 ) -> dict:
-    """TACQ in place; returns {"seconds", "damp_retries" (second pass), "n_kept"}."""
-    masks, info = salient_masks(
+    """TACQ in place; returns {"seconds", "damp_retries" (second pass), "n_kept"}. masks, when given,
+    receives full linear name -> {"keep": bool (out, in)}, the weights kept in 16-bit."""
+    keep, info = salient_masks(
         model, calib, task_calib, settings, keep_fraction, device, true_sequential, progress
     )
+    if masks is not None:
+        masks.update({name: {"keep": mask.cpu()} for name, mask in keep.items()})
     start = time.perf_counter()
-    retries = gptq_model(model, calib, settings, device, true_sequential, masks, progress, "tacq gptq pass 2 layer")
+    retries = gptq_model(model, calib, settings, device, true_sequential, keep, progress, "tacq gptq pass 2 layer")
     info["seconds"]["gptq_pass2"] = time.perf_counter() - start
-    n_kept = int(sum(int(mask.sum()) for mask in masks.values()))
+    n_kept = int(sum(int(mask.sum()) for mask in keep.values()))
     return {"seconds": info["seconds"], "damp_retries": retries, "n_kept": n_kept}
