@@ -30,7 +30,8 @@ def search_overrides(random_llama, mini_tasks, root: Path, *extra: str) -> list[
 def small_search(random_llama, mini_tasks, tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     overrides = search_overrides(random_llama, mini_tasks, root, "+search.space.rtn.bits=[2,8]", "gate.max_flips=0.5",
-                                 "search.id=small", "search.skip_costlier=false", "search.pruner=none")
+                                 "search.id=small", "search.skip_costlier=false", "search.pruner=none",
+                                 "output.save_model=true")
     return run(overrides), overrides
 
 
@@ -54,6 +55,21 @@ def test_small_search_outputs(small_search):
     # The baseline is evaluated once per fidelity; every other run took it from the cache.
     hits = [json.loads(p.read_text())["baseline_cache_hit"] for p in folder.glob("trials/*/*/manifest.json")]
     assert sorted(hits) == [False, False, True, True]
+
+
+def test_recommended_model_is_saved(small_search):
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    folder, _ = small_search
+    rec = json.loads((folder / "recommendation.json").read_text())
+    saved = Path(rec["saved_model"])
+    assert saved == folder / "recommended" / "model"
+    quant = json.loads((saved / "config.json").read_text())["quantization_config"]
+    assert quant["format"] == "pack-quantized" and quant["config_groups"]["group_0"]["weights"]["num_bits"] == rec["params"]["bits"]
+    manifest = json.loads((folder / "recommended" / "manifest.json").read_text())
+    assert manifest["saved_model"]["path"] == str(saved) and manifest["compression"]["avg_bits"] == pytest.approx(rec["avg_bits"])
+    assert not any(folder.glob("trials/*/*/model"))  # trials never save models
+    AutoModelForCausalLM.from_pretrained(saved, quantization_config=CompressedTensorsConfig(dequantize=True))
 
 
 def test_costs_estimated_from_shapes_match_the_runs(small_search):
@@ -88,6 +104,8 @@ def test_recommendation_reproduces(small_search, tmp_path):
     (["+search.space.rtn.bits=[2,4]", "compression=gptq"], "the search chooses the compression"),
     (["+search.space.rtn.bits=[9]"], "compression.bits=9 is outside 2-8"),
     (["+search.space.rtn.group_size=[48]"], "does not divide the input widths"),
+    (["+search.space.gptq.group_size=[32]", "+search.space.gptq.act_order=[true]", "output.save_model=true"],
+     "needs compression.static_groups=true"),
 ])
 def test_bad_input_exits_2(random_llama, mini_tasks, tmp_path, capsys, extra, words):
     code = main(search_overrides(random_llama, mini_tasks, tmp_path, *extra))

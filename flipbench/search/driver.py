@@ -130,5 +130,19 @@ def run(overrides: list[str]) -> Path:
                                     cfg.search.n_trials or len(points))
         finally:
             pid_file.unlink(missing_ok=True)
-        outputs.write(ctx, result, cfg, budget, [o for o in base if not o.lstrip("+~").startswith("output.")])
+        rec = outputs.write(ctx, result, cfg, budget, [o for o in base if not o.lstrip("+~").startswith("output.")])
+        if cfg.output.save_model and rec["passes"]:
+            ship(compose_run, ctx.points[rec["label"]], folder, rec)
     return folder
+
+
+def ship(compose_run, point: space.Point, folder: Path, rec: dict) -> None:
+    """output.save_model=true: run the recommendation once more at full fidelity, saving its model."""
+    import json
+
+    from flipbench import pipeline
+
+    run_dir = pipeline.run(compose_run([*point.overrides, f"output.run_dir={folder / 'recommended'}",
+                                        "output.save_model=true"]))
+    rec["saved_model"] = str(run_dir / "model")
+    (folder / "recommendation.json").write_text(json.dumps(rec, indent=2, default=float) + "\n")
