@@ -6,6 +6,9 @@ the config is composed, and :func:`validate` checks ranges and cross-field rules
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import typing
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -37,6 +40,7 @@ class CompressionConfig:
     group_size: int = -1  # -1: one grid per output channel
     sym: bool = False
     mse: bool = False
+    mse_norm: float = 2.4  # MSE search error Σ|q − w|^mse_norm; 2.4 as reference GPTQ/TACQ, 2 = squared error
     act_order: bool = False
     static_groups: bool = False
     damp: float = 0.01
@@ -65,6 +69,8 @@ class SuiteConfig:
     # task -> local file in the hub dataset's schema. The standard tasks are declared (unset) so that
     # `suite.data_files.gsm8k=...` needs no leading '+'; other tasks take `+suite.data_files.NAME=...`.
     data_files: Dict[str, Optional[str]] = field(default_factory=lambda: dict.fromkeys(STANDARD_TASKS))
+    # task -> generation budget in tokens (lm-eval's max_gen_toks) for generative tasks, e.g. to fit a short context.
+    max_gen_toks: Dict[str, Optional[int]] = field(default_factory=lambda: dict.fromkeys(STANDARD_TASKS))
     metrics: Dict[str, List[str]] = field(default_factory=dict)  # task -> metrics, first is the headline
     subject_groups: List[str] = field(default_factory=lambda: ["mmlu"])  # groups reported as one task
     subject_field: str = "subject"  # doc field that names a task's groups (synth_mmlu)
@@ -125,10 +131,57 @@ GATE_KEYS = ("max_flips", "max_lost", "max_acc_drop", "max_kl_mean")
 
 def to_typed(cfg: DictConfig | FlipbenchConfig) -> FlipbenchConfig:
     """Turn a composed config into the typed dataclass tree, validated."""
+    if not isinstance(cfg, FlipbenchConfig):
+        check_keys(cfg)
     typed = cfg if isinstance(cfg, FlipbenchConfig) else OmegaConf.to_object(cfg)
     typed.suite.data_files = {task: path for task, path in typed.suite.data_files.items() if path}
+    typed.suite.max_gen_toks = {task: n for task, n in typed.suite.max_gen_toks.items() if n is not None}
     validate(typed)
     return typed
+
+
+def schema_keys(schema: type = FlipbenchConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema (dataclass fields, recursively)."""
+    keys = []
+    for name, hint in typing.get_type_hints(schema).items():
+        if dataclasses.is_dataclass(hint):
+            keys += schema_keys(hint, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def suggest_key(key: str) -> str:
+    """' (did you mean x.y?)' for the closest schema keys, or ''."""
+    close = difflib.get_close_matches(key, schema_keys(), n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def unknown_key_error(key: str) -> ConfigError:
+    return ConfigError(f"unknown config key '{key}'{suggest_key(key)}; run `flipbench --help` for the valid keys")
+
+
+def check_keys(node: DictConfig, schema: type = FlipbenchConfig, prefix: str = "") -> None:
+    """Keys the schema does not know are errors, however they were added: Hydra's ``+key=value`` adds them to a
+    structured config without complaint, and OmegaConf.to_object then drops them silently (a gate typo such as
+    ``+gate.max_flipz=0`` would switch the gate off)."""
+    hints = typing.get_type_hints(schema)
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if key not in hints:
+            raise unknown_key_error(path)
+        if dataclasses.is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
+            check_keys(node[key], hints[key], path + ".")
+
+
+def check_gate_tasks(gate: GateConfig, tasks: list[str]) -> None:
+    """``gate.per_task.<name>`` must name an evaluated task: a limit on a task that is not run checks nothing."""
+    for task in gate.per_task:
+        if task not in tasks:
+            close = difflib.get_close_matches(task, tasks, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"gate.per_task.{task}: {task!r} is not a task of this run ({', '.join(tasks)}); "
+                              f"{hint}name an evaluated task")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -146,6 +199,7 @@ def validate(cfg: FlipbenchConfig) -> None:
                f"compression.group_size={comp.group_size} is invalid; use -1 (per channel) or a positive column count")
         _check(0.0 <= comp.keep_fraction <= 0.5,
                f"compression.keep_fraction={comp.keep_fraction} is outside [0, 0.5]; TACQ keeps a small share, e.g. 0.0035")
+        _check(comp.mse_norm > 0, f"compression.mse_norm={comp.mse_norm} must be positive, e.g. 2.4 or 2")
         _check(comp.damp > 0, f"compression.damp={comp.damp} must be positive, e.g. 0.01")
         _check(comp.block_size > 0, f"compression.block_size={comp.block_size} must be positive, e.g. 128")
     if comp.method == "checkpoint":
@@ -162,12 +216,35 @@ def validate(cfg: FlipbenchConfig) -> None:
     _check(ev.bootstrap >= 0, f"eval.bootstrap={ev.bootstrap} must be >= 0 (0 disables the intervals)")
     _check(len(cfg.suite.tasks) > 0, "suite.tasks is empty; name at least one task, e.g. TASKS=synth_mmlu")
     _check(cfg.suite.limit is None or cfg.suite.limit > 0, f"suite.limit={cfg.suite.limit} must be positive")
+    _check(ev.noise_batch_size > 0, f"eval.noise_batch_size={ev.noise_batch_size} must be positive")
+    for task, n in cfg.suite.max_gen_toks.items():
+        _check(n is None or n > 0, f"suite.max_gen_toks.{task}={n} must be a positive number of tokens, e.g. 64")
+    for task, shots in cfg.suite.num_fewshot.items():
+        _check(shots >= 0, f"suite.num_fewshot.{task}={shots} must be >= 0")
     if cfg.output.save_model:
         _check(comp.method in ("rtn", "gptq", "tacq"), f"output.save_model=true saves a model quantized here; "
                f"compression={comp.method} has none to save (use compression=rtn, gptq or tacq)")
         _check(not (comp.act_order and comp.group_size != -1 and not comp.static_groups and comp.method != "tacq"),
                "output.save_model with compression.act_order=true and groups needs compression.static_groups=true "
                "(compressed-tensors stores groups in column order, without g_idx)")
-    for task, limits in cfg.gate.per_task.items():
-        for key in limits:
-            _check(key in GATE_KEYS, f"gate.per_task.{task}.{key} is unknown; use one of {', '.join(GATE_KEYS)}")
+    limits = [(key, getattr(cfg.gate, key)) for key in GATE_KEYS]
+    for task, task_limits in cfg.gate.per_task.items():
+        for key in task_limits:
+            if key not in GATE_KEYS:
+                close = difflib.get_close_matches(key, GATE_KEYS, n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise ConfigError(f"gate.per_task.{task}.{key} is unknown; {hint}use one of {', '.join(GATE_KEYS)}")
+        limits += [(f"per_task.{task}.{key}", value) for key, value in task_limits.items()]
+    for key, value in limits:
+        check_gate_limit(key, value)
+
+
+def check_gate_limit(key: str, value: float | None) -> None:
+    """Fractions (flips, lost, accuracy drop) lie in [0, 1]; KL in nats is >= 0. A limit outside can never be
+    met (or never fail), so it is a typo, refused before any evaluation."""
+    if value is None:
+        return
+    if key.endswith("max_kl_mean"):
+        _check(value >= 0, f"gate.{key}={value} must be >= 0 (nats), e.g. 0.05")
+    else:
+        _check(0 <= value <= 1, f"gate.{key}={value} is outside [0, 1]; give a fraction, e.g. 0.05 for 5%")

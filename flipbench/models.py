@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from flipbench.config import ConfigError, ModelConfig
+from flipbench.preflight import check_config_json, check_weight_files
 
 BUNDLED_DIR = Path(__file__).parent / "assets"
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
@@ -61,6 +62,7 @@ def check_model(path: str, revision: str | None = None, trust_remote_code: bool 
             raise ConfigError(f"{what}={path!r} has no config.json; point it at a Hugging Face model directory")
         if not any(next(local.glob(p), None) for p in WEIGHT_PATTERNS):
             raise ConfigError(f"{what}={path!r} holds no weights (*.safetensors or *.bin); save the model with save_pretrained")
+        check_config_json(local, f"{what}={path!r}")
     elif path.startswith((".", "/", "~")) or os.sep in path and path.count("/") > 1:
         raise ConfigError(f"{what}={path!r} does not exist; give an existing directory or a hub id like org/name")
     try:
@@ -75,22 +77,35 @@ def check_model(path: str, revision: str | None = None, trust_remote_code: bool 
         raise ConfigError(f"{what}={path!r} is neither a local model directory nor a reachable hub model; {hint}") from None
     if getattr(config, "auto_map", None) and not trust_remote_code and "AutoModelForCausalLM" in config.auto_map:
         raise ConfigError(f"{what}={path!r} needs custom code; review it, then set model.trust_remote_code=true")
+    if local.is_dir():
+        check_weight_files(local, f"{what}={path!r}")
     return config
 
 
-def load_model(cfg: ModelConfig, path: str | None = None):
+def load_tokenizer(cfg: ModelConfig, path: str | None = None):
+    """The model's tokenizer (no weights read), with a pad token: lm-eval batches need one."""
+    path = resolve_path(path or cfg.path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"the tokenizer of {path!r} could not be loaded ({str(err).splitlines()[0][:200]}); "
+                          "save it beside the model with tokenizer.save_pretrained") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, path: str | None = None, tokenizer=None):
     """Load (model, tokenizer) in eval mode on the configured device; safetensors preferred."""
     device = pick_device(cfg.device)
     path = resolve_path(path or cfg.path)
     kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg, path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(cfg.dtype, device), use_safetensors=True, **kwargs)
     except OSError:  # only pickled weights exist
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(cfg.dtype, device), **kwargs)
     model.to(device).eval()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 

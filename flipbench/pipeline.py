@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flipbench import cache, evaluate, models, rundir, tasks
+from flipbench import cache, evaluate, models, rundir, scoring, tasks
 from flipbench.config import FlipbenchConfig, to_typed
 from flipbench.pairing import pair
 
@@ -22,17 +22,101 @@ log = logging.getLogger("flipbench")
 QUANT_METHODS = ("rtn", "gptq", "tacq")
 
 
-def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
-    """Everything that can be checked without model weights: config, tasks, model paths, calibration file."""
-    plan = tasks.resolve(cfg.suite)
-    models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code)
-    if cfg.compression.method == "checkpoint":
-        models.check_model(cfg.compression.path, None, cfg.model.trust_remote_code, what="compression.path")
-    if cfg.calibration.path and not Path(cfg.calibration.path).expanduser().is_file():
-        from flipbench.config import ConfigError
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with the stage it stopped and the run folder marked failed (None before a folder existed)."""
 
-        raise ConfigError(f"calibration.path={cfg.calibration.path!r} is not a file; give a UTF-8 text file")
+    def __init__(self, stage: str, run_dir: Path | None):
+        super().__init__(stage)
+        self.stage, self.run_dir = stage, run_dir
+
+
+def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
+    """Everything checkable from the config, config.json and tokenizer files, data files and task YAML; no
+    dataset download, no weight. A sweep runs it for every member before the first member starts."""
+    from flipbench import preflight as checks
+    from flipbench.config import check_gate_tasks
+
+    checks.check_device(cfg.model.device)
+    checks.check_output_folder(cfg.output.root)
+    if cfg.output.run_dir:
+        checks.check_output_folder(cfg.output.run_dir, "output.run_dir")
+    checks.check_task_yamls(cfg.suite.include_path)
+    plan = tasks.resolve(cfg.suite)
+    names = sorted(set(plan.reported.values()))
+    check_gate_tasks(cfg.gate, names)
+    _check_generation_budgets(cfg.suite.max_gen_toks, plan)
+    base_config = models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code)
+    if cfg.compression.method == "checkpoint":
+        comp_config = models.check_model(cfg.compression.path, None, cfg.model.trust_remote_code, what="compression.path")
+        checks.check_same_vocabulary(base_config, comp_config, cfg.model.path, cfg.compression.path)
+    if cfg.compression.method in QUANT_METHODS:
+        _check_quant_shapes(base_config, cfg)
+    cal, method = cfg.calibration, cfg.compression.method
+    if cal.source == "text" and method in ("gptq", "tacq") or cal.gradient_source == "text" and method == "tacq":
+        checks.check_text_file(cal.path)
     return plan
+
+
+def _check_generation_budgets(budgets: dict, plan: tasks.TaskPlan) -> None:
+    from flipbench.config import ConfigError
+
+    kinds = {**{plan.reported[leaf]: kind for leaf, kind in plan.output_types.items()}, **plan.output_types}
+    for task in budgets:
+        if task not in kinds:
+            raise ConfigError(f"suite.max_gen_toks.{task}: {task!r} is not a task of this run ({', '.join(sorted(kinds))})")
+        if kinds[task] != "generate_until":
+            raise ConfigError(f"suite.max_gen_toks.{task}: {task} is {kinds[task]}, not generative; remove the setting")
+
+
+def _check_quant_shapes(config, cfg: FlipbenchConfig) -> None:
+    """The quantization settings against the model's layer shapes, on a weightless (meta-device) copy."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from flipbench import compress as compressors
+    from flipbench.config import ConfigError
+
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
+    except Exception:  # noqa: BLE001  an architecture transformers cannot build here fails, with its cause, at load
+        return
+    try:
+        compressors.validate(skeleton, quant_config(cfg))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
+    """Reads the datasets and the tokenizer, still no weight: (task objects, tokenizer, calibration ids).
+
+    Checks that the tasks' prompts, choices and generation budgets fit the model's context, and draws the
+    calibration data (refusing docs that are also evaluated)."""
+    from transformers import AutoConfig
+
+    from flipbench import budget
+    from flipbench.config import ConfigError
+
+    tokenizer = models.load_tokenizer(cfg.model)
+    task_objs = evaluate.load_tasks(plan)
+    evaluate.configure(task_objs, plan, dict(cfg.suite.num_fewshot), dict(cfg.suite.max_gen_toks))
+    config = AutoConfig.from_pretrained(models.resolve_path(cfg.model.path), revision=cfg.model.revision,
+                                        trust_remote_code=cfg.model.trust_remote_code)
+    max_length = budget.context_length(config, tokenizer)
+    for leaf, task in task_objs.items():
+        ll, gen = budget.measure(task, tokenizer, max_length, cfg.suite.limit)
+        problem = budget.problem(plan.reported.get(leaf, leaf), ll, gen, max_length, task.config.num_fewshot or 0)
+        if problem:
+            raise ConfigError(problem)
+    if cfg.compression.method == "checkpoint":
+        from flipbench.preflight import check_tokenizers_agree
+
+        check_tokenizers_agree(tokenizer, models.load_tokenizer(cfg.model, cfg.compression.path), cfg.compression.path)
+    try:
+        calibration = calibration_ids(cfg, tokenizer, task_objs)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return task_objs, tokenizer, calibration
 
 
 def quant_config(cfg: FlipbenchConfig):
@@ -110,23 +194,6 @@ def compress(model, tokenizer, calibration, cfg: FlipbenchConfig, grids: dict | 
     return model, tokenizer, details
 
 
-def check_compression(model, tokenizer, task_objs, cfg: FlipbenchConfig):
-    """Checks that need the model's shapes or the tasks' docs (group_size, calibration overlap), before evaluating.
-
-    Returns the calibration token ids, so the same data serve the compression stage.
-    """
-    if cfg.compression.method not in QUANT_METHODS:
-        return None, None
-    from flipbench import compress as compressors
-    from flipbench.config import ConfigError
-
-    try:
-        compressors.validate(model, quant_config(cfg))
-        return calibration_ids(cfg, tokenizer, task_objs)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
 def _native_bits(model) -> float:
     param = next(model.parameters())
     return float(param.element_size() * 8)
@@ -184,7 +251,7 @@ def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchCo
     gen = paired.index[paired["output_type"] == "generate_until"]
     if not cfg.eval.token_kl or len(gen) == 0:
         return
-    from flipbench.tokenkl import token_kl
+    from flipbench.tokenkl import TOKEN_COLUMNS, token_kl
 
     rows = _kl_rows(paired)
     keys = _row_keys(rows, "response_base")
@@ -199,20 +266,33 @@ def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchCo
     filled = paired.loc[gen, ["task", "group", "doc_id"]].merge(keyed, on=["task", "group", "doc_id"], how="left")
     for column in ("kl", "same_top", "n_tokens"):
         paired.loc[gen, column] = filled[column].to_numpy()
+    for column in TOKEN_COLUMNS:  # per-token lists: empty for MC rows
+        cells = pd.Series([[] for _ in range(len(paired))], index=paired.index, dtype=object)
+        cells.loc[gen] = [v if isinstance(v, list) else [] for v in filled[column]]
+        paired[column] = cells
 
 
 def run(cfg) -> Path:
-    """Run one baseline-vs-compressed comparison; returns the run directory."""
-    from flipbench import metrics, report
+    """Run one baseline-vs-compressed comparison; returns the run directory.
 
+    Every check runs before the run folder is made: a refused input leaves nothing behind."""
     cfg = to_typed(cfg)
-    plan = preflight(cfg)
     root = Path(cfg.output.root)
-    run_id = cfg.output.run_id or rundir.new_run_id(cfg.model.name, cfg.compression.method, cfg.compression.bits)
-    run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else root / "runs" / run_id
-    if rundir.is_complete(run_dir) and not cfg.output.redo:
-        log.info("%s is already complete; skipping it (output.redo=true runs it again)", run_dir)
-        return run_dir
+    try:
+        plan = preflight(cfg)
+        run_id = cfg.output.run_id or rundir.new_run_id(cfg.model.name, cfg.compression.method, cfg.compression.bits)
+        run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else root / "runs" / run_id
+        if rundir.is_complete(run_dir) and not cfg.output.redo:
+            log.info("%s is already complete; skipping it (output.redo=true runs it again)", run_dir)
+            return run_dir
+        if rundir.state(run_dir) == "running":
+            from flipbench.config import ConfigError
+
+            raise ConfigError(f"{run_dir} is being written by a running process; wait for it or pick another output.run_dir")
+        rundir.mark_stale(run_dir.parent, log)
+        prepared = prepare(cfg, plan)
+    except KeyboardInterrupt:
+        raise Interrupted("preflight", None) from None
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.save_config(run_dir, cfg)
     device = models.pick_device(cfg.model.device)
@@ -220,51 +300,12 @@ def run(cfg) -> Path:
     log_file = rundir.attach_log(run_dir / "run.log")
     log.info("run directory: %s", run_dir)
     try:
-        with manifest.stage("load_baseline", log):
-            model, tokenizer = models.load_model(cfg.model)
-            task_objs = evaluate.load_tasks(plan)
-            calibration = check_compression(model, tokenizer, task_objs, cfg)
-            weights = models.fingerprint(model)
-        store = cache.BaselineCache(root / "cache")
-        key_parts = baseline_key(cfg, weights, task_objs, str(device))
-        key = cache.cache_key(key_parts)
-        with store.lock(key):
-            # Under the lock, parallel sweep members wait for one baseline evaluation instead of each running it.
-            with manifest.stage("evaluate_baseline", log):
-                base = store.load(key) if cfg.eval.cache else None
-                hit = base is not None
-                if not hit:
-                    base = evaluate_side(model, tokenizer, task_objs, plan, cfg)
-                    store.store(key, base, key_parts)
-            with manifest.stage("token_kl_reference", log):
-                reference = kl_reference(base, model, tokenizer, cfg, store, key)
-        manifest.update(baseline_cache_hit=hit, baseline_cache_key=key, baseline_fingerprint=weights)
-        noise = None
-        if cfg.eval.noise_floor:
-            with manifest.stage("evaluate_noise_floor", log):
-                noise = evaluate_side(model, tokenizer, task_objs, plan, cfg, batch_size=cfg.eval.noise_batch_size)
-        grids = {} if cfg.output.save_model else None
-        with manifest.stage("compress", log):
-            comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg, grids)
-        manifest.update(compression=details)
-        with manifest.stage("evaluate_compressed", log):
-            comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg)
-        with manifest.stage("metrics", log):
-            paired = metrics.annotate(pair(base, comp))
-            untouched = cfg.compression.method in ("none", "checkpoint")  # the loaded baseline is still the baseline
-            token_kl_stage(paired, comp_model, tokenizer, cfg, reference, model if untouched else None)
-            paired.to_parquet(run_dir / "samples.parquet", index=False)
-            if noise is not None:
-                metrics.annotate(pair(base, noise)).to_parquet(run_dir / "noise_samples.parquet", index=False)
-        if cfg.output.save_model:  # last use of the compressed model: packing rewrites its linears in place
-            with manifest.stage("save_model", log):
-                from flipbench.compress.export import save
-
-                manifest.update(saved_model=save(comp_model, comp_tok, grids, quant_config(cfg), run_dir / "model"))
-        with manifest.stage("report", log):
-            verdict = report.build(run_dir, cfg)
-        manifest.complete(gate=verdict)
-    except BaseException as err:  # Ctrl-C included: the manifest says why the run is not complete
+        _stages(cfg, plan, prepared, run_dir, manifest, device)
+    except KeyboardInterrupt:
+        stage = manifest.current or "setup"
+        manifest.fail(f"interrupted during {stage}")
+        raise Interrupted(stage, run_dir) from None
+    except BaseException as err:
         manifest.fail(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         raise
     finally:
@@ -272,3 +313,56 @@ def run(cfg) -> Path:
     rundir.point_latest(root, run_dir)
     return run_dir
 
+
+def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, device) -> None:
+    from flipbench import metrics, report
+
+    task_objs, tokenizer, calibration = prepared
+    root = Path(cfg.output.root)
+    with manifest.stage("load_baseline", log):
+        model, tokenizer = models.load_model(cfg.model, tokenizer=tokenizer)
+        weights = models.fingerprint(model)
+    store = cache.BaselineCache(root / "cache")
+    key_parts = baseline_key(cfg, weights, task_objs, str(device))
+    key = cache.cache_key(key_parts)
+    with store.lock(key):
+        # Under the lock, parallel sweep members wait for one baseline evaluation instead of each running it.
+        with manifest.stage("evaluate_baseline", log):
+            base = store.load(key) if cfg.eval.cache else None
+            hit = base is not None
+            if not hit:
+                base = evaluate_side(model, tokenizer, task_objs, plan, cfg)
+                store.store(key, base, key_parts)
+        with manifest.stage("token_kl_reference", log):
+            reference = kl_reference(base, model, tokenizer, cfg, store, key)
+    manifest.update(baseline_cache_hit=hit, baseline_cache_key=key, baseline_fingerprint=weights)
+    noise = None
+    if cfg.eval.noise_floor:
+        with manifest.stage("evaluate_noise_floor", log):
+            noise = evaluate_side(model, tokenizer, task_objs, plan, cfg, batch_size=cfg.eval.noise_batch_size)
+    grids = {} if cfg.output.save_model else None
+    with manifest.stage("compress", log):
+        comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg, grids)
+    manifest.update(compression=details)
+    with manifest.stage("evaluate_compressed", log):
+        comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg)
+    with manifest.stage("metrics", log):
+        paired = metrics.annotate(pair(base, comp))
+        mismatches = scoring.count_mismatches(paired)
+        if mismatches:
+            log.warning("%d predictions recomputed from the log-likelihoods disagree with lm-eval's logged "
+                        "correctness; correctness follows lm-eval (n_pred_mismatch in summary.csv)", mismatches)
+        manifest.update(n_pred_mismatch=mismatches)
+        untouched = cfg.compression.method in ("none", "checkpoint")  # the loaded baseline is still the baseline
+        token_kl_stage(paired, comp_model, tokenizer, cfg, reference, model if untouched else None)
+        paired.to_parquet(run_dir / "samples.parquet", index=False)
+        if noise is not None:
+            metrics.annotate(pair(base, noise)).to_parquet(run_dir / "noise_samples.parquet", index=False)
+    if cfg.output.save_model:  # last use of the compressed model: packing rewrites its linears in place
+        with manifest.stage("save_model", log):
+            from flipbench.compress.export import save
+
+            manifest.update(saved_model=save(comp_model, comp_tok, grids, quant_config(cfg), run_dir / "model"))
+    with manifest.stage("report", log):
+        verdict = report.build(run_dir, cfg)
+    manifest.complete(gate=verdict)

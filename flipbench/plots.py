@@ -10,6 +10,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+# Task names, subjects and model names are the user's text: a '$' in them must print as a '$', not start
+# mathtext (an unbalanced or invalid formula would crash the report stage after all the expensive work).
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -113,7 +116,7 @@ def flips_by_margin(by_margin: pd.DataFrame, method: str, title: str, stem: Path
 
 def subject_flips(summary: pd.DataFrame, task: str, method: str, title: str, stem: Path) -> list[Path]:
     """Flips per group (subject) of one task, lost and gained stacked, worst first."""
-    rows = summary[(summary["task"] == task) & (summary["group"] != "all") & summary["headline"]]
+    rows = summary[(summary["task"] == task) & (summary["level"] == "group") & summary["headline"]]
     rows = rows.sort_values("flips").reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(7, max(3.0, 0.3 * len(rows) + 1.5)))
     y = np.arange(len(rows))

@@ -87,8 +87,20 @@ def task_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({c: [_fmt(v, c) for v in rows[c]] for c in cols})
 
 
+# Bidirectional controls (LRE, RLE, PDF, LRO, RLO, LRI, RLI, FSI, PDI, LRM, RLM, ALM) can make user text read
+# in another order than it is stored (the "Trojan Source" trick); reports show them as visible code points.
+BIDI_CONTROLS = {c: f"<U+{ord(c):04X}>" for c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"}
+_BIDI_TABLE = str.maketrans(BIDI_CONTROLS)
+
+
+def plain(text) -> str:
+    """User text for a report: bidirectional controls made visible, HTML escaped (a Markdown viewer renders
+    raw HTML, so report.md escapes it too); the caller escapes nothing else."""
+    return html.escape(str(text).translate(_BIDI_TABLE))
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
-    cells = [[str(v).replace("|", "\\|").replace("\n", " ") for v in row] for row in frame.itertuples(index=False)]
+    cells = [[plain(v).replace("|", "\\|").replace("\n", " ") for v in row] for row in frame.itertuples(index=False)]
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
@@ -113,7 +125,7 @@ def make_plots(run_dir: Path, samples: pd.DataFrame, summary: pd.DataFrame, meth
     if len(mc):
         made += plots.flips_by_margin(metrics.flip_rate_by_margin(mc), method, f"Where flips happen — {tag}",
                                       out / "flips_by_margin")
-    for task in summary.loc[summary["group"] != "all", "task"].unique():
+    for task in summary.loc[summary["level"] == "group", "task"].unique():
         made += plots.subject_flips(summary, task, method, f"Flips per subject: {task} — {tag}", out / f"subjects_{task}")
     return made
 
@@ -132,7 +144,7 @@ def flips_table(samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_markdown(path: Path, title: str, head: list[str], table: pd.DataFrame, flips: pd.DataFrame, figures: list[Path]):
-    parts = [f"# {title}", "", *head, "", "## Per task (95% paired-bootstrap intervals)", "", markdown_table(table), "",
+    parts = [f"# {plain(title)}", "", *map(plain, head), "", "## Per task (95% paired-bootstrap intervals)", "", markdown_table(table), "",
              KL_NOTE, "", "## Most damaging flips (baseline right → compressed wrong, by KL)", "",
              markdown_table(flips) if len(flips) else "No right → wrong flips.", "", "## Plots", ""]
     parts += [f"![{f.stem}](plots/{f.name})" for f in figures if f.suffix == ".png"]
@@ -140,8 +152,8 @@ def write_markdown(path: Path, title: str, head: list[str], table: pd.DataFrame,
 
 
 def _html_table(frame: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+    head = "".join(f"<th>{plain(c)}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{plain(v)}</td>" for v in row) + "</tr>"
                    for row in frame.itertuples(index=False))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -150,12 +162,12 @@ def write_html(path: Path, title: str, head: list[str], table: pd.DataFrame, fli
     """Self-contained: plots inlined as base64 PNG, every piece of text escaped, no external references."""
     imgs = "".join(f'<figure><img alt="{html.escape(f.stem)}" src="data:image/png;base64,'
                    f'{base64.b64encode(f.read_bytes()).decode()}"></figure>' for f in figures if f.suffix == ".png")
-    heads = "".join(f"<p>{html.escape(line.replace('**', ''))}</p>" for line in head)
+    heads = "".join(f"<p>{plain(line.replace('**', ''))}</p>" for line in head)
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}"
              "td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}img{max-width:100%}")
     flips_html = _html_table(flips) if len(flips) else "<p>No right → wrong flips.</p>"
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                    f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{heads}"
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{plain(title)}</title>"
+                    f"<style>{style}</style></head><body><h1>{plain(title)}</h1>{heads}"
                     f"<h2>Per task (95% paired-bootstrap intervals)</h2>{_html_table(table)}<p>{html.escape(KL_NOTE)}</p>"
                     f"<h2>Most damaging flips</h2>{flips_html}<h2>Plots</h2>{imgs}</body></html>\n")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from flipbench.compress.families import family_of, quantizable_linears
+from flipbench.compress.families import quantizable_linears
 from flipbench.compress.quant.config import QuantConfig
 
 FORMAT_NOTE = "compressed-tensors pack-quantized (int codes packed in int32, scale and zero point per group)"
@@ -51,11 +51,16 @@ def save_packed(model: nn.Module, tokenizer, grids: dict, cfg: QuantConfig, out_
     from compressed_tensors.quantization import (QuantizationConfig, QuantizationScheme, QuantizationStatus,
                                                  apply_quantization_config)
 
-    if family_of(model).conv1d:
-        raise ValueError("output.save_model packs nn.Linear layers; this model's Conv1D layers (GPT-2) are not supported")
     linears = quantizable_linears(model)
+    odd = next((name for name, module in linears.items() if type(module) is not nn.Linear), None)
+    if odd:
+        raise ValueError(f"output.save_model packs nn.Linear layers only; {odd} is a {type(linears[odd]).__name__} (GPT-2 "
+                         "Conv1D or fused MoE experts): quantize it without saving, or save with TACQ (dense)")
     for name, grid in grids.items():
         cols = len(grid["g_idx"])
+        if cfg.group_size != -1 and cols % cfg.group_size:
+            raise ValueError(f"output.save_model: group_size={cfg.group_size} does not divide {name}'s {cols} inputs; "
+                             "the packed format needs whole groups (use a divisor, or -1)")
         if not torch.equal(grid["g_idx"], torch.arange(cols) // (cols if cfg.group_size == -1 else cfg.group_size)):
             raise ValueError(packable(cfg) or f"{name}: groups out of column order cannot be packed")
     scheme = QuantizationScheme(targets=sorted(linears), weights=_quant_args(cfg))

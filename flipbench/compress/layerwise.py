@@ -4,6 +4,10 @@ The first layer's inputs are captured with *all* their positional args and kwarg
 ``position_embeddings``, masks, cache objects) by a forward pre-hook that stops the forward pass. Then each
 layer in turn is moved to the device, handed to the caller (who collects statistics and quantizes it),
 re-run to produce the next layer's inputs, and moved back. Only one layer's activations live at a time.
+
+Within a layer, the true-sequential groups come from one traced forward (sequential_groups), and each
+quantizable weight's inputs are delivered by collect_inputs: forward hooks on linears, and for fused
+mixture-of-experts modules the tokens routed to each expert (experts.py).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from flipbench.compress.families import Family, decoder_layers, family_of
+from flipbench.compress.experts import ExpertWeight, routed_inputs
+from flipbench.compress.families import Family, block_linears, decoder_layers, family_of
 
 
 class _StopForward(Exception):
@@ -117,6 +122,86 @@ def run_layer(layer: nn.Module, inputs: LayerInputs) -> list[torch.Tensor]:
     return outputs
 
 
+def _hooked_modules(targets: dict) -> dict[nn.Module, list[str]]:
+    """module to hook -> the target names it feeds (a fused experts module feeds all its experts' weights)."""
+    modules: dict[nn.Module, list[str]] = {}
+    for name, target in targets.items():
+        modules.setdefault(target.experts if isinstance(target, ExpertWeight) else target, []).append(name)
+    return modules
+
+
+def _prefix(name: str, target) -> str:
+    """A fused experts module's own name inside the block: the target name less '<expert>.<param>'."""
+    return name.rsplit(".", 2)[0] if isinstance(target, ExpertWeight) else name
+
+
+@contextmanager
+def collect_inputs(block: nn.Module, names, callback) -> Iterator[None]:
+    """While active, every forward of block calls callback(name, X (..., in)) for each quantizable weight in
+    names with the inputs it receives (an expert's weight: only its routed tokens)."""
+    targets = {name: w for name, w in block_linears(block).items() if name in set(names)}
+    handles = []
+    for module, fed in _hooked_modules(targets).items():
+        if isinstance(targets[fed[0]], ExpertWeight):
+            prefix = _prefix(fed[0], targets[fed[0]])
+
+            def hook(mod, args, kwargs, out, prefix=prefix, fed=set(fed)):
+                for key, X in routed_inputs(mod, args, kwargs):
+                    if f"{prefix}.{key}" in fed:
+                        callback(f"{prefix}.{key}", X)
+        else:
+
+            def hook(mod, args, kwargs, out, name=fed[0]):
+                callback(name, args[0] if args else next(iter(kwargs.values())))
+        handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def sequential_groups(block: nn.Module, inputs: LayerInputs) -> list[list[str]]:
+    """The block's quantizable weights in true-sequential groups, from one traced forward of its first input:
+    weights fed the same tensor form one group, groups in the order their inputs appear. An expert's down
+    projection follows its up projection. Weights the forward never reaches come last, in a group of their own."""
+    targets = block_linears(block)
+    groups: list[tuple[object, list[str]]] = []  # (key of the input tensor, names)
+    alive = []  # the traced tensors, kept so that their ids stay unique during the trace
+
+    def record(key, names):
+        for seen, group in groups:
+            if key is not None and seen == key:
+                group.extend(n for n in names if n not in group)
+                return
+        groups.append((key, list(names)))
+
+    def pre_hook(mod, args, kwargs, fed):
+        x = args[0] if args else next(iter(kwargs.values()))
+        alive.append(x)
+        if any(name in group for _, group in groups for name in fed):
+            return  # called before: its place is taken
+        if isinstance(targets[fed[0]], ExpertWeight):
+            record(id(x), [n for n in fed if not n.endswith(".down_proj")])
+            record(None, [n for n in fed if n.endswith(".down_proj")])
+        else:
+            record(id(x), fed)
+
+    handles = [
+        module.register_forward_pre_hook(lambda mod, args, kwargs, fed=fed: pre_hook(mod, args, kwargs, fed),
+                                         with_kwargs=True)
+        for module, fed in _hooked_modules(targets).items()
+    ]
+    try:
+        block(inputs.hidden[0], *inputs.args[0], **inputs.kwargs[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    traced = [group for _, group in groups]
+    untraced = [name for name in targets if not any(name in group for group in traced)]
+    return traced + ([untraced] if untraced else [])
+
+
 def layer_by_layer(
     model: nn.Module, calib: torch.Tensor, device, progress=None, label: str = "layer"
 ) -> Iterator[tuple[int, nn.Module, Family, LayerInputs]]:
@@ -138,4 +223,13 @@ def layer_by_layer(
                 layer.to(home)
 
 
-__all__ = ["LayerInputs", "calibration_mode", "capture_inputs", "layer_by_layer", "model_device", "run_layer"]
+__all__ = [
+    "LayerInputs",
+    "calibration_mode",
+    "capture_inputs",
+    "collect_inputs",
+    "layer_by_layer",
+    "model_device",
+    "run_layer",
+    "sequential_groups",
+]

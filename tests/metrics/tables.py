@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from flipbench.schema import SAMPLE_COLUMNS
+from flipbench.tokenkl import TOKEN_COLUMNS
 
 
 def mc_row(doc_id, target, ll_base, ll_comp, *, task="mc", group=None, choice_len=None, metric="acc"):
@@ -22,13 +23,21 @@ def mc_row(doc_id, target, ll_base, ll_comp, *, task="mc", group=None, choice_le
         "correct_base": int(pred_b == target), "correct_comp": int(pred_c == target),
         "response_base": "", "response_comp": "",
         "p_base": [], "p_comp": [], "kl": np.nan, "js": np.nan, "margin_base": np.nan,
-        "same_top": np.nan, "n_tokens": np.nan,
+        "same_top": np.nan, "n_tokens": np.nan, **dict.fromkeys(TOKEN_COLUMNS, []),
     }
 
 
 def gen_row(doc_id, target, pred_base, pred_comp, *, task="gen", group=None, filter="strict-match",
-            kl=np.nan, same_top=np.nan, n_tokens=np.nan):
-    """One generative row; correct = exact string match of the filtered answer with the target."""
+            kl=np.nan, same_top=np.nan, n_tokens=np.nan, tokens=None):
+    """One generative row; correct = exact string match of the filtered answer with the target.
+
+    ``tokens``: {TOKEN_COLUMNS name: per-token list}; by default n_tokens tokens that each carry the doc's
+    kl and same_top (so token-weighted means equal doc means weighted by n_tokens), log-probs 0.
+    """
+    if tokens is None:
+        n = int(n_tokens) if np.isfinite(n_tokens) and np.isfinite(kl) else 0
+        tokens = {"tok_kl": [kl] * n, "tok_same_top": [same_top] * n, "tok_logp_base": [0.0] * n,
+                  "tok_logp_comp": [0.0] * n}
     return {
         "task": task, "group": group or task, "doc_id": doc_id, "filter": filter,
         "output_type": "generate_until", "metric": "exact_match", "doc_hash": f"d{doc_id}",
@@ -37,6 +46,7 @@ def gen_row(doc_id, target, pred_base, pred_comp, *, task="gen", group=None, fil
         "correct_base": int(pred_base == target), "correct_comp": int(pred_comp == target),
         "response_base": pred_base, "response_comp": pred_comp, "p_base": [], "p_comp": [],
         "kl": kl, "js": np.nan, "margin_base": np.nan, "same_top": same_top, "n_tokens": n_tokens,
+        **{name: list(tokens.get(name, [])) for name in TOKEN_COLUMNS},
     }
 
 

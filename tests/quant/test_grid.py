@@ -19,13 +19,13 @@ CASES = [
         id="asym-per-channel",
     ),
     pytest.param(
-        # bits 3 symmetric: scale = absmax/3, zero 4, levels -4..3 times scale
-        # row 0: absmax 2 -> scale 2/3; -1.1/(2/3)=-1.65->-2, 0.2->0.3->0, 0.9->1.35->1, 2->3
-        # row 1: absmax 3 -> scale 1; -3->-3, 1->1, 0.4->0, -2.2->-2
+        # bits 3 symmetric, as the reference GPTQ: scale = 2·absmax/7, zero 4 (not stored), levels -4..3 × scale
+        # row 0: absmax 2 -> scale 4/7; -1.1/(4/7)=-1.925->-2, 0.2->0.35->0, 0.9->1.575->2, 2->3.5->4 clipped to 3
+        # row 1: absmax 3 -> scale 6/7; -3->-3.5->-4 (half to even), 1->1.17->1, 0.4->0.47->0, -2.2->-2.57->-3
         [[-1.1, 0.2, 0.9, 2.0], [-3.0, 1.0, 0.4, -2.2]],
         GridSpec(bits=3, sym=True),
         -1,
-        [[-4 / 3, 0.0, 2 / 3, 2.0], [-3.0, 1.0, 0.0, -2.0]],
+        [[-8 / 7, 0.0, 8 / 7, 12 / 7], [-24 / 7, 6 / 7, 0.0, -18 / 7]],
         id="sym-per-channel",
     ),
     pytest.param(

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flipbench.compress.families import family_of, quantizable_linears, weight_grad_matrix, weight_matrix
+from flipbench.compress.families import quantizable_linears, weight_grad_matrix, weight_matrix, weight_param
 from flipbench.compress.quant.gptq import GPTQSettings, gptq_model
 from flipbench.compress.layerwise import model_device
 
@@ -41,32 +41,32 @@ def gradient_magnitudes(
 ) -> dict[str, torch.Tensor]:
     """Σ_samples |∂L/∂W| (fp32, (out, in), on the weights' device) per quantizable linear, at the model's
     current weights. L: mean next-token cross-entropy of one row of ids (n_samples, seq_len): batch 1."""
-    family = family_of(model)
     linears = quantizable_linears(model)
     home, was_training = model_device(model), model.training
     flags = {param: param.requires_grad for param in model.parameters()}
     G = {
-        name: torch.zeros(weight_matrix(module, family).shape, dtype=torch.float32, device=device)
+        name: torch.zeros(weight_matrix(module).shape, dtype=torch.float32, device=device)
         for name, module in linears.items()
     }
     model.to(device).eval()
     for param in model.parameters():
         param.requires_grad_(False)
 
-    sharing: dict[int, list[str]] = {}  # one hook per weight tensor, adding into every linear that uses it
+    # one hook per weight tensor, adding into every linear (or expert matrix) that uses it
+    sharing: dict[int, list[str]] = {}
     for name, module in linears.items():
-        sharing.setdefault(id(module.weight), []).append(name)
+        sharing.setdefault(id(weight_param(module)), []).append(name)
 
     def fold_into(names: list[str]):
         def hook(param: torch.Tensor) -> None:  # runs once backward has this weight's whole gradient
             for name in names:
-                G[name] += weight_grad_matrix(linears[name], family).abs().float()
+                G[name] += weight_grad_matrix(linears[name]).abs().float()
             param.grad = None
         return hook
 
     handles = []
     for names in sharing.values():
-        weight = linears[names[0]].weight
+        weight = weight_param(linears[names[0]])
         weight.requires_grad_(True)
         handles.append(weight.register_post_accumulate_grad_hook(fold_into(names)))
     try:
@@ -134,7 +134,6 @@ def salient_masks(
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """TACQ steps 1–4: the masks of weights to keep in 16-bit (full linear name -> bool (out, in)), plus
     {"seconds": ..., "damp_retries": ...}. The model's weights are unchanged on return."""
-    family = family_of(model)
     linears = quantizable_linears(model)
     seconds = {}
     start = time.perf_counter()
@@ -147,16 +146,18 @@ def salient_masks(
         for index, (name, module) in enumerate(linears.items()):  # one tensor at a time
             originals[name] = Path(spill) / f"{index}.pt"
             torch.save(_own_storage(module.weight.data), originals[name])
-        retries = gptq_model(model, calib, settings, device, true_sequential, None, progress, "tacq gptq pass 1 layer")
+        retries, _ = gptq_model(
+            model, calib, settings, device, true_sequential, None, progress, "tacq gptq pass 1 layer"
+        )
         seconds["gptq_pass1"] = time.perf_counter() - start
 
         start = time.perf_counter()
         for name, module in linears.items():
+            Q = weight_matrix(module).clone()  # (out, in): pass 1's result, one linear at a time
             stored = torch.load(originals[name], mmap=True, weights_only=True)  # as module.weight, file-backed
-            W0 = stored.t() if family.conv1d else stored  # (out, in)
-            S[name] = saliency(W0.to(S[name].device), S[name], weight_matrix(module, family))
             module.weight.data.copy_(stored.to(module.weight.device))  # back to the original for the second pass
-            del stored, W0
+            S[name] = saliency(weight_matrix(module).to(S[name].device), S[name], Q.to(S[name].device))
+            del stored, Q
     n_params = sum(s.numel() for s in S.values())
     masks = top_k_masks(S, n_to_keep(keep_fraction, n_params))
     seconds["saliency"] = time.perf_counter() - start
@@ -172,17 +173,19 @@ def tacq_model(
     device,
     true_sequential: bool = True,
     progress: Callable[[str], None] | None = None,
-    masks: dict | None = None,
+    kept: dict | None = None,
 ) -> dict:
-    """TACQ in place; returns {"seconds", "damp_retries" (second pass), "n_kept"}. masks, when given,
-    receives full linear name -> {"keep": bool (out, in)}, the weights kept in 16-bit."""
-    keep, info = salient_masks(
+    """TACQ in place; returns {"seconds", "damp_retries" (second pass), "n_kept", "unreached" (second pass)}.
+    kept, when given, receives full linear name -> {"keep": bool (out, in)}, the weights kept in 16-bit."""
+    masks, info = salient_masks(
         model, calib, task_calib, settings, keep_fraction, device, true_sequential, progress
     )
-    if masks is not None:
-        masks.update({name: {"keep": mask.cpu()} for name, mask in keep.items()})
+    if kept is not None:
+        kept.update({name: {"keep": mask.cpu()} for name, mask in masks.items()})
     start = time.perf_counter()
-    retries = gptq_model(model, calib, settings, device, true_sequential, keep, progress, "tacq gptq pass 2 layer")
+    retries, unreached = gptq_model(
+        model, calib, settings, device, true_sequential, masks, progress, "tacq gptq pass 2 layer"
+    )
     info["seconds"]["gptq_pass2"] = time.perf_counter() - start
-    n_kept = int(sum(int(mask.sum()) for mask in keep.values()))
-    return {"seconds": info["seconds"], "damp_retries": retries, "n_kept": n_kept}
+    n_kept = int(sum(int(mask.sum()) for mask in masks.values()))
+    return {"seconds": info["seconds"], "damp_retries": retries, "n_kept": n_kept, "unreached": unreached}
