@@ -120,6 +120,7 @@ class OutputConfig:
     run_dir: Optional[str] = None  # set by sweeps: the member's directory inside the sweep
     redo: bool = False  # re-run a sweep member whose directory already holds a complete run
     plots: bool = True
+    save_model: bool = False  # write the compressed model into <run>/model (packed for RTN/GPTQ, dense for TACQ)
 
 
 @dataclass
@@ -245,6 +246,12 @@ def validate(cfg: FlipbenchConfig) -> None:
     for task, shots in cfg.suite.num_fewshot.items():
         _check(shots >= 0, f"suite.num_fewshot.{task}={shots} must be >= 0")
     _check(cfg.gate.on in GATE_ON, f"gate.on={cfg.gate.on!r} is unknown; use point or upper_ci")
+    if cfg.output.save_model:
+        _check(comp.method in ("rtn", "gptq", "tacq"), f"output.save_model=true saves a model quantized here; "
+               f"compression={comp.method} has none to save (use compression=rtn, gptq or tacq)")
+        _check(not (comp.act_order and comp.group_size != -1 and not comp.static_groups and comp.method != "tacq"),
+               "output.save_model with compression.act_order=true and groups needs compression.static_groups=true "
+               "(compressed-tensors stores groups in column order, without g_idx)")
     limits = [(key, getattr(cfg.gate, key)) for key in GATE_KEYS]
     for task, task_limits in cfg.gate.per_task.items():
         for key in task_limits:

@@ -179,10 +179,11 @@ def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict):
     return ids, grad_ids
 
 
-def compress(model, tokenizer, calibration, cfg: FlipbenchConfig):
+def compress(model, tokenizer, calibration, cfg: FlipbenchConfig, grids: dict | None = None):
     """Returns (compressed model, tokenizer, details for the manifest). Quantization works in place.
 
-    ``calibration`` is the (calib, task_calib) pair from :func:`calibration_ids`, built before any evaluation.
+    ``calibration`` is the (calib, task_calib) pair from :func:`calibration_ids`, built before any evaluation;
+    ``grids`` (for output.save_model) receives what the quantizer fitted per linear.
     """
     method = cfg.compression.method
     if method == "none":
@@ -196,7 +197,7 @@ def compress(model, tokenizer, calibration, cfg: FlipbenchConfig):
     calib, task_calib = calibration
     device = models.pick_device(cfg.compression.device)  # one decoder block at a time goes there
     details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=device,
-                                   progress=log.info)
+                                   progress=log.info, grids=grids)
     return model, tokenizer, details
 
 
@@ -376,8 +377,9 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
             noise, noise_details = noise_floor(model, tokenizer, task_objs, plan, cfg, base, reference)
             noise.to_parquet(run_dir / "noise_samples.parquet", index=False)
         manifest.update(noise_floor=noise_details)
+    grids = {} if cfg.output.save_model else None
     with manifest.stage("compress", log):
-        comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg)
+        comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg, grids)
     manifest.update(compression=details)
     with manifest.stage("evaluate_compressed", log):
         comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg)
@@ -391,6 +393,11 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         untouched = cfg.compression.method in ("none", "checkpoint")  # the loaded baseline is still the baseline
         token_kl_stage(paired, comp_model, tokenizer, cfg, reference, model if untouched else None)
         paired.to_parquet(run_dir / "samples.parquet", index=False)
+    if cfg.output.save_model:  # last use of the compressed model: packing rewrites its linears in place
+        with manifest.stage("save_model", log):
+            from flipbench.compress.export import save
+
+            manifest.update(saved_model=save(comp_model, comp_tok, grids, quant_config(cfg), run_dir / "model"))
     with manifest.stage("report", log):
         verdict = report.build(run_dir, cfg)
     manifest.complete(gate=verdict)
