@@ -79,7 +79,7 @@ def test_interrupted_run_is_marked_failed_and_not_latest(mini_run_overrides, mon
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(compose(mini_run_overrides + ["compression=none", "eval.cache=false", f"output.run_dir={run_dir}"]))
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "failed" and "KeyboardInterrupt" in manifest["error"]
+    assert manifest["status"] == "failed" and manifest["error"] == "interrupted during evaluate_compressed"
     assert not (tmp_path / "results" / "latest").exists()
     # Resuming (the way an interrupted sweep member is re-run) finishes it.
     monkeypatch.setattr(pipeline, "evaluate_side", real)
