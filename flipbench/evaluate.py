@@ -81,7 +81,7 @@ def _gold(sample: dict, task_obj, choices: list[str]) -> list[int]:
     """Gold choice indices as lm-eval's process_results finds them: doc_to_text for a multiple-input task,
     else doc_to_target (an index, a choice string, or a list of indices when there are several gold
     answers); indices outside the choices are dropped (lm-eval marks them -100, never equal to a pred)."""
-    gold = task_obj.doc_to_text(sample["doc"]) if task_obj.multiple_input else sample["target"]
+    gold = task_obj.doc_to_text(sample["doc"]) if getattr(task_obj, "multiple_input", 0) else sample["target"]
     out = []
     for g in gold if isinstance(gold, list) else [gold]:
         index = (choices.index(g) if g in choices else -1) if isinstance(g, str) else int(g)
