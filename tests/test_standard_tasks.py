@@ -353,7 +353,7 @@ def test_missing_fields_are_named_before_any_model_is_read(shared_index, tmp_pat
     ("absent.jsonl", None, "does not exist"),
     ("gsm8k.tsv", "question\tanswer\nq\t#### 1\n", r"\.tsv is not supported; use \.jsonl, \.json, \.parquet or \.csv"),
     ("gsm8k.jsonl", '{"question": "unterminated\n', "could not be read as json"),
-    ("empty.csv", "question,answer\n", "has no rows"),
+    ("empty.csv", "question,answer\n", "is empty"),
 ])
 def test_unusable_files_are_refused(shared_index, tmp_path, name, content, message):
     path = tmp_path / name
