@@ -22,7 +22,7 @@ OVERRIDES = $(if $(MODEL),model=hf model.path=$(MODEL)) $(SUITE_DEFAULT) \
 	$(if $(TASKS),'suite.tasks=[$(TASKS)]') $(if $(LIMIT),suite.limit=$(LIMIT)) $(ARGS)
 TEST_ENV = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: eval test test-slow sweep report bench tiny-model tasks setup clean
+.PHONY: eval test test-slow sweep search report bench tiny-model tasks setup clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ eval: $(STAMP)
 sweep: $(STAMP)
 	$(BIN)/flipbench -m $(if $(MODEL),model=hf model.path=$(MODEL)) $(SUITE_DEFAULT) compression=$(METHODS) \
 		compression.bits=$(or $(BITS),2,3,4) $(if $(TASKS),'suite.tasks=[$(TASKS)]') $(if $(LIMIT),suite.limit=$(LIMIT)) $(ARGS)
+
+# Budget search (conf/search.yaml): e.g. make search ARGS="search.max_avg_bits=4 gate.max_flips=0.1"
+search: $(STAMP)
+	HF_DATASETS_OFFLINE=$${HF_DATASETS_OFFLINE:-0} $(BIN)/flipbench search $(if $(MODEL),model=hf model.path=$(MODEL)) \
+		$(SUITE_DEFAULT) $(if $(TASKS),'suite.tasks=[$(TASKS)]') $(if $(LIMIT),suite.limit=$(LIMIT)) $(ARGS)
 
 report: $(STAMP)
 	$(BIN)/python -m flipbench.report $(or $(RUN),results/latest)

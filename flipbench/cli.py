@@ -143,6 +143,10 @@ def _one_line(err: BaseException) -> str:
 
 def main() -> None:
     """Console entry: logging set-up, a cheap config check, then Hydra composes and runs."""
+    if sys.argv[1:2] == ["search"]:  # `flipbench search ...`: the budget search, its own config root
+        from flipbench.search.__main__ import main as search_main
+
+        sys.exit(search_main(sys.argv[2:]))
     logging.basicConfig(level=os.environ.get("FLIPBENCH_LOG", "INFO"), format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     try:

@@ -256,7 +256,11 @@ def test_mmlu_is_one_task_with_subject_groups_and_lm_eval_prompts(standard_run):
     samples, summary = standard_run
     mmlu = rows_of(samples, "mmlu")
     assert mmlu["group"].tolist() == ["anatomy"] * LIMIT + ["astronomy"] * LIMIT
-    assert set(summary.loc[summary["task"] == "mmlu", "group"]) == {"all", "anatomy", "astronomy"}
+    # anatomy and astronomy are both in lm-eval's mmlu_stem group (alias "stem"): one category row
+    rows = summary[summary["task"] == "mmlu"]
+    assert set(rows["group"]) == {"all", "stem", "anatomy", "astronomy"}
+    assert rows.loc[rows["group"] == "stem", "level"].unique().tolist() == ["category"]
+    assert set(mmlu["category"]) == {"stem"}
     prompts = zero_shot_prompts("mmlu")
     for _, sample in mmlu.iterrows():
         assert sample["prompt"] == prompts[f"mmlu_{sample['group']}"][sample["doc_id"]]
