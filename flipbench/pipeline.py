@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from flipbench import cache, evaluate, models, rundir, scoring, tasks
-from flipbench.config import FlipbenchConfig, to_typed
+from flipbench.config import ConfigError, FlipbenchConfig, check_gate_tasks, to_typed
 from flipbench.pairing import pair
 
 log = logging.getLogger("flipbench")
@@ -35,7 +35,6 @@ def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
     """Everything checkable from the config, config.json and tokenizer files, data files and task YAML; no
     dataset download, no weight. A sweep runs it for every member before the first member starts."""
     from flipbench import preflight as checks
-    from flipbench.config import check_gate_tasks
 
     checks.check_device(cfg.model.device)
     checks.check_output_folder(cfg.output.root)
@@ -45,7 +44,7 @@ def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
     plan = tasks.resolve(cfg.suite)
     names = sorted(set(plan.reported.values()))
     check_gate_tasks(cfg.gate, names)
-    _check_generation_budgets(cfg.suite.max_gen_toks, plan)
+    checks.check_generation_budgets(cfg.suite.max_gen_toks, plan)
     m, comp = cfg.model, cfg.compression
     base_config = models.check_model(m.path, m.revision, m.trust_remote_code, gguf_file=m.gguf_file)
     models.check_placement(m, base_config)
@@ -54,41 +53,11 @@ def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
                                          gguf_file=comp.gguf_file)
         checks.check_same_vocabulary(base_config, comp_config, m.path, comp.path or m.path)
     if cfg.compression.method in QUANT_METHODS:
-        _check_quant_shapes(base_config, cfg)
+        checks.check_quant_shapes(base_config, quant_config(cfg), cfg.model.trust_remote_code)
     cal, method = cfg.calibration, cfg.compression.method
     if cal.source == "text" and method in ("gptq", "tacq") or cal.gradient_source == "text" and method == "tacq":
         checks.check_text_file(cal.path)
     return plan
-
-
-def _check_generation_budgets(budgets: dict, plan: tasks.TaskPlan) -> None:
-    from flipbench.config import ConfigError
-
-    kinds = {**{plan.reported[leaf]: kind for leaf, kind in plan.output_types.items()}, **plan.output_types}
-    for task in budgets:
-        if task not in kinds:
-            raise ConfigError(f"suite.max_gen_toks.{task}: {task!r} is not a task of this run ({', '.join(sorted(kinds))})")
-        if kinds[task] != "generate_until":
-            raise ConfigError(f"suite.max_gen_toks.{task}: {task} is {kinds[task]}, not generative; remove the setting")
-
-
-def _check_quant_shapes(config, cfg: FlipbenchConfig) -> None:
-    """The quantization settings against the model's layer shapes, on a weightless (meta-device) copy."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from flipbench import compress as compressors
-    from flipbench.config import ConfigError
-
-    try:
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
-    except Exception:  # noqa: BLE001  an architecture transformers cannot build here fails, with its cause, at load
-        return
-    try:
-        compressors.validate(skeleton, quant_config(cfg))
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
 
 
 def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
@@ -98,19 +67,13 @@ def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
     calibration data (refusing docs that are also evaluated)."""
 
     from flipbench import budget
-    from flipbench.config import ConfigError
 
     tokenizer = models.load_tokenizer(cfg.model)
     task_objs = evaluate.load_tasks(plan)
     evaluate.configure(task_objs, plan, dict(cfg.suite.num_fewshot), dict(cfg.suite.max_gen_toks))
     config = models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code,
                                 gguf_file=cfg.model.gguf_file)
-    max_length = budget.context_length(config, tokenizer)
-    for leaf, task in task_objs.items():
-        ll, gen = budget.measure(task, tokenizer, max_length, cfg.suite.limit)
-        problem = budget.problem(plan.reported.get(leaf, leaf), ll, gen, max_length, task.config.num_fewshot or 0)
-        if problem:
-            raise ConfigError(problem)
+    budget.check_context(task_objs, plan.reported, tokenizer, budget.context_length(config, tokenizer), cfg.suite.limit)
     if cfg.compression.method == "checkpoint":
         from flipbench.preflight import check_tokenizers_agree
 
@@ -321,9 +284,7 @@ def run(cfg) -> Path:
         if rundir.is_complete(run_dir) and not cfg.output.redo:
             log.info("%s is already complete; skipping it (output.redo=true runs it again)", run_dir)
             return run_dir
-        if rundir.state(run_dir) == "running":
-            from flipbench.config import ConfigError
-
+        if rundir.in_use(run_dir):
             raise ConfigError(f"{run_dir} is being written by a running process; wait for it or pick another output.run_dir")
         rundir.mark_stale(run_dir.parent, log)
         prepared = prepare(cfg, plan)
