@@ -4,7 +4,7 @@
 
 Everything is measured side by side in one run on this machine and written under ``--out``:
 overhead.csv (case, model, flipbench_s, lm_eval_s, ratio), stages.csv, sweep.csv, throughput.csv, memory.csv,
-quant.csv/quant.md (from benchmarks.bench_quant) and bench.md, the tables the README quotes.
+quant.csv/quant.md (from benchmarks.bench_quant), search.csv/search.md (from benchmarks.bench_search) and bench.md, the tables the README quotes.
 
 Overhead compares one flipbench process (baseline and compressed evaluation, pairing, metrics, token KL,
 report) with two ``lm-eval run`` processes on the same two saved model directories, tasks, limit and batch
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-limit", type=int, default=20, help="docs per task for the large random model")
     parser.add_argument("--skip-quant", action="store_true", help="skip the quantizer scaling benchmark")
     parser.add_argument("--skip-large", action="store_true", help="skip the large random model (hidden 1024)")
+    parser.add_argument("--skip-search", action="store_true", help="skip the budget search vs full grid benchmark")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     from flipbench.models import resolve_path
@@ -199,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import bench_quant
 
             bench_quant.main(["--out", str(args.out)])
+        if not args.skip_search:
+            print("bench: budget search vs full grid", flush=True)
+            from benchmarks import bench_search
+
+            bench_search.main(["--out", str(args.out)])
         tables = {"Overhead (seconds)": over.drop(columns="run"), "flipbench seconds per stage": stage,
                   "Sweep cost": sweep, "Evaluation throughput": thr, "Peak memory per stage (MB)": mem}
         if not quant_mem.empty:

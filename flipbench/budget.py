@@ -33,7 +33,7 @@ def context_length(config, tokenizer) -> int:
 
 def _lengths(tokenizer, texts: list[str]) -> dict[str, int]:
     unique = sorted(set(texts))
-    ids = tokenizer(unique, add_special_tokens=False)["input_ids"] if unique else []
+    ids = tokenizer(unique, add_special_tokens=False, verbose=False)["input_ids"] if unique else []
     return {text: len(x) for text, x in zip(unique, ids)}
 
 
@@ -69,7 +69,7 @@ def measure(task, tokenizer, max_length: int, limit: int | None) -> tuple[Longes
 
 def problem(name: str, ll: Longest, gen: Longest, max_length: int, shots: int) -> str | None:
     """One line naming what does not fit and the ways out, or None."""
-    fewer = f"fewer shots (+suite.num_fewshot.{name}=0; now {shots})" if shots else "shorter prompts"
+    fewer = f"fewer shots (++suite.num_fewshot.{name}=0; now {shots})" if shots else "shorter prompts"
     where = f"the model's context of {max_length} tokens"
     if gen.answer >= max_length:
         return (f"task {name}: its generation budget of {gen.answer} tokens leaves no room for a prompt in {where}; "

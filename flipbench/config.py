@@ -95,8 +95,11 @@ class EvalConfig:
     # The baseline's answer-token log-probs are kept (and cached with the baseline) up to this size; above it
     # the baseline is reloaded after compression for the KL pass instead.
     token_kl_reference_mb: int = 2048
-    noise_floor: bool = False  # also evaluate the baseline at noise_batch_size and report its flips
+    # Noise floor: the baseline against itself under a perturbation that exists in practice. off | batch
+    # (noise_batch_size) | dtype (a second copy loaded in noise_dtype) | batch_dtype (both at once).
+    noise_floor: str = "off"
     noise_batch_size: int = 1
+    noise_dtype: str = "auto"  # auto: bfloat16 when the baseline runs in float32, else float32
     cache: bool = True  # reuse cached baseline samples
 
 
@@ -106,6 +109,7 @@ class GateConfig:
     max_lost: Optional[float] = None
     max_acc_drop: Optional[float] = None
     max_kl_mean: Optional[float] = None
+    on: str = "point"  # point: estimates meet the limits | upper_ci: the pessimistic 95% bound meets them
     per_task: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
 
@@ -116,6 +120,7 @@ class OutputConfig:
     run_dir: Optional[str] = None  # set by sweeps: the member's directory inside the sweep
     redo: bool = False  # re-run a sweep member whose directory already holds a complete run
     plots: bool = True
+    save_model: bool = False  # write the compressed model into <run>/model (packed for RTN/GPTQ, dense for TACQ)
 
 
 @dataclass
@@ -135,6 +140,8 @@ def register() -> None:
 
 METHODS = ("none", "rtn", "gptq", "tacq", "checkpoint")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+NOISE_FLOORS = ("off", "batch", "dtype", "batch_dtype")
+GATE_ON = ("point", "upper_ci")
 GATE_KEYS = ("max_flips", "max_lost", "max_acc_drop", "max_kl_mean")
 
 
@@ -227,6 +234,9 @@ def validate(cfg: FlipbenchConfig) -> None:
     _check(cal.n_samples > 0 and cal.seq_len > 0, "calibration.n_samples and calibration.seq_len must be positive")
     _check(ev.batch_size > 0, f"eval.batch_size={ev.batch_size} must be positive")
     _check(ev.token_kl_reference_mb >= 0, f"eval.token_kl_reference_mb={ev.token_kl_reference_mb} must be >= 0 (0 never keeps it)")
+    _check(ev.noise_floor in NOISE_FLOORS,
+           f"eval.noise_floor={ev.noise_floor!r} is unknown; use one of {', '.join(NOISE_FLOORS)} (e.g. dtype)")
+    _check(ev.noise_dtype in DTYPES, f"eval.noise_dtype={ev.noise_dtype!r} is unknown; use one of {', '.join(DTYPES)}")
     _check(ev.bootstrap >= 0, f"eval.bootstrap={ev.bootstrap} must be >= 0 (0 disables the intervals)")
     _check(len(cfg.suite.tasks) > 0, "suite.tasks is empty; name at least one task, e.g. TASKS=synth_mmlu")
     _check(cfg.suite.limit is None or cfg.suite.limit > 0, f"suite.limit={cfg.suite.limit} must be positive")
@@ -235,6 +245,13 @@ def validate(cfg: FlipbenchConfig) -> None:
         _check(n is None or n > 0, f"suite.max_gen_toks.{task}={n} must be a positive number of tokens, e.g. 64")
     for task, shots in cfg.suite.num_fewshot.items():
         _check(shots >= 0, f"suite.num_fewshot.{task}={shots} must be >= 0")
+    _check(cfg.gate.on in GATE_ON, f"gate.on={cfg.gate.on!r} is unknown; use point or upper_ci")
+    if cfg.output.save_model:
+        _check(comp.method in ("rtn", "gptq", "tacq"), f"output.save_model=true saves a model quantized here; "
+               f"compression={comp.method} has none to save (use compression=rtn, gptq or tacq)")
+        _check(not (comp.act_order and comp.group_size != -1 and not comp.static_groups and comp.method != "tacq"),
+               "output.save_model with compression.act_order=true and groups needs compression.static_groups=true "
+               "(compressed-tensors stores groups in column order, without g_idx)")
     limits = [(key, getattr(cfg.gate, key)) for key in GATE_KEYS]
     for task, task_limits in cfg.gate.per_task.items():
         for key in task_limits:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from flipbench import cache, evaluate, models, rundir, scoring, tasks
 from flipbench.config import FlipbenchConfig, to_typed
@@ -178,10 +179,11 @@ def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict):
     return ids, grad_ids
 
 
-def compress(model, tokenizer, calibration, cfg: FlipbenchConfig):
+def compress(model, tokenizer, calibration, cfg: FlipbenchConfig, grids: dict | None = None):
     """Returns (compressed model, tokenizer, details for the manifest). Quantization works in place.
 
-    ``calibration`` is the (calib, task_calib) pair from :func:`calibration_ids`, built before any evaluation.
+    ``calibration`` is the (calib, task_calib) pair from :func:`calibration_ids`, built before any evaluation;
+    ``grids`` (for output.save_model) receives what the quantizer fitted per linear.
     """
     method = cfg.compression.method
     if method == "none":
@@ -195,7 +197,7 @@ def compress(model, tokenizer, calibration, cfg: FlipbenchConfig):
     calib, task_calib = calibration
     device = models.pick_device(cfg.compression.device)  # one decoder block at a time goes there
     details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=device,
-                                   progress=log.info)
+                                   progress=log.info, grids=grids)
     return model, tokenizer, details
 
 
@@ -277,6 +279,35 @@ def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchCo
         paired[column] = cells
 
 
+def noise_dtype(requested: str, model) -> str:
+    """The noise floor's other dtype; ``auto`` flips between float32 and bfloat16."""
+    if requested != "auto":
+        return requested
+    return "bfloat16" if next(model.parameters()).dtype == torch.float32 else "float32"
+
+
+def noise_floor(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, base: pd.DataFrame, reference):
+    """The baseline against itself under ``eval.noise_floor``: (paired, annotated samples with token KL, details).
+
+    ``batch`` re-evaluates the loaded baseline at ``eval.noise_batch_size``; ``dtype`` loads a second copy of the
+    baseline in ``eval.noise_dtype`` (it needs the memory of that copy while it runs); ``batch_dtype`` does both.
+    """
+    from flipbench import metrics
+
+    mode = cfg.eval.noise_floor
+    batch = cfg.eval.noise_batch_size if mode in ("batch", "batch_dtype") else cfg.eval.batch_size
+    other, dtype = model, str(next(model.parameters()).dtype).replace("torch.", "")
+    if mode in ("dtype", "batch_dtype"):
+        dtype = noise_dtype(cfg.eval.noise_dtype, model)
+        other = models.load_model(replace(cfg.model, dtype=dtype), tokenizer=tokenizer)[0]
+    noise = metrics.annotate(pair(base, evaluate_side(other, tokenizer, task_objs, plan, cfg, batch_size=batch)))
+    # the KL pass runs at the perturbed batch size too, so a batch perturbation reaches the token KL
+    token_kl_stage(noise, other, tokenizer, replace(cfg, eval=replace(cfg.eval, batch_size=batch)), reference, model)
+    details = {"mode": mode, "batch_size": batch, "dtype": dtype, "baseline_batch_size": cfg.eval.batch_size,
+               "baseline_dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+    return noise, details
+
+
 def run(cfg) -> Path:
     """Run one baseline-vs-compressed comparison; returns the run directory.
 
@@ -341,12 +372,14 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         with manifest.stage("token_kl_reference", log):
             reference = kl_reference(base, model, tokenizer, cfg, store, key)
     manifest.update(baseline_cache_hit=hit, baseline_cache_key=key, baseline_fingerprint=weights)
-    noise = None
-    if cfg.eval.noise_floor:
+    if cfg.eval.noise_floor != "off":
         with manifest.stage("evaluate_noise_floor", log):
-            noise = evaluate_side(model, tokenizer, task_objs, plan, cfg, batch_size=cfg.eval.noise_batch_size)
+            noise, noise_details = noise_floor(model, tokenizer, task_objs, plan, cfg, base, reference)
+            noise.to_parquet(run_dir / "noise_samples.parquet", index=False)
+        manifest.update(noise_floor=noise_details)
+    grids = {} if cfg.output.save_model else None
     with manifest.stage("compress", log):
-        comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg)
+        comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg, grids)
     manifest.update(compression=details)
     with manifest.stage("evaluate_compressed", log):
         comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg)
@@ -360,8 +393,11 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         untouched = cfg.compression.method in ("none", "checkpoint")  # the loaded baseline is still the baseline
         token_kl_stage(paired, comp_model, tokenizer, cfg, reference, model if untouched else None)
         paired.to_parquet(run_dir / "samples.parquet", index=False)
-        if noise is not None:
-            metrics.annotate(pair(base, noise)).to_parquet(run_dir / "noise_samples.parquet", index=False)
+    if cfg.output.save_model:  # last use of the compressed model: packing rewrites its linears in place
+        with manifest.stage("save_model", log):
+            from flipbench.compress.export import save
+
+            manifest.update(saved_model=save(comp_model, comp_tok, grids, quant_config(cfg), run_dir / "model"))
     with manifest.stage("report", log):
         verdict = report.build(run_dir, cfg)
     manifest.complete(gate=verdict)

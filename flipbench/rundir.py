@@ -133,6 +133,7 @@ class Manifest:
     def stage(self, name: str, log):
         log.info("stage %s ...", name)
         self.current = name
+        self.update(stage=name)
         rss_start, scoped = _status_mb("VmRSS"), reset_peak_rss()
         start = time.perf_counter()
         yield
@@ -150,6 +151,7 @@ class Manifest:
         self.data.update(fields)
         self.data["finished"] = datetime.now(timezone.utc).isoformat()
         self.data.pop("status")
+        self.data.pop("stage", None)
         self.data["status"] = "complete"
         self.flush()
 

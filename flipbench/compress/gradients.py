@@ -82,16 +82,20 @@ def _whole_model(model, ids, device, dtype, G, progress: Progress) -> None:
 
 
 @contextmanager
-def _layers_replaced(layers: nn.ModuleList, last: torch.Tensor) -> Iterator[None]:
+def _layers_replaced(layers: nn.ModuleList, last: torch.Tensor, as_tuple: bool) -> Iterator[None]:
     """Every decoder layer passes its input through, except the last, which returns ``last``: the model's own
-    forward then computes the logits from a given final hidden state (final norm, head, soft-capping...)."""
+    forward then computes the logits from a given final hidden state (final norm, head, soft-capping...).
+    as_tuple: the real layers return a tuple (hidden, ...) that the model indexes (Falcon, older families)."""
+    def shaped(hidden: torch.Tensor):
+        return (hidden,) if as_tuple else hidden
+
     def through(hidden=None, *args, **kwargs):
-        return kwargs["hidden_states"] if hidden is None else hidden
+        return shaped(kwargs["hidden_states"] if hidden is None else hidden)
 
     saved = [layer.__dict__.get("forward") for layer in layers]
     for layer in layers:
         layer.forward = through
-    layers[-1].forward = lambda *args, **kwargs: last
+    layers[-1].forward = lambda *args, **kwargs: shaped(last)
     try:
         yield
     finally:
@@ -116,13 +120,16 @@ def _blockwise(model, ids, device, dtype, G, progress: Progress) -> None:
             progress(f"tacq gradients: forward block {index + 1}/{len(layers)}")
         boundaries.append([h.cpu() for h in hidden])
         with onload(layer, device, dtype, write_back=False):
-            hidden = [_layer_output(layer(h, *a, **k)) for h, a, k in zip(hidden, inputs.args, inputs.kwargs)]
+            outs = [layer(h, *a, **k) for h, a, k in zip(hidden, inputs.args, inputs.kwargs)]
+            as_tuple = isinstance(outs[0], (tuple, list))
+            hidden = [_layer_output(out) for out in outs]
+            del outs
     grads = []  # ∂L/∂(last block's output) per sample (1, T, hidden), on the device
     with outside_layers_on(model, layers, device, dtype):
         for row, h in zip(ids, hidden):
             h = h.detach().requires_grad_(True)
             x = row[None].to(device)  # (1, T)
-            with _layers_replaced(layers, h), torch.enable_grad():
+            with _layers_replaced(layers, h, as_tuple), torch.enable_grad():
                 loss = _next_token_loss(model(input_ids=x, use_cache=False).logits, x)
                 grads.append(torch.autograd.grad(loss, h)[0])
     del hidden

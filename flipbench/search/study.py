@@ -85,7 +85,8 @@ def run_rung(ctx: Context, point: Point, docs: int) -> Path:
     full = docs == ctx.rungs[-1]
     limit = ctx.full_limit if full else docs
     run_dir = ctx.search_dir / "trials" / point.label / f"docs{docs}"
-    overrides = [*ctx.base_overrides, *point.overrides, f"output.run_dir={run_dir}", "output.plots=false"]
+    overrides = [*ctx.base_overrides, *point.overrides, f"output.run_dir={run_dir}", "output.plots=false",
+                 "output.save_model=false"]
     if limit is not None:
         overrides.append(f"suite.limit={limit}")
     return pipeline.run(ctx.compose(overrides))

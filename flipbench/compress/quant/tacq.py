@@ -137,11 +137,15 @@ def tacq_model(
     true_sequential: bool = True,
     progress: Callable[[str], None] | None = None,
     gradients: GradientSettings = GradientSettings(),
+    kept: dict | None = None,
 ) -> dict:
-    """TACQ in place; returns {"seconds", "damp_retries" (second pass), "n_kept", "unreached" (second pass)}."""
+    """TACQ in place; returns {"seconds", "damp_retries" (second pass), "n_kept", "unreached" (second pass)}.
+    kept, when given, receives full linear name -> {"keep": bool (out, in)}, the weights kept in 16-bit."""
     masks, info = salient_masks(
         model, calib, task_calib, settings, keep_fraction, device, true_sequential, progress, gradients
     )
+    if kept is not None:
+        kept.update({name: {"keep": mask.cpu()} for name, mask in masks.items()})
     start = time.perf_counter()
     retries, unreached = gptq_model(
         model, calib, settings, device, true_sequential, masks, progress, "tacq gptq pass 2 layer"
