@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 # Bump when the per-sample frame's layout or order changes, so entries written by older code are not reused.
-FORMAT = 2
+FORMAT = 3
 
 
 def cache_key(parts: dict) -> str:

@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -31,6 +31,12 @@ class ModelConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto picks CUDA when present
     trust_remote_code: bool = False
+    # Placement by accelerate (from_pretrained): auto | balanced | sequential | cpu | {module: device}; None: the
+    # whole model on model.device. max_memory: {device: size} ("0": 20GiB, cpu: 60GiB); offload_folder: disk offload.
+    device_map: Optional[Any] = None
+    max_memory: Dict[str, str] = field(default_factory=dict)
+    offload_folder: Optional[str] = None
+    gguf_file: Optional[str] = None  # a GGUF file (path, or name inside model.path), dequantized on load
 
 
 @dataclass
@@ -48,6 +54,10 @@ class CompressionConfig:
     keep_fraction: float = 0.0035
     true_sequential: bool = True
     path: Optional[str] = None  # checkpoint: the compressed model's directory or hub id
+    gguf_file: Optional[str] = None  # checkpoint: a GGUF file (path, or name inside compression.path)
+    device: str = "auto"  # where GPTQ/TACQ work on one decoder block at a time; auto picks CUDA when present
+    grad_dtype: str = "float32"  # TACQ's backward pass (the official code runs it in fp32)
+    gradient_checkpointing: bool = True  # TACQ gradients one block on the device at a time (recomputed)
 
 
 @dataclass
@@ -208,7 +218,12 @@ def validate(cfg: FlipbenchConfig) -> None:
         _check(comp.damp > 0, f"compression.damp={comp.damp} must be positive, e.g. 0.01")
         _check(comp.block_size > 0, f"compression.block_size={comp.block_size} must be positive, e.g. 128")
     if comp.method == "checkpoint":
-        _check(bool(comp.path), "compression=checkpoint needs compression.path=<model directory or hub id>")
+        _check(bool(comp.path) or bool(comp.gguf_file),
+               "compression=checkpoint needs compression.path=<model directory or hub id> (or compression.gguf_file)")
+    _check(comp.grad_dtype in DTYPES[1:], f"compression.grad_dtype={comp.grad_dtype!r} is unknown; use one of {', '.join(DTYPES[1:])}")
+    for key, device in (("model.device", cfg.model.device), ("compression.device", comp.device)):
+        _check(device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:"),
+               f"{key}={device!r} is unknown; use auto, cpu, cuda, cuda:N or mps")
     _check(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
     _check(cal.source in ("task", "text"), f"calibration.source={cal.source!r} is unknown; use task or text")
     _check(cal.gradient_source in ("task", "text"),

@@ -2,33 +2,36 @@
 
 Definitions follow DESIGN.md §Metrics (b = baseline, c = compressed, N paired docs): lost = #(b right,
 c wrong)/N, gained = #(b wrong, c right)/N, flips = lost + gained, label_loyalty = mean(pred_b == pred_c),
-kl = KL(p_b || p_c) in nats. Multiple-choice predictions are recomputed from the stored log-likelihoods, so
-any lm-eval scoring rule (acc, acc_norm) can be reported from ``samples.parquet`` without a model.
+kl = KL(p_b || p_c) in nats. Correctness is lm-eval's own logged per-sample value; multiple-choice predictions
+and choice distributions come from the scores lm-eval's rule for the metric takes the argmax of
+(:mod:`flipbench.scoring`), so every reported metric can be rebuilt from ``samples.parquet`` without a model.
 No I/O, no printing, no model loading.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+import json
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr, softmax
 
-from flipbench import klstats
+from flipbench import klstats, scoring
 from flipbench.schema import INVALID
 from flipbench.stats import (benjamini_hochberg, clopper_pearson, cohen_kappa, holm, mcnemar_exact, nanmean_last,
                              paired_bootstrap)
 
 MULTIPLE_CHOICE, GENERATIVE = "multiple_choice", "generate_until"
-MC_METRICS = ("acc", "acc_norm")
+MC_METRICS = tuple(scoring.RULES)
 WHOLE_TASK = "all"  # value of `group` on the summary rows that cover a whole task
+LEVELS = ("task", "category", "group")  # summary `level`: whole task, lm-eval category group (MMLU's stem...), subject
 KL_UNIT = "KL(base||comp), nats"
 DEFAULT_MARGIN_BINS = (0, 0.1, 0.25, 0.5, 1.0)
 
 SUMMARY_COLUMNS = [
-    "task", "group", "metric", "filter", "headline", "n",
+    "task", "group", "level", "metric", "filter", "headline", "n",
     "acc_base", "acc_comp", "delta_acc", "flips", "lost", "gained",
     "label_loyalty", "all_flips", "prob_loyalty",
     *klstats.KL_COLUMNS, "kl_doc_mean", "kl_scope",
@@ -39,7 +42,7 @@ SUMMARY_COLUMNS = [
     # generative only (NaN for multiple choice)
     *klstats.TOKEN_ONLY, "answer_agreement", "invalid_base", "invalid_comp", "flips_to_invalid",
     "lost_to_invalid", "lost_to_wrong", "n_tokens",
-    "kl_unit", "n_kl", "n_nonfinite",
+    "kl_unit", "n_kl", "n_nonfinite", "n_pred_mismatch",
 ]
 MARGIN_COLUMNS = ["task", "metric", "filter", "bin", "bin_low", "bin_high", "n", "flips", "flip_rate"]
 
@@ -87,23 +90,6 @@ def choice_divergence(p_base, p_comp) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return kl, js, margin
 
 
-def _by_length(first: pd.Series, *others: pd.Series) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
-    """Group ragged list cells by the length of ``first``: yields (row positions, [(R, K) per series])."""
-    lengths = first.map(len).to_numpy()
-    for other in others:
-        mismatch = np.flatnonzero(other.map(len).to_numpy() != lengths)
-        if mismatch.size:
-            raise ValueError(f"{first.name} and {other.name} differ in length at rows {mismatch[:5].tolist()}")
-    for k in np.unique(lengths):
-        pos = np.flatnonzero(lengths == k)
-        yield pos, [np.array([_floats(c) for c in s.iloc[pos]], dtype=float).reshape(len(pos), k) for s in (first, *others)]
-
-
-def _floats(cell) -> np.ndarray:
-    """A list cell as floats; parquet stores a NaN inside a list as null, which comes back as None."""
-    return np.array([np.nan if v is None else v for v in cell], dtype=float)
-
-
 def _float_column(frame: pd.DataFrame, name: str) -> np.ndarray:
     if name not in frame:
         return np.full(len(frame), np.nan)
@@ -111,11 +97,13 @@ def _float_column(frame: pd.DataFrame, name: str) -> np.ndarray:
     return np.array(pd.to_numeric(frame[name], errors="coerce"), dtype=float)
 
 
-def annotate(paired: pd.DataFrame) -> pd.DataFrame:
+def annotate(paired: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
     """Return a copy of the paired table with p_base, p_comp, kl, js, margin_base filled for MC rows.
 
-    Multiple-choice rows get softmax choice distributions and choice-level divergences from ll_base and
-    ll_comp (rows may have different numbers of choices; rows with the same count are computed together).
+    Multiple-choice rows get choice distributions p = softmax(normalised scores) and choice-level divergences,
+    the scores being those the prediction under ``metric`` uses (default: each row's own ``metric``;
+    :mod:`flipbench.scoring`: ll for acc, ll / characters for acc_norm, ll / bytes for acc_bytes,
+    ll - unconditional ll for acc_mutual_info). Rows may have different numbers of choices.
     Generative rows keep their token-level ``kl``, ``same_top`` and ``n_tokens`` (NaN where absent) and
     get empty p lists and NaN js / margin_base; MC rows get NaN same_top / n_tokens.
     """
@@ -127,15 +115,18 @@ def annotate(paired: pd.DataFrame) -> pd.DataFrame:
     same_top, n_tokens = _float_column(out, "same_top"), _float_column(out, "n_tokens")
     kl[mc] = same_top[mc] = n_tokens[mc] = np.nan
 
-    mc_rows = np.flatnonzero(mc)
-    mc_frame = out.iloc[mc_rows]
-    for pos, (ll_b, ll_c) in _by_length(mc_frame["ll_base"], mc_frame["ll_comp"]):
-        rows = mc_rows[pos]
-        with np.errstate(invalid="ignore", over="ignore"):  # diverged (non-finite) ll -> NaN rows
-            dist_b, dist_c = choice_distribution(ll_b), choice_distribution(ll_c)
-            kl[rows], js[rows], margin[rows] = choice_divergence(dist_b, dist_c)
-        for row, p_b, p_c in zip(rows, dist_b.tolist(), dist_c.tolist()):
-            p_base[row], p_comp[row] = p_b, p_c
+    rule = out["metric"] if metric is None else pd.Series(metric, index=out.index)
+    for name in rule[mc].unique():
+        mc_rows = np.flatnonzero(mc & (rule == name).to_numpy())
+        mc_frame = out.iloc[mc_rows]
+        for (pos, s_b), (_, s_c) in zip(scoring.side_scores(mc_frame, "base", name),
+                                        scoring.side_scores(mc_frame, "comp", name)):
+            rows = mc_rows[pos]
+            with np.errstate(invalid="ignore", over="ignore"):  # diverged (non-finite) scores -> NaN rows
+                dist_b, dist_c = choice_distribution(s_b), choice_distribution(s_c)
+                kl[rows], js[rows], margin[rows] = choice_divergence(dist_b, dist_c)
+            for row, p_b, p_c in zip(rows, dist_b.tolist(), dist_c.tolist()):
+                p_base[row], p_comp[row] = p_b, p_c
     out["p_base"], out["p_comp"] = p_base, p_comp
     out["kl"], out["js"], out["margin_base"] = kl, js, margin
     out["same_top"], out["n_tokens"] = same_top, n_tokens
@@ -145,29 +136,29 @@ def annotate(paired: pd.DataFrame) -> pd.DataFrame:
 def predictions(df: pd.DataFrame, side: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """One side's (pred, correct) per row under ``metric``.
 
-    MC rows are rescored from ``ll_<side>`` as lm-eval does: ``acc`` = argmax ll, ``acc_norm`` = argmax
-    ll / choice_len (characters); ties (and NaN, as np.argmax treats them) go to the lowest index;
-    pred is the index as a string, correct = pred == int(target). Generative rows return the stored
-    ``pred_<side>`` / ``correct_<side>``. ``correct`` is an int array of 0/1.
+    MC rows: pred = argmax of the metric's normalised scores (:func:`flipbench.scoring.mc_predictions`), as
+    the index as a string; correct = lm-eval's logged value (pred ∈ gold where none is stored).
+    Generative rows return the stored ``pred_<side>`` / ``correct_<side>``. ``correct`` is an int array of 0/1.
     """
     if side not in ("base", "comp"):
         raise ValueError(f"side must be 'base' or 'comp', got {side!r}")
     pred = df[f"pred_{side}"].to_numpy(dtype=object).copy()
     correct = _float_column(df, f"correct_{side}")
     mc_rows = np.flatnonzero((df["output_type"] == MULTIPLE_CHOICE).to_numpy())
-    if mc_rows.size and metric not in MC_METRICS:
-        raise ValueError(f"multiple-choice rows can be scored with {MC_METRICS}, not {metric!r}")
-    mc = df.iloc[mc_rows]
-    targets = mc["target"].astype(int).to_numpy()
-    for pos, (ll, choice_len) in _by_length(mc[f"ll_{side}"], mc["choice_len"]):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scores = ll if metric == "acc" else ll / choice_len
-        chosen = np.argmax(scores, axis=-1)
-        pred[mc_rows[pos]] = chosen.astype(str).astype(object)
-        correct[mc_rows[pos]] = chosen == targets[pos]
+    if mc_rows.size:
+        chosen, lm_correct, _ = scoring.mc_predictions(df.iloc[mc_rows], side, metric)
+        pred[mc_rows] = chosen.astype(str).astype(object)
+        correct[mc_rows] = lm_correct
     if not np.isin(correct, (0, 1)).all():
         raise ValueError(f"correct_{side} must be 0/1 on every generative row")
     return pred, correct.astype(int)
+
+
+def _n_pred_mismatch(rows: pd.DataFrame, kind: str, metric: str) -> int:
+    """Sides × rows where the recomputed MC prediction contradicts lm-eval's logged correctness."""
+    if kind != MULTIPLE_CHOICE or len(rows) == 0:
+        return 0
+    return sum(int(scoring.mc_predictions(rows, side, metric)[2].sum()) for side in ("base", "comp"))
 
 
 def _metric_specs(task: str, frame: pd.DataFrame, metrics_by_task) -> tuple[str, list[tuple[str, str]]]:
@@ -182,11 +173,19 @@ def _metric_specs(task: str, frame: pd.DataFrame, metrics_by_task) -> tuple[str,
         metrics = stored
     else:
         raise ValueError(f"task {task!r}: rows disagree on the headline metric {stored}; pass metrics_by_task")
-    allowed = MC_METRICS if kinds[0] == MULTIPLE_CHOICE else stored  # generative: stored correctness only
+    # MC: lm-eval's decision rules and whatever it logged per sample; generative: stored correctness only
+    allowed = sorted(set(MC_METRICS) | _logged_names(frame)) if kinds[0] == MULTIPLE_CHOICE else stored
     unknown = [m for m in metrics if m not in allowed]
     if not metrics or unknown:
         raise ValueError(f"task {task!r}: cannot report metrics {unknown or metrics}; available: {list(allowed)}")
     return kinds[0], [(m, f) for m in metrics for f in frame["filter"].unique()]
+
+
+def _logged_names(frame: pd.DataFrame) -> set[str]:
+    names: set[str] = set()
+    for cell in frame.get("lm_correct_base", pd.Series(dtype=object)).dropna().unique():
+        names.update(json.loads(cell) if cell else {})
+    return names
 
 
 def _mean(values: np.ndarray) -> float:
@@ -198,7 +197,7 @@ def _n_nonfinite(rows: pd.DataFrame, kind: str) -> int:
     that was computed (n_tokens > 0) but is not finite."""
     if kind == MULTIPLE_CHOICE:
         bad = [not (np.isfinite(b).all() and np.isfinite(c).all())
-               for b, c in zip(rows["ll_base"].map(_floats), rows["ll_comp"].map(_floats))]
+               for b, c in zip(rows["ll_base"].map(scoring.floats), rows["ll_comp"].map(scoring.floats))]
         return int(np.sum(bad))
     scored = np.nan_to_num(_float_column(rows, "n_tokens")) > 0
     return int((scored & ~np.isfinite(_float_column(rows, "kl"))).sum())
@@ -253,6 +252,7 @@ def _summary_row(rows: pd.DataFrame, kind: str, metric: str, n_resamples: int, s
         "kl_scope": "choice" if kind == MULTIPLE_CHOICE else "token",
         "kappa": cohen_kappa(pred_b, pred_c), "mcnemar_p": mcnemar_exact(lost_n, gained_n),
         "kl_unit": KL_UNIT, "n_kl": int(np.isfinite(kl).sum()), "n_nonfinite": _n_nonfinite(rows, kind),
+        "n_pred_mismatch": _n_pred_mismatch(rows, kind, metric),
     }
     for name, count in (("flips", lost_n + gained_n), ("lost", lost_n), ("gained", gained_n)):
         record[f"{name}_ci_low"], record[f"{name}_ci_high"] = clopper_pearson(count, n)
@@ -288,14 +288,20 @@ def _bin_flips(margin: np.ndarray, flipped: np.ndarray, bins: Sequence[float]) -
                          "n": n, "flips": flips, "flip_rate": rate})
 
 
-def _task_subsets(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """The whole task (group "all") first, then each group, sorted, when the task has more than one."""
+def _task_subsets(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(group, level, rows): the whole task (group "all") first, then each lm-eval category (MMLU's stem,
+    humanities, ...; sorted) where the rows name one, then each group, sorted, when the task has more than one."""
     groups = sorted(frame["group"].astype(str).unique())
-    if len(groups) < 2:
-        return [(WHOLE_TASK, frame)]
-    if WHOLE_TASK in groups:
+    categories = frame["category"].fillna("").astype(str) if "category" in frame else pd.Series("", index=frame.index)
+    names = sorted(c for c in categories.unique() if c)
+    if WHOLE_TASK in groups + names:
         raise ValueError(f"group name {WHOLE_TASK!r} is reserved for whole-task summary rows")
-    return [(WHOLE_TASK, frame)] + [(g, frame[frame["group"].astype(str) == g]) for g in groups]
+    if set(names) & set(groups):
+        raise ValueError(f"{sorted(set(names) & set(groups))[0]!r} names both a category and a group of one task")
+    subsets = [(WHOLE_TASK, "task", frame)] + [(c, "category", frame[categories == c]) for c in names]
+    if len(groups) < 2:
+        return subsets
+    return subsets + [(g, "group", frame[frame["group"].astype(str) == g]) for g in groups]
 
 
 def _adjust_p_values(summary: pd.DataFrame) -> pd.DataFrame:
@@ -338,14 +344,15 @@ def summarize(
     """
     if len(samples) == 0:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    annotated = annotate(samples)
     records = []
-    for task, frame in annotated.groupby("task", sort=False):
+    for task, frame in samples.groupby("task", sort=False):
         kind, specs = _metric_specs(task, frame, metrics_by_task)
-        for group, subset in _task_subsets(frame):
+        # choice distributions, KL and margins under each reported metric's own scores
+        scored = {metric: annotate(frame, metric) for metric in dict.fromkeys(m for m, _ in specs)}
+        for group, level, subset in _task_subsets(frame):
             for position, (metric, filter_name) in enumerate(specs):
-                rows = subset[subset["filter"] == filter_name]
-                record = {"task": task, "group": group, "metric": metric, "filter": filter_name,
+                rows = scored[metric].loc[subset.index[subset["filter"] == filter_name]]
+                record = {"task": task, "group": group, "level": level, "metric": metric, "filter": filter_name,
                           "headline": position == 0}
                 record.update(_summary_row(rows, kind, metric, n_resamples, seed, margin_bins))
                 records.append(record)
@@ -369,11 +376,10 @@ def flip_rate_by_margin(
     mc = samples[samples["output_type"] == MULTIPLE_CHOICE]
     if len(mc) == 0:
         return pd.DataFrame(columns=MARGIN_COLUMNS)
-    annotated = annotate(mc)
     tables = []
-    for task, frame in annotated.groupby("task", sort=False):
+    for task, frame in mc.groupby("task", sort=False):
         for metric, filter_name in _metric_specs(task, frame, metrics_by_task)[1]:
-            rows = frame[frame["filter"] == filter_name]
+            rows = annotate(frame[frame["filter"] == filter_name], metric)
             flipped = predictions(rows, "base", metric)[1] != predictions(rows, "comp", metric)[1]
             table = _bin_flips(rows["margin_base"].to_numpy(), flipped, bins)
             table.insert(0, "task", task)

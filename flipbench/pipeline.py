@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from flipbench import cache, evaluate, models, rundir, tasks
+from flipbench import cache, evaluate, models, rundir, scoring, tasks
 from flipbench.config import FlipbenchConfig, to_typed
 from flipbench.pairing import pair
 
@@ -46,10 +46,13 @@ def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
     names = sorted(set(plan.reported.values()))
     check_gate_tasks(cfg.gate, names)
     _check_generation_budgets(cfg.suite.max_gen_toks, plan)
-    base_config = models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code)
-    if cfg.compression.method == "checkpoint":
-        comp_config = models.check_model(cfg.compression.path, None, cfg.model.trust_remote_code, what="compression.path")
-        checks.check_same_vocabulary(base_config, comp_config, cfg.model.path, cfg.compression.path)
+    m, comp = cfg.model, cfg.compression
+    base_config = models.check_model(m.path, m.revision, m.trust_remote_code, gguf_file=m.gguf_file)
+    models.check_placement(m, base_config)
+    if comp.method == "checkpoint":
+        comp_config = models.check_model(comp.path or m.path, None, m.trust_remote_code, what="compression.path",
+                                         gguf_file=comp.gguf_file)
+        checks.check_same_vocabulary(base_config, comp_config, m.path, comp.path or m.path)
     if cfg.compression.method in QUANT_METHODS:
         _check_quant_shapes(base_config, cfg)
     cal, method = cfg.calibration, cfg.compression.method
@@ -93,7 +96,6 @@ def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
 
     Checks that the tasks' prompts, choices and generation budgets fit the model's context, and draws the
     calibration data (refusing docs that are also evaluated)."""
-    from transformers import AutoConfig
 
     from flipbench import budget
     from flipbench.config import ConfigError
@@ -101,8 +103,8 @@ def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
     tokenizer = models.load_tokenizer(cfg.model)
     task_objs = evaluate.load_tasks(plan)
     evaluate.configure(task_objs, plan, dict(cfg.suite.num_fewshot), dict(cfg.suite.max_gen_toks))
-    config = AutoConfig.from_pretrained(models.resolve_path(cfg.model.path), revision=cfg.model.revision,
-                                        trust_remote_code=cfg.model.trust_remote_code)
+    config = models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code,
+                                gguf_file=cfg.model.gguf_file)
     max_length = budget.context_length(config, tokenizer)
     for leaf, task in task_objs.items():
         ll, gen = budget.measure(task, tokenizer, max_length, cfg.suite.limit)
@@ -112,7 +114,9 @@ def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
     if cfg.compression.method == "checkpoint":
         from flipbench.preflight import check_tokenizers_agree
 
-        check_tokenizers_agree(tokenizer, models.load_tokenizer(cfg.model, cfg.compression.path), cfg.compression.path)
+        comp = cfg.compression
+        comp_tok = models.load_tokenizer(cfg.model, comp.path or cfg.model.path, comp.gguf_file)
+        check_tokenizers_agree(tokenizer, comp_tok, comp.path or comp.gguf_file)
     try:
         calibration = calibration_ids(cfg, tokenizer, task_objs)
     except ValueError as err:
@@ -184,13 +188,15 @@ def compress(model, tokenizer, calibration, cfg: FlipbenchConfig):
     if method == "none":
         return model, tokenizer, {"method": "none", "avg_bits": _native_bits(model)}
     if method == "checkpoint":
-        comp, comp_tok = models.load_model(cfg.model, cfg.compression.path)
+        comp, comp_tok = models.load_model(cfg.model, cfg.compression.path or cfg.model.path,
+                                             gguf_file=cfg.compression.gguf_file)
         return comp, comp_tok, {"method": "checkpoint", "path": cfg.compression.path, "avg_bits": _native_bits(comp)}
     from flipbench import compress as compressors
 
     calib, task_calib = calibration
-    details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=model.device,
-                             progress=log.info)
+    device = models.pick_device(cfg.compression.device)  # one decoder block at a time goes there
+    details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=device,
+                                   progress=log.info)
     return model, tokenizer, details
 
 
@@ -231,7 +237,7 @@ def kl_reference(base: pd.DataFrame, model, tokenizer, cfg: FlipbenchConfig, sto
     from flipbench.tokenkl import answer_logprobs
 
     logprobs = answer_logprobs(model, tokenizer, rows["prompt"].tolist(), rows["response"].tolist(),
-                               batch_size=cfg.eval.batch_size, device=model.device, max_bytes=budget)
+                               batch_size=cfg.eval.batch_size, device=models.input_device(model), max_bytes=budget)
     if logprobs is None:
         log.info("token KL: the baseline's log-probs would exceed eval.token_kl_reference_mb=%d; the baseline "
                  "model is used for the KL pass instead", cfg.eval.token_kl_reference_mb)
@@ -260,7 +266,7 @@ def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchCo
     else:
         base = base_model if base_model is not None else models.load_model(cfg.model)[0]
     stats = token_kl(base, comp_model, tokenizer, rows["prompt"].tolist(), rows["response_base"].tolist(),
-                     batch_size=cfg.eval.batch_size, device=comp_model.device)
+                     batch_size=cfg.eval.batch_size, device=models.input_device(comp_model))
     stats.index = rows.index
     keyed = pd.concat([rows[["task", "group", "doc_id"]], stats], axis=1)
     filled = paired.loc[gen, ["task", "group", "doc_id"]].merge(keyed, on=["task", "group", "doc_id"], how="left")
@@ -377,6 +383,11 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg)
     with manifest.stage("metrics", log):
         paired = metrics.annotate(pair(base, comp))
+        mismatches = scoring.count_mismatches(paired)
+        if mismatches:
+            log.warning("%d predictions recomputed from the log-likelihoods disagree with lm-eval's logged "
+                        "correctness; correctness follows lm-eval (n_pred_mismatch in summary.csv)", mismatches)
+        manifest.update(n_pred_mismatch=mismatches)
         untouched = cfg.compression.method in ("none", "checkpoint")  # the loaded baseline is still the baseline
         token_kl_stage(paired, comp_model, tokenizer, cfg, reference, model if untouched else None)
         paired.to_parquet(run_dir / "samples.parquet", index=False)

@@ -145,7 +145,7 @@ def flips_by_margin(by_margin: pd.DataFrame, method: str, title: str, stem: Path
 
 def subject_flips(summary: pd.DataFrame, task: str, method: str, title: str, stem: Path) -> list[Path]:
     """Flips per group (subject) of one task, lost and gained stacked, worst first."""
-    rows = summary[(summary["task"] == task) & (summary["group"] != "all") & summary["headline"]]
+    rows = summary[(summary["task"] == task) & (summary["level"] == "group") & summary["headline"]]
     rows = rows.sort_values("flips").reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(7, max(3.0, 0.3 * len(rows) + 1.5)))
     y = np.arange(len(rows))

@@ -17,7 +17,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from flipbench import gate as gate_mod
-from flipbench import metrics, plots
+from flipbench import metrics, plots, scoring
 from flipbench.config import FlipbenchConfig
 
 KL_NOTE = ("KL is KL(baseline ‖ compressed) in nats: choice-level (softmax over the answer choices' log-likelihoods) "
@@ -77,6 +77,13 @@ def _answer(row, side: str) -> str:
         i = int(pred)
         return f"{row['choices'][i]!s} (p={float(probs[i]):.2f})" if len(probs) > i else str(row["choices"][i])
     return pred
+
+
+def _gold_text(row) -> str:
+    """MC: the gold choice text(s), ' | '-joined where the task lists several; generative: the target."""
+    if row["output_type"] != "multiple_choice":
+        return str(row["target"])
+    return " | ".join(str(row["choices"][i]) for i in scoring.gold_indices(row["target"]) if i < len(row["choices"]))
 
 
 def _fmt(value, column: str) -> str:
@@ -154,7 +161,7 @@ def make_plots(run_dir: Path, samples: pd.DataFrame, summary: pd.DataFrame, meth
     if len(mc):
         made += plots.flips_by_margin(metrics.flip_rate_by_margin(mc), method, f"Where flips happen — {tag}",
                                       out / "flips_by_margin")
-    for task in summary.loc[summary["group"] != "all", "task"].unique():
+    for task in summary.loc[summary["level"] == "group", "task"].unique():
         made += plots.subject_flips(summary, task, method, f"Flips per subject: {task} — {tag}", out / f"subjects_{task}")
     return made
 
@@ -167,8 +174,7 @@ def flips_table(samples: pd.DataFrame, output_type: str) -> pd.DataFrame:
     return pd.DataFrame({
         "task": worst["task"], "doc": worst["doc_id"].astype(str),
         "prompt (end)": ["…" + p[-160:] if len(p) > 160 else p for p in worst["prompt"]],
-        "target": [str(r["choices"][int(r["target"])]) if r["output_type"] == "multiple_choice" and r["target"].lstrip("-").isdigit()
-                   and 0 <= int(r["target"]) < len(r["choices"]) else r["target"] for _, r in worst.iterrows()],
+        "target": [_gold_text(r) for _, r in worst.iterrows()],
         "baseline": [_answer(r, "base") for _, r in worst.iterrows()],
         "compressed": [_answer(r, "comp") for _, r in worst.iterrows()],
         "KL (nats)": [_fmt(v, "kl") for v in worst["kl"]],

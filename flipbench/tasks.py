@@ -25,6 +25,7 @@ class TaskPlan:
     specs: list = field(default_factory=list)  # leaf names, or full config dicts where patched
     reported: dict[str, str] = field(default_factory=dict)  # leaf task -> task name in the report
     output_types: dict[str, str] = field(default_factory=dict)  # leaf task -> lm-eval output_type
+    categories: dict[str, str] = field(default_factory=dict)  # leaf task -> category group (MMLU's stem, ...)
 
     @property
     def leaves(self) -> list[str]:
@@ -56,19 +57,24 @@ def _suggest(name: str, known: list[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else "; list tasks with: lm-eval ls tasks"
 
 
-def _leaves(name: str, index: dict) -> list[str]:
+def _leaves(name: str, index: dict, category: str | None = None) -> list[tuple[str, str]]:
+    """(leaf task, category) pairs under ``name``. The category is the alias (else name) of the group one level
+    below ``name`` that holds the leaf, as lm-eval reports it (MMLU: stem, other, social sciences, humanities);
+    '' for a leaf directly under ``name``."""
     entry = index[name]
     kind = entry.kind.name
     if kind == "TAG":
-        return sorted(n for n, e in index.items() if name in e.tags and e.kind.name in ("TASK", "PY_TASK"))
+        return sorted((n, category or "") for n, e in index.items() if name in e.tags and e.kind.name in ("TASK", "PY_TASK"))
     if kind != "GROUP":
-        return [name]
-    children = entry.cfg.get("task", []) if entry.cfg else []
-    out: list[str] = []
+        return [(name, category or "")]
+    cfg = entry.cfg or {}
+    children = cfg.get("task", [])
+    below = "" if category is None else category or str(cfg.get("group_alias") or name)
+    out: list[tuple[str, str]] = []
     for child in children if isinstance(children, list) else [children]:
         child_name = child if isinstance(child, str) else child.get("task") or child.get("group")
         if child_name in index:
-            out.extend(_leaves(child_name, index))
+            out.extend(_leaves(child_name, index, below))
     return out
 
 
@@ -100,12 +106,14 @@ def resolve(suite: SuiteConfig) -> TaskPlan:
         if name not in index:
             raise ConfigError(f"unknown task {name!r}{_suggest(name, list(index))}")
         before = len(plan.reported)
-        for leaf in _leaves(name, index):
+        for leaf, category in _leaves(name, index):
             reported = name if name in suite.subject_groups else leaf
             spec = _leaf_spec(leaf, index[leaf], suite, reported)
             if spec is None:  # a local file without rows for this subject
                 continue
             plan.reported[leaf] = reported
+            if reported != leaf and category:
+                plan.categories[leaf] = category
             plan.specs.append(spec)
             cfg = spec if isinstance(spec, dict) else (index[leaf].cfg or {})
             plan.output_types[leaf] = cfg.get("output_type", "multiple_choice")

@@ -60,7 +60,8 @@ def method_defaults(compose, points: list[space.Point]) -> dict:
     for point in points:
         typed = to_typed(compose(point.overrides))
         defaults.setdefault(point.method, {"bits": typed.compression.bits, "group_size": typed.compression.group_size,
-                                           "keep_fraction": typed.compression.keep_fraction})
+                                           "keep_fraction": typed.compression.keep_fraction,
+                                           "sym": typed.compression.sym})
     return defaults
 
 
@@ -110,7 +111,6 @@ def run(overrides: list[str]) -> Path:
         points = space.grid(cfg.search.space)
         defaults = method_defaults(compose_run, points)
         shapes = space.model_shapes(cfg.model)
-        space.check_fits(points, shapes)
         costs = costs_of(points, shapes, budget, cfg.search.cost, defaults)
         run_cfg = to_typed(compose_run(points[0].overrides))
         docs = full_docs(run_cfg)

@@ -14,6 +14,7 @@ from flipbench.compress.families import (
     set_weight_matrix,
     weight_matrix,
 )
+from flipbench.compress.placement import onload
 from flipbench.compress.quant.grid import GridSpec, rtn
 
 
@@ -26,7 +27,7 @@ def rtn_model(
     for index, block in enumerate(blocks):
         if progress:
             progress(f"rtn layer {index + 1}/{len(blocks)}")
-        for module in block_linears(block).values():
-            W = weight_matrix(module).to(device)  # (out, in)
-            set_weight_matrix(module, family, rtn(W, spec, group_size))
+        with onload(block, device):  # and back where it lives (a GPU, the CPU, offload storage)
+            for module in block_linears(block).values():
+                set_weight_matrix(module, family, rtn(weight_matrix(module), spec, group_size))  # W (out, in)
     return len(quantizable_linears(model))
