@@ -20,9 +20,10 @@ from flipbench import gate as gate_mod
 from flipbench import metrics, plots, scoring
 from flipbench.config import FlipbenchConfig
 
-KL_NOTE = ("KL is KL(baseline ‖ compressed) in nats: choice-level (softmax over the answer choices' log-likelihoods) "
-           "for multiple-choice tasks, token-level (full vocabulary, teacher-forced on the baseline's answer, mean per "
-           "answer token) for generative tasks.")
+KL_NOTE = ("KL is KL(baseline ‖ compressed) in nats: choice-level (softmax over the answer choices' scores under the "
+           "row's metric, one value per doc, statistics over docs) for multiple-choice tasks; token-level (full "
+           "vocabulary, teacher-forced on the baseline's answer, statistics over all answer tokens, token-weighted) for "
+           "generative tasks. The two scopes are on different scales and are never ranked or plotted on one axis.")
 # noise-floor columns carried into summary.csv as noise_<name> (full table: noise_summary.csv)
 NOISE_COLUMNS = ["flips", "flips_ci_low", "flips_ci_high", "lost", "gained", "kl_mean", "kl_mean_ci_low",
                  "kl_mean_ci_high", "kl_scope"]
@@ -208,7 +209,7 @@ def _html_table(frame: pd.DataFrame) -> str:
     head = "".join(f"<th>{plain(c)}</th>" for c in frame.columns)
     body = "".join("<tr>" + "".join(f"<td>{plain(v)}</td>" for v in row) + "</tr>"
                    for row in frame.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def write_html(path: Path, title: str, head: list[str], parts: list, figures: list[Path]):
@@ -219,8 +220,10 @@ def write_html(path: Path, title: str, head: list[str], parts: list, figures: li
     body = "".join((f"<h2>{plain(heading)}</h2>" if heading else "")
                    + (f"<p>{plain(part)}</p>" if isinstance(part, str) else _html_table(part))
                    for heading, part in parts)
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}img{max-width:100%}")
+    # wide tables scroll inside their own box instead of running off the page
+    style = ("body{font-family:sans-serif;max-width:1400px;margin:auto;padding:0 1em}table{border-collapse:collapse;"
+             "font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}img{max-width:100%}"
+             ".scroll{overflow-x:auto}")
     path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{plain(title)}</title>"
                     f"<style>{style}</style></head><body><h1>{plain(title)}</h1>{heads}"
                     f"{body}<h2>Plots</h2>{imgs}</body></html>\n")

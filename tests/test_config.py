@@ -56,6 +56,9 @@ def test_wrong_type_fails_at_composition():
     ("compression.method=awq", "unknown"),
     ("eval.batch_size=0", "batch_size"),
     ("suite.tasks=[]", "suite.tasks is empty"),
+    ("eval.noise_floor=true", "eval.noise_floor='True' is unknown"),  # the old boolean switch names no perturbation
+    ("eval.noise_dtype=int8", "eval.noise_dtype='int8' is unknown"),
+    ("gate.on=median", "gate.on='median' is unknown"),
 ])
 def test_bad_values_fail_validation_with_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as err:
