@@ -10,7 +10,9 @@ from omegaconf.errors import ValidationError
 from flipbench.config import ConfigError, FlipbenchConfig, to_typed
 from tests.conftest import CONF_DIR, compose
 
-GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF_DIR).iterdir() if g.is_dir()}
+# search_space belongs to the search's own root (conf/search.yaml), composed in tests/test_search_units.py.
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF_DIR).iterdir()
+          if g.is_dir() and g.name != "search_space"}
 REQUIRED = {"model": {"hf": ["model.path=org/name"]}, "compression": {"checkpoint": ["compression.path=some/dir"]},
             "calibration": {"text": ["calibration.path=calib.txt"]}}
 CASES = [(group, option) for group, options in GROUPS.items() for option in options]
