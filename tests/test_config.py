@@ -10,8 +10,10 @@ from omegaconf.errors import ValidationError
 from flipbench.config import ConfigError, FlipbenchConfig, to_typed
 from tests.conftest import CONF_DIR, compose
 
-GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF_DIR).iterdir() if g.is_dir()}
-REQUIRED = {"model": {"hf": ["model.path=org/name"]}, "compression": {"checkpoint": ["compression.path=some/dir"]},
+# search_space/ belongs to the search config (conf/search.yaml), composed by its own tests
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF_DIR).iterdir()
+          if g.is_dir() and g.name != "search_space"}
+REQUIRED = {"model": {"hf": ["model.path=org/name"], "gguf": ["model.gguf_file=some.gguf"]}, "compression": {"checkpoint": ["compression.path=some/dir"]},
             "calibration": {"text": ["calibration.path=calib.txt"]}}
 CASES = [(group, option) for group, options in GROUPS.items() for option in options]
 
@@ -54,6 +56,9 @@ def test_wrong_type_fails_at_composition():
     ("compression.method=awq", "unknown"),
     ("eval.batch_size=0", "batch_size"),
     ("suite.tasks=[]", "suite.tasks is empty"),
+    ("eval.noise_floor=true", "eval.noise_floor='True' is unknown"),  # the old boolean switch names no perturbation
+    ("eval.noise_dtype=int8", "eval.noise_dtype='int8' is unknown"),
+    ("gate.on=median", "gate.on='median' is unknown"),
 ])
 def test_bad_values_fail_validation_with_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as err:

@@ -79,7 +79,7 @@ def test_interrupted_run_is_marked_failed_and_not_latest(mini_run_overrides, mon
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(compose(mini_run_overrides + ["compression=none", "eval.cache=false", f"output.run_dir={run_dir}"]))
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "failed" and "KeyboardInterrupt" in manifest["error"]
+    assert manifest["status"] == "failed" and manifest["error"] == "interrupted during evaluate_compressed"
     assert not (tmp_path / "results" / "latest").exists()
     # Resuming (the way an interrupted sweep member is re-run) finishes it.
     monkeypatch.setattr(pipeline, "evaluate_side", real)
@@ -144,7 +144,7 @@ def bad_inputs(tmp_path: Path, random_llama: Path, mini_tasks: Path) -> dict:
         "model dir without weights": ([f"model.path={write_model_dir(tmp_path / 'noweights', weights=False)}"], "holds no weights"),
         "remote code while off": ([f"model.path={write_model_dir(tmp_path / 'remote', remote_code=True)}"], "trust_remote_code=true"),
         "unknown task": (["suite.tasks=[mini_mcq]"], "did you mean mini_mc"),
-        "group_size not dividing": (["compression.group_size=48"], "group_size"),
+        "group_size not positive": (["compression.group_size=0"], "group_size"),
         "calibration overlap": ([f"calibration.n_samples=4", "compression=gptq", f"suite.include_path={overlap_tasks(tmp_path, mini_tasks)}"],
                                 "also an evaluated doc"),
         "missing data file": (["suite.tasks=[gsm8k]", f"suite.data_files.gsm8k={tmp_path / 'nope.jsonl'}"], "does not exist"),
@@ -164,7 +164,7 @@ def overlap_tasks(tmp_path: Path, mini_tasks: Path) -> Path:
 
 
 CASES = ["unknown hub id offline", "model dir without weights", "remote code while off", "unknown task",
-         "group_size not dividing", "calibration overlap", "missing data file", "malformed data file",
+         "group_size not positive", "calibration overlap", "missing data file", "malformed data file",
          "calibration text missing"]
 
 

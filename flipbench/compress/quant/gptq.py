@@ -22,7 +22,7 @@ from flipbench.compress.layerwise import (
     run_layer,
     sequential_groups,
 )
-from flipbench.compress.quant.grid import GridSpec, fit_masked, quantize, rtn
+from flipbench.compress.quant.grid import GridSpec, fit_masked, quantize, rtn, rtn_grid_record
 
 MAX_DAMP_RETRIES = 6  # damp × 10 per retry: 0.01·mean(diag H) reaches 10⁴·mean(diag H)
 
@@ -44,6 +44,7 @@ class GPTQ:
         self.H = torch.zeros(columns, columns, dtype=torch.float32, device=device)  # (cols, cols)
         self.nsamples = 0
         self._factor = None  # (key of H and settings, column order, H⁻¹ upper Cholesky, damp retries)
+        self.grid = None  # the last solve's grids (see grid_record), for a packed export
 
     def add_batch(self, X: torch.Tensor) -> None:
         """X (..., cols): one batch of inputs; H stays the running 2/N Σ x xᵀ."""
@@ -95,6 +96,7 @@ class GPTQ:
         if s.act_order:
             W, keep = W[:, perm], keep[:, perm]
         group_of = (perm // group).tolist()  # original group of each swept column (static / per-channel grids)
+        dynamic = []  # dynamic groups' (scale, zero), in sweep order
         Q = torch.zeros_like(W)
         for i1 in range(0, cols, s.block_size):
             i2 = min(i1 + s.block_size, cols)
@@ -109,6 +111,7 @@ class GPTQ:
                     ahead = W1[:, i : i + group]
                     ahead = torch.cat([ahead, W[:, i2 : i2 + group - ahead.shape[1]]], dim=1)
                     current = fit_masked(ahead, s.grid, keep[:, col : col + group])
+                    dynamic.append(current)
                 elif s.group_size == -1 or s.static_groups:
                     current = params[group_of[col]]
                 w, d, k = W1[:, i], Hinv1[i, i], keep[:, col]  # (rows,), scalar, (rows,)
@@ -122,7 +125,17 @@ class GPTQ:
 
         if s.act_order:
             Q = Q[:, torch.argsort(perm)]
+        self.grid = grid_record(params if not dynamic else dynamic, perm, group, bool(dynamic))
         return Q, retries
+
+
+def grid_record(fitted: list, perm: torch.Tensor, group: int, dynamic: bool) -> dict:
+    """What a packed export needs: scale and zero (rows, n_groups) and g_idx (cols,), the group of each
+    original column. Dynamic groups are numbered in sweep order, so under act_order g_idx is permuted."""
+    g_idx = torch.empty_like(perm)
+    g_idx[perm] = torch.arange(len(perm), device=perm.device) // group if dynamic else perm // group
+    return {"scale": torch.cat([sc for sc, _ in fitted], 1).cpu(), "zero": torch.cat([z for _, z in fitted], 1).cpu(),
+            "g_idx": g_idx.cpu()}
 
 
 def _inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, int]:
@@ -155,9 +168,10 @@ def gptq_layer(
     settings: GPTQSettings,
     true_sequential: bool = True,
     keep: dict[str, torch.Tensor] | None = None,
+    grids: dict | None = None,
 ) -> tuple[dict[str, int], list[str]]:
     """Quantize one decoder layer in place; returns (damp retries per linear, linears no calibration token
-    reached), with names relative to the layer.
+    reached), with names relative to the layer. grids, when given, receives relative name -> grid record.
 
     True-sequential: group k is quantized before group k+1's Hessians are collected, so later linears see
     the inputs the quantized layer will really give them; the groups come from a traced forward. A weight
@@ -179,8 +193,12 @@ def gptq_layer(
             if solver.nsamples == 0:
                 Q, retries[name] = rtn(W, settings.grid, settings.group_size, mask), 0
                 unreached.append(name)
+                record = rtn_grid_record(W, settings.grid, settings.group_size, mask)
             else:
                 Q, retries[name] = solver.solve(W, settings, mask)
+                record = solver.grid
+            if grids is not None:
+                grids[name] = record
             set_weight_matrix(module, None, Q)
             del solver, Q
     return retries, unreached
@@ -195,15 +213,20 @@ def gptq_model(
     keep: dict[str, torch.Tensor] | None = None,
     progress: Callable[[str], None] | None = None,
     label: str = "gptq layer",
+    grids: dict | None = None,
 ) -> tuple[dict[str, int], list[str]]:
     """GPTQ on every decoder layer, in place; returns (damp retries per linear (full names) where > 0,
     full names of the linears no calibration token reached, quantized with RTN).
-    keep: full linear name -> TACQ mask (out, in)."""
+    keep: full linear name -> TACQ mask (out, in). grids: filled with full linear name -> grid record."""
     retries, unreached = {}, []
     for index, layer, family, inputs in layer_by_layer(model, calib, device, progress, label):
         prefix = f"{family.layers}.{index}."
         layer_keep = None if keep is None else {name: keep[prefix + name] for name in block_linears(layer)}
-        layer_retries, layer_unreached = gptq_layer(layer, family, inputs, settings, true_sequential, layer_keep)
+        layer_grids = None if grids is None else {}
+        layer_retries, layer_unreached = gptq_layer(layer, family, inputs, settings, true_sequential, layer_keep,
+                                                    layer_grids)
         retries.update({prefix + name: count for name, count in layer_retries.items() if count})
         unreached += [prefix + name for name in layer_unreached]
+        if grids is not None:
+            grids.update({prefix + name: record for name, record in layer_grids.items()})
     return retries, unreached
