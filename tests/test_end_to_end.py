@@ -114,6 +114,7 @@ def test_cli_gate_failure_exits_3(mini_run_overrides, tmp_path):
     assert "gate: FAIL" in done.stdout
 
 
+@pytest.mark.slow  # in-process: tests/test_reliability.py's bad-input table; one CLI run: tests/test_bad_input.py
 @pytest.mark.parametrize("override,message", [
     ("suite.tasks=[mini_mcc]", "unknown task 'mini_mcc'; did you mean mini_mc"),
     ("model.path=/nonexistent/model", "does not exist"),
