@@ -23,28 +23,30 @@ from flipbench.compress.quant.tacq import tacq_model
 Progress = Callable[[str], None] | None
 
 
-def _none(model, cfg, calib, task_calib, device, progress) -> dict:
+def _none(model, cfg, calib, task_calib, device, progress, grids=None) -> dict:
     return {"seconds": {}, "damp_retries": {}, "n_kept": 0, "unreached": []}
 
 
-def _rtn(model, cfg, calib, task_calib, device, progress) -> dict:
+def _rtn(model, cfg, calib, task_calib, device, progress, grids=None) -> dict:
     start = time.perf_counter()
-    rtn_model(model, cfg.grid, cfg.group_size, device, progress)
+    rtn_model(model, cfg.grid, cfg.group_size, device, progress, grids)
     return {"seconds": {"rtn": time.perf_counter() - start}, "damp_retries": {}, "n_kept": 0, "unreached": []}
 
 
-def _gptq(model, cfg, calib, task_calib, device, progress) -> dict:
+def _gptq(model, cfg, calib, task_calib, device, progress, grids=None) -> dict:
     start = time.perf_counter()
-    retries, unreached = gptq_model(model, calib, cfg.gptq, device, cfg.true_sequential, None, progress)
+    retries, unreached = gptq_model(model, calib, cfg.gptq, device, cfg.true_sequential, None, progress,
+                                    grids=grids)
     seconds = {"gptq": time.perf_counter() - start}
     return {"seconds": seconds, "damp_retries": retries, "n_kept": 0, "unreached": unreached}
 
 
-def _tacq(model, cfg, calib, task_calib, device, progress) -> dict:
-    return tacq_model(model, calib, task_calib, cfg.gptq, cfg.keep_fraction, device, cfg.true_sequential, progress)
+def _tacq(model, cfg, calib, task_calib, device, progress, grids=None) -> dict:
+    return tacq_model(model, calib, task_calib, cfg.gptq, cfg.keep_fraction, device, cfg.true_sequential, progress,
+                      cfg.gradients, kept=grids)
 
 
-def _prune(model, cfg, calib, task_calib, device, progress) -> dict:
+def _prune(model, cfg, calib, task_calib, device, progress, grids=None) -> dict:
     return prune(model, cfg, calib, device, progress)
 
 
@@ -108,13 +110,15 @@ def compress(
     task_calib: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     progress: Progress = None,
+    grids: dict | None = None,
 ) -> dict:
     """Compress model in place: quantizers fake-quantize (weights replaced by their de-quantized values, same
     dtype), pruners zero weights or remove decoder blocks (see prune/).
 
     calib: LongTensor (n_samples, seq_len) of token ids for the GPTQ/TACQ/SparseGPT Hessians, Wanda's norms
     and layerdrop's angular distances; task_calib: token ids of task examples for TACQ's gradients (defaults
-    to calib). Returns a JSON-able report."""
+    to calib). grids, when given, receives per linear what an export needs: RTN/GPTQ {scale, zero, g_idx},
+    TACQ {keep} (its 16-bit mask); pruners leave it empty. Returns a JSON-able report."""
     validate(model, cfg)
     method = METHODS[cfg.method][0]
     if needs_data(cfg) and calib is None:
@@ -122,7 +126,7 @@ def compress(
             f"method {cfg.method} needs calibration token ids (calib); pass a (n_samples, seq_len) LongTensor"
         )
     start = time.perf_counter()
-    details = method(model, cfg, calib, calib if task_calib is None else task_calib, device, progress)
+    details = method(model, cfg, calib, calib if task_calib is None else task_calib, device, progress, grids)
     details["seconds"]["total"] = time.perf_counter() - start
     return details if isinstance(cfg, PruneConfig) else _report(model, cfg, details)
 
@@ -163,6 +167,7 @@ def _report(model: nn.Module, cfg: QuantConfig, details: dict) -> dict:
         "block_size": cfg.block_size,
         "true_sequential": cfg.true_sequential,
         "keep_fraction": cfg.keep_fraction if cfg.method == "tacq" else 0.0,
+        **({"grad_dtype": cfg.grad_dtype, "gradient_checkpointing": cfg.gradient_checkpointing} if cfg.method == "tacq" else {}),
         "avg_bits": bits,
         "model_bytes": model_bytes(model, list(weights.values()), bits),
         "n_quantized_params": sum(rows * cols for rows, cols in shapes),

@@ -60,7 +60,8 @@ def method_defaults(compose, points: list[space.Point]) -> dict:
     for point in points:
         typed = to_typed(compose(point.overrides))
         defaults.setdefault(point.method, {"bits": typed.compression.bits, "group_size": typed.compression.group_size,
-                                           "keep_fraction": typed.compression.keep_fraction})
+                                           "keep_fraction": typed.compression.keep_fraction,
+                                           "sym": typed.compression.sym})
     return defaults
 
 
@@ -96,12 +97,13 @@ def run(overrides: list[str]) -> Path:
     """Run or resume the search the overrides describe; returns its folder."""
     from hydra import compose, initialize_config_dir
 
+    import flipbench.cli  # noqa: F401  (registers the run schema and the config resolvers)
     from flipbench.config import to_typed
 
     settings.register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg, budget = settings.to_typed(compose("search", overrides))
         base = run_overrides(overrides)
+        cfg, budget = settings.to_typed(compose("search", overrides))
 
         def compose_run(extra: list[str]):
             return compose("config", [*base, *extra])
@@ -110,7 +112,6 @@ def run(overrides: list[str]) -> Path:
         points = space.grid(cfg.search.space)
         defaults = method_defaults(compose_run, points)
         shapes = space.model_shapes(cfg.model)
-        space.check_fits(points, shapes)
         costs = costs_of(points, shapes, budget, cfg.search.cost, defaults)
         run_cfg = to_typed(compose_run(points[0].overrides))
         docs = full_docs(run_cfg)
@@ -129,5 +130,19 @@ def run(overrides: list[str]) -> Path:
                                     cfg.search.n_trials or len(points))
         finally:
             pid_file.unlink(missing_ok=True)
-        outputs.write(ctx, result, cfg, budget, [o for o in base if not o.lstrip("+~").startswith("output.")])
+        rec = outputs.write(ctx, result, cfg, budget, [o for o in base if not o.lstrip("+~").startswith("output.")])
+        if cfg.output.save_model and rec["passes"]:
+            ship(compose_run, ctx.points[rec["label"]], folder, rec)
     return folder
+
+
+def ship(compose_run, point: space.Point, folder: Path, rec: dict) -> None:
+    """output.save_model=true: run the recommendation once more at full fidelity, saving its model."""
+    import json
+
+    from flipbench import pipeline
+
+    run_dir = pipeline.run(compose_run([*point.overrides, f"output.run_dir={folder / 'recommended'}",
+                                        "output.save_model=true"]))
+    rec["saved_model"] = str(run_dir / "model")
+    (folder / "recommendation.json").write_text(json.dumps(rec, indent=2, default=float) + "\n")

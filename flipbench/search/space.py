@@ -106,29 +106,18 @@ def model_shapes(model_cfg) -> Shapes:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from flipbench import models
-    from flipbench.compress.families import family_of, quantizable_linears, weight_matrix
+    from flipbench.compress.families import quantizable_linears, weight_matrix, weight_param
 
     path = models.resolve_path(model_cfg.path)
     config = AutoConfig.from_pretrained(path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
     dtype = models.load_dtype(model_cfg.dtype, models.pick_device(model_cfg.device), config)
-    family = family_of(model)
     linears = quantizable_linears(model)
-    quantized = {id(m.weight) for m in linears.values()}
+    quantized = {id(weight_param(m)) for m in linears.values()}
     size = torch.empty((), dtype=dtype).element_size()
     other = sum(p.numel() * size for p in model.parameters() if id(p) not in quantized)
-    return Shapes(tuple(tuple(weight_matrix(m, family).shape) for m in linears.values()), other)
-
-
-def check_fits(points: list[Point], shapes: Shapes) -> None:
-    """Every point's group size must divide every quantized layer's input width (checked on shapes)."""
-    widths = sorted({cols for _, cols in shapes.linears})
-    for point in points:
-        group = point.get("group_size", -1)
-        if group != -1 and any(w % group for w in widths):
-            raise ConfigError(f"search.space.{point.method}.group_size has {group}, which does not divide the "
-                              f"input widths {widths}; use -1 or a common divisor")
+    return Shapes(tuple(tuple(weight_matrix(m).shape) for m in linears.values()), other)
 
 
 def avg_bits(point: Point, shapes: Shapes, defaults: dict) -> float:
@@ -139,7 +128,7 @@ def avg_bits(point: Point, shapes: Shapes, defaults: dict) -> float:
     settings = {**defaults.get(point.method, {}), **dict(point.params)}
     n_params = sum(rows * cols for rows, cols in shapes.linears)
     kept = n_to_keep(settings["keep_fraction"], n_params) if point.method == "tacq" else 0
-    return registry_avg_bits(shapes.linears, settings["bits"], settings["group_size"], kept)
+    return registry_avg_bits(shapes.linears, settings["bits"], settings["group_size"], kept, settings.get("sym", False))
 
 
 def model_bytes(bits: float, shapes: Shapes) -> int:

@@ -16,7 +16,7 @@ from torch import nn
 from flipbench.compress.families import Family, block_linears
 from flipbench.compress.hessian import Hessian, blocked_sweep, inverse_cholesky, solve_layer
 from flipbench.compress.layerwise import LayerInputs, layer_by_layer
-from flipbench.compress.quant.grid import GridSpec, fit_masked, quantize, rtn
+from flipbench.compress.quant.grid import GridSpec, fit_masked, quantize, rtn, rtn_grid_record
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class GPTQ(Hessian):
     def __init__(self, columns: int, device: torch.device | str = "cpu"):
         super().__init__(columns, device)
         self._factor = None  # (key of H and settings, column order, H⁻¹ upper Cholesky, damp retries)
+        self.grid = None  # the last solve's grids (see grid_record), for a packed export
 
     def add_batch(self, X: torch.Tensor) -> None:
         self._factor = None  # a new H needs a new factor; free the old one now
@@ -90,17 +91,28 @@ class GPTQ(Hessian):
                 ahead = W1[:, i : i + group]
                 ahead = torch.cat([ahead, W[:, i2 : i2 + group - ahead.shape[1]]], dim=1)
                 current = fit_masked(ahead, s.grid, keep[:, col : col + group])
+                dynamic.append(current)
             elif s.group_size == -1 or s.static_groups:
                 current = params[group_of[col]]
             w, k = W1[:, i], keep[:, col]  # (rows,), (rows,)
             return torch.where(k, w, quantize(w[:, None], *current, maxq).flatten())  # kept: no error
 
-        current = None
+        current, dynamic = None, []  # dynamic groups' (scale, zero), in sweep order
         Q = blocked_sweep(W, Hinv, s.block_size, column)
 
         if s.act_order:
             Q = Q[:, torch.argsort(perm)]
+        self.grid = grid_record(params if not dynamic else dynamic, perm, group, bool(dynamic))
         return Q, retries
+
+
+def grid_record(fitted: list, perm: torch.Tensor, group: int, dynamic: bool) -> dict:
+    """What a packed export needs: scale and zero (rows, n_groups) and g_idx (cols,), the group of each
+    original column. Dynamic groups are numbered in sweep order, so under act_order g_idx is permuted."""
+    g_idx = torch.empty_like(perm)
+    g_idx[perm] = torch.arange(len(perm), device=perm.device) // group if dynamic else perm // group
+    return {"scale": torch.cat([sc for sc, _ in fitted], 1).cpu(), "zero": torch.cat([z for _, z in fitted], 1).cpu(),
+            "g_idx": g_idx.cpu()}
 
 
 def gptq_layer(
@@ -110,20 +122,29 @@ def gptq_layer(
     settings: GPTQSettings,
     true_sequential: bool = True,
     keep: dict[str, torch.Tensor] | None = None,
+    grids: dict | None = None,
 ) -> tuple[dict[str, int], list[str]]:
     """Quantize one decoder layer in place; returns (damp retries per linear, linears no calibration token
-    reached), with names relative to the layer.
+    reached), with names relative to the layer. grids, when given, receives relative name -> grid record.
 
     True-sequential: group k is quantized before group k+1's Hessians are collected, so later linears see
     the inputs the quantized layer will really give them; the groups come from a traced forward. A weight
     with no inputs (an expert no token was routed to) is quantized without data: RTN on the same grid.
     keep: relative name -> TACQ mask (out, in).
     """
+    def mask(name: str) -> torch.Tensor | None:
+        return None if keep is None else keep[name]
+
     def solve(name: str, solver: GPTQ, W: torch.Tensor) -> tuple[torch.Tensor, int]:
-        return solver.solve(W, settings, None if keep is None else keep[name])
+        Q, retries = solver.solve(W, settings, mask(name))
+        if grids is not None:
+            grids[name] = solver.grid
+        return Q, retries
 
     def without_data(name: str, W: torch.Tensor) -> torch.Tensor:
-        return rtn(W, settings.grid, settings.group_size, None if keep is None else keep[name])
+        if grids is not None:
+            grids[name] = rtn_grid_record(W, settings.grid, settings.group_size, mask(name))
+        return rtn(W, settings.grid, settings.group_size, mask(name))
 
     return solve_layer(layer, inputs, true_sequential, GPTQ, solve, without_data)
 
@@ -137,15 +158,20 @@ def gptq_model(
     keep: dict[str, torch.Tensor] | None = None,
     progress: Callable[[str], None] | None = None,
     label: str = "gptq layer",
+    grids: dict | None = None,
 ) -> tuple[dict[str, int], list[str]]:
     """GPTQ on every decoder layer, in place; returns (damp retries per linear (full names) where > 0,
     full names of the linears no calibration token reached, quantized with RTN).
-    keep: full linear name -> TACQ mask (out, in)."""
+    keep: full linear name -> TACQ mask (out, in). grids: filled with full linear name -> grid record."""
     retries, unreached = {}, []
     for index, layer, family, inputs in layer_by_layer(model, calib, device, progress, label):
         prefix = f"{family.layers}.{index}."
         layer_keep = None if keep is None else {name: keep[prefix + name] for name in block_linears(layer)}
-        layer_retries, layer_unreached = gptq_layer(layer, family, inputs, settings, true_sequential, layer_keep)
+        layer_grids = None if grids is None else {}
+        layer_retries, layer_unreached = gptq_layer(layer, family, inputs, settings, true_sequential, layer_keep,
+                                                    layer_grids)
         retries.update({prefix + name: count for name, count in layer_retries.items() if count})
         unreached += [prefix + name for name in layer_unreached]
+        if grids is not None:
+            grids.update({prefix + name: record for name, record in layer_grids.items()})
     return retries, unreached

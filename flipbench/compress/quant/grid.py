@@ -100,3 +100,14 @@ def rtn(W: torch.Tensor, spec: GridSpec, group_size: int = -1, keep: torch.Tenso
     if keep is not None:
         Q = torch.where(keep, Wf, Q)
     return Q.to(W.dtype)
+
+
+def rtn_grid_record(W: torch.Tensor, spec: GridSpec, group_size: int = -1, keep: torch.Tensor | None = None) -> dict:
+    """The grids rtn() fits on W (rows, cols), for a packed export: scale and zero (rows, n_groups) and
+    g_idx (cols,), each column's group."""
+    cols = W.shape[1]
+    group = cols if group_size == -1 else group_size
+    fitted = [fit_masked(W.float()[:, g : g + group], spec, None if keep is None else keep[:, g : g + group])
+              for g in range(0, cols, group)]
+    return {"scale": torch.cat([sc for sc, _ in fitted], 1).cpu(), "zero": torch.cat([z for _, z in fitted], 1).cpu(),
+            "g_idx": torch.arange(cols) // group}
