@@ -26,7 +26,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from flipbench.compress.families import quantizable_linears
 from flipbench.tasks import BUNDLED_TASKS
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -148,43 +147,6 @@ def memory(run_dir: Path) -> list[dict]:
             for stage, peak in manifest.get("peak_memory_mb", {}).items()]
 
 
-def quantization_memory(tokenizer_dir: Path, work: Path, layers=(4, 8), methods=("gptq", "tacq")):
-    """In-process quantization of random hidden-1024 models of two depths: the ``compress`` stage's own peak
-    above its starting RSS. A copy of the weights would grow with the model; GPTQ's working memory (one
-    layer's Hessians and activations) does not. TACQ adds its fp32 Σ|∂L/∂W| accumulator, one value per
-    quantized weight. Also the whole-model quantization seconds (TACQ against GPTQ on a real model, not one
-    layer). Returns (per-stage rows, one summary row per model and method)."""
-    rows, checks = [], []
-    for depth in layers:
-        model_dir = large_random_model(work / f"mem_l{depth}", tokenizer_dir, layers=depth)
-        # Stored and loaded in fp32 (model.dtype=float32): the file's size is one copy of the weights in memory.
-        model_mb = (model_dir / "model.safetensors").stat().st_size / 2**20
-        quantized = sum(m.weight.numel() for m in quantizable_linears(_meta_model(model_dir)).values())
-        for method in methods:
-            root = work / f"results_mem_{method}_l{depth}"
-            timed([sys.executable, "-m", "flipbench", "model=hf", f"model.path={model_dir}", "model.dtype=float32",
-                   f"model.name=mem-{method}-l{depth}", f"compression={method}", "compression.bits=4",
-                   "calibration.n_samples=16", "suite.limit=2", "output.plots=false", f"output.root={root}"], work)
-            run = next((root / "runs").iterdir())
-            stage_rows = memory(run)
-            compress_s = json.loads((run / "manifest.json").read_text())["compression"]["seconds"]["total"]
-            rows += [{"model": f"random-h1024-l{depth}", **r} for r in stage_rows]
-            comp = next(r for r in stage_rows if r["stage"] == "compress")
-            checks.append({"method": method, "layers": depth, "model_mb": round(model_mb, 1),
-                           "accumulator_mb": round(quantized * 4 / 2**20, 1) if method == "tacq" else 0.0,
-                           "compress_rss_start": comp["rss_start"], "compress_rss_peak": comp["rss_peak"],
-                           "compress_extra_mb": round(comp["rss_peak"] - comp["rss_start"], 1),
-                           "rss_scope": comp["rss_scope"], "compress_s": round(compress_s, 1)})
-    return rows, checks
-
-
-def _meta_model(model_dir: Path):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
-
-
 def markdown(tables: dict[str, pd.DataFrame]) -> str:
     from flipbench.report import markdown_table
 
@@ -221,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         quant_mem = pd.DataFrame()
         if not args.skip_large:
             print("bench: memory of in-process quantization on the large random model", flush=True)
-            qrows, qchecks = quantization_memory(tiny, work)
+            from benchmarks import memory as quant_memory_bench
+
+            qrows, qchecks = quant_memory_bench.measure(tiny, work)
             mem += qrows
             quant_mem = pd.DataFrame(qchecks)
             quant_mem.to_csv(args.out / "quant_memory.csv", index=False)

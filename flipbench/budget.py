@@ -33,7 +33,7 @@ def context_length(config, tokenizer) -> int:
 
 def _lengths(tokenizer, texts: list[str]) -> dict[str, int]:
     unique = sorted(set(texts))
-    ids = tokenizer(unique, add_special_tokens=False)["input_ids"] if unique else []
+    ids = tokenizer(unique, add_special_tokens=False, verbose=False)["input_ids"] if unique else []
     return {text: len(x) for text, x in zip(unique, ids)}
 
 
@@ -69,7 +69,7 @@ def measure(task, tokenizer, max_length: int, limit: int | None) -> tuple[Longes
 
 def problem(name: str, ll: Longest, gen: Longest, max_length: int, shots: int) -> str | None:
     """One line naming what does not fit and the ways out, or None."""
-    fewer = f"fewer shots (+suite.num_fewshot.{name}=0; now {shots})" if shots else "shorter prompts"
+    fewer = f"fewer shots (++suite.num_fewshot.{name}=0; now {shots})" if shots else "shorter prompts"
     where = f"the model's context of {max_length} tokens"
     if gen.answer >= max_length:
         return (f"task {name}: its generation budget of {gen.answer} tokens leaves no room for a prompt in {where}; "
@@ -86,3 +86,14 @@ def problem(name: str, ll: Longest, gen: Longest, max_length: int, shots: int) -
                 f"beyond {where} (lm-eval would cut the prompts); use {fewer}, LIMIT=<fewer docs> or a model "
                 "with a longer context")
     return None
+
+
+def check_context(task_objs: dict, reported: dict[str, str], tokenizer, max_length: int, limit: int | None) -> None:
+    """Raise ConfigError for the first task whose requests do not fit ``max_length`` tokens."""
+    from flipbench.config import ConfigError
+
+    for leaf, task in task_objs.items():
+        ll, gen = measure(task, tokenizer, max_length, limit)
+        found = problem(reported.get(leaf, leaf), ll, gen, max_length, task.config.num_fewshot or 0)
+        if found:
+            raise ConfigError(found)

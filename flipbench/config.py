@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -31,6 +31,12 @@ class ModelConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto picks CUDA when present
     trust_remote_code: bool = False
+    # Placement by accelerate (from_pretrained): auto | balanced | sequential | cpu | {module: device}; None: the
+    # whole model on model.device. max_memory: {device: size} ("0": 20GiB, cpu: 60GiB); offload_folder: disk offload.
+    device_map: Optional[Any] = None
+    max_memory: Dict[str, str] = field(default_factory=dict)
+    offload_folder: Optional[str] = None
+    gguf_file: Optional[str] = None  # a GGUF file (path, or name inside model.path), dequantized on load
 
 
 @dataclass
@@ -48,6 +54,10 @@ class CompressionConfig:
     keep_fraction: float = 0.0035
     true_sequential: bool = True
     path: Optional[str] = None  # checkpoint: the compressed model's directory or hub id
+    gguf_file: Optional[str] = None  # checkpoint: a GGUF file (path, or name inside compression.path)
+    device: str = "auto"  # where GPTQ/TACQ work on one decoder block at a time; auto picks CUDA when present
+    grad_dtype: str = "float32"  # TACQ's backward pass (the official code runs it in fp32)
+    gradient_checkpointing: bool = True  # TACQ gradients one block on the device at a time (recomputed)
 
 
 @dataclass
@@ -85,8 +95,11 @@ class EvalConfig:
     # The baseline's answer-token log-probs are kept (and cached with the baseline) up to this size; above it
     # the baseline is reloaded after compression for the KL pass instead.
     token_kl_reference_mb: int = 2048
-    noise_floor: bool = False  # also evaluate the baseline at noise_batch_size and report its flips
+    # Noise floor: the baseline against itself under a perturbation that exists in practice. off | batch
+    # (noise_batch_size) | dtype (a second copy loaded in noise_dtype) | batch_dtype (both at once).
+    noise_floor: str = "off"
     noise_batch_size: int = 1
+    noise_dtype: str = "auto"  # auto: bfloat16 when the baseline runs in float32, else float32
     cache: bool = True  # reuse cached baseline samples
 
 
@@ -96,6 +109,7 @@ class GateConfig:
     max_lost: Optional[float] = None
     max_acc_drop: Optional[float] = None
     max_kl_mean: Optional[float] = None
+    on: str = "point"  # point: estimates meet the limits | upper_ci: the pessimistic 95% bound meets them
     per_task: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
 
@@ -126,6 +140,8 @@ def register() -> None:
 
 METHODS = ("none", "rtn", "gptq", "tacq", "checkpoint")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+NOISE_FLOORS = ("off", "batch", "dtype", "batch_dtype")
+GATE_ON = ("point", "upper_ci")
 GATE_KEYS = ("max_flips", "max_lost", "max_acc_drop", "max_kl_mean")
 
 
@@ -203,7 +219,12 @@ def validate(cfg: FlipbenchConfig) -> None:
         _check(comp.damp > 0, f"compression.damp={comp.damp} must be positive, e.g. 0.01")
         _check(comp.block_size > 0, f"compression.block_size={comp.block_size} must be positive, e.g. 128")
     if comp.method == "checkpoint":
-        _check(bool(comp.path), "compression=checkpoint needs compression.path=<model directory or hub id>")
+        _check(bool(comp.path) or bool(comp.gguf_file),
+               "compression=checkpoint needs compression.path=<model directory or hub id> (or compression.gguf_file)")
+    _check(comp.grad_dtype in DTYPES[1:], f"compression.grad_dtype={comp.grad_dtype!r} is unknown; use one of {', '.join(DTYPES[1:])}")
+    for key, device in (("model.device", cfg.model.device), ("compression.device", comp.device)):
+        _check(device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:"),
+               f"{key}={device!r} is unknown; use auto, cpu, cuda, cuda:N or mps")
     _check(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
     _check(cal.source in ("task", "text"), f"calibration.source={cal.source!r} is unknown; use task or text")
     _check(cal.gradient_source in ("task", "text"),
@@ -213,6 +234,9 @@ def validate(cfg: FlipbenchConfig) -> None:
     _check(cal.n_samples > 0 and cal.seq_len > 0, "calibration.n_samples and calibration.seq_len must be positive")
     _check(ev.batch_size > 0, f"eval.batch_size={ev.batch_size} must be positive")
     _check(ev.token_kl_reference_mb >= 0, f"eval.token_kl_reference_mb={ev.token_kl_reference_mb} must be >= 0 (0 never keeps it)")
+    _check(ev.noise_floor in NOISE_FLOORS,
+           f"eval.noise_floor={ev.noise_floor!r} is unknown; use one of {', '.join(NOISE_FLOORS)} (e.g. dtype)")
+    _check(ev.noise_dtype in DTYPES, f"eval.noise_dtype={ev.noise_dtype!r} is unknown; use one of {', '.join(DTYPES)}")
     _check(ev.bootstrap >= 0, f"eval.bootstrap={ev.bootstrap} must be >= 0 (0 disables the intervals)")
     _check(len(cfg.suite.tasks) > 0, "suite.tasks is empty; name at least one task, e.g. TASKS=synth_mmlu")
     _check(cfg.suite.limit is None or cfg.suite.limit > 0, f"suite.limit={cfg.suite.limit} must be positive")
@@ -221,6 +245,7 @@ def validate(cfg: FlipbenchConfig) -> None:
         _check(n is None or n > 0, f"suite.max_gen_toks.{task}={n} must be a positive number of tokens, e.g. 64")
     for task, shots in cfg.suite.num_fewshot.items():
         _check(shots >= 0, f"suite.num_fewshot.{task}={shots} must be >= 0")
+    _check(cfg.gate.on in GATE_ON, f"gate.on={cfg.gate.on!r} is unknown; use point or upper_ci")
     if cfg.output.save_model:
         _check(comp.method in ("rtn", "gptq", "tacq"), f"output.save_model=true saves a model quantized here; "
                f"compression={comp.method} has none to save (use compression=rtn, gptq or tacq)")

@@ -19,10 +19,17 @@ log = logging.getLogger(__name__)
 
 
 def build_lm(model, tokenizer, batch_size: int):
-    """Wrap an in-memory model for lm-eval. Device and dtype come from the model itself."""
+    """Wrap an in-memory model for lm-eval. Device and dtype come from the model itself: HFLM leaves a
+    pre-built model where it is (also one placed over several devices by accelerate) and sends the inputs to
+    ``model.device``, the first parameter's device."""
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    from flipbench.models import input_device
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    if lm.device != input_device(model):  # first parameter offloaded (meta): inputs go to accelerate's main device
+        lm._device = input_device(model)
+    return lm
 
 
 def load_tasks(plan: TaskPlan) -> dict:
@@ -74,7 +81,7 @@ def _gold(sample: dict, task_obj, choices: list[str]) -> list[int]:
     """Gold choice indices as lm-eval's process_results finds them: doc_to_text for a multiple-input task,
     else doc_to_target (an index, a choice string, or a list of indices when there are several gold
     answers); indices outside the choices are dropped (lm-eval marks them -100, never equal to a pred)."""
-    gold = task_obj.doc_to_text(sample["doc"]) if task_obj.multiple_input else sample["target"]
+    gold = task_obj.doc_to_text(sample["doc"]) if getattr(task_obj, "multiple_input", 0) else sample["target"]
     out = []
     for g in gold if isinstance(gold, list) else [gold]:
         index = (choices.index(g) if g in choices else -1) if isinstance(g, str) else int(g)

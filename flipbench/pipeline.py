@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from flipbench import cache, evaluate, models, rundir, scoring, tasks
-from flipbench.config import FlipbenchConfig, to_typed
+from flipbench.config import ConfigError, FlipbenchConfig, check_gate_tasks, to_typed
 from flipbench.pairing import pair
 
 log = logging.getLogger("flipbench")
@@ -34,7 +35,6 @@ def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
     """Everything checkable from the config, config.json and tokenizer files, data files and task YAML; no
     dataset download, no weight. A sweep runs it for every member before the first member starts."""
     from flipbench import preflight as checks
-    from flipbench.config import check_gate_tasks
 
     checks.check_device(cfg.model.device)
     checks.check_output_folder(cfg.output.root)
@@ -44,47 +44,20 @@ def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
     plan = tasks.resolve(cfg.suite)
     names = sorted(set(plan.reported.values()))
     check_gate_tasks(cfg.gate, names)
-    _check_generation_budgets(cfg.suite.max_gen_toks, plan)
-    base_config = models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code)
-    if cfg.compression.method == "checkpoint":
-        comp_config = models.check_model(cfg.compression.path, None, cfg.model.trust_remote_code, what="compression.path")
-        checks.check_same_vocabulary(base_config, comp_config, cfg.model.path, cfg.compression.path)
+    checks.check_generation_budgets(cfg.suite.max_gen_toks, plan)
+    m, comp = cfg.model, cfg.compression
+    base_config = models.check_model(m.path, m.revision, m.trust_remote_code, gguf_file=m.gguf_file)
+    models.check_placement(m, base_config)
+    if comp.method == "checkpoint":
+        comp_config = models.check_model(comp.path or m.path, None, m.trust_remote_code, what="compression.path",
+                                         gguf_file=comp.gguf_file)
+        checks.check_same_vocabulary(base_config, comp_config, m.path, comp.path or m.path)
     if cfg.compression.method in QUANT_METHODS:
-        _check_quant_shapes(base_config, cfg)
+        checks.check_quant_shapes(base_config, quant_config(cfg), cfg.model.trust_remote_code)
     cal, method = cfg.calibration, cfg.compression.method
     if cal.source == "text" and method in ("gptq", "tacq") or cal.gradient_source == "text" and method == "tacq":
         checks.check_text_file(cal.path)
     return plan
-
-
-def _check_generation_budgets(budgets: dict, plan: tasks.TaskPlan) -> None:
-    from flipbench.config import ConfigError
-
-    kinds = {**{plan.reported[leaf]: kind for leaf, kind in plan.output_types.items()}, **plan.output_types}
-    for task in budgets:
-        if task not in kinds:
-            raise ConfigError(f"suite.max_gen_toks.{task}: {task!r} is not a task of this run ({', '.join(sorted(kinds))})")
-        if kinds[task] != "generate_until":
-            raise ConfigError(f"suite.max_gen_toks.{task}: {task} is {kinds[task]}, not generative; remove the setting")
-
-
-def _check_quant_shapes(config, cfg: FlipbenchConfig) -> None:
-    """The quantization settings against the model's layer shapes, on a weightless (meta-device) copy."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from flipbench import compress as compressors
-    from flipbench.config import ConfigError
-
-    try:
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
-    except Exception:  # noqa: BLE001  an architecture transformers cannot build here fails, with its cause, at load
-        return
-    try:
-        compressors.validate(skeleton, quant_config(cfg))
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
 
 
 def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
@@ -92,26 +65,21 @@ def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
 
     Checks that the tasks' prompts, choices and generation budgets fit the model's context, and draws the
     calibration data (refusing docs that are also evaluated)."""
-    from transformers import AutoConfig
 
     from flipbench import budget
-    from flipbench.config import ConfigError
 
     tokenizer = models.load_tokenizer(cfg.model)
     task_objs = evaluate.load_tasks(plan)
     evaluate.configure(task_objs, plan, dict(cfg.suite.num_fewshot), dict(cfg.suite.max_gen_toks))
-    config = AutoConfig.from_pretrained(models.resolve_path(cfg.model.path), revision=cfg.model.revision,
-                                        trust_remote_code=cfg.model.trust_remote_code)
-    max_length = budget.context_length(config, tokenizer)
-    for leaf, task in task_objs.items():
-        ll, gen = budget.measure(task, tokenizer, max_length, cfg.suite.limit)
-        problem = budget.problem(plan.reported.get(leaf, leaf), ll, gen, max_length, task.config.num_fewshot or 0)
-        if problem:
-            raise ConfigError(problem)
+    config = models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code,
+                                gguf_file=cfg.model.gguf_file)
+    budget.check_context(task_objs, plan.reported, tokenizer, budget.context_length(config, tokenizer), cfg.suite.limit)
     if cfg.compression.method == "checkpoint":
         from flipbench.preflight import check_tokenizers_agree
 
-        check_tokenizers_agree(tokenizer, models.load_tokenizer(cfg.model, cfg.compression.path), cfg.compression.path)
+        comp = cfg.compression
+        comp_tok = models.load_tokenizer(cfg.model, comp.path or cfg.model.path, comp.gguf_file)
+        check_tokenizers_agree(tokenizer, comp_tok, comp.path or comp.gguf_file)
     try:
         calibration = calibration_ids(cfg, tokenizer, task_objs)
     except ValueError as err:
@@ -184,13 +152,15 @@ def compress(model, tokenizer, calibration, cfg: FlipbenchConfig, grids: dict | 
     if method == "none":
         return model, tokenizer, {"method": "none", "avg_bits": _native_bits(model)}
     if method == "checkpoint":
-        comp, comp_tok = models.load_model(cfg.model, cfg.compression.path)
+        comp, comp_tok = models.load_model(cfg.model, cfg.compression.path or cfg.model.path,
+                                             gguf_file=cfg.compression.gguf_file)
         return comp, comp_tok, {"method": "checkpoint", "path": cfg.compression.path, "avg_bits": _native_bits(comp)}
     from flipbench import compress as compressors
 
     calib, task_calib = calibration
-    details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=model.device,
-                             progress=log.info, grids=grids)
+    device = models.pick_device(cfg.compression.device)  # one decoder block at a time goes there
+    details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=device,
+                                   progress=log.info, grids=grids)
     return model, tokenizer, details
 
 
@@ -231,7 +201,7 @@ def kl_reference(base: pd.DataFrame, model, tokenizer, cfg: FlipbenchConfig, sto
     from flipbench.tokenkl import answer_logprobs
 
     logprobs = answer_logprobs(model, tokenizer, rows["prompt"].tolist(), rows["response"].tolist(),
-                               batch_size=cfg.eval.batch_size, device=model.device, max_bytes=budget)
+                               batch_size=cfg.eval.batch_size, device=models.input_device(model), max_bytes=budget)
     if logprobs is None:
         log.info("token KL: the baseline's log-probs would exceed eval.token_kl_reference_mb=%d; the baseline "
                  "model is used for the KL pass instead", cfg.eval.token_kl_reference_mb)
@@ -260,7 +230,7 @@ def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchCo
     else:
         base = base_model if base_model is not None else models.load_model(cfg.model)[0]
     stats = token_kl(base, comp_model, tokenizer, rows["prompt"].tolist(), rows["response_base"].tolist(),
-                     batch_size=cfg.eval.batch_size, device=comp_model.device)
+                     batch_size=cfg.eval.batch_size, device=models.input_device(comp_model))
     stats.index = rows.index
     keyed = pd.concat([rows[["task", "group", "doc_id"]], stats], axis=1)
     filled = paired.loc[gen, ["task", "group", "doc_id"]].merge(keyed, on=["task", "group", "doc_id"], how="left")
@@ -270,6 +240,35 @@ def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchCo
         cells = pd.Series([[] for _ in range(len(paired))], index=paired.index, dtype=object)
         cells.loc[gen] = [v if isinstance(v, list) else [] for v in filled[column]]
         paired[column] = cells
+
+
+def noise_dtype(requested: str, model) -> str:
+    """The noise floor's other dtype; ``auto`` flips between float32 and bfloat16."""
+    if requested != "auto":
+        return requested
+    return "bfloat16" if next(model.parameters()).dtype == torch.float32 else "float32"
+
+
+def noise_floor(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, base: pd.DataFrame, reference):
+    """The baseline against itself under ``eval.noise_floor``: (paired, annotated samples with token KL, details).
+
+    ``batch`` re-evaluates the loaded baseline at ``eval.noise_batch_size``; ``dtype`` loads a second copy of the
+    baseline in ``eval.noise_dtype`` (it needs the memory of that copy while it runs); ``batch_dtype`` does both.
+    """
+    from flipbench import metrics
+
+    mode = cfg.eval.noise_floor
+    batch = cfg.eval.noise_batch_size if mode in ("batch", "batch_dtype") else cfg.eval.batch_size
+    other, dtype = model, str(next(model.parameters()).dtype).replace("torch.", "")
+    if mode in ("dtype", "batch_dtype"):
+        dtype = noise_dtype(cfg.eval.noise_dtype, model)
+        other = models.load_model(replace(cfg.model, dtype=dtype), tokenizer=tokenizer)[0]
+    noise = metrics.annotate(pair(base, evaluate_side(other, tokenizer, task_objs, plan, cfg, batch_size=batch)))
+    # the KL pass runs at the perturbed batch size too, so a batch perturbation reaches the token KL
+    token_kl_stage(noise, other, tokenizer, replace(cfg, eval=replace(cfg.eval, batch_size=batch)), reference, model)
+    details = {"mode": mode, "batch_size": batch, "dtype": dtype, "baseline_batch_size": cfg.eval.batch_size,
+               "baseline_dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+    return noise, details
 
 
 def run(cfg) -> Path:
@@ -285,9 +284,7 @@ def run(cfg) -> Path:
         if rundir.is_complete(run_dir) and not cfg.output.redo:
             log.info("%s is already complete; skipping it (output.redo=true runs it again)", run_dir)
             return run_dir
-        if rundir.state(run_dir) == "running":
-            from flipbench.config import ConfigError
-
+        if rundir.in_use(run_dir):
             raise ConfigError(f"{run_dir} is being written by a running process; wait for it or pick another output.run_dir")
         rundir.mark_stale(run_dir.parent, log)
         prepared = prepare(cfg, plan)
@@ -336,10 +333,11 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         with manifest.stage("token_kl_reference", log):
             reference = kl_reference(base, model, tokenizer, cfg, store, key)
     manifest.update(baseline_cache_hit=hit, baseline_cache_key=key, baseline_fingerprint=weights)
-    noise = None
-    if cfg.eval.noise_floor:
+    if cfg.eval.noise_floor != "off":
         with manifest.stage("evaluate_noise_floor", log):
-            noise = evaluate_side(model, tokenizer, task_objs, plan, cfg, batch_size=cfg.eval.noise_batch_size)
+            noise, noise_details = noise_floor(model, tokenizer, task_objs, plan, cfg, base, reference)
+            noise.to_parquet(run_dir / "noise_samples.parquet", index=False)
+        manifest.update(noise_floor=noise_details)
     grids = {} if cfg.output.save_model else None
     with manifest.stage("compress", log):
         comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg, grids)
@@ -356,8 +354,6 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         untouched = cfg.compression.method in ("none", "checkpoint")  # the loaded baseline is still the baseline
         token_kl_stage(paired, comp_model, tokenizer, cfg, reference, model if untouched else None)
         paired.to_parquet(run_dir / "samples.parquet", index=False)
-        if noise is not None:
-            metrics.annotate(pair(base, noise)).to_parquet(run_dir / "noise_samples.parquet", index=False)
     if cfg.output.save_model:  # last use of the compressed model: packing rewrites its linears in place
         with manifest.stage("save_model", log):
             from flipbench.compress.export import save

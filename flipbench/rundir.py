@@ -133,6 +133,7 @@ class Manifest:
     def stage(self, name: str, log):
         log.info("stage %s ...", name)
         self.current = name
+        self.update(stage=name)
         rss_start, scoped = _status_mb("VmRSS"), reset_peak_rss()
         start = time.perf_counter()
         yield
@@ -150,6 +151,7 @@ class Manifest:
         self.data.update(fields)
         self.data["finished"] = datetime.now(timezone.utc).isoformat()
         self.data.pop("status")
+        self.data.pop("stage", None)
         self.data["status"] = "complete"
         self.flush()
 
@@ -185,14 +187,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def read_manifest(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def in_use(run_dir: Path) -> bool:
+    """Another live process is writing this run folder."""
+    return state(run_dir) == "running" and read_manifest(run_dir).get("pid") != os.getpid()
+
+
 def state(run_dir: Path) -> str:
     """complete | failed | running | stale (says running, but its process on this host is gone) | missing.
 
     A run on another host cannot be checked from here and stays ``running``."""
-    try:
-        data = json.loads((Path(run_dir) / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return "missing"
+    data = read_manifest(run_dir)
     status = data.get("status", "missing")
     if status == "running" and data.get("host") == socket.gethostname() and isinstance(data.get("pid"), int):
         if data["pid"] != os.getpid() and not _alive(data["pid"]):

@@ -53,7 +53,7 @@ def normalised_scores(metric: str, ll: np.ndarray, characters: np.ndarray, utf8_
             return ll / utf8_bytes
     if metric == "acc_mutual_info":
         if ll_uncond is None or ll_uncond.shape != ll.shape:
-            raise ValueError("acc_mutual_info needs the unconditional log-likelihoods (ll_uncond) of every choice")
+            raise ValueError("acc_mutual_info needs the unconditional log-likelihood of every choice")
         return ll - ll_uncond
     return ll
 
@@ -89,7 +89,13 @@ def side_scores(rows: pd.DataFrame, side: str, metric: str) -> Iterator[tuple[np
 
     Rows need ``choices``, ``choice_len`` and ``ll_<side>``; ``acc_mutual_info`` also ``ll_uncond_<side>``.
     """
-    columns = [f"ll_{side}", "choice_len"] + ([f"ll_uncond_{side}"] if metric == "acc_mutual_info" else [])
+    columns = [f"ll_{side}", "choice_len"]
+    if metric == "acc_mutual_info":
+        uncond = f"ll_uncond_{side}"
+        if uncond not in rows or (rows[uncond].map(len) != rows["choices"].map(len)).any():
+            raise ValueError(f"acc_mutual_info needs {uncond}, the unconditional log-likelihood of every choice; "
+                             "lm-eval computes them only for tasks whose metric_list names acc_mutual_info")
+        columns.append(uncond)
     utf8 = rows["choices"].map(lambda cs: [len(str(c).encode("utf-8")) for c in cs])
     frame = rows.assign(_bytes=utf8.to_numpy())
     for pos, cells in _by_choice_count(frame, columns + ["_bytes"]):

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 
-from flipbench import plots  # noqa: E402
+from flipbench import plots, sweepstats  # noqa: E402
 from flipbench.report import markdown_table  # noqa: E402
 from flipbench.rundir import is_complete  # noqa: E402
 
@@ -57,30 +57,56 @@ def plot_against_bits(table: pd.DataFrame, column: str, ylabel: str, title: str,
     return plots.save(fig, stem)
 
 
+def member_overlap(sweep_dir: Path, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pairwise flip overlap and McNemar, Spearman(KL, flips) per task) from the members' samples."""
+    members = {run: pd.read_parquet(sweep_dir / run / "samples.parquet", columns=["task", "group", "doc_id", "filter",
+                                                                               "correct_base", "correct_comp"])
+               for run in table["run"].unique() if (sweep_dir / run / "samples.parquet").is_file()}
+    return sweepstats.overlap(members, table), sweepstats.kl_flips_correlation(table)
+
+
 def aggregate(sweep_dir: Path) -> Path | None:
-    """Write sweep_summary.csv, plots and sweep_report.md; returns the table's path (None if no member finished)."""
+    """Write sweep_summary.csv, sweep_overlap.csv, sweep_correlation.csv, plots and sweep_report.md; returns
+    the summary table's path (None if no member finished)."""
     table = collect(sweep_dir)
     if table.empty:
         log.warning("sweep %s has no complete member runs; nothing to aggregate", sweep_dir)
         return None
     out = sweep_dir / "sweep_summary.csv"
     table.to_csv(out, index=False)
+    pairs, correlation = member_overlap(sweep_dir, table)
+    pairs.to_csv(sweep_dir / "sweep_overlap.csv", index=False)
+    correlation.to_csv(sweep_dir / "sweep_correlation.csv", index=False)
     figures = plot_against_bits(table, "flips", "flips (% of questions)", "Flips vs average bits",
                                 sweep_dir / "plots" / "flips_vs_bits")
     figures += plot_against_bits(table, "delta_acc", "Δ accuracy (points, compressed − baseline)",
                                  "Accuracy change vs average bits", sweep_dir / "plots" / "delta_acc_vs_bits")
     points = table.assign(label=[f"w{int(b)}" if b == b else "" for b in table["bits"]])
     figures += plots.kl_vs_flips(points, "KL vs flips across the sweep", sweep_dir / "plots" / "kl_vs_flips")
+    for task in sorted(pairs["task"].unique()):
+        figures += plots.flip_overlap(sweepstats.jaccard_matrix(pairs, task), f"Overlap of flipped docs: {task}",
+                                      sweep_dir / "plots" / f"flip_overlap_{task}")
     shown = table[["task", "metric", "method", "bits", "avg_bits", "acc_base", "acc_comp", "delta_acc", "flips", "lost",
-                   "gained", "kl_mean"]].copy()
-    for column in ("acc_base", "acc_comp", "delta_acc", "flips", "lost", "gained"):
+                   "gained", "kl_scope", "kl_mean"]].copy()
+    for column in ("acc_base", "acc_comp", "flips", "lost", "gained"):
         shown[column] = [f"{100 * v:.1f}%" for v in shown[column]]
+    shown["delta_acc"] = [f"{100 * v:+.1f} pp" for v in shown["delta_acc"]]
     shown["avg_bits"] = [f"{v:.2f}" for v in shown["avg_bits"]]
     shown["kl_mean"] = [f"{v:.4f}" for v in shown["kl_mean"]]
     images = [f"![{f.stem}](plots/{f.name})" for f in figures if f.suffix == ".png"]
     (sweep_dir / "sweep_report.md").write_text(
-        f"# flipbench sweep {sweep_dir.name}\n\n{markdown_table(shown)}\n\n" + "\n".join(images) + "\n")
+        f"# flipbench sweep {sweep_dir.name}\n\n{markdown_table(shown)}\n\n"
+        "## Do the members flip the same docs?\n\nPer pair of members: flipped docs under each, under both, Jaccard "
+        "overlap, and McNemar's exact test between the two members' own answers (a right & b wrong vs a wrong & b "
+        f"right).\n\n{markdown_table(_rounded(pairs))}\n\n"
+        "## Does KL rank the members like flips?\n\nSpearman's rho between mean KL and flips across members, 95% "
+        "Fisher-z interval (n/a below 4 members or at |rho| = 1).\n\n"
+        f"{markdown_table(_rounded(correlation))}\n\n" + "\n".join(images) + "\n")
     return out
+
+
+def _rounded(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.apply(lambda c: c.map(lambda v: "n/a" if v != v else f"{v:.3g}") if c.dtype.kind == "f" else c)
 
 
 class SweepSummary(Callback):

@@ -6,7 +6,7 @@ synth data (so the bundled tiny model, trained on synth, gets some right and som
 - ``shape_multi_input``: Winogrande-style, doc_to_text an index, doc_to_choice the contexts, one shared
   continuation;
 - ``shape_mutual_info``: acc_mutual_info (lm-eval adds one unconditional request per choice);
-- ``shape_bytes``: acc_bytes on choices with accented letters (UTF-8 bytes != characters);
+- ``shape_bytes``: acc_bytes on choices with accented letters (UTF-8 bytes != characters, differently per choice);
 - ``shape_mmlu``: an MMLU-like group of category groups (one with a group_alias) over per-subject tasks.
 """
 
@@ -17,6 +17,8 @@ from pathlib import Path
 
 SYNTH_DATA = Path(__file__).resolve().parent.parent / "tasks" / "synth" / "data"
 N_DOCS = 12
+BATCH = 8  # the same batch size on every side, so log-likelihoods agree bit for bit
+BITS = 2  # the compressed side: RTN at this many bits
 
 SHAPE_TASKS = ["shape_multigold", "shape_multi_input", "shape_mutual_info", "shape_bytes", "shape_mmlu"]
 # flipbench's reported metrics per task; the first is the headline
@@ -84,9 +86,9 @@ def _multi_input(hellaswag: list[dict]) -> list[dict]:
 
 
 def _accented(hellaswag: list[dict]) -> list[dict]:
-    accents = str.maketrans({"a": "á", "e": "é", "o": "ö"})
-    return [{"query": d["query"], "label": int(d["label"]),
-             "choices": [c.translate(accents) if k % 2 else c for k, c in enumerate(d["choices"])]}
+    """Every "e" as "é" (2 UTF-8 bytes): choices differ in bytes per character, so ll / bytes and ll / characters
+    pick different choices on some docs (doc 4 with the bundled model)."""
+    return [{"query": d["query"], "label": int(d["label"]), "choices": [c.replace("e", "é") for c in d["choices"]]}
             for d in hellaswag[:N_DOCS]]
 
 
@@ -122,3 +124,38 @@ def write_shape_tasks(folder: Path) -> Path:
           ["acc", "acc_norm", "acc_bytes"])
     _mmlu_like(folder)
     return folder
+
+
+def flipbench_overrides(folder: Path, out: Path) -> list[str]:
+    """A flipbench run of the bundled tiny model against its RTN copy on every shape task."""
+    overrides = ["model=tiny", "compression=rtn", f"compression.bits={BITS}", f"suite.include_path={folder}",
+                 f"suite.tasks=[{','.join(SHAPE_TASKS)}]", "suite.subject_groups=[shape_mmlu]", "suite.metrics={}",
+                 f"eval.batch_size={BATCH}", "eval.bootstrap=20", "output.plots=false", f"output.root={out}"]
+    return overrides + [f"+suite.metrics.{task}=[{','.join(m)}]" for task, m in SHAPE_METRICS.items()]
+
+
+def plain_lm_eval(folder: Path, quantize: bool) -> dict:
+    """lm-eval on its own: its TaskManager over the task folder, HFLM over the model, nothing from flipbench's
+    evaluation stage. The quantized copy is made with flipbench's RTN (what the flipbench run compares)."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flipbench.models import resolve_path
+
+    path = resolve_path("bundled:tiny")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    if quantize:
+        from flipbench.compress import QuantConfig, compress
+
+        compress(model, QuantConfig(method="rtn", bits=BITS, group_size=-1))
+    lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(path), batch_size=BATCH, device="cpu")
+    manager = TaskManager(include_path=[str(folder)], include_defaults=False)
+    return lm_eval.simple_evaluate(lm, tasks=SHAPE_TASKS, task_manager=manager, log_samples=True, bootstrap_iters=0)
+
+
+def per_doc(results: dict, row, metric: str) -> float:
+    """lm-eval's logged value of ``metric`` for the doc of one flipbench samples row."""
+    leaf = f"shape_mmlu_{row['group']}" if row["task"] == "shape_mmlu" else row["task"]
+    return next(float(s[metric]) for s in results["samples"][leaf] if s["doc_id"] == row["doc_id"])

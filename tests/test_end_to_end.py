@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -113,6 +114,7 @@ def test_cli_gate_failure_exits_3(mini_run_overrides, tmp_path):
     assert "gate: FAIL" in done.stdout
 
 
+@pytest.mark.slow  # in-process: tests/test_reliability.py's bad-input table; one CLI run: tests/test_bad_input.py
 @pytest.mark.parametrize("override,message", [
     ("suite.tasks=[mini_mcc]", "unknown task 'mini_mcc'; did you mean mini_mc"),
     ("model.path=/nonexistent/model", "does not exist"),
@@ -125,11 +127,20 @@ def test_cli_bad_input_is_one_line_and_exit_2(mini_run_overrides, tmp_path, over
     assert "Traceback" not in done.stderr
 
 
-def test_noise_floor_reports_baseline_against_itself(mini_run_overrides):
-    run_dir = pipeline.run(compose(mini_run_overrides + ["compression=rtn", "compression.bits=4", "eval.noise_floor=true",
+def test_noise_floor_in_another_dtype_reports_flips_kl_and_excess(mini_run_overrides):
+    run_dir = pipeline.run(compose(mini_run_overrides + ["compression=rtn", "compression.bits=4", "eval.noise_floor=batch_dtype",
                                                          "eval.noise_batch_size=1", "output.plots=false"]))
-    assert (run_dir / "noise_samples.parquet").is_file()
+    noise = pd.read_parquet(run_dir / "noise_samples.parquet")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["noise_floor"] == {"mode": "batch_dtype", "batch_size": 1, "dtype": "bfloat16", "baseline_batch_size": 4,
+                                       "baseline_dtype": "float32"}
     summary = pd.read_csv(run_dir / "summary.csv")
-    # On CPU in fp32 a batch of 1 vs 4 changes no answer of this model: the noise floor is zero.
-    assert (summary["noise_flips"] == 0).all()
-    assert "noise_flips" in (run_dir / "report.md").read_text()
+    whole = summary[summary["group"] == "all"]
+    assert np.allclose(whole["flips_excess"], whole["flips"] - whole["noise_flips"])
+    assert (whole["noise_flips_ci_low"] <= whole["noise_flips"]).all() and (whole["noise_flips"] <= whole["noise_flips_ci_high"]).all()
+    # bf16 really perturbs the baseline: its KL to the fp32 baseline is positive in both scopes
+    assert (whole["noise_kl_mean"] > 0).all() and set(whole["noise_kl_scope"]) == {"choice", "token"}
+    gen = noise[noise["output_type"] == "generate_until"]
+    assert (gen["tok_kl"].map(len) == gen["n_tokens"]).all()
+    assert (run_dir / "noise_summary.csv").is_file()
+    assert "Noise floor (batch_dtype)" in (run_dir / "report.md").read_text()

@@ -16,10 +16,8 @@ import pytest
 
 from flipbench import metrics, pipeline, scoring
 from tests.conftest import compose
-from tests.shape_tasks import MMLU_CATEGORIES, SHAPE_METRICS, SHAPE_TASKS, write_shape_tasks
-
-BATCH = 8
-BITS = 2
+from tests.shape_tasks import (MMLU_CATEGORIES, SHAPE_METRICS, flipbench_overrides, per_doc, plain_lm_eval,
+                               write_shape_tasks)
 
 
 @pytest.fixture(scope="session")
@@ -28,61 +26,20 @@ def shape_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def single_thread():
-    """On a busy 2-core machine, one torch thread runs the tiny model's small batches faster."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def plain_lm_eval(folder, quantize: bool) -> dict:
-    """lm-eval on its own: its TaskManager over the task folder, HFLM over the model, nothing from flipbench's
-    evaluation stage. The quantized copy is made with flipbench's RTN (what the flipbench run compares)."""
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from flipbench.models import resolve_path
-
-    path = resolve_path("bundled:tiny")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
-    if quantize:
-        from flipbench.compress import QuantConfig, compress
-
-        compress(model, QuantConfig(method="rtn", bits=BITS, group_size=-1))
-    lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(path), batch_size=BATCH, device="cpu")
-    manager = TaskManager(include_path=[str(folder)], include_defaults=False)
-    return lm_eval.simple_evaluate(lm, tasks=SHAPE_TASKS, task_manager=manager, log_samples=True, bootstrap_iters=0)
-
-
-@pytest.fixture(scope="session")
-def shape_run(shape_folder, single_thread, tmp_path_factory):
+def shape_run(shape_folder, tmp_path_factory):
     """flipbench on the shape tasks: (samples.parquet, summary.csv, manifest), baseline vs 2-bit RTN."""
-    overrides = ["model=tiny", "compression=rtn", f"compression.bits={BITS}", f"suite.include_path={shape_folder}",
-                 f"suite.tasks=[{','.join(SHAPE_TASKS)}]", "suite.subject_groups=[shape_mmlu]", "suite.metrics={}",
-                 f"eval.batch_size={BATCH}", "eval.bootstrap=20", "output.plots=false",
-                 f"output.root={tmp_path_factory.mktemp('shape_results')}"]
-    overrides += [f"+suite.metrics.{task}=[{','.join(m)}]" for task, m in SHAPE_METRICS.items()]
-    run_dir = pipeline.run(compose(overrides))
+    run_dir = pipeline.run(compose(flipbench_overrides(shape_folder, tmp_path_factory.mktemp("shape_results"))))
     return (pd.read_parquet(run_dir / "samples.parquet"), pd.read_csv(run_dir / "summary.csv"),
             json.loads((run_dir / "manifest.json").read_text()))
 
 
 @pytest.fixture(scope="session")
-def plain_base(shape_folder, single_thread):
+def plain_base(shape_folder):
     return plain_lm_eval(shape_folder, quantize=False)
 
 
-def leaf_of(row) -> str:
-    return f"shape_mmlu_{row['group']}" if row["task"] == "shape_mmlu" else row["task"]
-
-
-def per_doc(results: dict, leaf: str, metric: str) -> dict[int, float]:
-    return {s["doc_id"]: float(s[metric]) for s in results["samples"][leaf]}
+def leaf_values(results: dict, leaf: str, metric: str) -> list[float]:
+    return [float(s[metric]) for s in sorted(results["samples"][leaf], key=lambda s: s["doc_id"])]
 
 
 def check_side(samples: pd.DataFrame, summary: pd.DataFrame, plain: dict, side: str) -> None:
@@ -92,7 +49,7 @@ def check_side(samples: pd.DataFrame, summary: pd.DataFrame, plain: dict, side: 
         rows = samples[samples["task"] == task]
         for metric in task_metrics:
             _, correct = metrics.predictions(rows, side, metric)
-            expected = [per_doc(plain, leaf_of(r), metric)[r["doc_id"]] for _, r in rows.iterrows()]
+            expected = [per_doc(plain, r, metric) for _, r in rows.iterrows()]
             assert correct.tolist() == expected, (task, metric)
             checked += len(expected)
             whole = summary[(summary["task"] == task) & (summary["group"] == "all") & (summary["metric"] == metric)]
@@ -115,11 +72,10 @@ def test_shapes_need_their_own_scoring(shape_run, plain_base):
     multi_input = samples[samples["task"] == "shape_multi_input"]
     assert 0 < multi_input["correct_base"].sum() < len(multi_input)  # the old reading scored every doc wrong
     assert (multi_input["choices"].map(len) == 2).all()  # pred over the two contexts
-    mi = per_doc(plain_base, "shape_mutual_info", "acc_mutual_info")
-    acc = per_doc(plain_base, "shape_mutual_info", "acc")
+    mi, acc = (leaf_values(plain_base, "shape_mutual_info", m) for m in ("acc_mutual_info", "acc"))
     assert mi != acc  # mutual information changes some decisions on these docs
-    byte_rows = samples[samples["task"] == "shape_bytes"]
-    assert any(len(c.encode()) != len(c) for cs in byte_rows["choices"] for c in cs)
+    by_bytes, by_chars = (leaf_values(plain_base, "shape_bytes", m) for m in ("acc_bytes", "acc_norm"))
+    assert by_bytes != by_chars  # ll / bytes and ll / characters decide differently on some doc
 
 
 def test_recomputed_predictions_match_lm_eval_everywhere(shape_run):
@@ -148,7 +104,7 @@ def test_category_rows_are_lm_eval_s_group_aggregates(shape_run, plain_base):
 
 
 @pytest.mark.slow
-def test_compressed_side_and_flips_match_plain_lm_eval_on_the_quantized_copy(shape_run, shape_folder, single_thread):
+def test_compressed_side_and_flips_match_plain_lm_eval_on_the_quantized_copy(shape_run, shape_folder):
     samples, summary, _ = shape_run
     plain_comp = plain_lm_eval(shape_folder, quantize=True)
     check_side(samples, summary, plain_comp, "comp")
@@ -156,7 +112,7 @@ def test_compressed_side_and_flips_match_plain_lm_eval_on_the_quantized_copy(sha
     for task, task_metrics in SHAPE_METRICS.items():
         rows = samples[samples["task"] == task]
         for metric in task_metrics:
-            base = np.array([per_doc(plain_base, leaf_of(r), metric)[r["doc_id"]] for _, r in rows.iterrows()])
-            comp = np.array([per_doc(plain_comp, leaf_of(r), metric)[r["doc_id"]] for _, r in rows.iterrows()])
+            base = np.array([per_doc(plain_base, r, metric) for _, r in rows.iterrows()])
+            comp = np.array([per_doc(plain_comp, r, metric) for _, r in rows.iterrows()])
             whole = summary[(summary["task"] == task) & (summary["group"] == "all") & (summary["metric"] == metric)]
             assert whole["flips"].item() == pytest.approx(np.mean(base != comp))

@@ -130,5 +130,12 @@ def weight_grad_matrix(module, family: Family | None = None) -> torch.Tensor:
     return grad.t() if _transposed(module) else grad
 
 
+def param_matrix(module, full: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped like weight_param(module) (e.g. a summed gradient) as the module's (out, in) matrix:
+    an expert's slice of a fused parameter, Conv1D transposed."""
+    part = full[module.index] if isinstance(module, ExpertWeight) else full
+    return part.t() if _transposed(module) else part
+
+
 def in_features(module, family: Family | None = None) -> int:
     return weight_matrix(module).shape[1]

@@ -2,8 +2,9 @@
 
 The first layer's inputs are captured with *all* their positional args and kwargs (new transformers pass
 ``position_embeddings``, masks, cache objects) by a forward pre-hook that stops the forward pass. Then each
-layer in turn is moved to the device, handed to the caller (who collects statistics and quantizes it),
-re-run to produce the next layer's inputs, and moved back. Only one layer's activations live at a time.
+layer in turn is onloaded to the device (placement.onload: also from CPU or disk offload of an accelerate
+device_map), handed to the caller (who collects statistics and quantizes it), re-run to produce the next
+layer's inputs, and put back. Only one layer's weights and activations are on the device at a time.
 
 Within a layer, the true-sequential groups come from one traced forward (sequential_groups), and each
 quantizable weight's inputs are delivered by collect_inputs: forward hooks on linears, and for fused
@@ -13,7 +14,7 @@ mixture-of-experts modules the tokens routed to each expert (experts.py).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 
 from flipbench.compress.experts import ExpertWeight, routed_inputs
 from flipbench.compress.families import Family, block_linears, decoder_layers, family_of
+from flipbench.compress.placement import onload
 
 
 class _StopForward(Exception):
@@ -50,27 +52,27 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _outside_modules(model: nn.Module, layers: nn.ModuleList) -> list[tuple[nn.Module, bool]]:
+    """(module, recurse) pairs covering every tensor outside the decoder layers: the layers' ancestors on their
+    own (recurse=False) and each of their other children whole (embeddings, rotary tables, final norm, head)."""
+    chain = [module for module in model.modules() if any(m is layers for m in module.modules())]
+    ancestors = {id(m) for m in chain}
+    outside = [(module, False) for module in chain if module is not layers]
+    for module in chain:
+        outside += [(child, True) for child in module.children() if id(child) not in ancestors and child is not layers]
+    return outside
+
+
 @contextmanager
-def _outside_layers_on(model: nn.Module, layers: nn.ModuleList, device) -> Iterator[None]:
-    """Temporarily move every parameter and buffer that is not in a decoder layer (embeddings, rotary
-    tables, final norm, head) plus layer 0 to device, so the model can run up to layer 0 there."""
-    inside = {id(t) for t in list(layers.parameters()) + list(layers.buffers())}
-    moved = []  # (module, kind, name, original device)
-    for module in model.modules():
-        for kind in ("_parameters", "_buffers"):
-            for name, tensor in getattr(module, kind).items():
-                if tensor is not None and id(tensor) not in inside:
-                    moved.append((module, kind, name, tensor.device))
-                    tensor.data = tensor.data.to(device)
-    home = model_device(layers[0])
-    layers[0].to(device)
-    try:
+def outside_layers_on(model: nn.Module, layers: nn.ModuleList, device, dtype: torch.dtype | None = None) -> Iterator[None]:
+    """Temporarily put every parameter and buffer that is not in a decoder layer (embeddings, rotary tables,
+    final norm, head) plus layer 0 on device (read-only, in dtype when given), so the model can run up to
+    layer 0, or from the last layer's output to the logits, there."""
+    with ExitStack() as stack:
+        for module, recurse in _outside_modules(model, layers):
+            stack.enter_context(onload(module, device, dtype, write_back=False, recurse=recurse))
+        stack.enter_context(onload(layers[0], device, dtype, write_back=False))
         yield
-    finally:
-        layers[0].to(home)
-        for module, kind, name, original in moved:
-            tensor = getattr(module, kind)[name]
-            tensor.data = tensor.data.to(original)
 
 
 @contextmanager
@@ -87,8 +89,9 @@ def calibration_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def capture_inputs(model: nn.Module, calib: torch.Tensor, device) -> LayerInputs:
-    """Inputs of the first decoder layer for each row of calib (n_samples, seq_len), kept on device."""
+def capture_inputs(model: nn.Module, calib: torch.Tensor, device, dtype: torch.dtype | None = None) -> LayerInputs:
+    """Inputs of the first decoder layer for each row of calib (n_samples, seq_len), kept on device; with dtype,
+    the embeddings (and position tables) run in that dtype."""
     layers = decoder_layers(model, family_of(model))
     captured = LayerInputs([], [], [])
 
@@ -101,7 +104,7 @@ def capture_inputs(model: nn.Module, calib: torch.Tensor, device) -> LayerInputs
 
     handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        with _outside_layers_on(model, layers, device):
+        with outside_layers_on(model, layers, device, dtype):
             for row in calib:
                 try:
                     model(input_ids=row[None].to(device), use_cache=False)
@@ -206,7 +209,8 @@ def layer_by_layer(
     model: nn.Module, calib: torch.Tensor, device, progress=None, label: str = "layer"
 ) -> Iterator[tuple[int, nn.Module, Family, LayerInputs]]:
     """Yield (index, layer on device, family, inputs) for each decoder layer. When the caller resumes the
-    iteration, the (now quantized) layer is re-run to make the next layer's inputs, then moved back."""
+    iteration, the (now quantized) layer is re-run to make the next layer's inputs, then put back where it
+    lives (its device, or its offload storage: see placement.onload)."""
     family = family_of(model)
     layers = decoder_layers(model, family)
     with calibration_mode(model):
@@ -214,13 +218,9 @@ def layer_by_layer(
         for index, layer in enumerate(layers):
             if progress:
                 progress(f"{label} {index + 1}/{len(layers)}")
-            home = model_device(layer)
-            layer.to(device)
-            try:
+            with onload(layer, device):  # written back (quantized) where it lives when the caller resumes
                 yield index, layer, family, inputs
                 inputs = replace(inputs, hidden=run_layer(layer, inputs))
-            finally:
-                layer.to(home)
 
 
 __all__ = [

@@ -38,7 +38,7 @@ def _gptq(model, cfg, calib, task_calib, device, progress, grids=None) -> dict:
 
 def _tacq(model, cfg, calib, task_calib, device, progress, grids=None) -> dict:
     return tacq_model(model, calib, task_calib, cfg.gptq, cfg.keep_fraction, device, cfg.true_sequential, progress,
-                      kept=grids)
+                      cfg.gradients, kept=grids)
 
 
 # name -> (method, needs calibration data)
@@ -135,6 +135,7 @@ def _report(model: nn.Module, cfg: QuantConfig, details: dict) -> dict:
         "block_size": cfg.block_size,
         "true_sequential": cfg.true_sequential,
         "keep_fraction": cfg.keep_fraction if cfg.method == "tacq" else 0.0,
+        **({"grad_dtype": cfg.grad_dtype, "gradient_checkpointing": cfg.gradient_checkpointing} if cfg.method == "tacq" else {}),
         "avg_bits": bits,
         "model_bytes": model_bytes(model, list(weights.values()), bits),
         "n_quantized_params": sum(rows * cols for rows, cols in shapes),

@@ -128,7 +128,7 @@ def avg_bits(point: Point, shapes: Shapes, defaults: dict) -> float:
     settings = {**defaults.get(point.method, {}), **dict(point.params)}
     n_params = sum(rows * cols for rows, cols in shapes.linears)
     kept = n_to_keep(settings["keep_fraction"], n_params) if point.method == "tacq" else 0
-    return registry_avg_bits(shapes.linears, settings["bits"], settings["group_size"], kept, settings["sym"])
+    return registry_avg_bits(shapes.linears, settings["bits"], settings["group_size"], kept, settings.get("sym", False))
 
 
 def model_bytes(bits: float, shapes: Shapes) -> int:

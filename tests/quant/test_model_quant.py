@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from flipbench.compress.families import decoder_layers, family_of, quantizable_linears, weight_matrix
-from flipbench.compress import QuantConfig, compress
+from flipbench.compress import QuantConfig, avg_bits, compress
+from flipbench.compress.quant.grid import GridSpec, rtn as rtn_grid
 from flipbench.compress.layerwise import collect_inputs, layer_by_layer
 from .tiny_models import CONFIGS, MOE, random_ids, tiny_model
 
@@ -121,3 +122,40 @@ def test_none_leaves_the_model_alone():
     q_model, report = quantized(model, method="none")
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), q_model.parameters()))
     assert report["avg_bits"] == 32.0 and report["n_quantized_params"] == 0
+
+
+def test_avg_bits_counts_ragged_groups_by_hand():
+    # a 576-wide row in groups of 128: 4 groups of 128 + one of 64 = 5 groups, each a 16-bit scale and
+    # (asymmetric) a 4-bit zero: 4·576 + 5·(16 + 4) = 2404 bits for 576 weights; symmetric: 2304 + 5·16 = 2384
+    assert avg_bits([(1, 576)], bits=4, group_size=128) == pytest.approx(2404 / 576)
+    assert avg_bits([(1, 576)], bits=4, group_size=128, sym=True) == pytest.approx(2384 / 576)
+    # SmolLM2-135M's MLP: up/gate (1536, 576) as above, down (576, 1536): 12 groups of 128 exactly
+    shapes = [(1536, 576), (576, 1536)]
+    stored = 1536 * 2404 + 576 * (4 * 1536 + 12 * 20)
+    assert avg_bits(shapes, bits=4, group_size=128) == pytest.approx(stored / (2 * 1536 * 576))
+    # per channel one group per row; 10 kept weights add 32 bits each
+    assert avg_bits([(2, 576)], bits=3, group_size=-1, n_kept=10) == pytest.approx((2 * (3 * 576 + 19) + 320) / 1152)
+
+
+def test_ragged_groups_quantize_a_576_wide_layer_by_hand():
+    # one 576-wide row, groups of 128: the last group (columns 512-575) gets its own grid from its 64 values
+    W = torch.randn(3, 576, generator=torch.Generator().manual_seed(0))
+    Q = rtn_grid(W, GridSpec(bits=4), 128)
+    last = W[:, 512:]
+    xmin, xmax = last.min(1, keepdim=True).values.clamp(max=0), last.max(1, keepdim=True).values.clamp(min=0)
+    scale = (xmax - xmin) / 15
+    zero = torch.round(-xmin / scale)
+    expected = scale * (torch.clamp(torch.round(last / scale) + zero, 0, 15) - zero)
+    torch.testing.assert_close(Q[:, 512:], expected)
+    assert Q[:, 512:].unique().numel() <= 3 * 16
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "tacq"])
+def test_group_size_wider_than_some_layers_and_not_dividing_others(method):
+    # tiny llama: widths 64 and 128; group 96 -> one group of 64 / groups of 96 + 32
+    model = tiny_model("llama")
+    report = compress(model, QuantConfig(method=method, bits=4, group_size=96), calib=CALIB, task_calib=CALIB[:2])
+    n_per_layer = 36864  # 28672 weights with in = 64 (1 group), 8192 with in = 128 (2 groups)
+    n_kept = report["n_kept"]
+    expected = (2 * (28672 * 4 + 28672 // 64 * 20 + 8192 * 4 + 8192 // 128 * 2 * 20) + 32 * n_kept) / (2 * n_per_layer)
+    assert report["avg_bits"] == pytest.approx(expected)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from flipbench.compress.families import family_of
 from flipbench.compress.quant.gptq import GPTQSettings
 from flipbench.compress.quant.grid import GridSpec
+from flipbench.compress.quant.tacq import GradientSettings
 
 METHOD_NAMES = ("none", "rtn", "gptq", "tacq")
 
@@ -27,6 +29,12 @@ class QuantConfig:
     block_size: int = 128
     keep_fraction: float = 0.0035  # TACQ: share of quantized weights kept in 16-bit, in [0, 0.5]
     true_sequential: bool = True
+    grad_dtype: str = "float32"  # TACQ: dtype of the backward pass (the official code runs it in fp32)
+    gradient_checkpointing: bool = True  # TACQ: gradients with one decoder block on the device at a time
+
+    @property
+    def gradients(self) -> GradientSettings:
+        return GradientSettings(dtype=getattr(torch, self.grad_dtype), checkpointing=self.gradient_checkpointing)
 
     @property
     def grid(self) -> GridSpec:

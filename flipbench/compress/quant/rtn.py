@@ -14,6 +14,7 @@ from flipbench.compress.families import (
     set_weight_matrix,
     weight_matrix,
 )
+from flipbench.compress.placement import onload
 from flipbench.compress.quant.grid import GridSpec, rtn, rtn_grid_record
 
 
@@ -28,9 +29,10 @@ def rtn_model(
     for index, block in enumerate(blocks):
         if progress:
             progress(f"rtn layer {index + 1}/{len(blocks)}")
-        for name, module in block_linears(block).items():
-            W = weight_matrix(module).to(device)  # (out, in)
-            if grids is not None:
-                grids[f"{family.layers}.{index}.{name}"] = rtn_grid_record(W, spec, group_size)
-            set_weight_matrix(module, family, rtn(W, spec, group_size))
+        with onload(block, device):  # and back where it lives (a GPU, the CPU, offload storage)
+            for name, module in block_linears(block).items():
+                W = weight_matrix(module)  # (out, in)
+                if grids is not None:
+                    grids[f"{family.layers}.{index}.{name}"] = rtn_grid_record(W, spec, group_size)
+                set_weight_matrix(module, family, rtn(W, spec, group_size))
     return len(quantizable_linears(model))
