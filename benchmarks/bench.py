@@ -4,7 +4,8 @@
 
 Everything is measured side by side in one run on this machine and written under ``--out``:
 overhead.csv (case, model, flipbench_s, lm_eval_s, ratio), stages.csv, sweep.csv, throughput.csv, memory.csv,
-quant.csv/quant.md (from benchmarks.bench_quant) and bench.md, the tables the README quotes.
+quant.csv/quant.md (from benchmarks.bench_quant), prune.csv/prune_memory.csv/prune.md (benchmarks.bench_prune),
+search.csv/search.md (from benchmarks.bench_search) and bench.md, the tables the README quotes.
 
 Overhead compares one flipbench process (baseline and compressed evaluation, pairing, metrics, token KL,
 report) with two ``lm-eval run`` processes on the same two saved model directories, tasks, limit and batch
@@ -26,7 +27,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from flipbench.compress.families import quantizable_linears
 from flipbench.tasks import BUNDLED_TASKS
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -148,43 +148,6 @@ def memory(run_dir: Path) -> list[dict]:
             for stage, peak in manifest.get("peak_memory_mb", {}).items()]
 
 
-def quantization_memory(tokenizer_dir: Path, work: Path, layers=(4, 8), methods=("gptq", "tacq")):
-    """In-process quantization of random hidden-1024 models of two depths: the ``compress`` stage's own peak
-    above its starting RSS. A copy of the weights would grow with the model; GPTQ's working memory (one
-    layer's Hessians and activations) does not. TACQ adds its fp32 Σ|∂L/∂W| accumulator, one value per
-    quantized weight. Also the whole-model quantization seconds (TACQ against GPTQ on a real model, not one
-    layer). Returns (per-stage rows, one summary row per model and method)."""
-    rows, checks = [], []
-    for depth in layers:
-        model_dir = large_random_model(work / f"mem_l{depth}", tokenizer_dir, layers=depth)
-        # Stored and loaded in fp32 (model.dtype=float32): the file's size is one copy of the weights in memory.
-        model_mb = (model_dir / "model.safetensors").stat().st_size / 2**20
-        quantized = sum(m.weight.numel() for m in quantizable_linears(_meta_model(model_dir)).values())
-        for method in methods:
-            root = work / f"results_mem_{method}_l{depth}"
-            timed([sys.executable, "-m", "flipbench", "model=hf", f"model.path={model_dir}", "model.dtype=float32",
-                   f"model.name=mem-{method}-l{depth}", f"compression={method}", "compression.bits=4",
-                   "calibration.n_samples=16", "suite.limit=2", "output.plots=false", f"output.root={root}"], work)
-            run = next((root / "runs").iterdir())
-            stage_rows = memory(run)
-            compress_s = json.loads((run / "manifest.json").read_text())["compression"]["seconds"]["total"]
-            rows += [{"model": f"random-h1024-l{depth}", **r} for r in stage_rows]
-            comp = next(r for r in stage_rows if r["stage"] == "compress")
-            checks.append({"method": method, "layers": depth, "model_mb": round(model_mb, 1),
-                           "accumulator_mb": round(quantized * 4 / 2**20, 1) if method == "tacq" else 0.0,
-                           "compress_rss_start": comp["rss_start"], "compress_rss_peak": comp["rss_peak"],
-                           "compress_extra_mb": round(comp["rss_peak"] - comp["rss_start"], 1),
-                           "rss_scope": comp["rss_scope"], "compress_s": round(compress_s, 1)})
-    return rows, checks
-
-
-def _meta_model(model_dir: Path):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
-
-
 def markdown(tables: dict[str, pd.DataFrame]) -> str:
     from flipbench.report import markdown_table
 
@@ -196,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--large-limit", type=int, default=20, help="docs per task for the large random model")
     parser.add_argument("--skip-quant", action="store_true", help="skip the quantizer scaling benchmark")
+    parser.add_argument("--skip-prune", action="store_true", help="skip the pruning benchmark (bench_prune)")
     parser.add_argument("--skip-large", action="store_true", help="skip the large random model (hidden 1024)")
+    parser.add_argument("--skip-search", action="store_true", help="skip the budget search vs full grid benchmark")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     from flipbench.models import resolve_path
@@ -220,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         quant_mem = pd.DataFrame()
         if not args.skip_large:
             print("bench: memory of in-process quantization on the large random model", flush=True)
-            qrows, qchecks = quantization_memory(tiny, work)
+            from benchmarks import memory as quant_memory_bench
+
+            qrows, qchecks = quant_memory_bench.measure(tiny, work)
             mem += qrows
             quant_mem = pd.DataFrame(qchecks)
             quant_mem.to_csv(args.out / "quant_memory.csv", index=False)
@@ -235,6 +202,16 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import bench_quant
 
             bench_quant.main(["--out", str(args.out)])
+        if not args.skip_prune:
+            print("bench: pruning (one layer; compress-stage memory at two depths)", flush=True)
+            from benchmarks import bench_prune
+
+            bench_prune.main(["--out", str(args.out)])
+        if not args.skip_search:
+            print("bench: budget search vs full grid", flush=True)
+            from benchmarks import bench_search
+
+            bench_search.main(["--out", str(args.out)])
         tables = {"Overhead (seconds)": over.drop(columns="run"), "flipbench seconds per stage": stage,
                   "Sweep cost": sweep, "Evaluation throughput": thr, "Peak memory per stage (MB)": mem}
         if not quant_mem.empty:

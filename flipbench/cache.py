@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 # Bump when the per-sample frame's layout or order changes, so entries written by older code are not reused.
-FORMAT = 2
+FORMAT = 3
 
 
 def cache_key(parts: dict) -> str:
@@ -68,14 +68,27 @@ class BaselineCache:
 
     @contextmanager
     def lock(self, key: str):
-        """An exclusive advisory lock per entry, held while one process computes it."""
+        """An exclusive advisory lock per entry, held while one process computes it; the lock file is removed
+        when released. A waiter that wakes holding a file already removed (or replaced) locks the current one
+        instead, so that two processes never both believe they hold the lock."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f"{key}.lock", "w") as handle:
+        path = self.root / f"{key}.lock"
+        while True:
+            handle = open(path, "a")
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            handle.close()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # while still holding it: a new opener then creates a fresh file
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.root / f"{key}.parquet", self.root / f"{key}.json"

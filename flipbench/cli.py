@@ -2,7 +2,7 @@
 
 ``-v`` shows lm-eval's and datasets' own progress and logs on the console (they always go to run.log).
 Exit codes: 0 done (and the gate passed or is not set), 2 bad input (one line on stderr, nothing loaded),
-3 the release gate failed, 1 any other error.
+3 the release gate failed, 130 interrupted (Ctrl-C; the run folder is marked failed), 1 any other error.
 """
 
 from __future__ import annotations
@@ -16,15 +16,21 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from flipbench.config import ConfigError, register
+from flipbench.config import ConfigError, register, unknown_key_error
+from flipbench.rundir import member_tag
 
 EXIT_BAD_INPUT = 2
 EXIT_GATE_FAILED = 3
+EXIT_INTERRUPTED = 130
+# Config fields that are mappings from a task name: a new entry needs Hydra's '+'.
+MAPPING_KEYS = ("suite.num_fewshot", "suite.metrics", "suite.data_files", "suite.max_gen_toks", "gate.per_task")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 register()
 if not OmegaConf.has_resolver("basename"):
     OmegaConf.register_new_resolver("basename", lambda p: Path(str(p).rstrip("/")).name or str(p))
+if not OmegaConf.has_resolver("member_tag"):
+    OmegaConf.register_new_resolver("member_tag", member_tag)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -50,18 +56,47 @@ def _app(cfg: DictConfig) -> None:
         # SystemExit passes through Hydra's error handler, so the exit code reaches the shell.
         print(f"flipbench: error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt as err:
+        interrupted(getattr(err, "stage", "start-up"), getattr(err, "run_dir", None))
     gate = json.loads((run_dir / "manifest.json").read_text()).get("gate") or {}
     print(f"flipbench: run complete: {run_dir}  gate: {gate.get('verdict', 'not set')}")
     if gate.get("verdict") == "FAIL" and not sweeping:
         sys.exit(EXIT_GATE_FAILED)
 
 
-def precheck(argv: list[str]) -> str | None:
-    """Compose the config once before Hydra runs, so a bad key or value is one line, not Hydra's report.
+def interrupted(stage: str, run_dir) -> None:
+    """Ctrl-C: one line naming the stage and what became of the run folder, exit 130 (128 + SIGINT)."""
+    import signal
 
-    Returns the error line, or None. Sweeps (-m) and Hydra's own options are left to Hydra.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while shutting down changes nothing
+    where = f"run {run_dir} marked failed" if run_dir else "no run folder was written"
+    print(f"flipbench: interrupted during {stage}; {where}", file=sys.stderr)
+    # The stack has unwound (the manifest is written, files closed); exit now rather than through interpreter
+    # finalization, which restores the default SIGINT action and could turn a late signal into "killed by SIGINT".
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+def sweep_members(overrides: list[str]) -> list[list[str]]:
+    """The override list of every member of a multirun, as Hydra's basic sweeper will expand them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [member for batch in BasicSweeper.split_arguments(parsed, None) for member in batch]
+
+
+def precheck(argv: list[str]) -> str | None:
+    """Compose the config before Hydra runs, so a bad key or value is one line, not Hydra's report.
+
+    A sweep (-m) is expanded into its members and each one's preflight runs (the datasets and tokenizer checks
+    once per distinct model and suite), so a bad member is refused before the first member starts.
+    Returns the error line, or None. Hydra's own options (``--cfg``, ``hydra.*``) are left to Hydra.
     """
-    if any(a in ("-m", "--multirun") or a.startswith("-") for a in argv):
+    sweeping = any(a in ("-m", "--multirun") for a in argv)
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
         return None
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -69,15 +104,37 @@ def precheck(argv: list[str]) -> str | None:
 
     from flipbench.config import to_typed
 
-    overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra")]
+    overrides = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    member = overrides
     try:
+        members = sweep_members(overrides) if sweeping else [overrides]
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            to_typed(compose(config_name="config", overrides=overrides))
+            configs = []
+            for member in members:
+                configs.append(to_typed(compose(config_name="config", overrides=member)))
+        if sweeping:
+            _preflight_members(configs)
     except ConfigError as err:
-        return str(err)
+        return f"sweep member {' '.join(member)}: {err}" if sweeping and len(members) > 1 else str(err)
     except (HydraException, OmegaConfBaseException) as err:
         return _one_line(err)
     return None
+
+
+def _preflight_members(configs: list) -> None:
+    from dataclasses import asdict
+
+    from flipbench import pipeline
+
+    prepared = set()
+    for cfg in configs:
+        plan = pipeline.preflight(cfg)
+        calibrated = cfg.compression.method in ("gptq", "tacq")
+        key = json.dumps([asdict(cfg.model), asdict(cfg.suite), asdict(cfg.calibration) if calibrated else None,
+                          cfg.compression.path, cfg.eval.seed], sort_keys=True, default=str)
+        if key not in prepared:
+            pipeline.prepare(cfg, plan)
+            prepared.add(key)
 
 
 def _one_line(err: BaseException) -> str:
@@ -86,7 +143,11 @@ def _one_line(err: BaseException) -> str:
     text = str(err).splitlines()
     if cause and "not in" in cause[0]:
         key = text[0].split("'")[1] if "'" in text[0] else cause[0]
-        return f"unknown config key '{key}'; run `flipbench --help` for the valid keys"
+        mapping = next((m for m in MAPPING_KEYS if key.startswith(m + ".")), None)
+        if mapping:
+            entry = key[len(mapping) + 1:].split(".")[0]
+            return f"{mapping} has no entry '{entry}' yet; add one with a leading '+': +{key}=..."
+        return str(unknown_key_error(key))
     if cause:
         return f"{text[0]}: {cause[0]}"
     options = [line.strip() for line in text if line.startswith("\t") and "provider=" not in line]
@@ -96,6 +157,10 @@ def _one_line(err: BaseException) -> str:
 
 def main() -> None:
     """Console entry: logging set-up, a cheap config check, then Hydra composes and runs."""
+    if sys.argv[1:2] == ["search"]:  # `flipbench search ...`: the budget search, its own config root
+        from flipbench.search.__main__ import main as search_main
+
+        sys.exit(search_main(sys.argv[2:]))
     from flipbench import console
 
     for flag in ("-v", "--verbose"):  # ours, not Hydra's: lm-eval's and datasets' own output on the console too
@@ -103,11 +168,14 @@ def main() -> None:
             sys.argv.remove(flag)
             os.environ[console.VERBOSE_ENV] = "1"
     console.setup(os.environ.get("FLIPBENCH_LOG", "INFO"))
-    error = precheck(sys.argv[1:])
-    if error:
-        print(f"flipbench: error: {error}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    _app()
+    try:
+        error = precheck(sys.argv[1:])
+        if error:
+            print(f"flipbench: error: {error}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+        _app()
+    except KeyboardInterrupt as err:  # before Hydra runs, or between sweep members
+        interrupted(getattr(err, "stage", "start-up"), getattr(err, "run_dir", None))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ the config is composed, and :func:`validate` checks ranges and cross-field rules
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -28,15 +31,22 @@ class ModelConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto picks CUDA when present
     trust_remote_code: bool = False
+    # Placement by accelerate (from_pretrained): auto | balanced | sequential | cpu | {module: device}; None: the
+    # whole model on model.device. max_memory: {device: size} ("0": 20GiB, cpu: 60GiB); offload_folder: disk offload.
+    device_map: Optional[Any] = None
+    max_memory: Dict[str, str] = field(default_factory=dict)
+    offload_folder: Optional[str] = None
+    gguf_file: Optional[str] = None  # a GGUF file (path, or name inside model.path), dequantized on load
 
 
 @dataclass
 class CompressionConfig:
-    method: str = "rtn"  # none | rtn | gptq | tacq | checkpoint
-    bits: int = 4
+    method: str = "rtn"  # none | rtn | gptq | tacq | magnitude | wanda | sparsegpt | layerdrop | checkpoint
+    bits: Optional[int] = 4  # sparsegpt: null prunes only, 2-8 also quantizes the surviving weights
     group_size: int = -1  # -1: one grid per output channel
     sym: bool = False
     mse: bool = False
+    mse_norm: float = 2.4  # MSE search error Σ|q − w|^mse_norm; 2.4 as reference GPTQ/TACQ, 2 = squared error
     act_order: bool = False
     static_groups: bool = False
     damp: float = 0.01
@@ -44,6 +54,16 @@ class CompressionConfig:
     keep_fraction: float = 0.0035
     true_sequential: bool = True
     path: Optional[str] = None  # checkpoint: the compressed model's directory or hub id
+    gguf_file: Optional[str] = None  # checkpoint: a GGUF file (path, or name inside compression.path)
+    device: str = "auto"  # where GPTQ/TACQ work on one decoder block at a time; auto picks CUDA when present
+    grad_dtype: str = "float32"  # TACQ's backward pass (the official code runs it in fp32)
+    gradient_checkpointing: bool = True  # TACQ gradients one block on the device at a time (recomputed)
+    # pruning (magnitude, wanda, sparsegpt; see flipbench/compress/prune/)
+    sparsity: float = 0.5  # share of each pruned linear's weights set to 0, in [0, 1)
+    pattern: str = "unstructured"  # unstructured | N:M (N kept in every M input columns, e.g. 2:4, 4:8)
+    scope: str = "row"  # magnitude: row | global
+    n_layers: int = 1  # layerdrop: decoder blocks removed
+    select: str = "last"  # layerdrop: last | angular
 
 
 @dataclass
@@ -67,6 +87,8 @@ class SuiteConfig:
     # (flipbench/datafiles.py). The standard tasks are declared (unset) so that `suite.data_files.gsm8k=...`
     # needs no leading '+'; other tasks take `+suite.data_files.NAME=...`.
     data_files: Dict[str, Any] = field(default_factory=lambda: dict.fromkeys(STANDARD_TASKS))
+    # task -> generation budget in tokens (lm-eval's max_gen_toks) for generative tasks, e.g. to fit a short context.
+    max_gen_toks: Dict[str, Optional[int]] = field(default_factory=lambda: dict.fromkeys(STANDARD_TASKS))
     metrics: Dict[str, List[str]] = field(default_factory=dict)  # task -> metrics, first is the headline
     subject_groups: List[str] = field(default_factory=lambda: ["mmlu"])  # groups reported as one task
     subject_field: str = "subject"  # doc field that names a task's groups (synth_mmlu)
@@ -81,8 +103,11 @@ class EvalConfig:
     # The baseline's answer-token log-probs are kept (and cached with the baseline) up to this size; above it
     # the baseline is reloaded after compression for the KL pass instead.
     token_kl_reference_mb: int = 2048
-    noise_floor: bool = False  # also evaluate the baseline at noise_batch_size and report its flips
+    # Noise floor: the baseline against itself under a perturbation that exists in practice. off | batch
+    # (noise_batch_size) | dtype (a second copy loaded in noise_dtype) | batch_dtype (both at once).
+    noise_floor: str = "off"
     noise_batch_size: int = 1
+    noise_dtype: str = "auto"  # auto: bfloat16 when the baseline runs in float32, else float32
     cache: bool = True  # reuse cached baseline samples
 
 
@@ -92,6 +117,7 @@ class GateConfig:
     max_lost: Optional[float] = None
     max_acc_drop: Optional[float] = None
     max_kl_mean: Optional[float] = None
+    on: str = "point"  # point: estimates meet the limits | upper_ci: the pessimistic 95% bound meets them
     per_task: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
 
@@ -102,6 +128,7 @@ class OutputConfig:
     run_dir: Optional[str] = None  # set by sweeps: the member's directory inside the sweep
     redo: bool = False  # re-run a sweep member whose directory already holds a complete run
     plots: bool = True
+    save_model: bool = False  # write the compressed model into <run>/model (packed for RTN/GPTQ, dense for TACQ)
 
 
 @dataclass
@@ -119,17 +146,68 @@ def register() -> None:
     ConfigStore.instance().store(name="flipbench_schema", node=FlipbenchConfig)
 
 
-METHODS = ("none", "rtn", "gptq", "tacq", "checkpoint")
+QUANT_METHODS = ("rtn", "gptq", "tacq")
+PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt", "layerdrop")
+METHODS = ("none", *QUANT_METHODS, *PRUNE_METHODS, "checkpoint")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+NOISE_FLOORS = ("off", "batch", "dtype", "batch_dtype")
+GATE_ON = ("point", "upper_ci")
 GATE_KEYS = ("max_flips", "max_lost", "max_acc_drop", "max_kl_mean")
 
 
 def to_typed(cfg: DictConfig | FlipbenchConfig) -> FlipbenchConfig:
     """Turn a composed config into the typed dataclass tree, validated."""
+    if not isinstance(cfg, FlipbenchConfig):
+        check_keys(cfg)
     typed = cfg if isinstance(cfg, FlipbenchConfig) else OmegaConf.to_object(cfg)
     typed.suite.data_files = {task: path for task, path in typed.suite.data_files.items() if path}
+    typed.suite.max_gen_toks = {task: n for task, n in typed.suite.max_gen_toks.items() if n is not None}
     validate(typed)
     return typed
+
+
+def schema_keys(schema: type = FlipbenchConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema (dataclass fields, recursively)."""
+    keys = []
+    for name, hint in typing.get_type_hints(schema).items():
+        if dataclasses.is_dataclass(hint):
+            keys += schema_keys(hint, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def suggest_key(key: str) -> str:
+    """' (did you mean x.y?)' for the closest schema keys, or ''."""
+    close = difflib.get_close_matches(key, schema_keys(), n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def unknown_key_error(key: str) -> ConfigError:
+    return ConfigError(f"unknown config key '{key}'{suggest_key(key)}; run `flipbench --help` for the valid keys")
+
+
+def check_keys(node: DictConfig, schema: type = FlipbenchConfig, prefix: str = "") -> None:
+    """Keys the schema does not know are errors, however they were added: Hydra's ``+key=value`` adds them to a
+    structured config without complaint, and OmegaConf.to_object then drops them silently (a gate typo such as
+    ``+gate.max_flipz=0`` would switch the gate off)."""
+    hints = typing.get_type_hints(schema)
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if key not in hints:
+            raise unknown_key_error(path)
+        if dataclasses.is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
+            check_keys(node[key], hints[key], path + ".")
+
+
+def check_gate_tasks(gate: GateConfig, tasks: list[str]) -> None:
+    """``gate.per_task.<name>`` must name an evaluated task: a limit on a task that is not run checks nothing."""
+    for task in gate.per_task:
+        if task not in tasks:
+            close = difflib.get_close_matches(task, tasks, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"gate.per_task.{task}: {task!r} is not a task of this run ({', '.join(tasks)}); "
+                              f"{hint}name an evaluated task")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -137,20 +215,38 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_pruning(comp: CompressionConfig) -> None:
+    from flipbench.compress.prune.config import PruneConfig, settings_problem
+
+    fields = {k: v for k, v in vars(comp).items() if k in PruneConfig.__dataclass_fields__}
+    if comp.method != "sparsegpt":
+        fields["bits"] = None  # joint quantization is SparseGPT's; the schema's default 4 means nothing here
+    problem = settings_problem(PruneConfig(**fields))
+    _check(problem is None, f"compression.{problem}")
+
+
 def validate(cfg: FlipbenchConfig) -> None:
     """Range and cross-field checks: cheap, before any model or dataset loads."""
     comp, cal, ev = cfg.compression, cfg.calibration, cfg.eval
     _check(comp.method in METHODS, f"compression.method={comp.method!r} is unknown; use one of {', '.join(METHODS)}")
-    if comp.method in ("rtn", "gptq", "tacq"):
-        _check(2 <= comp.bits <= 8, f"compression.bits={comp.bits} is outside 2-8; pick a bit width from 2 to 8")
+    if comp.method in QUANT_METHODS:
+        _check(comp.bits is not None and 2 <= comp.bits <= 8, f"compression.bits={comp.bits} is outside 2-8; pick a bit width from 2 to 8")
         _check(comp.group_size == -1 or comp.group_size > 0,
                f"compression.group_size={comp.group_size} is invalid; use -1 (per channel) or a positive column count")
         _check(0.0 <= comp.keep_fraction <= 0.5,
                f"compression.keep_fraction={comp.keep_fraction} is outside [0, 0.5]; TACQ keeps a small share, e.g. 0.0035")
+        _check(comp.mse_norm > 0, f"compression.mse_norm={comp.mse_norm} must be positive, e.g. 2.4 or 2")
         _check(comp.damp > 0, f"compression.damp={comp.damp} must be positive, e.g. 0.01")
         _check(comp.block_size > 0, f"compression.block_size={comp.block_size} must be positive, e.g. 128")
+    if comp.method in PRUNE_METHODS:
+        _check_pruning(comp)
     if comp.method == "checkpoint":
-        _check(bool(comp.path), "compression=checkpoint needs compression.path=<model directory or hub id>")
+        _check(bool(comp.path) or bool(comp.gguf_file),
+               "compression=checkpoint needs compression.path=<model directory or hub id> (or compression.gguf_file)")
+    _check(comp.grad_dtype in DTYPES[1:], f"compression.grad_dtype={comp.grad_dtype!r} is unknown; use one of {', '.join(DTYPES[1:])}")
+    for key, device in (("model.device", cfg.model.device), ("compression.device", comp.device)):
+        _check(device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:"),
+               f"{key}={device!r} is unknown; use auto, cpu, cuda, cuda:N or mps")
     _check(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
     _check(cal.source in ("task", "text"), f"calibration.source={cal.source!r} is unknown; use task or text")
     _check(cal.gradient_source in ("task", "text"),
@@ -160,12 +256,45 @@ def validate(cfg: FlipbenchConfig) -> None:
     _check(cal.n_samples > 0 and cal.seq_len > 0, "calibration.n_samples and calibration.seq_len must be positive")
     _check(ev.batch_size > 0, f"eval.batch_size={ev.batch_size} must be positive")
     _check(ev.token_kl_reference_mb >= 0, f"eval.token_kl_reference_mb={ev.token_kl_reference_mb} must be >= 0 (0 never keeps it)")
+    _check(ev.noise_floor in NOISE_FLOORS,
+           f"eval.noise_floor={ev.noise_floor!r} is unknown; use one of {', '.join(NOISE_FLOORS)} (e.g. dtype)")
+    _check(ev.noise_dtype in DTYPES, f"eval.noise_dtype={ev.noise_dtype!r} is unknown; use one of {', '.join(DTYPES)}")
     _check(ev.bootstrap >= 0, f"eval.bootstrap={ev.bootstrap} must be >= 0 (0 disables the intervals)")
     _check(len(cfg.suite.tasks) > 0, "suite.tasks is empty; name at least one task, e.g. TASKS=synth_mmlu")
     _check(cfg.suite.limit is None or cfg.suite.limit > 0, f"suite.limit={cfg.suite.limit} must be positive")
     for task, n in cfg.suite.task_limits.items():
         _check(task in cfg.suite.tasks, f"suite.task_limits.{task}: {task} is not in suite.tasks {list(cfg.suite.tasks)}")
         _check(n > 0, f"suite.task_limits.{task}={n} must be positive")
-    for task, limits in cfg.gate.per_task.items():
-        for key in limits:
-            _check(key in GATE_KEYS, f"gate.per_task.{task}.{key} is unknown; use one of {', '.join(GATE_KEYS)}")
+    _check(ev.noise_batch_size > 0, f"eval.noise_batch_size={ev.noise_batch_size} must be positive")
+    for task, n in cfg.suite.max_gen_toks.items():
+        _check(n is None or n > 0, f"suite.max_gen_toks.{task}={n} must be a positive number of tokens, e.g. 64")
+    for task, shots in cfg.suite.num_fewshot.items():
+        _check(shots >= 0, f"suite.num_fewshot.{task}={shots} must be >= 0")
+    _check(cfg.gate.on in GATE_ON, f"gate.on={cfg.gate.on!r} is unknown; use point or upper_ci")
+    if cfg.output.save_model:
+        _check(comp.method in ("rtn", "gptq", "tacq"), f"output.save_model=true saves a model quantized here; "
+               f"compression={comp.method} has none to save (use compression=rtn, gptq or tacq)")
+        _check(not (comp.act_order and comp.group_size != -1 and not comp.static_groups and comp.method != "tacq"),
+               "output.save_model with compression.act_order=true and groups needs compression.static_groups=true "
+               "(compressed-tensors stores groups in column order, without g_idx)")
+    limits = [(key, getattr(cfg.gate, key)) for key in GATE_KEYS]
+    for task, task_limits in cfg.gate.per_task.items():
+        for key in task_limits:
+            if key not in GATE_KEYS:
+                close = difflib.get_close_matches(key, GATE_KEYS, n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise ConfigError(f"gate.per_task.{task}.{key} is unknown; {hint}use one of {', '.join(GATE_KEYS)}")
+        limits += [(f"per_task.{task}.{key}", value) for key, value in task_limits.items()]
+    for key, value in limits:
+        check_gate_limit(key, value)
+
+
+def check_gate_limit(key: str, value: float | None) -> None:
+    """Fractions (flips, lost, accuracy drop) lie in [0, 1]; KL in nats is >= 0. A limit outside can never be
+    met (or never fail), so it is a typo, refused before any evaluation."""
+    if value is None:
+        return
+    if key.endswith("max_kl_mean"):
+        _check(value >= 0, f"gate.{key}={value} must be >= 0 (nats), e.g. 0.05")
+    else:
+        _check(0 <= value <= 1, f"gate.{key}={value} is outside [0, 1]; give a fraction, e.g. 0.05 for 5%")

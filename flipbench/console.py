@@ -81,7 +81,7 @@ def side_progress(label: str, docs: int, requests: int):
 
     from tqdm import tqdm
 
-    if verbose():
+    if verbose() or not docs:
         yield
         return
     bar = tqdm(total=docs, desc=label, unit="doc", dynamic_ncols=True, mininterval=1.0, file=sys.stderr)

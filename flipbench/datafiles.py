@@ -119,19 +119,68 @@ def check_file(task: str, dataset_path: str, path: Path, label: str = "") -> pd.
                           "give a file or a saved dataset")
     if path.is_file() and path.suffix.lower() not in FORMATS:
         raise ConfigError(f"{key}: {path.suffix or 'no suffix'} is not supported; use .jsonl, .json, .parquet or .csv")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ConfigError(f"{key}={path.name} is empty; give it rows in the {dataset_path} schema")
     table = read_table(path)
+    if table.empty:
+        raise ConfigError(f"{key}={path.name} is empty (no rows); give it rows in the {dataset_path} schema")
     required = HUB_SCHEMAS.get(dataset_path, [])
     missing = [name for name in required if name not in table.columns]
     if missing:
         raise ConfigError(f"{key}={path.name} lacks the field(s) {', '.join(missing)} of the "
                           f"{dataset_path} schema ({', '.join(required)}); see README, 'Air-gapped data'")
-    if table.empty:
-        raise ConfigError(f"{key}={path.name} has no rows")
     flat = [name for name in NESTED_FIELDS.get(dataset_path, []) if isinstance(table[name].iloc[0], str)]
     if flat:
         raise ConfigError(f"{key}={path.name}: field(s) {', '.join(flat)} must be lists or mappings, "
                           "not text; csv cannot hold them, use .jsonl, .json or .parquet")
+    check_rows(table.to_dict("records"), dataset_path, task, path.name)
     return table
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def _is_list(value, n: int | None = None) -> bool:
+    """A list (or array, as parquet returns them) of text, of length n when given."""
+    items = list(value) if hasattr(value, "__len__") and not isinstance(value, (str, dict)) else None
+    return items is not None and (n is None or len(items) == n) and all(isinstance(v, str) for v in items)
+
+
+def _row_problem(row: dict, dataset_path: str) -> str | None:
+    """What is wrong with one row of a hub dataset's schema (types and ranges the task's templates rely on)."""
+    if dataset_path == "cais/mmlu":
+        if not _is_list(row["choices"], 4):
+            return "choices must be a list of 4 texts"
+        answer = row["answer"]
+        if isinstance(answer, bool) or not isinstance(answer, (int, float)) or answer != int(answer) or not 0 <= answer <= 3:
+            return f"answer={answer!r} must be an index 0-3 into choices"
+        if not _is_text(row["question"]) or not _is_text(row["subject"]):
+            return "question and subject must be non-empty text"
+    elif dataset_path == "Rowan/hellaswag":
+        if not _is_list(row["endings"], 4):
+            return "endings must be a list of 4 texts"
+        if str(row["label"]) not in ("0", "1", "2", "3"):
+            return f"label={row['label']!r} must be \"0\"-\"3\" (the index of the right ending)"
+    elif dataset_path == "allenai/ai2_arc":
+        choices = row["choices"]
+        if not isinstance(choices, dict) or not _is_list(choices.get("text", None)) or not _is_list(choices.get("label", None)):
+            return 'choices must be {"text": [...], "label": [...]}'
+        if str(row["answerKey"]) not in [str(label) for label in choices["label"]]:
+            return f"answerKey={row['answerKey']!r} is not one of the choice labels {list(choices['label'])}"
+    elif dataset_path == "openai/gsm8k":
+        if not _is_text(row["question"]) or not isinstance(row["answer"], str) or "####" not in row["answer"]:
+            return "question must be text and answer a worked solution ending '#### <number>'"
+    return None
+
+
+def check_rows(rows: list[dict], dataset_path: str, task: str, name: str) -> None:
+    """Every row's field types and ranges; the first bad row is named (1-based, as an editor counts lines)."""
+    for number, row in enumerate(rows, start=1):
+        problem = _row_problem(row, dataset_path)
+        if problem:
+            raise ConfigError(f"suite.data_files.{task}={name}, row {number}: {problem}; fix that row "
+                              "(see README, 'Air-gapped data')")
 
 
 def used_splits(cfg: dict) -> list[str]:

@@ -6,21 +6,30 @@ columns of :data:`flipbench.schema.SIDE_COLUMNS`.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
 import pandas as pd
 
+from flipbench import scoring
 from flipbench.tasks import TaskPlan
 
 log = logging.getLogger(__name__)
 
 
 def build_lm(model, tokenizer, batch_size: int):
-    """Wrap an in-memory model for lm-eval. Device and dtype come from the model itself."""
+    """Wrap an in-memory model for lm-eval. Device and dtype come from the model itself: HFLM leaves a
+    pre-built model where it is (also one placed over several devices by accelerate) and sends the inputs to
+    ``model.device``, the first parameter's device."""
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    from flipbench.models import input_device
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    if lm.device != input_device(model):  # first parameter offloaded (meta): inputs go to accelerate's main device
+        lm._device = input_device(model)
+    return lm
 
 
 def load_tasks(plan: TaskPlan) -> dict:
@@ -28,12 +37,20 @@ def load_tasks(plan: TaskPlan) -> dict:
     return plan.manager.load(plan.specs)["tasks"]
 
 
-def apply_fewshot(tasks: dict, plan: TaskPlan, num_fewshot: dict[str, int]) -> None:
-    """The suite's few-shot counts, per leaf or per reported task, set on the Task objects."""
+def _per_task(setting: dict, leaf: str, plan: TaskPlan):
+    return setting.get(leaf, setting.get(plan.reported.get(leaf, ""), None))
+
+
+def configure(tasks: dict, plan: TaskPlan, num_fewshot: dict[str, int], max_gen_toks: dict[str, int] | None = None):
+    """Per-task few-shot counts and generation budgets (``suite.num_fewshot``, ``suite.max_gen_toks``), set on the
+    Task objects so that lm-eval builds its requests with them and the baseline cache key sees them."""
     for leaf, task in tasks.items():
-        shots = num_fewshot.get(leaf, num_fewshot.get(plan.reported.get(leaf, ""), None))
+        shots = _per_task(num_fewshot, leaf, plan)
         if shots is not None:
             task.set_config(key="num_fewshot", value=shots)
+        budget = _per_task(max_gen_toks or {}, leaf, plan)
+        if budget is not None:
+            task.set_config(key="generation_kwargs", value={**(task.config.generation_kwargs or {}), "max_gen_toks": budget})
 
 
 def doc_limits(tasks: dict, plan: TaskPlan, limit: int | None, task_limits: dict[str, int] | None = None) -> dict:
@@ -48,7 +65,7 @@ def run_lm_eval(lm, tasks: dict, plan: TaskPlan, *, limit: int | None, num_fewsh
     per-task limits become lm-eval's ``samples`` (the first N doc ids of each leaf)."""
     import lm_eval
 
-    apply_fewshot(tasks, plan, num_fewshot)
+    configure(tasks, plan, num_fewshot)
     samples = None
     if task_limits:
         counts = doc_limits(tasks, plan, limit, task_limits)
@@ -75,26 +92,37 @@ def headline_metric(task: str, sample: dict, metrics_cfg: dict[str, list[str]]) 
     return available[0] if available else "acc"
 
 
-def _target_index(target, choices: list[str]) -> int:
-    if isinstance(target, (list, tuple)):  # several gold answers: lm-eval counts any; keep the first
-        target = target[0]
-    if isinstance(target, str):
-        return choices.index(target) if target in choices else -1
-    return int(target)
+def _gold(sample: dict, task_obj, choices: list[str]) -> list[int]:
+    """Gold choice indices as lm-eval's process_results finds them: doc_to_text for a multiple-input task,
+    else doc_to_target (an index, a choice string, or a list of indices when there are several gold
+    answers); indices outside the choices are dropped (lm-eval marks them -100, never equal to a pred)."""
+    gold = task_obj.doc_to_text(sample["doc"]) if getattr(task_obj, "multiple_input", 0) else sample["target"]
+    out = []
+    for g in gold if isinstance(gold, list) else [gold]:
+        index = (choices.index(g) if g in choices else -1) if isinstance(g, str) else int(g)
+        if 0 <= index < len(choices):
+            out.append(index)
+    return out
 
 
 def _mc_row(sample: dict, task_obj, metric: str) -> dict:
-    doc = sample["doc"]
-    choices = [str(c) for c in task_obj.doc_to_choice(doc)]
+    choices = [str(c) for c in task_obj.doc_to_choice(sample["doc"])]
+    k = len(choices)
     ll = np.array([float(r[0]) for r in sample["filtered_resps"]], dtype=np.float64)
+    logged = scoring.logged_metrics(sample)
+    # acc_mutual_info: lm-eval appends one unconditional request ("", choice) per choice after the K conditional ones
+    ll, ll_uncond = (ll[:k], ll[k:]) if ll.size == 2 * k and "acc_mutual_info" in logged else (ll, ll[:0])
     lengths = np.array([float(len(c)) for c in choices])
-    scores = ll / lengths if metric == "acc_norm" else ll
-    pred = int(np.argmax(scores))
-    target = _target_index(sample["target"], choices)
-    correct = sample.get(metric)
+    utf8 = np.array([float(len(c.encode("utf-8"))) for c in choices])
+    scores = scoring.normalised_scores(metric, ll[None], lengths[None], utf8[None],
+                                       ll_uncond[None] if ll_uncond.size else None)
+    pred = int(np.argmax(scores[0]))
+    gold = _gold(sample, task_obj, choices)
+    correct = logged.get(metric, float(pred in gold))  # lm-eval's own value; the rule only where it logged none
     return dict(
-        prompt=sample["arguments"][0][0], target=str(target), choices=choices, choice_len=lengths.astype(int).tolist(),
-        ll=ll.tolist(), pred=str(pred), correct=int(correct if correct is not None else pred == target), response="",
+        prompt=sample["arguments"][0][0], target=scoring.format_gold(gold), choices=choices,
+        choice_len=lengths.astype(int).tolist(), ll=ll.tolist(), ll_uncond=ll_uncond.tolist(), pred=str(pred),
+        correct=int(correct > 0), lm_correct=json.dumps(logged, sort_keys=True), response="",
     )
 
 
@@ -103,8 +131,9 @@ def _gen_row(sample: dict, metric: str) -> dict:
     pred = filtered[0] if isinstance(filtered, list) else filtered
     raw = sample["resps"][0][0] if sample["resps"] and sample["resps"][0] else ""
     return dict(
-        prompt=sample["arguments"][0][0], target=str(sample["target"]), choices=[], choice_len=[], ll=[],
-        pred=str(pred), correct=int(float(sample.get(metric, 0.0)) > 0), response=str(raw),
+        prompt=sample["arguments"][0][0], target=str(sample["target"]), choices=[], choice_len=[], ll=[], ll_uncond=[],
+        pred=str(pred), correct=int(float(sample.get(metric, 0.0)) > 0),
+        lm_correct=json.dumps(scoring.logged_metrics(sample), sort_keys=True), response=str(raw),
     )
 
 
@@ -119,7 +148,8 @@ def samples_frame(results: dict, tasks: dict, plan: TaskPlan, metrics_cfg: dict[
             body = _mc_row(sample, task_obj, metric) if output_type == "multiple_choice" else _gen_row(sample, metric)
             group = leaf.removeprefix(f"{task}_") if task != leaf else str(sample["doc"].get(subject_field, leaf))
             rows.append(dict(
-                task=task, group=group, doc_id=int(sample["doc_id"]), filter=sample["filter"], output_type=output_type,
+                task=task, group=group, category=plan.categories.get(leaf, ""), doc_id=int(sample["doc_id"]),
+                filter=sample["filter"], output_type=output_type,
                 metric=metric, doc_hash=sample["doc_hash"], prompt_hash=sample["prompt_hash"], **body, _leaf=leaf,
             ))
     frame = pd.DataFrame(rows)

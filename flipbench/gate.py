@@ -1,7 +1,10 @@
 """The release gate: thresholds on each task's headline summary row, global or per task.
 
-A value that cannot be measured (NaN, e.g. KL of a diverged model) fails a threshold set on it: a gate that
-cannot see the damage must not pass it.
+``gate.on=point`` checks the estimates; ``gate.on=upper_ci`` checks the pessimistic end of each one's 95%
+interval (the upper bound of flips, lost and KL, the lower bound of delta_acc), so a pass says the limit holds
+with 95% confidence, not just on this sample. A value that cannot be measured (NaN, e.g. KL of a diverged
+model, or an interval with ``eval.bootstrap=0``) fails a threshold set on it: a gate that cannot see the
+damage must not pass it.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import pandas as pd
 
 from flipbench.config import GATE_KEYS, GateConfig
 
-# gate key -> (summary column, sign): the checked value is sign * column, which must stay <= the limit.
-CHECKS = {"max_flips": ("flips", 1.0), "max_lost": ("lost", 1.0), "max_acc_drop": ("delta_acc", -1.0),
-          "max_kl_mean": ("kl_mean", 1.0)}
+# gate key -> (summary column, sign, column under gate.on=upper_ci): the checked value is sign * column,
+# which must stay <= the limit.
+CHECKS = {"max_flips": ("flips", 1.0, "flips_ci_high"), "max_lost": ("lost", 1.0, "lost_ci_high"),
+          "max_acc_drop": ("delta_acc", -1.0, "delta_acc_ci_low"), "max_kl_mean": ("kl_mean", 1.0, "kl_mean_ci_high")}
 
 
 def limits_for(task: str, gate: GateConfig) -> dict[str, float]:
@@ -24,15 +28,16 @@ def limits_for(task: str, gate: GateConfig) -> dict[str, float]:
 
 
 def evaluate_gate(summary: pd.DataFrame, gate: GateConfig) -> dict:
-    """{"verdict": PASS | FAIL | "not set", "tasks": [{task, verdict, checks: [...]}, ...]}."""
+    """{"verdict": PASS | FAIL | "not set", "on": point | upper_ci, "tasks": [{task, verdict, checks: [...]}, ...]}."""
     headline = summary[summary["headline"] & (summary["group"] == "all")]
     tasks, any_limit, failed = [], False, False
     for _, row in headline.iterrows():
         limits = limits_for(row["task"], gate)
         checks = []
         for key, limit in limits.items():
-            column, sign = CHECKS[key]
-            value = sign * float(row[column])
+            column, sign, bound = CHECKS[key]
+            column = bound if gate.on == "upper_ci" else column
+            value = sign * float(row.get(column, math.nan))
             ok = not math.isnan(value) and value <= limit
             checks.append({"check": key, "column": column, "value": value, "limit": float(limit), "pass": ok})
         any_limit |= bool(limits)
@@ -41,4 +46,4 @@ def evaluate_gate(summary: pd.DataFrame, gate: GateConfig) -> dict:
         verdict = "FAIL" if task_failed else ("PASS" if checks else "not set")
         tasks.append({"task": row["task"], "metric": row["metric"], "verdict": verdict, "checks": checks})
     verdict = "FAIL" if failed else ("PASS" if any_limit else "not set")
-    return {"verdict": verdict, "tasks": tasks}
+    return {"verdict": verdict, "on": gate.on, "tasks": tasks}

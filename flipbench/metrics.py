@@ -2,40 +2,47 @@
 
 Definitions follow DESIGN.md §Metrics (b = baseline, c = compressed, N paired docs): lost = #(b right,
 c wrong)/N, gained = #(b wrong, c right)/N, flips = lost + gained, label_loyalty = mean(pred_b == pred_c),
-kl = KL(p_b || p_c) in nats. Multiple-choice predictions are recomputed from the stored log-likelihoods, so
-any lm-eval scoring rule (acc, acc_norm) can be reported from ``samples.parquet`` without a model.
+kl = KL(p_b || p_c) in nats. Correctness is lm-eval's own logged per-sample value; multiple-choice predictions
+and choice distributions come from the scores lm-eval's rule for the metric takes the argmax of
+(:mod:`flipbench.scoring`), so every reported metric can be rebuilt from ``samples.parquet`` without a model.
 No I/O, no printing, no model loading.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+import json
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr, softmax
 
+from flipbench import klstats, scoring
 from flipbench.schema import INVALID
-from flipbench.stats import cohen_kappa, mcnemar_exact, nanmean_last, paired_bootstrap
+from flipbench.stats import (benjamini_hochberg, clopper_pearson, cohen_kappa, holm, mcnemar_exact, nanmean_last,
+                             paired_bootstrap)
 
 MULTIPLE_CHOICE, GENERATIVE = "multiple_choice", "generate_until"
-MC_METRICS = ("acc", "acc_norm")
+MC_METRICS = tuple(scoring.RULES)
 WHOLE_TASK = "all"  # value of `group` on the summary rows that cover a whole task
+LEVELS = ("task", "category", "group")  # summary `level`: whole task, lm-eval category group (MMLU's stem...), subject
 KL_UNIT = "KL(base||comp), nats"
 DEFAULT_MARGIN_BINS = (0, 0.1, 0.25, 0.5, 1.0)
 
 SUMMARY_COLUMNS = [
-    "task", "group", "metric", "filter", "headline", "n",
+    "task", "group", "level", "metric", "filter", "headline", "n",
     "acc_base", "acc_comp", "delta_acc", "flips", "lost", "gained",
     "label_loyalty", "all_flips", "prob_loyalty",
-    "kl_mean", "kl_median", "kl_p90", "kl_p99", "kl_max", "kl_scope",
-    "kappa", "mcnemar_p",
-    "flips_ci_low", "flips_ci_high", "delta_acc_ci_low", "delta_acc_ci_high",
+    *klstats.KL_COLUMNS, "kl_doc_mean", "kl_scope",
+    "kappa", "mcnemar_p", "mcnemar_p_holm", "mcnemar_q_bh",
+    "flips_ci_low", "flips_ci_high", "lost_ci_low", "lost_ci_high", "gained_ci_low", "gained_ci_high",
+    "delta_acc_ci_low", "delta_acc_ci_high",
     "label_loyalty_ci_low", "label_loyalty_ci_high", "kl_mean_ci_low", "kl_mean_ci_high",
     # generative only (NaN for multiple choice)
-    "answer_agreement", "invalid_base", "invalid_comp", "flips_to_invalid", "same_top", "n_tokens",
-    "kl_unit", "n_kl", "n_nonfinite",
+    *klstats.TOKEN_ONLY, "answer_agreement", "invalid_base", "invalid_comp", "flips_to_invalid",
+    "lost_to_invalid", "lost_to_wrong", "n_tokens",
+    "kl_unit", "n_kl", "n_nonfinite", "n_pred_mismatch",
 ]
 MARGIN_COLUMNS = ["task", "metric", "filter", "bin", "bin_low", "bin_high", "n", "flips", "flip_rate"]
 
@@ -43,13 +50,20 @@ MARGIN_COLUMNS = ["task", "metric", "filter", "bin", "bin_low", "bin_high", "n",
 # finite KL instead of inf, which would swamp every mean it enters.
 _P_FLOOR = np.finfo(float).tiny
 
-# Statistics bootstrapped per summary row; each maps (R, N) resampled columns to (R,).
+# Statistics bootstrapped per summary row; each maps (R, N) resampled columns to (R,). flips, lost and
+# gained get exact Clopper-Pearson intervals instead (a percentile bootstrap gives [0, 0] for 0 flips).
+# kl_mean is sum(KL) / count over the resampled docs: per doc, one choice KL (count 1) or its answer tokens'
+# KL sum and count, so the token-weighted mean is resampled by whole docs.
 _BOOTSTRAP = {
-    "flips": lambda s: (s["correct_base"] != s["correct_comp"]).mean(axis=-1),
     "delta_acc": lambda s: (s["correct_comp"] - s["correct_base"]).mean(axis=-1),
     "label_loyalty": lambda s: s["agree"].mean(axis=-1),
-    "kl_mean": lambda s: nanmean_last(s["kl"]),
+    "kl_mean": lambda s: _ratio(np.nansum(s["kl_sum"], axis=-1), s["kl_count"].sum(axis=-1)),
 }
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
 
 
 def choice_distribution(ll) -> np.ndarray:
@@ -76,23 +90,6 @@ def choice_divergence(p_base, p_comp) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return kl, js, margin
 
 
-def _by_length(first: pd.Series, *others: pd.Series) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
-    """Group ragged list cells by the length of ``first``: yields (row positions, [(R, K) per series])."""
-    lengths = first.map(len).to_numpy()
-    for other in others:
-        mismatch = np.flatnonzero(other.map(len).to_numpy() != lengths)
-        if mismatch.size:
-            raise ValueError(f"{first.name} and {other.name} differ in length at rows {mismatch[:5].tolist()}")
-    for k in np.unique(lengths):
-        pos = np.flatnonzero(lengths == k)
-        yield pos, [np.array([_floats(c) for c in s.iloc[pos]], dtype=float).reshape(len(pos), k) for s in (first, *others)]
-
-
-def _floats(cell) -> np.ndarray:
-    """A list cell as floats; parquet stores a NaN inside a list as null, which comes back as None."""
-    return np.array([np.nan if v is None else v for v in cell], dtype=float)
-
-
 def _float_column(frame: pd.DataFrame, name: str) -> np.ndarray:
     if name not in frame:
         return np.full(len(frame), np.nan)
@@ -100,11 +97,13 @@ def _float_column(frame: pd.DataFrame, name: str) -> np.ndarray:
     return np.array(pd.to_numeric(frame[name], errors="coerce"), dtype=float)
 
 
-def annotate(paired: pd.DataFrame) -> pd.DataFrame:
+def annotate(paired: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
     """Return a copy of the paired table with p_base, p_comp, kl, js, margin_base filled for MC rows.
 
-    Multiple-choice rows get softmax choice distributions and choice-level divergences from ll_base and
-    ll_comp (rows may have different numbers of choices; rows with the same count are computed together).
+    Multiple-choice rows get choice distributions p = softmax(normalised scores) and choice-level divergences,
+    the scores being those the prediction under ``metric`` uses (default: each row's own ``metric``;
+    :mod:`flipbench.scoring`: ll for acc, ll / characters for acc_norm, ll / bytes for acc_bytes,
+    ll - unconditional ll for acc_mutual_info). Rows may have different numbers of choices.
     Generative rows keep their token-level ``kl``, ``same_top`` and ``n_tokens`` (NaN where absent) and
     get empty p lists and NaN js / margin_base; MC rows get NaN same_top / n_tokens.
     """
@@ -116,15 +115,18 @@ def annotate(paired: pd.DataFrame) -> pd.DataFrame:
     same_top, n_tokens = _float_column(out, "same_top"), _float_column(out, "n_tokens")
     kl[mc] = same_top[mc] = n_tokens[mc] = np.nan
 
-    mc_rows = np.flatnonzero(mc)
-    mc_frame = out.iloc[mc_rows]
-    for pos, (ll_b, ll_c) in _by_length(mc_frame["ll_base"], mc_frame["ll_comp"]):
-        rows = mc_rows[pos]
-        with np.errstate(invalid="ignore", over="ignore"):  # diverged (non-finite) ll -> NaN rows
-            dist_b, dist_c = choice_distribution(ll_b), choice_distribution(ll_c)
-            kl[rows], js[rows], margin[rows] = choice_divergence(dist_b, dist_c)
-        for row, p_b, p_c in zip(rows, dist_b.tolist(), dist_c.tolist()):
-            p_base[row], p_comp[row] = p_b, p_c
+    rule = out["metric"] if metric is None else pd.Series(metric, index=out.index)
+    for name in rule[mc].unique():
+        mc_rows = np.flatnonzero(mc & (rule == name).to_numpy())
+        mc_frame = out.iloc[mc_rows]
+        for (pos, s_b), (_, s_c) in zip(scoring.side_scores(mc_frame, "base", name),
+                                        scoring.side_scores(mc_frame, "comp", name)):
+            rows = mc_rows[pos]
+            with np.errstate(invalid="ignore", over="ignore"):  # diverged (non-finite) scores -> NaN rows
+                dist_b, dist_c = choice_distribution(s_b), choice_distribution(s_c)
+                kl[rows], js[rows], margin[rows] = choice_divergence(dist_b, dist_c)
+            for row, p_b, p_c in zip(rows, dist_b.tolist(), dist_c.tolist()):
+                p_base[row], p_comp[row] = p_b, p_c
     out["p_base"], out["p_comp"] = p_base, p_comp
     out["kl"], out["js"], out["margin_base"] = kl, js, margin
     out["same_top"], out["n_tokens"] = same_top, n_tokens
@@ -134,29 +136,29 @@ def annotate(paired: pd.DataFrame) -> pd.DataFrame:
 def predictions(df: pd.DataFrame, side: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """One side's (pred, correct) per row under ``metric``.
 
-    MC rows are rescored from ``ll_<side>`` as lm-eval does: ``acc`` = argmax ll, ``acc_norm`` = argmax
-    ll / choice_len (characters); ties (and NaN, as np.argmax treats them) go to the lowest index;
-    pred is the index as a string, correct = pred == int(target). Generative rows return the stored
-    ``pred_<side>`` / ``correct_<side>``. ``correct`` is an int array of 0/1.
+    MC rows: pred = argmax of the metric's normalised scores (:func:`flipbench.scoring.mc_predictions`), as
+    the index as a string; correct = lm-eval's logged value (pred ∈ gold where none is stored).
+    Generative rows return the stored ``pred_<side>`` / ``correct_<side>``. ``correct`` is an int array of 0/1.
     """
     if side not in ("base", "comp"):
         raise ValueError(f"side must be 'base' or 'comp', got {side!r}")
     pred = df[f"pred_{side}"].to_numpy(dtype=object).copy()
     correct = _float_column(df, f"correct_{side}")
     mc_rows = np.flatnonzero((df["output_type"] == MULTIPLE_CHOICE).to_numpy())
-    if mc_rows.size and metric not in MC_METRICS:
-        raise ValueError(f"multiple-choice rows can be scored with {MC_METRICS}, not {metric!r}")
-    mc = df.iloc[mc_rows]
-    targets = mc["target"].astype(int).to_numpy()
-    for pos, (ll, choice_len) in _by_length(mc[f"ll_{side}"], mc["choice_len"]):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scores = ll if metric == "acc" else ll / choice_len
-        chosen = np.argmax(scores, axis=-1)
-        pred[mc_rows[pos]] = chosen.astype(str).astype(object)
-        correct[mc_rows[pos]] = chosen == targets[pos]
+    if mc_rows.size:
+        chosen, lm_correct, _ = scoring.mc_predictions(df.iloc[mc_rows], side, metric)
+        pred[mc_rows] = chosen.astype(str).astype(object)
+        correct[mc_rows] = lm_correct
     if not np.isin(correct, (0, 1)).all():
         raise ValueError(f"correct_{side} must be 0/1 on every generative row")
     return pred, correct.astype(int)
+
+
+def _n_pred_mismatch(rows: pd.DataFrame, kind: str, metric: str) -> int:
+    """Sides × rows where the recomputed MC prediction contradicts lm-eval's logged correctness."""
+    if kind != MULTIPLE_CHOICE or len(rows) == 0:
+        return 0
+    return sum(int(scoring.mc_predictions(rows, side, metric)[2].sum()) for side in ("base", "comp"))
 
 
 def _metric_specs(task: str, frame: pd.DataFrame, metrics_by_task) -> tuple[str, list[tuple[str, str]]]:
@@ -171,24 +173,23 @@ def _metric_specs(task: str, frame: pd.DataFrame, metrics_by_task) -> tuple[str,
         metrics = stored
     else:
         raise ValueError(f"task {task!r}: rows disagree on the headline metric {stored}; pass metrics_by_task")
-    allowed = MC_METRICS if kinds[0] == MULTIPLE_CHOICE else stored  # generative: stored correctness only
+    # MC: lm-eval's decision rules and whatever it logged per sample; generative: stored correctness only
+    allowed = sorted(set(MC_METRICS) | _logged_names(frame)) if kinds[0] == MULTIPLE_CHOICE else stored
     unknown = [m for m in metrics if m not in allowed]
     if not metrics or unknown:
         raise ValueError(f"task {task!r}: cannot report metrics {unknown or metrics}; available: {list(allowed)}")
     return kinds[0], [(m, f) for m in metrics for f in frame["filter"].unique()]
 
 
+def _logged_names(frame: pd.DataFrame) -> set[str]:
+    names: set[str] = set()
+    for cell in frame.get("lm_correct_base", pd.Series(dtype=object)).dropna().unique():
+        names.update(json.loads(cell) if cell else {})
+    return names
+
+
 def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if len(values) else np.nan
-
-
-def _kl_stats(kl: np.ndarray) -> dict[str, float]:
-    """Distribution of per-doc KL over finite values only."""
-    kl = kl[np.isfinite(kl)]
-    if kl.size == 0:
-        return dict.fromkeys(["kl_mean", "kl_median", "kl_p90", "kl_p99", "kl_max"], np.nan)
-    p50, p90, p99 = np.percentile(kl, [50, 90, 99])
-    return {"kl_mean": kl.mean(), "kl_median": p50, "kl_p90": p90, "kl_p99": p99, "kl_max": kl.max()}
 
 
 def _n_nonfinite(rows: pd.DataFrame, kind: str) -> int:
@@ -196,23 +197,36 @@ def _n_nonfinite(rows: pd.DataFrame, kind: str) -> int:
     that was computed (n_tokens > 0) but is not finite."""
     if kind == MULTIPLE_CHOICE:
         bad = [not (np.isfinite(b).all() and np.isfinite(c).all())
-               for b, c in zip(rows["ll_base"].map(_floats), rows["ll_comp"].map(_floats))]
+               for b, c in zip(rows["ll_base"].map(scoring.floats), rows["ll_comp"].map(scoring.floats))]
         return int(np.sum(bad))
     scored = np.nan_to_num(_float_column(rows, "n_tokens")) > 0
     return int((scored & ~np.isfinite(_float_column(rows, "kl"))).sum())
 
 
-def _generative_extras(rows: pd.DataFrame, pred_b: np.ndarray, pred_c: np.ndarray) -> dict:
+def _generative_extras(rows: pd.DataFrame, pred_b: np.ndarray, pred_c: np.ndarray, lost: np.ndarray) -> dict:
+    """Answer-level shares; ``lost`` marks b right, c wrong, split by whether c's answer became [invalid]."""
     invalid_b, invalid_c = pred_b == INVALID, pred_c == INVALID
     n_tokens = _float_column(rows, "n_tokens")
     return {
         "answer_agreement": _mean(pred_b == pred_c),
         "invalid_base": _mean(invalid_b),
         "invalid_comp": _mean(invalid_c),
-        "flips_to_invalid": _mean(invalid_c & ~invalid_b),
-        "same_top": float(nanmean_last(_float_column(rows, "same_top"))) if len(rows) else np.nan,
+        "flips_to_invalid": _mean(lost & invalid_c),  # right -> [invalid] only (wrong -> [invalid] is no flip)
+        "lost_to_invalid": _mean(lost & invalid_c),
+        "lost_to_wrong": _mean(lost & ~invalid_c),
         "n_tokens": np.nansum(n_tokens) if np.isfinite(n_tokens).any() else np.nan,
     }
+
+
+def _kl_record(rows: pd.DataFrame, kind: str, kl: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(KL statistics in its scope, per-doc KL sum, per-doc KL count) for the bootstrap of kl_mean."""
+    finite = np.isfinite(kl)
+    if kind == MULTIPLE_CHOICE:
+        return klstats.choice_stats(kl), np.where(finite, kl, np.nan), finite.astype(float)
+    record = klstats.token_stats(rows)
+    record["kl_doc_mean"] = float(kl[finite].mean()) if finite.any() else np.nan
+    sums, counts = klstats.token_sums(rows)
+    return record, sums, counts
 
 
 def _summary_row(rows: pd.DataFrame, kind: str, metric: str, n_resamples: int, seed: int,
@@ -225,7 +239,7 @@ def _summary_row(rows: pd.DataFrame, kind: str, metric: str, n_resamples: int, s
     gained_n = int(((correct_b == 0) & (correct_c == 1)).sum())
     n = len(rows)
     kl = _float_column(rows, "kl")
-    kl_finite = np.where(np.isfinite(kl), kl, np.nan)
+    kl_record, kl_sum, kl_count = _kl_record(rows, kind, kl)
     js = _float_column(rows, "js")
     record = {
         "n": n, "acc_base": _mean(correct_b), "acc_comp": _mean(correct_c),
@@ -234,17 +248,20 @@ def _summary_row(rows: pd.DataFrame, kind: str, metric: str, n_resamples: int, s
         "lost": lost_n / n if n else np.nan, "gained": gained_n / n if n else np.nan,
         "label_loyalty": _mean(agree), "all_flips": 1 - _mean(agree),
         "prob_loyalty": 1 - float(nanmean_last(js)) if kind == MULTIPLE_CHOICE and n else np.nan,
-        **_kl_stats(kl),
+        **kl_record,
         "kl_scope": "choice" if kind == MULTIPLE_CHOICE else "token",
         "kappa": cohen_kappa(pred_b, pred_c), "mcnemar_p": mcnemar_exact(lost_n, gained_n),
         "kl_unit": KL_UNIT, "n_kl": int(np.isfinite(kl).sum()), "n_nonfinite": _n_nonfinite(rows, kind),
+        "n_pred_mismatch": _n_pred_mismatch(rows, kind, metric),
     }
+    for name, count in (("flips", lost_n + gained_n), ("lost", lost_n), ("gained", gained_n)):
+        record[f"{name}_ci_low"], record[f"{name}_ci_high"] = clopper_pearson(count, n)
     columns = {"correct_base": correct_b.astype(np.int8), "correct_comp": correct_c.astype(np.int8),
-               "agree": agree.astype(np.int8), "kl": kl_finite}
+               "agree": agree.astype(np.int8), "kl_sum": kl_sum, "kl_count": kl_count}
     for name, (low, high) in paired_bootstrap(columns, _BOOTSTRAP, n_resamples, seed).items():
         record[f"{name}_ci_low"], record[f"{name}_ci_high"] = low, high
     if kind == GENERATIVE:
-        record.update(_generative_extras(rows, pred_b, pred_c))
+        record.update(_generative_extras(rows, pred_b, pred_c, (correct_b == 1) & (correct_c == 0)))
     elif margin_bins is not None:
         flips_by_bin = _bin_flips(_float_column(rows, "margin_base"), correct_b != correct_c, margin_bins)
         record.update({f"flip_rate_margin_{low:g}_{high:g}": rate for low, high, rate in zip(
@@ -271,14 +288,36 @@ def _bin_flips(margin: np.ndarray, flipped: np.ndarray, bins: Sequence[float]) -
                          "n": n, "flips": flips, "flip_rate": rate})
 
 
-def _task_subsets(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """The whole task (group "all") first, then each group, sorted, when the task has more than one."""
+def _task_subsets(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(group, level, rows): the whole task (group "all") first, then each lm-eval category (MMLU's stem,
+    humanities, ...; sorted) where the rows name one, then each group, sorted, when the task has more than one."""
     groups = sorted(frame["group"].astype(str).unique())
-    if len(groups) < 2:
-        return [(WHOLE_TASK, frame)]
-    if WHOLE_TASK in groups:
+    categories = frame["category"].fillna("").astype(str) if "category" in frame else pd.Series("", index=frame.index)
+    names = sorted(c for c in categories.unique() if c)
+    if WHOLE_TASK in groups + names:
         raise ValueError(f"group name {WHOLE_TASK!r} is reserved for whole-task summary rows")
-    return [(WHOLE_TASK, frame)] + [(g, frame[frame["group"].astype(str) == g]) for g in groups]
+    if set(names) & set(groups):
+        raise ValueError(f"{sorted(set(names) & set(groups))[0]!r} names both a category and a group of one task")
+    subsets = [(WHOLE_TASK, "task", frame)] + [(c, "category", frame[categories == c]) for c in names]
+    if len(groups) < 2:
+        return subsets
+    return subsets + [(g, "group", frame[frame["group"].astype(str) == g]) for g in groups]
+
+
+def _adjust_p_values(summary: pd.DataFrame) -> pd.DataFrame:
+    """mcnemar_p Holm- and BH-adjusted per family: a task's subject rows (or its category rows) of one
+    (metric, filter); the tasks' headline whole-task rows; the tasks' other whole-task rows."""
+    whole = summary["group"] == WHOLE_TASK
+    family = np.where(whole, "all:" + summary["headline"].astype(str),
+                      summary["level"].astype(str) + ":" + summary["task"] + ":" + summary["metric"] + ":"
+                      + summary["filter"].astype(str))
+    summary["mcnemar_p_holm"], summary["mcnemar_q_bh"] = np.nan, np.nan
+    for key in pd.unique(family):
+        rows = np.flatnonzero(family == key)
+        p = summary["mcnemar_p"].to_numpy(dtype=float)[rows]
+        summary.loc[summary.index[rows], "mcnemar_p_holm"] = holm(p)
+        summary.loc[summary.index[rows], "mcnemar_q_bh"] = benjamini_hochberg(p)
+    return summary
 
 
 def summarize(
@@ -298,24 +337,27 @@ def summarize(
     ``headline`` is True on its rows at every level, so ``headline & (group == "all")`` is one row per task.
     MC KL is recomputed from the log-likelihoods (choice-level); generative KL is the stored token-level
     ``kl`` (NaN until computed). KL statistics use finite values only (``n_kl`` rows; ``n_nonfinite`` counts
-    diverged rows). CIs: paired percentile bootstrap, 95%, same seed for every row (``n_resamples=0``
-    leaves them NaN). A (group, filter) without rows gets n = 0 and NaN statistics. With ``margin_bins``,
+    diverged rows); generative rows use the token-weighted statistics of flipbench.klstats and keep the
+    per-doc mean as ``kl_doc_mean``. CIs, 95%: exact Clopper-Pearson for flips, lost, gained; paired
+    percentile bootstrap over docs for the rest, same seed for every row (``n_resamples=0`` leaves those NaN).
+    ``mcnemar_p_holm`` / ``mcnemar_q_bh`` adjust ``mcnemar_p`` within families (see ``_adjust_p_values``). A (group, filter) without rows gets n = 0 and NaN statistics. With ``margin_bins``,
     MC rows also get ``flip_rate_margin_<low>_<high>`` columns (see ``flip_rate_by_margin``).
     """
     if len(samples) == 0:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    annotated = annotate(samples)
     records = []
-    for task, frame in annotated.groupby("task", sort=False):
+    for task, frame in samples.groupby("task", sort=False):
         kind, specs = _metric_specs(task, frame, metrics_by_task)
-        for group, subset in _task_subsets(frame):
+        # choice distributions, KL and margins under each reported metric's own scores
+        scored = {metric: annotate(frame, metric) for metric in dict.fromkeys(m for m, _ in specs)}
+        for group, level, subset in _task_subsets(frame):
             for position, (metric, filter_name) in enumerate(specs):
-                rows = subset[subset["filter"] == filter_name]
-                record = {"task": task, "group": group, "metric": metric, "filter": filter_name,
+                rows = scored[metric].loc[subset.index[subset["filter"] == filter_name]]
+                record = {"task": task, "group": group, "level": level, "metric": metric, "filter": filter_name,
                           "headline": position == 0}
                 record.update(_summary_row(rows, kind, metric, n_resamples, seed, margin_bins))
                 records.append(record)
-    summary = pd.DataFrame.from_records(records)
+    summary = _adjust_p_values(pd.DataFrame.from_records(records))
     extra = [c for c in summary.columns if c not in SUMMARY_COLUMNS]
     return summary.reindex(columns=SUMMARY_COLUMNS + extra)
 
@@ -335,11 +377,10 @@ def flip_rate_by_margin(
     mc = samples[samples["output_type"] == MULTIPLE_CHOICE]
     if len(mc) == 0:
         return pd.DataFrame(columns=MARGIN_COLUMNS)
-    annotated = annotate(mc)
     tables = []
-    for task, frame in annotated.groupby("task", sort=False):
+    for task, frame in mc.groupby("task", sort=False):
         for metric, filter_name in _metric_specs(task, frame, metrics_by_task)[1]:
-            rows = frame[frame["filter"] == filter_name]
+            rows = annotate(frame[frame["filter"] == filter_name], metric)
             flipped = predictions(rows, "base", metric)[1] != predictions(rows, "comp", metric)[1]
             table = _bin_flips(rows["margin_base"].to_numpy(), flipped, bins)
             table.insert(0, "task", task)

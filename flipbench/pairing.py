@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 PAIR_KEY = ["task", "group", "doc_id", "filter"]
-SHARED = ["output_type", "metric", "doc_hash", "prompt_hash", "prompt", "target", "choices", "choice_len"]
-SIDED = ["ll", "pred", "correct", "response"]
+SHARED = ["category", "output_type", "metric", "doc_hash", "prompt_hash", "prompt", "target", "choices", "choice_len"]
+SIDED = ["ll", "ll_uncond", "pred", "correct", "lm_correct", "response"]
 
 
 class PairingError(ValueError):

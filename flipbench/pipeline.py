@@ -8,38 +8,99 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-from flipbench import cache, console, evaluate, models, rundir, tasks
-from flipbench.config import FlipbenchConfig, to_typed
+from flipbench import cache, console, evaluate, models, rundir, scoring, tasks
+from flipbench.config import PRUNE_METHODS, QUANT_METHODS, ConfigError, FlipbenchConfig, check_gate_tasks, to_typed
 from flipbench.pairing import pair
 
 log = logging.getLogger("flipbench")
 
-QUANT_METHODS = ("rtn", "gptq", "tacq")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with the stage it stopped and the run folder marked failed (None before a folder existed)."""
+
+    def __init__(self, stage: str, run_dir: Path | None):
+        super().__init__(stage)
+        self.stage, self.run_dir = stage, run_dir
 
 
 def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
-    """Everything that can be checked without model weights: config, tasks, model paths, calibration file."""
-    plan = tasks.resolve(cfg.suite)
-    models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code)
-    if cfg.compression.method == "checkpoint":
-        models.check_model(cfg.compression.path, None, cfg.model.trust_remote_code, what="compression.path")
-    if cfg.calibration.path and not Path(cfg.calibration.path).expanduser().is_file():
-        from flipbench.config import ConfigError
+    """Everything checkable from the config, config.json and tokenizer files, data files and task YAML; no
+    dataset download, no weight. A sweep runs it for every member before the first member starts."""
+    from flipbench import preflight as checks
 
-        raise ConfigError(f"calibration.path={cfg.calibration.path!r} is not a file; give a UTF-8 text file")
+    checks.check_device(cfg.model.device)
+    checks.check_output_folder(cfg.output.root)
+    if cfg.output.run_dir:
+        checks.check_output_folder(cfg.output.run_dir, "output.run_dir")
+    checks.check_task_yamls(cfg.suite.include_path)
+    plan = tasks.resolve(cfg.suite)
+    names = sorted(set(plan.reported.values()))
+    check_gate_tasks(cfg.gate, names)
+    checks.check_generation_budgets(cfg.suite.max_gen_toks, plan)
+    m, comp = cfg.model, cfg.compression
+    base_config = models.check_model(m.path, m.revision, m.trust_remote_code, gguf_file=m.gguf_file)
+    models.check_placement(m, base_config)
+    if comp.method == "checkpoint":
+        comp_config = models.check_model(comp.path or m.path, None, m.trust_remote_code, what="compression.path",
+                                         gguf_file=comp.gguf_file)
+        checks.check_same_vocabulary(base_config, comp_config, m.path, comp.path or m.path)
+    if cfg.compression.method in QUANT_METHODS + PRUNE_METHODS:
+        checks.check_quant_shapes(base_config, quant_config(cfg), cfg.model.trust_remote_code)
+    cal, method = cfg.calibration, cfg.compression.method
+    if cal.source == "text" and _needs_calibration(cfg) or cal.gradient_source == "text" and method == "tacq":
+        checks.check_text_file(cal.path)
     return plan
 
 
-def quant_config(cfg: FlipbenchConfig):
-    from flipbench.compress import QuantConfig
+def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
+    """Reads the datasets and the tokenizer, still no weight: (task objects, tokenizer, calibration ids).
 
-    fields = {k: v for k, v in asdict(cfg.compression).items() if k in QuantConfig.__dataclass_fields__}
-    return QuantConfig(**fields)
+    Checks that the tasks' prompts, choices and generation budgets fit the model's context, and draws the
+    calibration data (refusing docs that are also evaluated)."""
+
+    from flipbench import budget
+
+    tokenizer = models.load_tokenizer(cfg.model)
+    task_objs = evaluate.load_tasks(plan)
+    evaluate.configure(task_objs, plan, dict(cfg.suite.num_fewshot), dict(cfg.suite.max_gen_toks))
+    config = models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code,
+                                gguf_file=cfg.model.gguf_file)
+    budget.check_context(task_objs, plan.reported, tokenizer, budget.context_length(config, tokenizer), cfg.suite.limit)
+    if cfg.compression.method == "checkpoint":
+        from flipbench.preflight import check_tokenizers_agree
+
+        comp = cfg.compression
+        comp_tok = models.load_tokenizer(cfg.model, comp.path or cfg.model.path, comp.gguf_file)
+        check_tokenizers_agree(tokenizer, comp_tok, comp.path or comp.gguf_file)
+    try:
+        calibration = calibration_ids(cfg, tokenizer, task_objs, limits(task_objs, plan, cfg))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return task_objs, tokenizer, calibration
+
+
+def quant_config(cfg: FlipbenchConfig):
+    """The compressor's settings: a QuantConfig or a PruneConfig, whichever the method takes."""
+    from flipbench.compress import settings_type
+
+    settings = settings_type(cfg.compression.method)
+    fields = {k: v for k, v in asdict(cfg.compression).items() if k in settings.__dataclass_fields__}
+    if cfg.compression.method in PRUNE_METHODS and cfg.compression.method != "sparsegpt":
+        fields["bits"] = None  # only SparseGPT quantizes while it prunes
+    return settings(**fields)
+
+
+def _needs_calibration(cfg: FlipbenchConfig) -> bool:
+    from flipbench.compress import needs_data
+
+    return cfg.compression.method in QUANT_METHODS + PRUNE_METHODS and needs_data(quant_config(cfg))
 
 
 def baseline_key(cfg: FlipbenchConfig, fingerprint: str, task_objs: dict, device: str) -> dict:
@@ -53,7 +114,6 @@ def baseline_key(cfg: FlipbenchConfig, fingerprint: str, task_objs: dict, device
 
 def estimate_work(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig) -> console.Work:
     """The one line a person reads before evaluating: docs, requests, tokens and minutes per side."""
-    evaluate.apply_fewshot(task_objs, plan, dict(cfg.suite.num_fewshot))
     work = console.estimate(task_objs, limits(task_objs, plan, cfg), model, tokenizer, cfg.eval.seed)
     log.info(work.line())
     return work
@@ -91,7 +151,7 @@ def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict, evaluated:
     from flipbench.compress import calibration as calib
 
     cal = cfg.calibration
-    if cfg.compression.method not in ("gptq", "tacq"):
+    if not _needs_calibration(cfg):
         return None, None
 
     def texts(source: str) -> list[str]:
@@ -108,40 +168,26 @@ def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict, evaluated:
     return ids, grad_ids
 
 
-def compress(model, tokenizer, calibration, cfg: FlipbenchConfig):
-    """Returns (compressed model, tokenizer, details for the manifest). Quantization works in place.
+def compress(model, tokenizer, calibration, cfg: FlipbenchConfig, grids: dict | None = None):
+    """Returns (compressed model, tokenizer, details for the manifest). Quantization and pruning work in place.
 
-    ``calibration`` is the (calib, task_calib) pair from :func:`calibration_ids`, built before any evaluation.
+    ``calibration`` is the (calib, task_calib) pair from :func:`calibration_ids`, built before any evaluation;
+    ``grids`` (for output.save_model) receives what the quantizer fitted per linear.
     """
     method = cfg.compression.method
     if method == "none":
         return model, tokenizer, {"method": "none", "avg_bits": _native_bits(model)}
     if method == "checkpoint":
-        comp, comp_tok = models.load_model(cfg.model, cfg.compression.path)
+        comp, comp_tok = models.load_model(cfg.model, cfg.compression.path or cfg.model.path,
+                                             gguf_file=cfg.compression.gguf_file)
         return comp, comp_tok, {"method": "checkpoint", "path": cfg.compression.path, "avg_bits": _native_bits(comp)}
     from flipbench import compress as compressors
 
     calib, task_calib = calibration
-    details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=model.device,
-                             progress=logging.getLogger("flipbench.compress").info)  # per layer: run.log only
+    device = models.pick_device(cfg.compression.device)  # one decoder block at a time goes there
+    details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=device,
+                                   progress=logging.getLogger("flipbench.compress").info, grids=grids)  # run.log only
     return model, tokenizer, details
-
-
-def check_compression(model, tokenizer, task_objs, cfg: FlipbenchConfig, evaluated: dict | None = None):
-    """Checks that need the model's shapes or the tasks' docs (group_size, calibration overlap), before evaluating.
-
-    Returns the calibration token ids, so the same data serve the compression stage.
-    """
-    if cfg.compression.method not in QUANT_METHODS:
-        return None, None
-    from flipbench import compress as compressors
-    from flipbench.config import ConfigError
-
-    try:
-        compressors.validate(model, quant_config(cfg))
-        return calibration_ids(cfg, tokenizer, task_objs, evaluated)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
 
 
 def _native_bits(model) -> float:
@@ -181,7 +227,7 @@ def kl_reference(base: pd.DataFrame, model, tokenizer, cfg: FlipbenchConfig, sto
     from flipbench.tokenkl import answer_logprobs
 
     logprobs = answer_logprobs(model, tokenizer, rows["prompt"].tolist(), rows["response"].tolist(),
-                               batch_size=cfg.eval.batch_size, device=model.device, max_bytes=budget)
+                               batch_size=cfg.eval.batch_size, device=models.input_device(model), max_bytes=budget)
     if logprobs is None:
         log.info("token KL: the baseline's log-probs would exceed eval.token_kl_reference_mb=%d; the baseline "
                  "model is used for the KL pass instead", cfg.eval.token_kl_reference_mb)
@@ -201,7 +247,7 @@ def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchCo
     gen = paired.index[paired["output_type"] == "generate_until"]
     if not cfg.eval.token_kl or len(gen) == 0:
         return
-    from flipbench.tokenkl import token_kl
+    from flipbench.tokenkl import TOKEN_COLUMNS, token_kl
 
     rows = _kl_rows(paired)
     keys = _row_keys(rows, "response_base")
@@ -210,26 +256,66 @@ def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchCo
     else:
         base = base_model if base_model is not None else models.load_model(cfg.model)[0]
     stats = token_kl(base, comp_model, tokenizer, rows["prompt"].tolist(), rows["response_base"].tolist(),
-                     batch_size=cfg.eval.batch_size, device=comp_model.device)
+                     batch_size=cfg.eval.batch_size, device=models.input_device(comp_model))
     stats.index = rows.index
     keyed = pd.concat([rows[["task", "group", "doc_id"]], stats], axis=1)
     filled = paired.loc[gen, ["task", "group", "doc_id"]].merge(keyed, on=["task", "group", "doc_id"], how="left")
     for column in ("kl", "same_top", "n_tokens"):
         paired.loc[gen, column] = filled[column].to_numpy()
+    for column in TOKEN_COLUMNS:  # per-token lists: empty for MC rows
+        cells = pd.Series([[] for _ in range(len(paired))], index=paired.index, dtype=object)
+        cells.loc[gen] = [v if isinstance(v, list) else [] for v in filled[column]]
+        paired[column] = cells
+
+
+def noise_dtype(requested: str, model) -> str:
+    """The noise floor's other dtype; ``auto`` flips between float32 and bfloat16."""
+    if requested != "auto":
+        return requested
+    return "bfloat16" if next(model.parameters()).dtype == torch.float32 else "float32"
+
+
+def noise_floor(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, base: pd.DataFrame, reference):
+    """The baseline against itself under ``eval.noise_floor``: (paired, annotated samples with token KL, details).
+
+    ``batch`` re-evaluates the loaded baseline at ``eval.noise_batch_size``; ``dtype`` loads a second copy of the
+    baseline in ``eval.noise_dtype`` (it needs the memory of that copy while it runs); ``batch_dtype`` does both.
+    """
+    from flipbench import metrics
+
+    mode = cfg.eval.noise_floor
+    batch = cfg.eval.noise_batch_size if mode in ("batch", "batch_dtype") else cfg.eval.batch_size
+    other, dtype = model, str(next(model.parameters()).dtype).replace("torch.", "")
+    if mode in ("dtype", "batch_dtype"):
+        dtype = noise_dtype(cfg.eval.noise_dtype, model)
+        other = models.load_model(replace(cfg.model, dtype=dtype), tokenizer=tokenizer)[0]
+    noise = metrics.annotate(pair(base, evaluate_side(other, tokenizer, task_objs, plan, cfg, batch_size=batch)))
+    # the KL pass runs at the perturbed batch size too, so a batch perturbation reaches the token KL
+    token_kl_stage(noise, other, tokenizer, replace(cfg, eval=replace(cfg.eval, batch_size=batch)), reference, model)
+    details = {"mode": mode, "batch_size": batch, "dtype": dtype, "baseline_batch_size": cfg.eval.batch_size,
+               "baseline_dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+    return noise, details
 
 
 def run(cfg) -> Path:
-    """Run one baseline-vs-compressed comparison; returns the run directory."""
-    from flipbench import metrics, report
+    """Run one baseline-vs-compressed comparison; returns the run directory.
 
+    Every check runs before the run folder is made: a refused input leaves nothing behind."""
     cfg = to_typed(cfg)
-    plan = preflight(cfg)
     root = Path(cfg.output.root)
-    run_id = cfg.output.run_id or rundir.new_run_id(cfg.model.name, cfg.compression.method, cfg.compression.bits)
-    run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else root / "runs" / run_id
-    if rundir.is_complete(run_dir) and not cfg.output.redo:
-        log.info("%s is already complete; skipping it (output.redo=true runs it again)", run_dir)
-        return run_dir
+    try:
+        plan = preflight(cfg)
+        run_id = cfg.output.run_id or rundir.new_run_id(cfg.model.name, cfg.compression.method, cfg.compression.bits)
+        run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else root / "runs" / run_id
+        if rundir.is_complete(run_dir) and not cfg.output.redo:
+            log.info("%s is already complete; skipping it (output.redo=true runs it again)", run_dir)
+            return run_dir
+        if rundir.in_use(run_dir):
+            raise ConfigError(f"{run_dir} is being written by a running process; wait for it or pick another output.run_dir")
+        rundir.mark_stale(run_dir.parent, log)
+        prepared = prepare(cfg, plan)
+    except KeyboardInterrupt:
+        raise Interrupted("preflight", None) from None
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.save_config(run_dir, cfg)
     device = models.pick_device(cfg.model.device)
@@ -240,47 +326,12 @@ def run(cfg) -> Path:
         log.warning("note: %s", note)
     manifest.update(data_notes=plan.notes)
     try:
-        with manifest.stage("load_baseline", log):
-            model, tokenizer = models.load_model(cfg.model)
-            task_objs = evaluate.load_tasks(plan)
-            calibration = check_compression(model, tokenizer, task_objs, cfg, limits(task_objs, plan, cfg))
-            weights = models.fingerprint(model)
-            work = estimate_work(model, tokenizer, task_objs, plan, cfg)
-        store = cache.BaselineCache(root / "cache")
-        key_parts = baseline_key(cfg, weights, task_objs, str(device))
-        key = cache.cache_key(key_parts)
-        with store.lock(key):
-            # Under the lock, parallel sweep members wait for one baseline evaluation instead of each running it.
-            with manifest.stage("evaluate_baseline", log):
-                base = store.load(key) if cfg.eval.cache else None
-                hit = base is not None
-                if not hit:
-                    base = evaluate_side(model, tokenizer, task_objs, plan, cfg, label="baseline", work=work)
-                    store.store(key, base, key_parts)
-            with manifest.stage("token_kl_reference", log):
-                reference = kl_reference(base, model, tokenizer, cfg, store, key)
-        manifest.update(baseline_cache_hit=hit, baseline_cache_key=key, baseline_fingerprint=weights)
-        noise = None
-        if cfg.eval.noise_floor:
-            with manifest.stage("evaluate_noise_floor", log):
-                noise = evaluate_side(model, tokenizer, task_objs, plan, cfg, batch_size=cfg.eval.noise_batch_size,
-                                      label="noise floor", work=work)
-        with manifest.stage("compress", log):
-            comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg)
-        manifest.update(compression=details)
-        with manifest.stage("evaluate_compressed", log):
-            comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg, label="compressed", work=work)
-        with manifest.stage("metrics", log):
-            paired = metrics.annotate(pair(base, comp))
-            untouched = cfg.compression.method in ("none", "checkpoint")  # the loaded baseline is still the baseline
-            token_kl_stage(paired, comp_model, tokenizer, cfg, reference, model if untouched else None)
-            paired.to_parquet(run_dir / "samples.parquet", index=False)
-            if noise is not None:
-                metrics.annotate(pair(base, noise)).to_parquet(run_dir / "noise_samples.parquet", index=False)
-        with manifest.stage("report", log):
-            verdict = report.build(run_dir, cfg)
-        manifest.complete(gate=verdict)
-    except BaseException as err:  # Ctrl-C included: the manifest says why the run is not complete
+        _stages(cfg, plan, prepared, run_dir, manifest, device)
+    except KeyboardInterrupt:
+        stage = manifest.current or "setup"
+        manifest.fail(f"interrupted during {stage}")
+        raise Interrupted(stage, run_dir) from None
+    except BaseException as err:
         manifest.fail(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         raise
     finally:
@@ -288,3 +339,56 @@ def run(cfg) -> Path:
     rundir.point_latest(root, run_dir)
     return run_dir
 
+
+def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, device) -> None:
+    from flipbench import metrics, report
+
+    task_objs, tokenizer, calibration = prepared
+    root = Path(cfg.output.root)
+    with manifest.stage("load_baseline", log):
+        model, tokenizer = models.load_model(cfg.model, tokenizer=tokenizer)
+        weights = models.fingerprint(model)
+        work = estimate_work(model, tokenizer, task_objs, plan, cfg)
+    store = cache.BaselineCache(root / "cache")
+    key_parts = baseline_key(cfg, weights, task_objs, str(device))
+    key = cache.cache_key(key_parts)
+    with store.lock(key):
+        # Under the lock, parallel sweep members wait for one baseline evaluation instead of each running it.
+        with manifest.stage("evaluate_baseline", log):
+            base = store.load(key) if cfg.eval.cache else None
+            hit = base is not None
+            if not hit:
+                base = evaluate_side(model, tokenizer, task_objs, plan, cfg, label="baseline", work=work)
+                store.store(key, base, key_parts)
+        with manifest.stage("token_kl_reference", log):
+            reference = kl_reference(base, model, tokenizer, cfg, store, key)
+    manifest.update(baseline_cache_hit=hit, baseline_cache_key=key, baseline_fingerprint=weights)
+    if cfg.eval.noise_floor != "off":
+        with manifest.stage("evaluate_noise_floor", log):
+            noise, noise_details = noise_floor(model, tokenizer, task_objs, plan, cfg, base, reference)
+            noise.to_parquet(run_dir / "noise_samples.parquet", index=False)
+        manifest.update(noise_floor=noise_details)
+    grids = {} if cfg.output.save_model else None
+    with manifest.stage("compress", log):
+        comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg, grids)
+    manifest.update(compression=details)
+    with manifest.stage("evaluate_compressed", log):
+        comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg, label="compressed", work=work)
+    with manifest.stage("metrics", log):
+        paired = metrics.annotate(pair(base, comp))
+        mismatches = scoring.count_mismatches(paired)
+        if mismatches:
+            log.warning("%d predictions recomputed from the log-likelihoods disagree with lm-eval's logged "
+                        "correctness; correctness follows lm-eval (n_pred_mismatch in summary.csv)", mismatches)
+        manifest.update(n_pred_mismatch=mismatches)
+        untouched = cfg.compression.method in ("none", "checkpoint")  # the loaded baseline is still the baseline
+        token_kl_stage(paired, comp_model, tokenizer, cfg, reference, model if untouched else None)
+        paired.to_parquet(run_dir / "samples.parquet", index=False)
+    if cfg.output.save_model:  # last use of the compressed model: packing rewrites its linears in place
+        with manifest.stage("save_model", log):
+            from flipbench.compress.export import save
+
+            manifest.update(saved_model=save(comp_model, comp_tok, grids, quant_config(cfg), run_dir / "model"))
+    with manifest.stage("report", log):
+        verdict = report.build(run_dir, cfg)
+    manifest.complete(gate=verdict)

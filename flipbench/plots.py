@@ -10,12 +10,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+# Task names, subjects and model names are the user's text: a '$' in them must print as a '$', not start
+# mathtext (an unbalanced or invalid formula would crash the report stage after all the expensive work).
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from flipbench.stats import clopper_pearson  # noqa: E402
+
 METHOD_COLOURS = {"baseline": "#4d4d4d", "none": "#999999", "rtn": "#1f77b4", "gptq": "#ff7f0e", "tacq": "#2ca02c",
-                  "checkpoint": "#9467bd"}
+                  "checkpoint": "#9467bd", "magnitude": "#8c564b", "wanda": "#e377c2", "sparsegpt": "#bcbd22",
+                  "layerdrop": "#17becf"}
 LOST, GAINED = "#d62728", "#2ca02c"
 
 
@@ -27,10 +33,17 @@ def save(fig, stem: Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
+    # "tight" grows the canvas to every artist (long axis labels, legends outside): nothing is clipped
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
     plt.close(fig)
     return paths
+
+
+def _exact_bounds(successes, trials) -> tuple[np.ndarray, np.ndarray]:
+    """Clopper-Pearson 95% bounds in percent per (successes, trials) pair; NaN for an empty bin."""
+    bounds = np.array([clopper_pearson(k, n) for k, n in zip(successes, trials)], dtype=float).reshape(-1, 2)
+    return 100 * bounds[:, 0], 100 * bounds[:, 1]
 
 
 def headline_rows(summary: pd.DataFrame) -> pd.DataFrame:
@@ -81,30 +94,50 @@ def transition_matrices(samples: pd.DataFrame, title: str, stem: Path) -> list[P
     return save(fig, stem)
 
 
+KL_AXIS = {"choice": "mean choice-level KL(baseline ‖ compressed) per doc (nats)",
+           "token": "mean token-level KL(baseline ‖ compressed) per answer token (nats)"}
+
+
 def kl_vs_flips(points: pd.DataFrame, title: str, stem: Path) -> list[Path]:
-    """Flips against mean KL; ``points`` has task, method, kl_mean, flips (and optionally a label per point)."""
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    """Flips against mean KL, one panel per KL scope (choice and token KL are on different scales).
+
+    ``points`` has task, method, kl_scope, kl_mean, flips (and optionally a label per point).
+    """
+    scopes = [s for s in ("choice", "token") if (points["kl_scope"] == s).any()] or ["choice"]
+    fig, axes = plt.subplots(1, len(scopes), figsize=(6 * len(scopes), 4.2), squeeze=False)
     markers = dict(zip(sorted(points["task"].unique()), "osD^vP*X"))
-    for (method, task), rows in points.groupby(["method", "task"]):
-        ax.scatter(rows["kl_mean"], 100 * rows["flips"], color=colour(method), marker=markers[task], s=40,
-                   label=f"{method} · {task}")
-        for _, r in rows.iterrows():
-            if "label" in r and isinstance(r["label"], str):
-                ax.annotate(r["label"], (r["kl_mean"], 100 * r["flips"]), fontsize=6, xytext=(3, 3),
-                            textcoords="offset points")
-    ax.set_xlabel("mean KL(baseline ‖ compressed) (nats; choice-level for MC, token-level for generative)")
-    ax.set_ylabel("flips (% of questions)")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
+    for ax, scope in zip(axes[0], scopes):
+        for (method, task), rows in points[points["kl_scope"] == scope].groupby(["method", "task"]):
+            ax.scatter(rows["kl_mean"], 100 * rows["flips"], color=colour(method), marker=markers[task], s=40,
+                       label=f"{method} · {task}")
+            for _, r in rows.iterrows():
+                if "label" in r and isinstance(r["label"], str):
+                    ax.annotate(r["label"], (r["kl_mean"], 100 * r["flips"]), fontsize=6, xytext=(3, 3),
+                                textcoords="offset points")
+        ax.set_xlabel(KL_AXIS[scope], fontsize=8)
+        ax.set_ylabel("flips (% of questions)")
+        ax.set_title(f"{scope}-level KL", fontsize=9)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
     return save(fig, stem)
 
 
 def flips_by_margin(by_margin: pd.DataFrame, method: str, title: str, stem: Path) -> list[Path]:
     """Flip rate per bin of the baseline's confidence margin (top-1 minus top-2 choice probability)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for task, rows in by_margin.groupby("task"):
-        ax.plot(rows["bin"].astype(str), 100 * rows["flip_rate"], marker="o", label=f"{task} ({method})")
-    ax.set_xlabel("baseline margin p(top-1) − p(top-2) (probability)")
+    groups = list(by_margin.groupby("task"))
+    for k, (task, rows) in enumerate(groups):
+        x = np.arange(len(rows)) + 0.2 * (k - (len(groups) - 1) / 2)  # dodge the tasks so the bars do not overlap
+        low, high = _exact_bounds(rows["flips"], rows["n"])
+        rate = 100 * rows["flip_rate"].to_numpy(dtype=float)
+        ax.errorbar(x, rate, yerr=[rate - low, high - rate], marker="o", capsize=3, linestyle=":", label=f"{task} ({method})")
+    if groups:  # docs per bin under each tick, one count per task in legend order
+        counts = np.array([rows["n"].to_numpy() for _, rows in groups])  # (tasks, bins)
+        labels = [f"{b}\nn = {' / '.join(str(int(c)) for c in counts[:, i])}" for i, b in enumerate(groups[0][1]["bin"])]
+        ax.set_xticks(np.arange(counts.shape[1]), labels, fontsize=8)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("baseline margin p(top-1) − p(top-2) (probability); bars: exact 95% interval")
     ax.set_ylabel("flip rate (% of questions in the bin)")
     ax.set_title(title)
     ax.legend(fontsize=7)
@@ -113,15 +146,33 @@ def flips_by_margin(by_margin: pd.DataFrame, method: str, title: str, stem: Path
 
 def subject_flips(summary: pd.DataFrame, task: str, method: str, title: str, stem: Path) -> list[Path]:
     """Flips per group (subject) of one task, lost and gained stacked, worst first."""
-    rows = summary[(summary["task"] == task) & (summary["group"] != "all") & summary["headline"]]
+    rows = summary[(summary["task"] == task) & (summary["level"] == "group") & summary["headline"]]
     rows = rows.sort_values("flips").reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(7, max(3.0, 0.3 * len(rows) + 1.5)))
     y = np.arange(len(rows))
     ax.barh(y, 100 * rows["lost"], color=LOST, label="lost (right → wrong)")
     ax.barh(y, 100 * rows["gained"], left=100 * rows["lost"], color=GAINED, label="gained (wrong → right)")
+    flips = 100 * rows["flips"].to_numpy(dtype=float)
+    ax.errorbar(flips, y, xerr=[flips - 100 * rows["flips_ci_low"], 100 * rows["flips_ci_high"] - flips], fmt="none",
+                ecolor="black", capsize=2, linewidth=0.8, label="flips, exact 95% interval")
     ax.set_yticks(y, rows["group"], fontsize=7)
     ax.set_xlabel(f"flips (% of the subject's questions, {method})")
     ax.set_ylabel("subject")
     ax.set_title(title)
     ax.legend(fontsize=7)
+    return save(fig, stem)
+
+
+def flip_overlap(matrix: pd.DataFrame, title: str, stem: Path) -> list[Path]:
+    """Heatmap of the Jaccard overlap between the sets of docs each sweep member flips (0: disjoint, 1: same)."""
+    names = list(matrix.index)
+    fig, ax = plt.subplots(figsize=(1.0 * len(names) + 3, 0.8 * len(names) + 2))
+    image = ax.imshow(matrix.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1)
+    for (i, j), value in np.ndenumerate(matrix.to_numpy(dtype=float)):
+        ax.text(j, i, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
+                color="black" if value > 0.6 else "white")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    fig.colorbar(image, ax=ax, label="Jaccard |A ∩ B| / |A ∪ B| of flipped docs")
+    ax.set_title(title, fontsize=9)
     return save(fig, stem)

@@ -17,29 +17,63 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from flipbench import gate as gate_mod
-from flipbench import metrics, plots
+from flipbench import metrics, plots, scoring
 from flipbench.config import FlipbenchConfig
 
-KL_NOTE = ("KL is KL(baseline ‖ compressed) in nats: choice-level (softmax over the answer choices' log-likelihoods) "
-           "for multiple-choice tasks, token-level (full vocabulary, teacher-forced on the baseline's answer, mean per "
-           "answer token) for generative tasks.")
+KL_NOTE = ("KL is KL(baseline ‖ compressed) in nats: choice-level (softmax over the answer choices' scores under the "
+           "row's metric, one value per doc, statistics over docs) for multiple-choice tasks; token-level (full "
+           "vocabulary, teacher-forced on the baseline's answer, statistics over all answer tokens, token-weighted) for "
+           "generative tasks. The two scopes are on different scales and are never ranked or plotted on one axis.")
+# noise-floor columns carried into summary.csv as noise_<name> (full table: noise_summary.csv)
+NOISE_COLUMNS = ["flips", "flips_ci_low", "flips_ci_high", "lost", "gained", "kl_mean", "kl_mean_ci_low",
+                 "kl_mean_ci_high", "kl_scope"]
 TABLE_COLUMNS = ["task", "metric", "filter", "n", "acc_base", "acc_comp", "delta_acc", "delta_acc_ci", "flips",
-                 "flips_ci", "lost", "gained", "label_loyalty", "kl_mean", "kl_p99", "kappa", "mcnemar_p"]
+                 "flips_ci", "lost", "gained", "lost_to_invalid", "lost_to_wrong", "label_loyalty", "kl_scope",
+                 "kl_mean", "kl_p99", "kappa", "mcnemar_p", "mcnemar_p_holm", "noise_flips", "flips_excess"]
+# token-level statistics (generative tasks), as llama.cpp's --kl-divergence prints them
+TOKEN_TABLE = [("KL mean ± SE", "kl_mean", "kl_se"), ("KL p99", "kl_p99", None), ("KL max", "kl_max", None),
+               ("KL median", "kl_median", None), ("same top ± SE", "same_top", "same_top_se"), ("mean Δp", "dp_mean", None),
+               ("RMS Δp", "dp_rms", None), ("ln(PPL_c/PPL_b) ± SE", "ln_ppl_ratio", "ln_ppl_ratio_se")]
+INTERVALS_NOTE = ("95% intervals: exact Clopper-Pearson for flips (and lost, gained in summary.csv), paired bootstrap "
+                  "over docs for Δacc, label loyalty and mean KL. Δacc is in percentage points (pp). mcnemar_p_holm: "
+                  "Holm-adjusted across the tasks' headline rows (per subject within a task in summary.csv).")
+
+
+def compressed_bits(cfg: FlipbenchConfig) -> float:
+    """The bit width the method quantized to: the quantizers', SparseGPT's joint one; NaN otherwise."""
+    method, bits = cfg.compression.method, cfg.compression.bits
+    quantized = method in ("rtn", "gptq", "tacq") or (method == "sparsegpt" and bits is not None)
+    return bits if quantized else np.nan
+
+
+def pruning_label(compression: dict) -> str:
+    """' 2:4', ' 50%' or ' −2 layers' for a pruned model's report title; '' for anything else."""
+    if "dropped_layers" in compression:
+        return f" −{len(compression['dropped_layers'])} layers"
+    if "sparsity_measured" not in compression:
+        return ""
+    pattern = compression.get("pattern", "unstructured")
+    return f" {pattern}" if pattern != "unstructured" else f" {100 * compression['sparsity']:.0f}%"
 
 
 def build_summary(samples: pd.DataFrame, cfg: FlipbenchConfig, compression: dict, run_dir: Path) -> pd.DataFrame:
     summary = metrics.summarize(samples, metrics_by_task=dict(cfg.suite.metrics), n_resamples=cfg.eval.bootstrap,
                                 seed=cfg.eval.seed)
     summary.insert(0, "method", compression.get("method", cfg.compression.method))
-    summary.insert(1, "bits", cfg.compression.bits if cfg.compression.method in ("rtn", "gptq", "tacq") else np.nan)
+    summary.insert(1, "bits", compressed_bits(cfg))
     summary.insert(2, "avg_bits", compression.get("avg_bits", np.nan))
+    measured = compression.get("sparsity_measured") or {}
+    summary.insert(3, "sparsity", measured.get("overall", np.nan))
+    summary.insert(4, "params_kept", compression.get("params_kept", np.nan))
     noise_path = run_dir / "noise_samples.parquet"
     if noise_path.exists():
         noise = metrics.summarize(pd.read_parquet(noise_path), metrics_by_task=dict(cfg.suite.metrics),
-                                  n_resamples=0, seed=cfg.eval.seed)
+                                  n_resamples=cfg.eval.bootstrap, seed=cfg.eval.seed)
+        noise.to_csv(run_dir / "noise_summary.csv", index=False)
         keys = ["task", "group", "metric", "filter"]
-        noise = noise[keys + ["flips"]].rename(columns={"flips": "noise_flips"})
+        noise = noise[keys + NOISE_COLUMNS].rename(columns={c: f"noise_{c}" for c in NOISE_COLUMNS})
         summary = summary.merge(noise, on=keys, how="left")
+        summary["flips_excess"] = summary["flips"] - summary["noise_flips"]
     return summary
 
 
@@ -48,9 +82,11 @@ def diverged_rows(samples: pd.DataFrame) -> int:
     return int(sum(not np.isfinite(np.asarray(ll, dtype=float)).all() for ll in samples["ll_comp"] if len(ll)))
 
 
-def worst_flips(samples: pd.DataFrame, n: int = 10) -> pd.DataFrame:
-    """The most damaging flips: right → wrong, most confident divergence first."""
-    lost = samples[(samples["correct_base"] == 1) & (samples["correct_comp"] == 0)].copy()
+def worst_flips(samples: pd.DataFrame, output_type: str, n: int = 10) -> pd.DataFrame:
+    """The most damaging flips of one KL scope (MC: choice-level, generative: token-level mean per doc):
+    right → wrong, largest KL first. The two scopes are on different scales and never ranked together."""
+    lost = samples[(samples["correct_base"] == 1) & (samples["correct_comp"] == 0)
+                   & (samples["output_type"] == output_type)].copy()
     lost = lost.drop_duplicates(["task", "group", "doc_id"])
     return lost.sort_values("kl", ascending=False, na_position="last").head(n)
 
@@ -64,6 +100,13 @@ def _answer(row, side: str) -> str:
     return pred
 
 
+def _gold_text(row) -> str:
+    """MC: the gold choice text(s), ' | '-joined where the task lists several; generative: the target."""
+    if row["output_type"] != "multiple_choice":
+        return str(row["target"])
+    return " | ".join(str(row["choices"][i]) for i in scoring.gold_indices(row["target"]) if i < len(row["choices"]))
+
+
 def _fmt(value, column: str) -> str:
     if isinstance(value, str):
         return value
@@ -71,8 +114,10 @@ def _fmt(value, column: str) -> str:
         return "n/a"
     if column in ("n",):
         return str(int(value))
-    if column == "mcnemar_p":
+    if column.startswith("mcnemar"):
         return f"{value:.3g}"
+    if column == "delta_acc" or column == "flips_excess":
+        return f"{100 * value:+.1f} pp"
     if column.startswith(("kl", "kappa")):
         return f"{value:.4f}"
     return f"{100 * value:.1f}%" if column not in ("avg_bits",) else f"{value:.2f}"
@@ -81,14 +126,38 @@ def _fmt(value, column: str) -> str:
 def task_table(summary: pd.DataFrame) -> pd.DataFrame:
     rows = summary[summary["group"] == "all"].copy()
     pct = lambda lo, hi: f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" if np.isfinite([lo, hi]).all() else "n/a"  # noqa: E731
-    rows["delta_acc_ci"] = [pct(a, b) for a, b in zip(rows["delta_acc_ci_low"], rows["delta_acc_ci_high"])]
-    rows["flips_ci"] = [pct(a, b).replace("+", "") for a, b in zip(rows["flips_ci_low"], rows["flips_ci_high"])]
-    cols = [c for c in TABLE_COLUMNS + ["noise_flips"] if c in rows]
+    rows["delta_acc_ci"] = [pct(a, b) + " pp" for a, b in zip(rows["delta_acc_ci_low"], rows["delta_acc_ci_high"])]
+    rows["flips_ci"] = [pct(a, b).replace("+", "") + " %" for a, b in zip(rows["flips_ci_low"], rows["flips_ci_high"])]
+    cols = [c for c in TABLE_COLUMNS if c in rows and not rows[c].isna().all()]
     return pd.DataFrame({c: [_fmt(v, c) for v in rows[c]] for c in cols})
 
 
+def token_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Token-level KL statistics of the generative tasks' whole-task rows (empty when there are none)."""
+    rows = summary[(summary["group"] == "all") & (summary["kl_scope"] == "token")]
+    table = {"task": rows["task"].tolist(), "filter": rows["filter"].tolist(), "tokens": [_fmt(v, "n") for v in rows["n_tokens"]]}
+    for label, column, se in TOKEN_TABLE:
+        scale, unit = (100, " %") if column in ("same_top", "dp_mean", "dp_rms") else (1, "")
+        table[label] = [("n/a" if not np.isfinite(v) else f"{scale * v:.4g}"
+                         + (f" ± {scale * e:.2g}" if se and np.isfinite(e) else "") + unit)
+                        for v, e in zip(rows[column], rows[se] if se else rows[column])]
+    return pd.DataFrame(table)
+
+
+# Bidirectional controls (LRE, RLE, PDF, LRO, RLO, LRI, RLI, FSI, PDI, LRM, RLM, ALM) can make user text read
+# in another order than it is stored (the "Trojan Source" trick); reports show them as visible code points.
+BIDI_CONTROLS = {c: f"<U+{ord(c):04X}>" for c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"}
+_BIDI_TABLE = str.maketrans(BIDI_CONTROLS)
+
+
+def plain(text) -> str:
+    """User text for a report: bidirectional controls made visible, HTML escaped (a Markdown viewer renders
+    raw HTML, so report.md escapes it too); the caller escapes nothing else."""
+    return html.escape(str(text).translate(_BIDI_TABLE))
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
-    cells = [[str(v).replace("|", "\\|").replace("\n", " ") for v in row] for row in frame.itertuples(index=False)]
+    cells = [[plain(v).replace("|", "\\|").replace("\n", " ") for v in row] for row in frame.itertuples(index=False)]
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
@@ -113,51 +182,95 @@ def make_plots(run_dir: Path, samples: pd.DataFrame, summary: pd.DataFrame, meth
     if len(mc):
         made += plots.flips_by_margin(metrics.flip_rate_by_margin(mc), method, f"Where flips happen — {tag}",
                                       out / "flips_by_margin")
-    for task in summary.loc[summary["group"] != "all", "task"].unique():
+    for task in summary.loc[summary["level"] == "group", "task"].unique():
         made += plots.subject_flips(summary, task, method, f"Flips per subject: {task} — {tag}", out / f"subjects_{task}")
     return made
 
 
-def flips_table(samples: pd.DataFrame) -> pd.DataFrame:
-    worst = worst_flips(samples)
+SCOPES = (("multiple_choice", "choice-level KL"), ("generate_until", "token-level KL, mean over the answer's tokens"))
+
+
+def flips_table(samples: pd.DataFrame, output_type: str) -> pd.DataFrame:
+    worst = worst_flips(samples, output_type)
     return pd.DataFrame({
         "task": worst["task"], "doc": worst["doc_id"].astype(str),
         "prompt (end)": ["…" + p[-160:] if len(p) > 160 else p for p in worst["prompt"]],
-        "target": [str(r["choices"][int(r["target"])]) if r["output_type"] == "multiple_choice" and r["target"].lstrip("-").isdigit()
-                   and 0 <= int(r["target"]) < len(r["choices"]) else r["target"] for _, r in worst.iterrows()],
+        "target": [_gold_text(r) for _, r in worst.iterrows()],
         "baseline": [_answer(r, "base") for _, r in worst.iterrows()],
         "compressed": [_answer(r, "comp") for _, r in worst.iterrows()],
         "KL (nats)": [_fmt(v, "kl") for v in worst["kl"]],
     })
 
 
-def write_markdown(path: Path, title: str, head: list[str], table: pd.DataFrame, flips: pd.DataFrame, figures: list[Path]):
-    parts = [f"# {title}", "", *head, "", "## Per task (95% paired-bootstrap intervals)", "", markdown_table(table), "",
-             KL_NOTE, "", "## Most damaging flips (baseline right → compressed wrong, by KL)", "",
-             markdown_table(flips) if len(flips) else "No right → wrong flips.", "", "## Plots", ""]
-    parts += [f"![{f.stem}](plots/{f.name})" for f in figures if f.suffix == ".png"]
-    path.write_text("\n".join(parts) + "\n")
+def sections(summary: pd.DataFrame, samples: pd.DataFrame) -> list[tuple[str, pd.DataFrame | str]]:
+    """(heading, table or paragraph) pairs, in report order; both report formats render these."""
+    out: list[tuple[str, pd.DataFrame | str]] = [("Per task", task_table(summary)), ("", INTERVALS_NOTE), ("", KL_NOTE)]
+    tokens = token_table(summary)
+    if len(tokens):
+        out.append(("Token-level KL(baseline ‖ compressed) on the baseline's answers (nats; as llama.cpp --kl-divergence)",
+                    tokens))
+    for output_type, scope in SCOPES:
+        if (samples["output_type"] == output_type).any():
+            flips = flips_table(samples, output_type)
+            out.append((f"Most damaging flips, {scope} (baseline right → compressed wrong, largest KL first)",
+                        flips if len(flips) else "No right → wrong flips."))
+    return out
+
+
+def write_markdown(path: Path, title: str, head: list[str], parts: list, figures: list[Path]):
+    lines = [f"# {plain(title)}", "", *map(plain, head), ""]
+    for heading, body in parts:
+        lines += ([f"## {heading}", ""] if heading else []) + [body if isinstance(body, str) else markdown_table(body), ""]
+    lines += ["## Plots", ""] + [f"![{f.stem}](plots/{f.name})" for f in figures if f.suffix == ".png"]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def _html_table(frame: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+    head = "".join(f"<th>{plain(c)}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{plain(v)}</td>" for v in row) + "</tr>"
                    for row in frame.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
-def write_html(path: Path, title: str, head: list[str], table: pd.DataFrame, flips: pd.DataFrame, figures: list[Path]):
+def write_html(path: Path, title: str, head: list[str], parts: list, figures: list[Path]):
     """Self-contained: plots inlined as base64 PNG, every piece of text escaped, no external references."""
     imgs = "".join(f'<figure><img alt="{html.escape(f.stem)}" src="data:image/png;base64,'
                    f'{base64.b64encode(f.read_bytes()).decode()}"></figure>' for f in figures if f.suffix == ".png")
-    heads = "".join(f"<p>{html.escape(line.replace('**', ''))}</p>" for line in head)
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}img{max-width:100%}")
-    flips_html = _html_table(flips) if len(flips) else "<p>No right → wrong flips.</p>"
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                    f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{heads}"
-                    f"<h2>Per task (95% paired-bootstrap intervals)</h2>{_html_table(table)}<p>{html.escape(KL_NOTE)}</p>"
-                    f"<h2>Most damaging flips</h2>{flips_html}<h2>Plots</h2>{imgs}</body></html>\n")
+    heads = "".join(f"<p>{plain(line.replace('**', ''))}</p>" for line in head)
+    body = "".join((f"<h2>{plain(heading)}</h2>" if heading else "")
+                   + (f"<p>{plain(part)}</p>" if isinstance(part, str) else _html_table(part))
+                   for heading, part in parts)
+    # wide tables scroll inside their own box instead of running off the page
+    style = ("body{font-family:sans-serif;max-width:1400px;margin:auto;padding:0 1em}table{border-collapse:collapse;"
+             "font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}img{max-width:100%}"
+             ".scroll{overflow-x:auto}")
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{plain(title)}</title>"
+                    f"<style>{style}</style></head><body><h1>{plain(title)}</h1>{heads}"
+                    f"{body}<h2>Plots</h2>{imgs}</body></html>\n")
+
+
+def gate_lines(verdict: dict) -> list[str]:
+    on = {"point": "point estimates", "upper_ci": "the pessimistic end of each 95% interval"}[verdict.get("on", "point")]
+    lines = [f"Gate checked on {on} (gate.on={verdict.get('on', 'point')})."] if verdict["verdict"] != "not set" else []
+    for task in verdict["tasks"]:
+        for check in task["checks"]:
+            if not check["pass"]:
+                lines.append(f"- FAIL {task['task']}: {check['column']} = {check['value']:.4f} exceeds {check['check']} = {check['limit']}")
+    return lines
+
+
+def noise_lines(manifest: dict, summary: pd.DataFrame) -> list[str]:
+    """What the noise floor perturbed, and each task's flips beside it."""
+    noise = manifest.get("noise_floor")
+    if not noise or "noise_flips" not in summary:
+        return []
+    lines = [f"Noise floor ({noise['mode']}): the baseline against itself at batch size {noise['batch_size']} in "
+             f"{noise['dtype']} (baseline: batch size {noise['baseline_batch_size']}, {noise['baseline_dtype']})."]
+    for _, r in plots.headline_rows(summary).iterrows():
+        lines.append(f"- {r['task']}: flips {100 * r['flips']:.1f}%, noise floor {100 * r['noise_flips']:.1f}% "
+                     f"[{100 * r['noise_flips_ci_low']:.1f}, {100 * r['noise_flips_ci_high']:.1f}], in excess of it "
+                     f"{100 * r['flips_excess']:+.1f} pp; noise mean KL {r['noise_kl_mean']:.2g} nats ({r['noise_kl_scope']}).")
+    return lines
 
 
 def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
@@ -170,8 +283,8 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
     summary.to_csv(run_dir / "summary.csv", index=False)
     verdict = gate_mod.evaluate_gate(summary, cfg.gate)
     method = compression.get("method", cfg.compression.method)
-    bits = f" w{cfg.compression.bits}" if method in ("rtn", "gptq", "tacq") else ""
-    tag = f"{cfg.model.name} · {method}{bits}"
+    bits = "" if np.isnan(compressed_bits(cfg)) else f" w{cfg.compression.bits}"
+    tag = f"{cfg.model.name} · {method}{bits}{pruning_label(compression)}"
     figures = make_plots(run_dir, samples, summary, method, tag) if cfg.output.plots else []
     head = headline_text(summary, verdict)
     diverged = diverged_rows(samples)
@@ -179,14 +292,11 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
         head.insert(1, f"**DIVERGED: the compressed model produced non-finite log-likelihoods on {diverged} docs**; "
                        "accuracy and flips count them as scored by lm-eval, KL statistics use the finite docs only.")
     head += [f"- note: {note}" for note in manifest.get("data_notes") or []]
-    for task in verdict["tasks"]:
-        for check in task["checks"]:
-            if not check["pass"]:
-                head.append(f"- FAIL {task['task']}: {check['column']} = {check['value']:.4f} exceeds {check['check']} = {check['limit']}")
+    head += gate_lines(verdict) + noise_lines(manifest, summary)
     title = f"flipbench: {tag} vs baseline"
-    table, flips = task_table(summary), flips_table(samples)
-    write_markdown(run_dir / "report.md", title, head, table, flips, figures)
-    write_html(run_dir / "report.html", title, head, table, flips, figures)
+    parts = sections(summary, samples)
+    write_markdown(run_dir / "report.md", title, head, parts, figures)
+    write_html(run_dir / "report.html", title, head, parts, figures)
     return {**verdict, "diverged_docs": diverged}
 
 

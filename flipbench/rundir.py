@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import re
+import socket
 import subprocess
 import time
 from contextlib import contextmanager
@@ -22,6 +23,18 @@ from omegaconf import OmegaConf
 
 def run_tag(model_name: str, method: str, bits: int) -> str:
     tag = f"{model_name}-{method}" + (f"-w{bits}" if method in ("rtn", "gptq", "tacq") else "")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", tag)[:60]
+
+
+def member_tag(method: str, bits, sparsity, pattern, n_layers) -> str:
+    """A sweep member's folder tag: rtn-w4, wanda-s0.5, sparsegpt-2_4-w4, layerdrop-n2."""
+    if method == "layerdrop":
+        tag = f"{method}-n{n_layers}"
+    elif method in ("magnitude", "wanda", "sparsegpt"):
+        tag = f"{method}-" + (f"s{sparsity}" if pattern == "unstructured" else str(pattern))
+        tag += f"-w{bits}" if method == "sparsegpt" and bits is not None else ""
+    else:
+        tag = f"{method}-w{bits}"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", tag)[:60]
 
 
@@ -118,8 +131,10 @@ class Manifest:
 
     def __init__(self, run_dir: Path, seed: int, device: str):
         self.path = run_dir / "manifest.json"
-        self.data = {"status": "running", "versions": versions(), "git_sha": git_sha(), "device": device,
-                     "seed": seed, "started": datetime.now(timezone.utc).isoformat(), "stage_seconds": {}}
+        self.data = {"status": "running", "pid": os.getpid(), "host": socket.gethostname(), "versions": versions(),
+                     "git_sha": git_sha(), "device": device, "seed": seed,
+                     "started": datetime.now(timezone.utc).isoformat(), "stage_seconds": {}}
+        self.current: str | None = None  # the stage under way (named when a run is interrupted)
         self.flush()
 
     def update(self, **fields) -> None:
@@ -129,6 +144,8 @@ class Manifest:
     @contextmanager
     def stage(self, name: str, log):
         log.info("stage %s ...", name)
+        self.current = name
+        self.update(stage=name)
         rss_start, scoped = _status_mb("VmRSS"), reset_peak_rss()
         start = time.perf_counter()
         yield
@@ -146,6 +163,7 @@ class Manifest:
         self.data.update(fields)
         self.data["finished"] = datetime.now(timezone.utc).isoformat()
         self.data.pop("status")
+        self.data.pop("stage", None)
         self.data["status"] = "complete"
         self.flush()
 
@@ -168,7 +186,52 @@ def point_latest(root: Path, run_dir: Path) -> None:
 
 
 def is_complete(run_dir: Path) -> bool:
+    return state(run_dir) == "complete"
+
+
+def _alive(pid: int) -> bool:
     try:
-        return json.loads((run_dir / "manifest.json").read_text()).get("status") == "complete"
-    except (OSError, ValueError):
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def read_manifest(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def in_use(run_dir: Path) -> bool:
+    """Another live process is writing this run folder."""
+    return state(run_dir) == "running" and read_manifest(run_dir).get("pid") != os.getpid()
+
+
+def state(run_dir: Path) -> str:
+    """complete | failed | running | stale (says running, but its process on this host is gone) | missing.
+
+    A run on another host cannot be checked from here and stays ``running``."""
+    data = read_manifest(run_dir)
+    status = data.get("status", "missing")
+    if status == "running" and data.get("host") == socket.gethostname() and isinstance(data.get("pid"), int):
+        if data["pid"] != os.getpid() and not _alive(data["pid"]):
+            return "stale"
+    return status
+
+
+def mark_stale(runs: Path, log) -> list[Path]:
+    """Run folders under ``runs`` whose process died without a word (SIGKILL, power loss) become ``failed``
+    with the reason, so that nothing reads them as under way; returns them."""
+    stale = [d for d in sorted(Path(runs).glob("*")) if d.is_dir() and state(d) == "stale"]
+    for run_dir in stale:
+        path = run_dir / "manifest.json"
+        data = json.loads(path.read_text())
+        data.update(status="failed", error=f"stale: process {data['pid']} on {data['host']} ended without finishing the run")
+        write_json(path, data)
+        log.warning("run %s was left 'running' by a process that is gone (pid %s); marked failed (stale)", run_dir,
+                    data["pid"])
+    return stale

@@ -13,6 +13,7 @@ KEY = ["task", "doc_id", "filter"]
 SIDE_COLUMNS = {
     "task": "lm-eval task name",
     "group": "sub-group of the task (MMLU subject, synth subject), else the task name",
+    "category": "the lm-eval group between the task and its subject (MMLU: stem, humanities, social sciences, other), else ''",
     "doc_id": "lm-eval doc index in the evaluated split",
     "filter": "lm-eval filter name ('none' for multiple choice; e.g. 'strict-match' for GSM8k)",
     "output_type": "'multiple_choice' or 'generate_until'",
@@ -20,32 +21,41 @@ SIDE_COLUMNS = {
     "doc_hash": "lm-eval's sha256 of the document",
     "prompt_hash": "lm-eval's sha256 of the prompt",
     "prompt": "the full prompt text (few-shot context included)",
-    "target": "gold: the choice index as a string (MC) or the answer string (generative)",
+    "target": "gold: the gold choice index as a string, comma-separated when lm-eval's doc_to_target lists several, "
+              "'' when none is among the choices (MC), or the answer string (generative)",
     "choices": "list of choice strings (MC), empty list for generative",
     "choice_len": "list of choice lengths in characters, lm-eval's acc_norm normaliser (MC)",
-    "ll": "list of choice log-likelihoods in nats (MC), empty list for generative",
+    "ll": "list of choice log-likelihoods in nats (MC; over the contexts for a multiple-input task), empty for generative",
+    "ll_uncond": "list of unconditional choice log-likelihoods (MC tasks scoring acc_mutual_info), else empty",
     "pred": "choice index under the headline metric as a string (MC) or the filtered answer (generative)",
-    "correct": "0/1 under the headline metric",
+    "correct": "0/1: lm-eval's own logged per-sample value of the headline metric",
+    "lm_correct": "JSON {metric: value} of every numeric per-sample metric lm-eval logged for the row",
     "response": "raw generated text before filtering (generative), '' for MC",
 }
 
 # Columns of the paired table written as samples.parquet. ``_base``/``_comp`` suffixes mark the side.
 SAMPLE_COLUMNS = [
-    "task", "group", "doc_id", "filter", "output_type", "metric", "doc_hash", "prompt_hash",
+    "task", "group", "category", "doc_id", "filter", "output_type", "metric", "doc_hash", "prompt_hash",
     "prompt", "target", "choices", "choice_len",
-    "ll_base", "ll_comp", "pred_base", "pred_comp", "correct_base", "correct_comp",
+    "ll_base", "ll_comp", "ll_uncond_base", "ll_uncond_comp", "pred_base", "pred_comp", "correct_base", "correct_comp",
+    "lm_correct_base", "lm_correct_comp",
     "response_base", "response_comp",
-    # p_x = softmax(ll_x) over the choices (MC only; empty list for generative rows).
+    # p_x = softmax of the normalised scores the row's metric predicts with (flipbench.scoring: ll for acc,
+    # ll / characters for acc_norm, ll / bytes for acc_bytes, ll - ll_uncond for acc_mutual_info); MC only.
     "p_base", "p_comp",
     # MC: choice-level KL(p_base || p_comp) in nats and Jensen-Shannon distance (base 2).
     # Generative: kl is the token-level KL(base || comp) in nats, mean over the baseline answer's tokens
     # (NaN until computed), js is NaN.
     "kl", "js",
-    # p_base top-1 minus top-2 (MC), NaN for generative.
+    # p_base top-1 minus top-2 of that same distribution (MC), NaN for generative.
     "margin_base",
     # Generative only (NaN for MC): share of answer tokens where both models' argmax token agrees,
     # and how many answer tokens the token KL averaged over.
     "same_top", "n_tokens",
+    # Generative only (empty lists for MC): per answer token of the baseline's answer, the full-vocabulary
+    # KL(base || comp) in nats, 1.0 where both argmax tokens agree, and the answer token's log-prob under each
+    # side; summary statistics over tokens (flipbench.klstats) are computed from these, without a model.
+    "tok_kl", "tok_same_top", "tok_logp_base", "tok_logp_comp",
 ]
 
 INVALID = "[invalid]"  # lm-eval's marker for an answer the filter could not extract

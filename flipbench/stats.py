@@ -117,3 +117,80 @@ def cohen_kappa(a, b) -> float:
     if np.isclose(expected, 1.0, rtol=0, atol=1e-12):
         return 1.0 if np.isclose(observed, 1.0, rtol=0, atol=1e-12) else 0.0
     return (observed - expected) / (1 - expected)
+
+
+def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a binomial proportion: beta quantiles, never narrower than the truth.
+
+    0 of N gives [0, 1 - (tail)^(1/N)] (0 of 100 -> [0, 0.0362]), N of N gives [tail^(1/N), 1]; N == 0 gives NaN.
+    """
+    successes, trials = int(successes), int(trials)
+    if trials == 0:
+        return np.nan, np.nan
+    if not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials, got {successes} of {trials}")
+    ci = scipy_stats.binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm step-down adjusted p-values (family-wise error); NaN entries stay NaN and are not in the family.
+
+    Sorted ascending, p_(i) -> max_{j <= i} min(1, (m - j + 1) p_(j)) with m the number of finite p-values.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    if finite.size == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = order.size
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
+
+
+def benjamini_hochberg(p_values) -> np.ndarray:
+    """Benjamini-Hochberg q-values (false discovery rate, scipy's ``false_discovery_control``); NaN stays NaN."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        out[finite] = scipy_stats.false_discovery_control(p[finite], method="bh")
+    return out
+
+
+def mean_and_se(values) -> tuple[float, float]:
+    """Mean and its standard error as llama.cpp's perplexity tool reports them: sqrt((<x²> - <x>²) / (n - 1)).
+
+    NaN for an empty input; the SE is NaN below two values.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return np.nan, np.nan
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, np.nan
+    variance = max(float(np.mean(x * x)) - mean * mean, 0.0)  # population variance, rounding clamped at 0
+    return mean, float(np.sqrt(variance / (x.size - 1)))
+
+
+def spearman_interval(x, y, confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """(rho, low, high, p) of Spearman's rank correlation between paired x, y, finite pairs only.
+
+    Interval: Fisher z = atanh(rho) with the Bonett-Wright standard error sqrt((1 + rho²/2) / (n - 3)), back
+    through tanh; it needs n >= 4 pairs and |rho| < 1 (else NaN bounds); rho and p need n >= 3 and
+    non-constant inputs (else all NaN).
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    n = x.size
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return np.nan, np.nan, np.nan, np.nan
+    result = scipy_stats.spearmanr(x, y)
+    rho, p = float(result.statistic), float(result.pvalue)
+    if n < 4 or abs(rho) == 1.0:  # Fisher z is infinite at |rho| = 1: no honest interval
+        return rho, np.nan, np.nan, p
+    z = float(np.arctanh(rho))
+    half = scipy_stats.norm.ppf(0.5 + confidence / 2) * np.sqrt((1 + rho * rho / 2) / (n - 3))
+    return rho, float(np.tanh(z - half)), float(np.tanh(z + half)), p

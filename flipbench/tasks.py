@@ -26,6 +26,7 @@ class TaskPlan:
     reported: dict[str, str] = field(default_factory=dict)  # leaf task -> task name in the report
     output_types: dict[str, str] = field(default_factory=dict)  # leaf task -> lm-eval output_type
     notes: list[str] = field(default_factory=list)  # deviations from the standard protocol (one-file data)
+    categories: dict[str, str] = field(default_factory=dict)  # leaf task -> category group (MMLU's stem, ...)
 
     @property
     def leaves(self) -> list[str]:
@@ -42,13 +43,22 @@ def include_paths(suite: SuiteConfig) -> list[str]:
     return paths
 
 
+# lm-eval's folders that hold the standard suite's tasks: indexing them takes a fraction of a second, lm-eval's
+# whole registry (thousands of YAML files) tens of seconds on a small machine.
+STANDARD_FOLDERS = ("mmlu/default", "hellaswag", "arc", "gsm8k")
+
+
 def task_manager(names: list[str], paths: list[str]):
-    """Index the bundled and user tasks; fall back to lm-eval's full registry only when a name needs it."""
+    """Index the bundled and user tasks, then the standard tasks' folders; fall back to lm-eval's full registry
+    only when a name needs it."""
+    import lm_eval.tasks
     from lm_eval.tasks import TaskManager
 
-    local = TaskManager(include_path=paths, include_defaults=False)
-    if all(name in local.task_index for name in names):
-        return local
+    standard = [str(Path(lm_eval.tasks.__file__).parent / folder) for folder in STANDARD_FOLDERS]
+    for extra in ([], standard):
+        manager = TaskManager(include_path=paths + extra, include_defaults=False)
+        if all(name in manager.task_index for name in names):
+            return manager
     return TaskManager(include_path=paths)
 
 
@@ -57,19 +67,24 @@ def _suggest(name: str, known: list[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else "; list tasks with: lm-eval ls tasks"
 
 
-def _leaves(name: str, index: dict) -> list[str]:
+def _leaves(name: str, index: dict, category: str | None = None) -> list[tuple[str, str]]:
+    """(leaf task, category) pairs under ``name``. The category is the alias (else name) of the group one level
+    below ``name`` that holds the leaf, as lm-eval reports it (MMLU: stem, other, social sciences, humanities);
+    '' for a leaf directly under ``name``."""
     entry = index[name]
     kind = entry.kind.name
     if kind == "TAG":
-        return sorted(n for n, e in index.items() if name in e.tags and e.kind.name in ("TASK", "PY_TASK"))
+        return sorted((n, category or "") for n, e in index.items() if name in e.tags and e.kind.name in ("TASK", "PY_TASK"))
     if kind != "GROUP":
-        return [name]
-    children = entry.cfg.get("task", []) if entry.cfg else []
-    out: list[str] = []
+        return [(name, category or "")]
+    cfg = entry.cfg or {}
+    children = cfg.get("task", [])
+    below = "" if category is None else category or str(cfg.get("group_alias") or name)
+    out: list[tuple[str, str]] = []
     for child in children if isinstance(children, list) else [children]:
         child_name = child if isinstance(child, str) else child.get("task") or child.get("group")
         if child_name in index:
-            out.extend(_leaves(child_name, index))
+            out.extend(_leaves(child_name, index, below))
     return out
 
 
@@ -101,7 +116,7 @@ def resolve(suite: SuiteConfig) -> TaskPlan:
         if name not in index:
             raise ConfigError(f"unknown task {name!r}{_suggest(name, list(index))}")
         before = len(plan.reported)
-        for leaf in _leaves(name, index):
+        for leaf, category in _leaves(name, index):
             reported = name if name in suite.subject_groups else leaf
             spec, note = _leaf_spec(leaf, index[leaf], suite, reported)
             if note and note not in plan.notes:
@@ -109,6 +124,8 @@ def resolve(suite: SuiteConfig) -> TaskPlan:
             if spec is None:  # a local file without rows for this subject
                 continue
             plan.reported[leaf] = reported
+            if reported != leaf and category:
+                plan.categories[leaf] = category
             plan.specs.append(spec)
             cfg = spec if isinstance(spec, dict) else (index[leaf].cfg or {})
             plan.output_types[leaf] = cfg.get("output_type", "multiple_choice")

@@ -15,6 +15,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+# Per-token values kept in samples.parquet (one list per generative row), so token statistics need no model.
+TOKEN_COLUMNS = ("tok_kl", "tok_same_top", "tok_logp_base", "tok_logp_comp")
+
 
 def _encode(tokenizer, prompt: str, answer: str, add_special_tokens: bool) -> tuple[list[int], int]:
     """(ids of prompt + answer, index of the first answer token).
@@ -56,17 +59,27 @@ def _answer_batch(model, batch: list[tuple[list[int], int]], pad_id: int, device
     return _answer_logprobs(model, input_ids, attention_mask, rows, cols, device), counts
 
 
-def _compare(logp_b: torch.Tensor, logp_c: torch.Tensor, counts: list[int]):
-    """Per-row (kl mean, same-top share) from the two sides' (M, V) log-probs."""
+def _compare(logp_b: torch.Tensor, logp_c: torch.Tensor, targets: torch.Tensor, counts: list[int]) -> dict:
+    """Per-token statistics from the two sides' (M, V) log-probs at M answer tokens, split into rows.
+
+    ``targets`` (M,) are the baseline's answer tokens. Returns {name: [per-row float64 arrays]} for ``tok_kl``
+    (full-vocabulary KL(b || c), nats), ``tok_same_top`` (1.0 where both argmax tokens agree) and
+    ``tok_logp_base`` / ``tok_logp_comp`` (log-prob of the answer token under each side).
+    """
     logp_c = logp_c.to(logp_b.device)
     if logp_b.shape != logp_c.shape:
         raise ValueError(f"models disagree on the vocabulary size: {logp_b.shape[-1]} vs {logp_c.shape[-1]}")
-    # (M,) sum_v p_b (log p_b - log p_c); >= 0 up to fp32 rounding, which we clamp away
-    kl = (logp_b.exp() * (logp_b - logp_c)).sum(dim=-1).clamp_min(0.0)
-    same = (logp_b.argmax(dim=-1) == logp_c.argmax(dim=-1)).float()  # (M,)
-    kl_rows = [float(x.double().mean()) for x in torch.split(kl, counts)]
-    same_rows = [float(x.mean()) for x in torch.split(same, counts)]
-    return kl_rows, same_rows
+    p_b = logp_b.exp()
+    # xlogy-safe: a token the baseline rules out (p_b = 0) adds 0 even when the other side rules it out too
+    # (-inf - -inf would be NaN); one only the compressed side rules out makes KL honestly infinite.
+    terms = torch.where(p_b > 0, p_b * (logp_b - logp_c), torch.zeros_like(p_b))  # (M, V)
+    kl = terms.double().sum(dim=-1).clamp_min(0.0)  # (M,); >= 0 up to fp32 rounding, which we clamp away
+    targets = targets.to(logp_b.device)[:, None]
+    per_token = {"tok_kl": kl,
+                 "tok_same_top": (logp_b.argmax(dim=-1) == logp_c.argmax(dim=-1)).double(),
+                 "tok_logp_base": logp_b.gather(-1, targets)[:, 0].double(),
+                 "tok_logp_comp": logp_c.gather(-1, targets)[:, 0].double()}
+    return {name: [part.cpu().numpy() for part in torch.split(values, counts)] for name, values in per_token.items()}
 
 
 def _prepare(tokenizer, prompts, answers, batch_size, add_special_tokens):
@@ -125,8 +138,10 @@ def token_kl(
 
     ``base`` is the baseline model, or its :func:`answer_logprobs` on the same prompts and answers.
     Returns a frame aligned with ``prompts`` with columns ``kl`` (mean over the answer's tokens of the
-    full-vocabulary KL, log-softmax in fp32), ``same_top`` (share of answer tokens where both models' argmax
-    tokens agree) and ``n_tokens`` (answer tokens scored). Rows with no answer token get NaN, NaN, 0.
+    full-vocabulary KL, log-softmax in fp32, summed in fp64), ``same_top`` (share of answer tokens where both
+    models' argmax tokens agree), ``n_tokens`` (answer tokens scored), and the per-token lists of
+    TOKEN_COLUMNS (see :func:`_compare`) from which flipbench.klstats computes token-weighted statistics.
+    Rows with no answer token get NaN, NaN, 0 and empty lists.
     ``device``: where inputs go (both models must be there); None uses each model's own device.
     ``add_special_tokens`` defaults to False, as lm-eval's HFLM encodes prompts for causal models.
     Rows are batched longest first (less padding); results do not depend on the batching.
@@ -135,9 +150,7 @@ def token_kl(
     stored = isinstance(base, (list, tuple))
     if stored and len(base) != len(encoded):
         raise ValueError(f"the stored baseline log-probs cover {len(base)} rows, not {len(encoded)}")
-    kl = np.full(len(encoded), np.nan)
-    same_top = np.full(len(encoded), np.nan)
-    n_tokens = np.zeros(len(encoded), dtype=int)
+    tokens = {name: [np.empty(0) for _ in encoded] for name in TOKEN_COLUMNS}
     with torch.inference_mode():
         for chunk in batches:
             rows = [encoded[i] for i in chunk]
@@ -148,6 +161,14 @@ def token_kl(
                 logp_b = torch.cat([base[i] for i in chunk]).to(logp_c.device)
             else:
                 logp_b = _answer_batch(base, rows, pad_id, device)[0]
-            kl[chunk], same_top[chunk] = _compare(logp_b, logp_c, counts)
-            n_tokens[chunk] = counts
-    return pd.DataFrame({"kl": kl, "same_top": same_top, "n_tokens": n_tokens})
+            targets = torch.tensor([t for ids, start in rows for t in ids[start:]], dtype=torch.long)  # (M,)
+            for name, parts in _compare(logp_b, logp_c, targets, counts).items():
+                for i, part in zip(chunk, parts):
+                    tokens[name][i] = part
+    n_tokens = np.array([len(v) for v in tokens["tok_kl"]], dtype=int)
+    with np.errstate(invalid="ignore"):
+        mean = lambda parts: np.array([v.mean() if len(v) else np.nan for v in parts])  # noqa: E731
+        frame = pd.DataFrame({"kl": mean(tokens["tok_kl"]), "same_top": mean(tokens["tok_same_top"]), "n_tokens": n_tokens})
+    for name in TOKEN_COLUMNS:
+        frame[name] = [v.tolist() for v in tokens[name]]
+    return frame

@@ -10,8 +10,10 @@ from omegaconf.errors import ValidationError
 from flipbench.config import ConfigError, FlipbenchConfig, to_typed
 from tests.conftest import CONF_DIR, compose
 
-GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF_DIR).iterdir() if g.is_dir()}
-REQUIRED = {"model": {"hf": ["model.path=org/name"]}, "compression": {"checkpoint": ["compression.path=some/dir"]},
+# search_space/ belongs to the search config (conf/search.yaml), composed by its own tests
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF_DIR).iterdir()
+          if g.is_dir() and g.name != "search_space"}
+REQUIRED = {"model": {"hf": ["model.path=org/name"], "gguf": ["model.gguf_file=some.gguf"]}, "compression": {"checkpoint": ["compression.path=some/dir"]},
             "calibration": {"text": ["calibration.path=calib.txt"]}}
 CASES = [(group, option) for group, options in GROUPS.items() for option in options]
 
@@ -26,6 +28,13 @@ def test_every_config_file_composes_and_validates(group, option):
 def test_defaults_are_the_bundled_model_and_suite():
     typed = to_typed(compose([]))
     assert typed.model.path == "bundled:tiny" and typed.suite.tasks == ["synth"]
+
+
+def test_tacq_fits_its_grids_as_the_official_code():
+    # asymmetric, per output channel, MSE search with the reference norm 2.4; squared error stays an option
+    comp = to_typed(compose(["compression=tacq"])).compression
+    assert (comp.sym, comp.group_size, comp.mse, comp.mse_norm) == (False, -1, True, 2.4)
+    assert to_typed(compose(["compression=tacq", "compression.mse_norm=2"])).compression.mse_norm == 2.0
 
 
 def test_unknown_key_fails_at_composition():
@@ -43,9 +52,13 @@ def test_wrong_type_fails_at_composition():
     ("compression.bits=1", "outside 2-8"),
     ("compression.keep_fraction=0.6", "outside \\[0, 0.5\\]"),
     ("compression.group_size=0", "group_size=0"),
+    ("compression.mse_norm=0", "mse_norm=0"),
     ("compression.method=awq", "unknown"),
     ("eval.batch_size=0", "batch_size"),
     ("suite.tasks=[]", "suite.tasks is empty"),
+    ("eval.noise_floor=true", "eval.noise_floor='True' is unknown"),  # the old boolean switch names no perturbation
+    ("eval.noise_dtype=int8", "eval.noise_dtype='int8' is unknown"),
+    ("gate.on=median", "gate.on='median' is unknown"),
 ])
 def test_bad_values_fail_validation_with_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as err:

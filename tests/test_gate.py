@@ -3,6 +3,7 @@
 import math
 
 import pandas as pd
+import pytest
 
 from flipbench.config import GateConfig
 from flipbench.gate import evaluate_gate
@@ -40,3 +41,31 @@ def test_per_task_override_and_unmeasurable_kl_fails():
     assert evaluate_gate(summary(), gate)["verdict"] == "PASS"
     result = evaluate_gate(summary(), GateConfig(max_kl_mean=1.0))
     assert {t["task"]: t["verdict"] for t in result["tasks"]} == {"a": "PASS", "b": "FAIL"}
+
+
+def summary_with_intervals():
+    return summary().assign(flips_ci_high=[0.07, 0.6, 0.2, 0.95], lost_ci_high=[0.05, 0.6, 0.12, 0.95],
+                            delta_acc_ci_low=[-0.045, -0.6, -0.08, -0.95], kl_mean_ci_high=[0.03, 9.5, math.nan, 9.5])
+
+
+@pytest.mark.parametrize("key, limit, point, upper", [
+    # task a: flips 0.04 (upper bound 0.07), lost 0.03 (0.05), delta_acc -0.02 (lower bound -0.045), kl 0.01 (0.03)
+    ("max_flips", 0.05, "PASS", "FAIL"),
+    ("max_flips", 0.08, "PASS", "PASS"),
+    ("max_lost", 0.04, "PASS", "FAIL"),
+    ("max_acc_drop", 0.03, "PASS", "FAIL"),  # upper_ci checks -delta_acc_ci_low = 0.045
+    ("max_kl_mean", 0.02, "PASS", "FAIL"),
+])
+def test_upper_ci_checks_the_pessimistic_bound(key, limit, point, upper):
+    gate = {key: limit}
+    rows = summary_with_intervals()
+    at_point = evaluate_gate(rows, GateConfig(**gate))
+    at_upper = evaluate_gate(rows, GateConfig(**gate, on="upper_ci"))
+    assert at_point["on"] == "point" and at_upper["on"] == "upper_ci"
+    assert at_point["tasks"][0]["verdict"] == point and at_upper["tasks"][0]["verdict"] == upper
+    assert at_upper["tasks"][0]["checks"][0]["column"].endswith(("_ci_high", "_ci_low"))
+
+
+def test_upper_ci_without_intervals_fails():
+    result = evaluate_gate(summary(), GateConfig(max_flips=0.5, on="upper_ci"))
+    assert result["verdict"] == "FAIL"

@@ -9,11 +9,12 @@ from flipbench.pairing import PairingError, pair
 def side(preds, correct, prompt_hash="p", ll=None):
     n = len(preds)
     return pd.DataFrame({
-        "task": ["t"] * n, "group": ["g"] * n, "doc_id": list(range(n)), "filter": ["none"] * n,
+        "task": ["t"] * n, "group": ["g"] * n, "category": [""] * n, "doc_id": list(range(n)), "filter": ["none"] * n,
         "output_type": ["multiple_choice"] * n, "metric": ["acc"] * n, "doc_hash": [f"d{i}" for i in range(n)],
         "prompt_hash": [prompt_hash] * n, "prompt": [f"q{i}" for i in range(n)], "target": ["0"] * n,
         "choices": [["a", "b"]] * n, "choice_len": [[1, 1]] * n, "ll": ll or [[-1.0, -2.0]] * n,
-        "pred": preds, "correct": correct, "response": [""] * n,
+        "ll_uncond": [[]] * n, "pred": preds, "correct": correct, "lm_correct": ['{"acc": 1.0}'] * n,
+        "response": [""] * n,
     })
 
 

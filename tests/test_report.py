@@ -60,7 +60,9 @@ def test_summary_and_markdown_table_hold_the_hand_counted_numbers(tmp_path):
     assert whole["avg_bits"] == 4.25 and whole["method"] == "rtn"
     assert set(summary["group"]) == {"all", "s1", "s2"}
     md = (run_dir / "report.md").read_text()
-    assert "| t | acc | none | 8 | 87.5% | 75.0% | -12.5% |" in md
+    # Δacc in percentage points; flips 3/8 with its exact interval (beta quantiles of 3 in 8: 0.0852, 0.7551)
+    assert "| t | acc | none | 8 | 87.5% | 75.0% | -12.5 pp |" in md
+    assert "| 37.5% | [8.5, 75.5] % |" in md
     assert "37.5% of answers flipped (lost 25.0%, gained 12.5%)" in md
     assert "KL(baseline ‖ compressed) in nats" in md
     for name in ("accuracy_vs_flips", "transitions", "kl_vs_flips", "flips_by_margin", "subjects_t"):
@@ -93,3 +95,32 @@ def test_gate_verdict_in_report(tmp_path, gate, verdict):
 def test_rebuild_command_needs_a_run_directory(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     assert "has no samples.parquet" in capsys.readouterr().err
+
+
+def test_gate_on_upper_ci_is_stated_and_checked(tmp_path):
+    # flips 3/8 = 0.375 passes 0.5 at the point, but its exact upper bound 0.755 does not
+    run_dir, cfg = make_run(tmp_path, GateConfig(max_flips=0.5, on="upper_ci"))
+    cfg.output.plots = False
+    verdict = report.build(run_dir, cfg)
+    assert verdict["verdict"] == "FAIL" and verdict["on"] == "upper_ci"
+    md = (run_dir / "report.md").read_text()
+    assert "gate.on=upper_ci" in md and "flips_ci_high = 0.7551" in md
+
+
+def test_most_damaging_flips_are_listed_per_kl_scope(tmp_path):
+    from flipbench.metrics import annotate
+
+    run_dir, cfg = make_run(tmp_path)
+    gen = fixture_samples().iloc[:1].assign(task="g", group="g", doc_id=0, filter="strict-match", output_type="generate_until",
+                                            metric="exact_match", target="4", choices=[[]], choice_len=[[]], ll_base=[[]],
+                                            ll_comp=[[]], pred_base="4", pred_comp="5", correct_base=1, correct_comp=0,
+                                            response_base="4", response_comp="5", kl=9.0, n_tokens=1.0)
+    samples = pd.concat([fixture_samples(), gen], ignore_index=True)
+    annotate(samples).to_parquet(run_dir / "samples.parquet", index=False)
+    cfg.output.plots = False
+    report.build(run_dir, cfg)
+    md = (run_dir / "report.md").read_text()
+    choice = md.index("Most damaging flips, choice-level KL")
+    token = md.index("Most damaging flips, token-level KL")
+    # the generative doc's KL of 9 nats is listed only under the token scope, never ranked above choice-level ones
+    assert "| 9.0000 |" in md[token:] and "| 9.0000 |" not in md[choice:token]

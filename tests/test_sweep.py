@@ -29,6 +29,11 @@ def test_parallel_sweep_evaluates_the_baseline_once_and_aggregates(mini_run_over
     assert {"method", "bits", "avg_bits", "task", "flips", "delta_acc"} <= set(table.columns)
     # avg_bits per channel: bits + (16 + bits) / in_features, parameter-weighted over the decoder linears.
     assert (table["avg_bits"] > table["bits"]).all() and (table["avg_bits"] < table["bits"] + 1).all()
-    for name in ("flips_vs_bits", "delta_acc_vs_bits", "kl_vs_flips"):
+    overlap = pd.read_csv(sweep_dir / "sweep_overlap.csv")
+    assert sorted(overlap["task"]) == ["mini_gen", "mini_mc"]  # one pair of members per task
+    assert ((overlap["flips_both"] <= overlap[["flips_a", "flips_b"]].min(axis=1))
+            & (overlap["flips_either"] >= overlap[["flips_a", "flips_b"]].max(axis=1))).all()
+    assert set(pd.read_csv(sweep_dir / "sweep_correlation.csv")["members"]) == {2}
+    for name in ("flips_vs_bits", "delta_acc_vs_bits", "kl_vs_flips", "flip_overlap_mini_mc", "flip_overlap_mini_gen"):
         assert (sweep_dir / "plots" / f"{name}.png").is_file()
     assert (sweep_dir / "sweep_report.md").is_file()

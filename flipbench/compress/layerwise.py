@@ -2,20 +2,27 @@
 
 The first layer's inputs are captured with *all* their positional args and kwargs (new transformers pass
 ``position_embeddings``, masks, cache objects) by a forward pre-hook that stops the forward pass. Then each
-layer in turn is moved to the device, handed to the caller (who collects statistics and quantizes it),
-re-run to produce the next layer's inputs, and moved back. Only one layer's activations live at a time.
+layer in turn is onloaded to the device (placement.onload: also from CPU or disk offload of an accelerate
+device_map), handed to the caller (who collects statistics and quantizes it), re-run to produce the next
+layer's inputs, and put back. Only one layer's weights and activations are on the device at a time.
+
+Within a layer, the true-sequential groups come from one traced forward (sequential_groups), and each
+quantizable weight's inputs are delivered by collect_inputs: forward hooks on linears, and for fused
+mixture-of-experts modules the tokens routed to each expert (experts.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from flipbench.compress.families import Family, decoder_layers, family_of
+from flipbench.compress.experts import ExpertWeight, routed_inputs
+from flipbench.compress.families import Family, block_linears, decoder_layers, family_of
+from flipbench.compress.placement import onload
 
 
 class _StopForward(Exception):
@@ -45,27 +52,27 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _outside_modules(model: nn.Module, layers: nn.ModuleList) -> list[tuple[nn.Module, bool]]:
+    """(module, recurse) pairs covering every tensor outside the decoder layers: the layers' ancestors on their
+    own (recurse=False) and each of their other children whole (embeddings, rotary tables, final norm, head)."""
+    chain = [module for module in model.modules() if any(m is layers for m in module.modules())]
+    ancestors = {id(m) for m in chain}
+    outside = [(module, False) for module in chain if module is not layers]
+    for module in chain:
+        outside += [(child, True) for child in module.children() if id(child) not in ancestors and child is not layers]
+    return outside
+
+
 @contextmanager
-def _outside_layers_on(model: nn.Module, layers: nn.ModuleList, device) -> Iterator[None]:
-    """Temporarily move every parameter and buffer that is not in a decoder layer (embeddings, rotary
-    tables, final norm, head) plus layer 0 to device, so the model can run up to layer 0 there."""
-    inside = {id(t) for t in list(layers.parameters()) + list(layers.buffers())}
-    moved = []  # (module, kind, name, original device)
-    for module in model.modules():
-        for kind in ("_parameters", "_buffers"):
-            for name, tensor in getattr(module, kind).items():
-                if tensor is not None and id(tensor) not in inside:
-                    moved.append((module, kind, name, tensor.device))
-                    tensor.data = tensor.data.to(device)
-    home = model_device(layers[0])
-    layers[0].to(device)
-    try:
+def outside_layers_on(model: nn.Module, layers: nn.ModuleList, device, dtype: torch.dtype | None = None) -> Iterator[None]:
+    """Temporarily put every parameter and buffer that is not in a decoder layer (embeddings, rotary tables,
+    final norm, head) plus layer 0 on device (read-only, in dtype when given), so the model can run up to
+    layer 0, or from the last layer's output to the logits, there."""
+    with ExitStack() as stack:
+        for module, recurse in _outside_modules(model, layers):
+            stack.enter_context(onload(module, device, dtype, write_back=False, recurse=recurse))
+        stack.enter_context(onload(layers[0], device, dtype, write_back=False))
         yield
-    finally:
-        layers[0].to(home)
-        for module, kind, name, original in moved:
-            tensor = getattr(module, kind)[name]
-            tensor.data = tensor.data.to(original)
 
 
 @contextmanager
@@ -82,8 +89,9 @@ def calibration_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def capture_inputs(model: nn.Module, calib: torch.Tensor, device) -> LayerInputs:
-    """Inputs of the first decoder layer for each row of calib (n_samples, seq_len), kept on device."""
+def capture_inputs(model: nn.Module, calib: torch.Tensor, device, dtype: torch.dtype | None = None) -> LayerInputs:
+    """Inputs of the first decoder layer for each row of calib (n_samples, seq_len), kept on device; with dtype,
+    the embeddings (and position tables) run in that dtype."""
     layers = decoder_layers(model, family_of(model))
     captured = LayerInputs([], [], [])
 
@@ -96,7 +104,7 @@ def capture_inputs(model: nn.Module, calib: torch.Tensor, device) -> LayerInputs
 
     handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        with _outside_layers_on(model, layers, device):
+        with outside_layers_on(model, layers, device, dtype):
             for row in calib:
                 try:
                     model(input_ids=row[None].to(device), use_cache=False)
@@ -117,11 +125,92 @@ def run_layer(layer: nn.Module, inputs: LayerInputs) -> list[torch.Tensor]:
     return outputs
 
 
+def _hooked_modules(targets: dict) -> dict[nn.Module, list[str]]:
+    """module to hook -> the target names it feeds (a fused experts module feeds all its experts' weights)."""
+    modules: dict[nn.Module, list[str]] = {}
+    for name, target in targets.items():
+        modules.setdefault(target.experts if isinstance(target, ExpertWeight) else target, []).append(name)
+    return modules
+
+
+def _prefix(name: str, target) -> str:
+    """A fused experts module's own name inside the block: the target name less '<expert>.<param>'."""
+    return name.rsplit(".", 2)[0] if isinstance(target, ExpertWeight) else name
+
+
+@contextmanager
+def collect_inputs(block: nn.Module, names, callback) -> Iterator[None]:
+    """While active, every forward of block calls callback(name, X (..., in)) for each quantizable weight in
+    names with the inputs it receives (an expert's weight: only its routed tokens)."""
+    targets = {name: w for name, w in block_linears(block).items() if name in set(names)}
+    handles = []
+    for module, fed in _hooked_modules(targets).items():
+        if isinstance(targets[fed[0]], ExpertWeight):
+            prefix = _prefix(fed[0], targets[fed[0]])
+
+            def hook(mod, args, kwargs, out, prefix=prefix, fed=set(fed)):
+                for key, X in routed_inputs(mod, args, kwargs):
+                    if f"{prefix}.{key}" in fed:
+                        callback(f"{prefix}.{key}", X)
+        else:
+
+            def hook(mod, args, kwargs, out, name=fed[0]):
+                callback(name, args[0] if args else next(iter(kwargs.values())))
+        handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def sequential_groups(block: nn.Module, inputs: LayerInputs) -> list[list[str]]:
+    """The block's quantizable weights in true-sequential groups, from one traced forward of its first input:
+    weights fed the same tensor form one group, groups in the order their inputs appear. An expert's down
+    projection follows its up projection. Weights the forward never reaches come last, in a group of their own."""
+    targets = block_linears(block)
+    groups: list[tuple[object, list[str]]] = []  # (key of the input tensor, names)
+    alive = []  # the traced tensors, kept so that their ids stay unique during the trace
+
+    def record(key, names):
+        for seen, group in groups:
+            if key is not None and seen == key:
+                group.extend(n for n in names if n not in group)
+                return
+        groups.append((key, list(names)))
+
+    def pre_hook(mod, args, kwargs, fed):
+        x = args[0] if args else next(iter(kwargs.values()))
+        alive.append(x)
+        if any(name in group for _, group in groups for name in fed):
+            return  # called before: its place is taken
+        if isinstance(targets[fed[0]], ExpertWeight):
+            record(id(x), [n for n in fed if not n.endswith(".down_proj")])
+            record(None, [n for n in fed if n.endswith(".down_proj")])
+        else:
+            record(id(x), fed)
+
+    handles = [
+        module.register_forward_pre_hook(lambda mod, args, kwargs, fed=fed: pre_hook(mod, args, kwargs, fed),
+                                         with_kwargs=True)
+        for module, fed in _hooked_modules(targets).items()
+    ]
+    try:
+        block(inputs.hidden[0], *inputs.args[0], **inputs.kwargs[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    traced = [group for _, group in groups]
+    untraced = [name for name in targets if not any(name in group for group in traced)]
+    return traced + ([untraced] if untraced else [])
+
+
 def layer_by_layer(
     model: nn.Module, calib: torch.Tensor, device, progress=None, label: str = "layer"
 ) -> Iterator[tuple[int, nn.Module, Family, LayerInputs]]:
     """Yield (index, layer on device, family, inputs) for each decoder layer. When the caller resumes the
-    iteration, the (now quantized) layer is re-run to make the next layer's inputs, then moved back."""
+    iteration, the (now quantized) layer is re-run to make the next layer's inputs, then put back where it
+    lives (its device, or its offload storage: see placement.onload)."""
     family = family_of(model)
     layers = decoder_layers(model, family)
     with calibration_mode(model):
@@ -129,13 +218,18 @@ def layer_by_layer(
         for index, layer in enumerate(layers):
             if progress:
                 progress(f"{label} {index + 1}/{len(layers)}")
-            home = model_device(layer)
-            layer.to(device)
-            try:
+            with onload(layer, device):  # written back (quantized) where it lives when the caller resumes
                 yield index, layer, family, inputs
                 inputs = replace(inputs, hidden=run_layer(layer, inputs))
-            finally:
-                layer.to(home)
 
 
-__all__ = ["LayerInputs", "calibration_mode", "capture_inputs", "layer_by_layer", "model_device", "run_layer"]
+__all__ = [
+    "LayerInputs",
+    "calibration_mode",
+    "capture_inputs",
+    "collect_inputs",
+    "layer_by_layer",
+    "model_device",
+    "run_layer",
+    "sequential_groups",
+]

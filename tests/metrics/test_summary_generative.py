@@ -30,13 +30,17 @@ def strict_rows(kl=KL, same_top=SAME_TOP, n_tokens=N_TOKENS):
 HAND = {
     "n": 5, "acc_base": 0.4, "acc_comp": 0.4, "delta_acc": 0.0, "lost": 0.2, "gained": 0.2, "flips": 0.4,
     "label_loyalty": 0.4, "answer_agreement": 0.4, "all_flips": 0.6,
-    "invalid_base": 0.2, "invalid_comp": 0.4, "flips_to_invalid": 0.4,   # docs 2, 3
+    "invalid_base": 0.2, "invalid_comp": 0.4,
+    # right -> [invalid] is doc 2 only; doc 3 went wrong -> [invalid], which is no flip
+    "flips_to_invalid": 0.2, "lost_to_invalid": 0.2, "lost_to_wrong": 0.0,
     # p_o = .4; pred_b: five labels at .2; pred_c: {4: .2, 5: .2, inv: .4, 3: .2}; p_e = .04 + .08 + .04
     "kappa": (0.4 - 0.16) / 0.84,
     "mcnemar_p": 1.0,
-    # sorted kl [0, .1, .2, .3, .4]: p90 at rank 3.6 -> .36, p99 at 3.96 -> .396
-    "kl_mean": 0.2, "kl_median": 0.2, "kl_p90": 0.36, "kl_p99": 0.396, "kl_max": 0.4,
-    "same_top": 0.7, "n_tokens": 8, "n_kl": 5, "n_nonfinite": 0,
+    # token-weighted (N_TOKENS tokens per doc, each carrying its doc's kl): sorted token KL
+    # [0, .1, .1, .2, .2, .3, .3, .4]; p90 at rank 0.9 * 7 = 6.3 -> .33, p99 at 6.93 -> .393, median (.2 + .2) / 2
+    "kl_mean": 0.2, "kl_median": 0.2, "kl_p90": 0.33, "kl_p99": 0.393, "kl_max": 0.4, "kl_min": 0.0,
+    "kl_p10": 0.07, "kl_doc_mean": 0.2,
+    "same_top": 5 / 8, "n_tokens": 8, "n_kl": 5, "n_nonfinite": 0,
 }
 
 
@@ -74,9 +78,13 @@ def test_before_token_kl_is_computed():
 
 def test_diverged_token_kl_is_counted_and_left_out():
     kl = [0.0, 0.1, np.nan, 0.3, np.inf]
-    row = summarize(table(strict_rows(kl=kl)), n_resamples=20).iloc[0]
+    rows = strict_rows(kl=kl)
+    rows[4].update(tok_kl=[np.inf], tok_same_top=[0.0], tok_logp_base=[-1.0], tok_logp_comp=[-np.inf])
+    row = summarize(table(rows), n_resamples=20).iloc[0]
     assert row["n_nonfinite"] == 2 and row["n_kl"] == 3
-    assert row["kl_mean"] == pytest.approx(0.4 / 3) and row["kl_max"] == pytest.approx(0.3)
+    # finite tokens: doc 0 [0], doc 1 [.1, .1], doc 3 [.3, .3]; the doc 4 token of infinite KL is left out
+    assert row["kl_mean"] == pytest.approx(0.8 / 5) and row["kl_max"] == pytest.approx(0.3)
+    assert row["kl_doc_mean"] == pytest.approx(0.4 / 3)
 
 
 def test_generative_metric_must_be_the_stored_one():

@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 
-from flipbench.tokenkl import answer_logprobs, reference_bytes, token_kl  # noqa: E402
+from flipbench.tokenkl import TOKEN_COLUMNS, answer_logprobs, reference_bytes, token_kl  # noqa: E402
 
 CORPUS = ["question : what is two plus two ? answer : four",
           "question : how many legs has a cat ? answer : four legs",
@@ -74,7 +74,7 @@ def test_identical_models_give_zero_kl_and_full_agreement(llamas, tokenizer):
 @pytest.mark.parametrize("batch_size", [1, 2, 8])
 def test_matches_per_token_loop(llamas, tokenizer, batch_size):
     out = token_kl(*llamas, tokenizer, PROMPTS, ANSWERS, batch_size=batch_size)
-    assert list(out.columns) == ["kl", "same_top", "n_tokens"]
+    assert list(out.columns) == ["kl", "same_top", "n_tokens", *TOKEN_COLUMNS]
     for i, (prompt, answer) in enumerate(zip(PROMPTS, ANSWERS)):
         kl, same, n = per_token_reference(*llamas, tokenizer, prompt, answer)
         assert out["n_tokens"][i] == n

@@ -19,13 +19,13 @@ CASES = [
         id="asym-per-channel",
     ),
     pytest.param(
-        # bits 3 symmetric: scale = absmax/3, zero 4, levels -4..3 times scale
-        # row 0: absmax 2 -> scale 2/3; -1.1/(2/3)=-1.65->-2, 0.2->0.3->0, 0.9->1.35->1, 2->3
-        # row 1: absmax 3 -> scale 1; -3->-3, 1->1, 0.4->0, -2.2->-2
+        # bits 3 symmetric, as the reference GPTQ: scale = 2·absmax/7, zero 4 (not stored), levels -4..3 × scale
+        # row 0: absmax 2 -> scale 4/7; -1.1/(4/7)=-1.925->-2, 0.2->0.35->0, 0.9->1.575->2, 2->3.5->4 clipped to 3
+        # row 1: absmax 3 -> scale 6/7; -3->-3.5->-4 (half to even), 1->1.17->1, 0.4->0.47->0, -2.2->-2.57->-3
         [[-1.1, 0.2, 0.9, 2.0], [-3.0, 1.0, 0.4, -2.2]],
         GridSpec(bits=3, sym=True),
         -1,
-        [[-4 / 3, 0.0, 2 / 3, 2.0], [-3.0, 1.0, 0.0, -2.0]],
+        [[-8 / 7, 0.0, 8 / 7, 12 / 7], [-24 / 7, 6 / 7, 0.0, -18 / 7]],
         id="sym-per-channel",
     ),
     pytest.param(
@@ -37,6 +37,15 @@ CASES = [
         3,
         [[-0.6, 0.0, 0.3, 2.6 / 3, 2.6, 2 * 2.6 / 3]],
         id="asym-grouped",
+    ),
+    pytest.param(
+        # ragged groups: 5 columns in groups of 3 -> [3 columns, 2 columns]; the first group as above,
+        # group 2 [1.0, 2.6]: range [0, 2.6] -> scale 2.6/3, zero 0; 1/.8667=1.15->1, 2.6->3
+        [[-0.6, 0.1, 0.3, 1.0, 2.6]],
+        GridSpec(bits=2),
+        3,
+        [[-0.6, 0.0, 0.3, 2.6 / 3, 2.6]],
+        id="asym-ragged",
     ),
 ]
 
@@ -82,3 +91,39 @@ def test_masked_fit_ignores_kept_outlier():
     keep = torch.tensor([[False, False, True]])
     scale, zero = fit_masked(W, GridSpec(bits=2), keep)
     assert scale.item() == pytest.approx(1.0) and zero.item() == 1
+
+
+@pytest.mark.parametrize("norm", [2.0, 2.4])
+def test_mse_search_minimises_the_chosen_norm_over_80_shrink_steps(norm):
+    # brute force, per row: p = 1 - i/100 for i < 80, grid fitted on [p·xmin, p·xmax], error Σ|q − w|^norm
+    W = torch.randn(6, 40, generator=torch.Generator().manual_seed(0)) ** 3  # heavy tails: shrinking pays
+    spec = GridSpec(bits=3, mse=True, mse_norm=norm)
+    scale, zero = fit(W, spec)
+    for row, w in enumerate(W):
+        xmin, xmax = min(w.min().item(), 0.0), max(w.max().item(), 0.0)
+        best = None
+        for i in range(80):
+            p = 1 - i / 100
+            s_p = (p * xmax - p * xmin) / 7
+            z_p = round(-p * xmin / s_p)
+            err = (quantize(w, torch.tensor(s_p), torch.tensor(float(z_p)), 7) - w).abs().pow(norm).sum().item()
+            if best is None or err < best[0]:
+                best = (err, s_p, z_p)
+        assert scale[row].item() == pytest.approx(best[1], rel=1e-5) and zero[row].item() == best[2]
+
+
+def test_norm_changes_the_chosen_shrink():
+    # the same heavy-tailed rows: |err|^2.4 weighs the clipped outliers more than squared error does
+    W = torch.randn(32, 40, generator=torch.Generator().manual_seed(0)) ** 3
+    squared = fit(W, GridSpec(bits=3, mse=True, mse_norm=2.0))[0]
+    reference = fit(W, GridSpec(bits=3, mse=True, mse_norm=2.4))[0]
+    assert not torch.equal(squared, reference)
+    assert (reference >= squared).float().mean() > 0.5  # a higher norm clips less, so the step is wider
+
+
+def test_symmetric_grid_is_the_reference_one():
+    # scale = 2·absmax/maxq, zero = (maxq + 1)/2 for every row, whatever its sign pattern
+    W = torch.tensor([[-3.0, 1.0, 2.0], [0.5, -0.25, 0.0]])
+    scale, zero = fit(W, GridSpec(bits=4, sym=True))
+    torch.testing.assert_close(scale.flatten(), torch.tensor([6 / 15, 1 / 15]))
+    assert zero.flatten().tolist() == [8.0, 8.0]

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from flipbench.compress.families import family_of, quantizable_linears, weight_matrix
 from flipbench.compress import QuantConfig, compress
 from flipbench.compress.quant.gptq import gptq_model
-from flipbench.compress.quant.tacq import gradient_magnitudes, n_to_keep, saliency, salient_masks, top_k_masks
+from flipbench.compress.gradients import gradient_magnitudes
+from flipbench.compress.quant.tacq import n_to_keep, saliency, salient_masks, top_k_masks
 from .tiny_models import random_ids, tiny_model
 
 CALIB = random_ids(8, 32)
@@ -38,10 +39,11 @@ def test_n_to_keep_is_the_ceiling():
     assert n_to_keep(0.5, 3) == 2
 
 
-def test_gradients_are_summed_absolute_per_sample_gradients():
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_gradients_are_summed_absolute_per_sample_gradients(checkpointing):
     model = tiny_model("llama")
     probe = copy.deepcopy(model)
-    G = gradient_magnitudes(probe, TASK, "cpu")
+    G = gradient_magnitudes(probe, TASK, "cpu", checkpointing=checkpointing)
     assert all(p.requires_grad and p.grad is None for p in probe.parameters())  # flags restored, grads freed
     name = "model.layers.1.mlp.down_proj"
     expected = torch.zeros_like(G[name])
@@ -117,18 +119,18 @@ def test_tacq_is_deterministic():
 
 
 def test_gradient_step_frees_each_linear_gradient_as_soon_as_it_is_folded(monkeypatch):
-    import flipbench.compress.quant.tacq as tacq
+    import flipbench.compress.gradients as tacq  # the whole-model pass folds each gradient as backward makes it
 
     model = tiny_model("llama")
     linears = quantizable_linears(model)
     alive, original = [], tacq.weight_grad_matrix
 
-    def counting(module, family):
+    def counting(module, family=None):
         alive.append(sum(m.weight.grad is not None for m in linears.values()))
         return original(module, family)
 
     monkeypatch.setattr(tacq, "weight_grad_matrix", counting)
-    gradient_magnitudes(model, TASK, "cpu")
+    gradient_magnitudes(model, TASK, "cpu", checkpointing=False)
     assert len(alive) == len(TASK) * len(linears)
     assert max(alive) == 1  # never two linears' gradients at once, let alone all of them
 

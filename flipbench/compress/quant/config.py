@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-from flipbench.compress.families import family_of, in_features, quantizable_linears
+from flipbench.compress.families import family_of
 from flipbench.compress.quant.gptq import GPTQSettings
 from flipbench.compress.quant.grid import GridSpec
+from flipbench.compress.quant.tacq import GradientSettings
 
 METHOD_NAMES = ("none", "rtn", "gptq", "tacq")
 
@@ -17,19 +19,26 @@ METHOD_NAMES = ("none", "rtn", "gptq", "tacq")
 class QuantConfig:
     method: str = "rtn"  # one of METHOD_NAMES (checkpoint is handled by the pipeline)
     bits: int = 4  # 2..8
-    group_size: int = -1  # -1 = one grid per output channel; else columns per group, must divide in_features
+    group_size: int = -1  # -1 = one grid per output channel; else columns per group (the last one may be narrower)
     sym: bool = False
-    mse: bool = False  # MSE grid search over shrink factors
+    mse: bool = False  # grid search over shrink factors
+    mse_norm: float = 2.4  # the search's error Σ|q − w|^mse_norm (2.4: reference GPTQ/TACQ; 2: squared error)
     act_order: bool = False
     static_groups: bool = False
     damp: float = 0.01  # fraction of mean(diag H) added to H's diagonal
     block_size: int = 128
     keep_fraction: float = 0.0035  # TACQ: share of quantized weights kept in 16-bit, in [0, 0.5]
     true_sequential: bool = True
+    grad_dtype: str = "float32"  # TACQ: dtype of the backward pass (the official code runs it in fp32)
+    gradient_checkpointing: bool = True  # TACQ: gradients with one decoder block on the device at a time
+
+    @property
+    def gradients(self) -> GradientSettings:
+        return GradientSettings(dtype=getattr(torch, self.grad_dtype), checkpointing=self.gradient_checkpointing)
 
     @property
     def grid(self) -> GridSpec:
-        return GridSpec(bits=self.bits, sym=self.sym, mse=self.mse)
+        return GridSpec(bits=self.bits, sym=self.sym, mse=self.mse, mse_norm=self.mse_norm)
 
     @property
     def gptq(self) -> GPTQSettings:
@@ -56,8 +65,10 @@ def _settings_problem(cfg: QuantConfig) -> str | None:
     ):
         return (
             f"group_size={cfg.group_size!r} is invalid; "
-            "use -1 (one grid per output channel) or a positive divisor of the input width"
+            "use -1 (one grid per output channel) or a positive number of input columns, e.g. 128"
         )
+    if not cfg.mse_norm > 0:
+        return f"mse_norm={cfg.mse_norm!r} must be positive; 2.4 is the reference GPTQ norm, 2 is squared error"
     if not 0 <= cfg.keep_fraction <= 0.5:
         return (
             f"keep_fraction={cfg.keep_fraction!r} is outside [0, 0.5]; "
@@ -77,13 +88,4 @@ def validate(model: nn.Module, cfg: QuantConfig) -> None:
         raise ValueError(problem)
     if cfg.method == "none":
         return
-    family = family_of(model)
-    if cfg.group_size == -1:
-        return
-    for name, module in quantizable_linears(model).items():
-        width = in_features(module, family)
-        if width % cfg.group_size:
-            raise ValueError(
-                f"group_size={cfg.group_size} does not divide the input width {width} of {name}; "
-                "use -1 (one grid per output channel) or a divisor of every quantized layer's input width"
-            )
+    family_of(model)  # the decoder blocks must be found before any expensive work

@@ -6,19 +6,33 @@ from collections.abc import Callable
 
 from torch import nn
 
-from flipbench.compress.families import family_of, quantizable_linears, set_weight_matrix, weight_matrix
-from flipbench.compress.quant.grid import GridSpec, rtn
+from flipbench.compress.families import (
+    block_linears,
+    decoder_layers,
+    family_of,
+    quantizable_linears,
+    set_weight_matrix,
+    weight_matrix,
+)
+from flipbench.compress.placement import onload
+from flipbench.compress.quant.grid import GridSpec, rtn, rtn_grid_record
 
 
 def rtn_model(
-    model: nn.Module, spec: GridSpec, group_size: int, device, progress: Callable[[str], None] | None = None
+    model: nn.Module, spec: GridSpec, group_size: int, device, progress: Callable[[str], None] | None = None,
+    grids: dict | None = None,
 ) -> int:
-    """Quantize in place, one linear at a time on device; returns the number of linears quantized."""
+    """Quantize in place, one linear at a time on device; returns the number of linears quantized.
+    grids, when given, receives full linear name -> {scale, zero (out, n_groups), g_idx (in,)}."""
     family = family_of(model)
-    linears = quantizable_linears(model)
-    for index, module in enumerate(linears.values()):
-        if progress and index % len(family.linears) == 0:
-            progress(f"rtn layer {index // len(family.linears) + 1}/{len(linears) // len(family.linears)}")
-        W = weight_matrix(module, family).to(device)  # (out, in)
-        set_weight_matrix(module, family, rtn(W, spec, group_size))
-    return len(linears)
+    blocks = decoder_layers(model, family)
+    for index, block in enumerate(blocks):
+        if progress:
+            progress(f"rtn layer {index + 1}/{len(blocks)}")
+        with onload(block, device):  # and back where it lives (a GPU, the CPU, offload storage)
+            for name, module in block_linears(block).items():
+                W = weight_matrix(module)  # (out, in)
+                if grids is not None:
+                    grids[f"{family.layers}.{index}.{name}"] = rtn_grid_record(W, spec, group_size)
+                set_weight_matrix(module, family, rtn(W, spec, group_size))
+    return len(quantizable_linears(model))

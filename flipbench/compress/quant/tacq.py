@@ -7,11 +7,10 @@ Q(W) from a first GPTQ pass at the target bits. The global top keep_fraction of 
 kept; a second GPTQ pass from the original weights leaves them out of the grids and the error sweep.
 
 Memory, beyond the model: the method's fp32 accumulator of |∂L/∂W| per quantized linear (replaced by S
-linear by linear), where the weights live. The weights are never copied in memory: the original weights the
-second pass starts from are spilled to a temporary file before the first pass (in the system temp folder:
-set TMPDIR to a disk-backed folder where /tmp is a RAM disk) and read back one linear at a time, and in the
-gradient step each linear's gradient is folded into the accumulator and freed as soon as backward produces
-it, so the linears' gradients never coexist.
+linear by linear), on the CPU as in the official code (see gradients.py for the backward pass: fp32, one
+block on the device at a time). The weights are never copied in memory: the original weights the second
+pass starts from are spilled to a temporary file before the first pass (in the system temp folder: set
+TMPDIR to a disk-backed folder where /tmp is a RAM disk) and read back one linear at a time.
 """
 
 from __future__ import annotations
@@ -20,70 +19,29 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from flipbench.compress.families import family_of, quantizable_linears, weight_grad_matrix, weight_matrix
+from flipbench.compress.families import quantizable_linears, weight_matrix
+from flipbench.compress.gradients import gradient_magnitudes
+from flipbench.compress.placement import onload
 from flipbench.compress.quant.gptq import GPTQSettings, gptq_model
-from flipbench.compress.layerwise import model_device
+
+
+@dataclass(frozen=True)
+class GradientSettings:
+    """TACQ's gradient step: the backward pass's dtype, and one block on the device at a time or not."""
+
+    dtype: torch.dtype = torch.float32
+    checkpointing: bool = True
 
 
 def n_to_keep(keep_fraction: float, n_params: int) -> int:
     """ceil(keep_fraction · n), ignoring float noise such as 0.07·100 = 7.000000000000001."""
     return min(n_params, math.ceil(keep_fraction * n_params - 1e-9))
-
-
-def gradient_magnitudes(
-    model: nn.Module, ids: torch.Tensor, device, progress: Callable[[str], None] | None = None
-) -> dict[str, torch.Tensor]:
-    """Σ_samples |∂L/∂W| (fp32, (out, in), on the weights' device) per quantizable linear, at the model's
-    current weights. L: mean next-token cross-entropy of one row of ids (n_samples, seq_len): batch 1."""
-    family = family_of(model)
-    linears = quantizable_linears(model)
-    home, was_training = model_device(model), model.training
-    flags = {param: param.requires_grad for param in model.parameters()}
-    G = {
-        name: torch.zeros(weight_matrix(module, family).shape, dtype=torch.float32, device=device)
-        for name, module in linears.items()
-    }
-    model.to(device).eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
-
-    sharing: dict[int, list[str]] = {}  # one hook per weight tensor, adding into every linear that uses it
-    for name, module in linears.items():
-        sharing.setdefault(id(module.weight), []).append(name)
-
-    def fold_into(names: list[str]):
-        def hook(param: torch.Tensor) -> None:  # runs once backward has this weight's whole gradient
-            for name in names:
-                G[name] += weight_grad_matrix(linears[name], family).abs().float()
-            param.grad = None
-        return hook
-
-    handles = []
-    for names in sharing.values():
-        weight = linears[names[0]].weight
-        weight.requires_grad_(True)
-        handles.append(weight.register_post_accumulate_grad_hook(fold_into(names)))
-    try:
-        with torch.enable_grad():
-            for index, row in enumerate(ids):
-                if progress:
-                    progress(f"tacq gradients {index + 1}/{len(ids)}")
-                x = row[None].to(device)  # (1, T)
-                logits = model(input_ids=x, use_cache=False).logits  # (1, T, vocab)
-                F.cross_entropy(logits[0, :-1].float(), x[0, 1:]).backward()
-    finally:
-        for handle in handles:
-            handle.remove()
-        for param, flag in flags.items():
-            param.requires_grad_(flag)
-        model.to(home).train(was_training)
-    return {name: g.to(home) for name, g in G.items()}
 
 
 def _own_storage(t: torch.Tensor) -> torch.Tensor:
@@ -131,14 +89,15 @@ def salient_masks(
     device,
     true_sequential: bool = True,
     progress: Callable[[str], None] | None = None,
+    gradients: GradientSettings = GradientSettings(),
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """TACQ steps 1–4: the masks of weights to keep in 16-bit (full linear name -> bool (out, in)), plus
     {"seconds": ..., "damp_retries": ...}. The model's weights are unchanged on return."""
-    family = family_of(model)
     linears = quantizable_linears(model)
     seconds = {}
     start = time.perf_counter()
-    S = gradient_magnitudes(model, task_calib, device, progress)  # of the ORIGINAL weights
+    # of the ORIGINAL weights; (out, in) fp32 on the CPU
+    S = gradient_magnitudes(model, task_calib, device, gradients.dtype, gradients.checkpointing, progress)
     seconds["gradients"] = time.perf_counter() - start
 
     with tempfile.TemporaryDirectory(prefix="flipbench-tacq-") as spill:
@@ -146,17 +105,22 @@ def salient_masks(
         originals = {}
         for index, (name, module) in enumerate(linears.items()):  # one tensor at a time
             originals[name] = Path(spill) / f"{index}.pt"
-            torch.save(_own_storage(module.weight.data), originals[name])
-        retries = gptq_model(model, calib, settings, device, true_sequential, None, progress, "tacq gptq pass 1 layer")
+            # also from a device_map's GPU or offload storage (an expert matrix: its experts module)
+            with onload(getattr(module, "experts", module), "cpu", write_back=False):
+                torch.save(_own_storage(module.weight.data), originals[name])
+        retries, _ = gptq_model(
+            model, calib, settings, device, true_sequential, None, progress, "tacq gptq pass 1 layer"
+        )
         seconds["gptq_pass1"] = time.perf_counter() - start
 
         start = time.perf_counter()
         for name, module in linears.items():
             stored = torch.load(originals[name], mmap=True, weights_only=True)  # as module.weight, file-backed
-            W0 = stored.t() if family.conv1d else stored  # (out, in)
-            S[name] = saliency(W0.to(S[name].device), S[name], weight_matrix(module, family))
-            module.weight.data.copy_(stored.to(module.weight.device))  # back to the original for the second pass
-            del stored, W0
+            with onload(getattr(module, "experts", module), "cpu"):
+                Q = weight_matrix(module).clone()  # (out, in): pass 1's result, one linear at a time
+                module.weight.data.copy_(stored)  # back to the original for the second pass
+                S[name] = saliency(weight_matrix(module), S[name], Q)
+            del stored, Q
     n_params = sum(s.numel() for s in S.values())
     masks = top_k_masks(S, n_to_keep(keep_fraction, n_params))
     seconds["saliency"] = time.perf_counter() - start
@@ -172,13 +136,20 @@ def tacq_model(
     device,
     true_sequential: bool = True,
     progress: Callable[[str], None] | None = None,
+    gradients: GradientSettings = GradientSettings(),
+    kept: dict | None = None,
 ) -> dict:
-    """TACQ in place; returns {"seconds", "damp_retries" (second pass), "n_kept"}."""
+    """TACQ in place; returns {"seconds", "damp_retries" (second pass), "n_kept", "unreached" (second pass)}.
+    kept, when given, receives full linear name -> {"keep": bool (out, in)}, the weights kept in 16-bit."""
     masks, info = salient_masks(
-        model, calib, task_calib, settings, keep_fraction, device, true_sequential, progress
+        model, calib, task_calib, settings, keep_fraction, device, true_sequential, progress, gradients
     )
+    if kept is not None:
+        kept.update({name: {"keep": mask.cpu()} for name, mask in masks.items()})
     start = time.perf_counter()
-    retries = gptq_model(model, calib, settings, device, true_sequential, masks, progress, "tacq gptq pass 2 layer")
+    retries, unreached = gptq_model(
+        model, calib, settings, device, true_sequential, masks, progress, "tacq gptq pass 2 layer"
+    )
     info["seconds"]["gptq_pass2"] = time.perf_counter() - start
     n_kept = int(sum(int(mask.sum()) for mask in masks.values()))
-    return {"seconds": info["seconds"], "damp_retries": retries, "n_kept": n_kept}
+    return {"seconds": info["seconds"], "damp_retries": retries, "n_kept": n_kept, "unreached": unreached}

@@ -1,0 +1,84 @@
+"""KL statistics of one summary row, in the shape llama.cpp's ``perplexity --kl-divergence`` reports them.
+
+Token scope (generative tasks): every answer token of every doc counts once (token-weighted), from the
+per-token lists ``tok_kl, tok_same_top, tok_logp_base, tok_logp_comp`` that flipbench.tokenkl stores per row.
+Choice scope (multiple choice): the same KL statistics over docs (one choice-level KL per doc); the token-only
+ones stay NaN. Definitions (llama.cpp tools/perplexity/perplexity.cpp, ``kl_divergence``):
+mean ± SE with SE = sqrt((<x²> - <x>²) / (n - 1)); percentiles by linear interpolation at fraction·(n - 1)
+(numpy's default); same-top rate p ± sqrt(p (1 - p) / (n - 1)); Δp = p_c(t) - p_b(t) of the baseline's
+answer token t, its mean and RMS sqrt(<Δp²>); ln(PPL_c / PPL_b) = <ln p_b(t) - ln p_c(t)> with the paired
+SE of that mean (sqrt(var_c + var_b - 2 cov), the SE of the per-token differences). Unlike llama.cpp we give
+an SE from two values on (it reports 0 below eleven) and need no minimum count. Only finite values count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from flipbench.stats import mean_and_se
+
+# fraction -> column; median is the 0.5 percentile
+PERCENTILES = {0.999: "kl_p999", 0.99: "kl_p99", 0.95: "kl_p95", 0.9: "kl_p90", 0.5: "kl_median",
+               0.1: "kl_p10", 0.05: "kl_p05", 0.01: "kl_p01", 0.001: "kl_p001"}
+KL_COLUMNS = ["kl_mean", "kl_se", "kl_max", *PERCENTILES.values(), "kl_min"]
+TOKEN_ONLY = ["same_top", "same_top_se", "dp_mean", "dp_rms", "ln_ppl_ratio", "ln_ppl_ratio_se"]
+COLUMNS = KL_COLUMNS + TOKEN_ONLY
+
+
+def kl_distribution(kl) -> dict[str, float]:
+    """mean, SE, max, the PERCENTILES and min of the finite values of ``kl`` (all NaN when there are none)."""
+    kl = np.asarray(kl, dtype=float)
+    kl = kl[np.isfinite(kl)]
+    if kl.size == 0:
+        return dict.fromkeys(KL_COLUMNS, np.nan)
+    mean, se = mean_and_se(kl)
+    out = {"kl_mean": mean, "kl_se": se, "kl_max": float(kl.max()), "kl_min": float(kl.min())}
+    out.update(zip(PERCENTILES.values(), np.percentile(kl, [100 * f for f in PERCENTILES]).tolist()))
+    return out
+
+
+def _concat(cells: pd.Series) -> np.ndarray:
+    """The per-row lists of one column, end to end (parquet gives None for a NaN inside a list)."""
+    parts = [np.array([np.nan if v is None else v for v in cell], dtype=float)
+             for cell in cells if isinstance(cell, (list, tuple, np.ndarray)) and len(cell)]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def token_stats(rows: pd.DataFrame) -> dict[str, float]:
+    """Token-weighted statistics over the answer tokens of ``rows`` (rows without the lists give NaN)."""
+    if "tok_kl" not in rows:
+        return dict.fromkeys(COLUMNS, np.nan)
+    out = kl_distribution(_concat(rows["tok_kl"]))
+    same = _concat(rows["tok_same_top"])
+    p_top, p_se = mean_and_se(same[np.isfinite(same)])  # on 0/1 values this SE is sqrt(p (1 - p) / (n - 1))
+    logp_b, logp_c = _concat(rows["tok_logp_base"]), _concat(rows["tok_logp_comp"])
+    with np.errstate(invalid="ignore", over="ignore"):
+        dp = np.exp(logp_c) - np.exp(logp_b)  # a ruled-out token has p = exp(-inf) = 0: finite Δp
+        d_nll = logp_b - logp_c  # per-token ln PPL_c - ln PPL_b contribution
+    dp = dp[np.isfinite(dp)]
+    ratio, ratio_se = mean_and_se(d_nll[np.isfinite(d_nll)])
+    out.update({"same_top": p_top, "same_top_se": p_se,
+                "dp_mean": float(dp.mean()) if dp.size else np.nan,
+                "dp_rms": float(np.sqrt(np.mean(dp * dp))) if dp.size else np.nan,
+                "ln_ppl_ratio": ratio, "ln_ppl_ratio_se": ratio_se})
+    return out
+
+
+def choice_stats(kl) -> dict[str, float]:
+    """Choice scope: the KL distribution over docs; token-only columns NaN."""
+    return {**kl_distribution(kl), **dict.fromkeys(TOKEN_ONLY, np.nan)}
+
+
+def token_sums(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per row (sum of finite token KL, finite token count): the pieces a doc-level bootstrap of the
+    token-weighted mean resamples (a doc's tokens move together, so the interval respects their correlation)."""
+    if "tok_kl" not in rows:
+        return np.full(len(rows), np.nan), np.zeros(len(rows))
+    sums, counts = np.full(len(rows), np.nan), np.zeros(len(rows))
+    for i, cell in enumerate(rows["tok_kl"]):
+        values = np.array([np.nan if v is None else v for v in (cell if cell is not None else [])], dtype=float)
+        values = values[np.isfinite(values)]
+        if values.size:
+            sums[i], counts[i] = values.sum(), values.size
+    return sums, counts

@@ -1,0 +1,108 @@
+"""The search's Pareto plot and search_report.md / search_report.html (self-contained, text escaped)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from flipbench import plots
+from flipbench.gate import limits_for
+from flipbench.report import markdown_table
+
+plt = plots.plt
+
+
+def pareto_plot(ctx, trials: pd.DataFrame, front: pd.DataFrame, rec: dict, cost_key: str, budget, stem: Path):
+    """Per task: flips with 95% intervals against cost for every full-fidelity configuration (screening scores
+    hollow), the Pareto front joined, the flips limit and the budget drawn, the recommendation starred."""
+    x_col = "avg_bits" if cost_key == "avg_bits" else "model_gb"
+    x_label = "average bits per quantized weight (bits)" if x_col == "avg_bits" else "model size (GB, 10^9 bytes)"
+    scored = trials[trials["fidelity"] > 0]
+    tasks = sorted(scored["task"].dropna().unique())
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(4.6 * max(1, len(tasks)), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = scored[scored["task"] == task]
+        screen = rows[rows["full_fidelity"] != True]  # noqa: E712
+        ax.scatter(screen[x_col], 100 * screen["flips"], facecolors="none", edgecolors="#aaaaaa", s=18,
+                   label=f"screened ({', '.join(str(d) for d in ctx.rungs[:-1])} docs)")
+        full = rows[rows["full_fidelity"] == True]  # noqa: E712
+        for method, group in full.groupby("method"):
+            err = [100 * (group["flips"] - group["flips_ci_low"]), 100 * (group["flips_ci_high"] - group["flips"])]
+            ax.errorbar(group[x_col], 100 * group["flips"], yerr=err, fmt="o", color=plots.colour(method), ms=4,
+                        capsize=2, label=f"{method}, {ctx.rungs[-1]} docs (95% CI)")
+        on_front = full[full["label"].isin(front["label"])].sort_values(x_col)
+        ax.plot(on_front[x_col], 100 * on_front["flips"], color="#444444", linewidth=0.8, label="Pareto front")
+        limit = limits_for(task, ctx.gate).get("max_flips")
+        if limit is not None:
+            ax.axhline(100 * limit, color="#d62728", linestyle="--", linewidth=1, label=f"max_flips {100 * limit:g}%")
+        edge = budget.max_avg_bits if x_col == "avg_bits" else (budget.max_model_bytes or 0) / 1e9 or None
+        if edge:
+            ax.axvline(edge, color="#9467bd", linestyle=":", linewidth=1, label="budget")
+        chosen = full[full["label"] == rec.get("label")]
+        if len(chosen):
+            ax.scatter(chosen[x_col], 100 * chosen["flips"], marker="*", s=220, color="gold", edgecolors="black",
+                       zorder=5, label=("recommended: " if rec["passes"] else "closest (fails): ") + rec["label"])
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("flips (% of questions)")
+        ax.legend(fontsize=6)
+    fig.suptitle("Budget search: flips vs cost")
+    return plots.save(fig, stem)
+
+
+def _lines(cfg, budget, rec: dict) -> list[str]:
+    verdict = (f"**Recommended: {rec['label']}** ({rec['avg_bits']:.3f} avg bits, {rec['model_gb']:.4f} GB), passes "
+               "every limit at full fidelity." if rec["passes"] else
+               "**None passes** every limit at full fidelity." + (
+                   f" Closest: {rec['label']} (largest relative excess over a limit {rec['violation']:.3g})."
+                   if rec.get("label") else ""))
+    limits = {k: v for k, v in vars(cfg.gate).items() if v not in (None, {})}
+    bound = "the 95% interval's worse end" if cfg.search.upper_bound else "the point estimates"
+    lines = [verdict, "",
+             f"Budget: max_avg_bits={budget.max_avg_bits}, max_model_bytes={budget.max_model_bytes}; cost ranked: "
+             f"{cfg.search.cost}. Limits: {limits or 'none'}, judged at full fidelity on {bound} (screening rungs on "
+             "point estimates).",
+             f"Space: {rec['grid_size']} configurations, {rec['in_budget']} in budget. Trials: {rec['trials']}; "
+             f"screening evaluations: {rec['screening_evaluations']}; full-fidelity evaluations: "
+             f"{rec['full_fidelity_evaluations']}; rungs (docs per task): {rec['rungs']}; trial time {rec['seconds']} s."]
+    if rec.get("overrides"):
+        lines += ["", f"Reproduce: `{rec['command']}`"]
+    return lines
+
+
+def _table(front: pd.DataFrame) -> pd.DataFrame:
+    if front.empty:
+        return front
+    shown = front[["label", "avg_bits", "model_gb", "worst_task", "worst_flips", "flips_ci_low", "flips_ci_high",
+                   "passes"]].copy()
+    shown["avg_bits"] = [f"{v:.3f}" for v in shown["avg_bits"]]
+    shown["model_gb"] = [f"{v:.4f}" for v in shown["model_gb"]]
+    for column in ("worst_flips", "flips_ci_low", "flips_ci_high"):
+        shown[column] = [f"{100 * v:.1f}%" for v in shown[column]]
+    return shown
+
+
+def write(ctx, cfg, budget, trials: pd.DataFrame, configs: pd.DataFrame, front: pd.DataFrame, rec: dict) -> None:
+    figures = pareto_plot(ctx, trials, front, rec, cfg.search.cost, budget, ctx.search_dir / "pareto") \
+        if len(trials) and (trials["fidelity"] > 0).any() else []
+    title = f"flipbench search {ctx.search_dir.name}"
+    lines, table = _lines(cfg, budget, rec), _table(front)
+    pngs = [f for f in figures if f.suffix == ".png"]
+    md = [f"# {title}", "", *lines, "", "## Pareto front (full fidelity: cost vs worst-task flips)", "",
+          markdown_table(table) if len(table) else "No configuration reached full fidelity.", "",
+          *[f"![{f.stem}]({f.name})" for f in pngs]]
+    (ctx.search_dir / "search_report.md").write_text("\n".join(md) + "\n")
+    body = "".join(f"<p>{html.escape(line.replace('**', '').replace('`', ''))}</p>" for line in lines if line)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                    for row in table.itertuples(index=False))
+    imgs = "".join(f'<img alt="{html.escape(f.stem)}" src="data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()}">'
+                   for f in pngs)
+    style = "body{font-family:sans-serif;max-width:1200px;margin:auto}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}"
+    (ctx.search_dir / "search_report.html").write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1>{body}<h2>Pareto front</h2><table><thead><tr>{head}</tr></thead>"
+        f"<tbody>{cells}</tbody></table>{imgs}</body></html>\n")

@@ -1,0 +1,199 @@
+"""The multi-fidelity search itself: an Optuna study whose trials are flipbench runs.
+
+Each trial draws one configuration of the space, is scored first on the first docs of every task (the lowest
+rung) and is promoted to more docs only if Optuna's successive-halving (or Hyperband) pruner keeps it. A trial
+is one ``pipeline.run`` per rung, composed from the same config files and overrides as ``make eval``; the
+baseline is evaluated once per fidelity and then comes from flipbench's cache.
+
+The value a trial reports orders configurations lexicographically: a configuration that passes every limit
+scores its cost (avg bits or GB); one that fails scores ``cap + violation`` (cap: above every cost in the
+space), so any passing configuration beats any failing one and, among failing ones, the nearest miss wins.
+
+The study lives in ``study.db`` (Optuna's RDB storage on SQLite) in the search folder: a killed search
+resumes with ``search.id=<id>``, keeps every finished trial, and re-runs the trial that was cut short, whose
+already complete rungs are not evaluated again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from flipbench.config import ConfigError, GateConfig
+from flipbench.gate import CHECKS, limits_for
+from flipbench.search.space import Point, Shapes
+
+log = logging.getLogger("flipbench.search")
+
+MISSING_VIOLATION = 1e3  # a value that could not be measured (NaN) fails by this much
+
+
+@dataclass
+class Context:
+    """Everything a trial needs, fixed for the whole search."""
+
+    search_dir: Path
+    base_overrides: list[str]  # the user's run overrides (model, suite, gate, ...), without search.*
+    compose: object  # overrides -> composed run config (DictConfig)
+    gate: GateConfig
+    upper_bound: bool
+    points: dict[str, Point]  # label -> point
+    costs: dict[str, dict]  # label -> {"avg_bits", "model_bytes", "cost", "in_budget"}
+    rungs: list[int]  # docs per task at each rung, the last is full fidelity
+    full_limit: int | None  # suite.limit at full fidelity (None: every doc)
+    eta: int
+    skip_costlier: bool
+    cap: float = field(init=False)
+
+    def __post_init__(self):
+        self.cap = max(c["cost"] for c in self.costs.values()) + 1.0
+
+
+def headline(run_dir: Path) -> pd.DataFrame:
+    """Each task's headline whole-task row of a run's summary.csv."""
+    summary = pd.read_csv(run_dir / "summary.csv")
+    return summary[summary["headline"] & (summary["group"] == "all")].reset_index(drop=True)
+
+
+def judge(rows: pd.DataFrame, gate: GateConfig, upper: bool) -> tuple[bool, float]:
+    """(passes every limit, violation): violation is the largest excess over a limit, relative to it."""
+    worst = -math.inf
+    for _, row in rows.iterrows():
+        for key, limit in limits_for(row["task"], gate).items():
+            column, sign, bound = CHECKS[key]  # bound: the column of the interval's worse end
+            column = bound if upper else column
+            value = sign * float(row[column])
+            excess = MISSING_VIOLATION if math.isnan(value) else (value - limit) / (abs(limit) + 1e-3)
+            worst = max(worst, excess)
+    if worst == -math.inf:
+        return True, 0.0
+    return worst <= 0, max(worst, 0.0)
+
+
+def run_rung(ctx: Context, point: Point, docs: int) -> Path:
+    """One flipbench run of point at docs per task, through pipeline.run as the CLI runs it."""
+    from flipbench import pipeline
+
+    full = docs == ctx.rungs[-1]
+    limit = ctx.full_limit if full else docs
+    run_dir = ctx.search_dir / "trials" / point.label / f"docs{docs}"
+    overrides = [*ctx.base_overrides, *point.overrides, f"output.run_dir={run_dir}", "output.plots=false",
+                 "output.save_model=false"]
+    if limit is not None:
+        overrides.append(f"suite.limit={limit}")
+    return pipeline.run(ctx.compose(overrides))
+
+
+def incumbent(study) -> float | None:
+    """The lowest cost among configurations that passed at full fidelity so far."""
+    from optuna.trial import TrialState
+
+    costs = [t.user_attrs["cost"] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+             if t.user_attrs.get("passes")]
+    return min(costs) if costs else None
+
+
+def suggest(trial, space: dict[str, dict[str, list]]) -> Point:
+    """Define-by-run: the method first, then that method's own keys (a conditional space)."""
+    method = trial.suggest_categorical("method", list(space))
+    params = tuple((key, trial.suggest_categorical(f"{method}.{key}", list(values)))
+                   for key, values in (space[method] or {}).items())
+    return Point(method, params)
+
+
+def objective(ctx: Context, space: dict):
+    import optuna
+
+    def score(trial) -> float:
+        point = suggest(trial, space)
+        cost = ctx.costs[point.label]
+        trial.set_user_attr("label", point.label)
+        for key in ("cost", "avg_bits", "model_bytes"):
+            trial.set_user_attr(key, cost[key])
+        best = incumbent(trial.study)
+        if not cost["in_budget"]:
+            trial.set_user_attr("skipped", "over budget")
+            raise optuna.TrialPruned()
+        if ctx.skip_costlier and best is not None and cost["cost"] >= best:
+            trial.set_user_attr("skipped", f"costs at least a passing configuration ({best:.4g})")
+            raise optuna.TrialPruned()
+        runs, seconds = {}, {}
+        for k, docs in enumerate(ctx.rungs):
+            final = k == len(ctx.rungs) - 1
+            start = time.perf_counter()
+            run_dir = run_rung(ctx, point, docs)
+            seconds[str(docs)] = round(time.perf_counter() - start, 3)
+            runs[str(docs)] = str(run_dir.relative_to(ctx.search_dir))
+            trial.set_user_attr("runs", runs)
+            trial.set_user_attr("seconds", seconds)
+            # Screening rungs judge the point estimates; full fidelity applies the user's rule (maybe the bound).
+            passes, violation = judge(headline(run_dir), ctx.gate, ctx.upper_bound and final)
+            value = cost["cost"] if passes else ctx.cap + violation
+            trial.report(value, step=ctx.eta**k)
+            if final:
+                trial.set_user_attr("passes", passes)
+                return value
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        raise AssertionError("unreachable: the last rung returns")
+
+    return score
+
+
+def make_study(search_dir: Path, seed: int, sampler: str, pruner: str, eta: int, n_rungs: int):
+    """Create or load the study in search_dir/study.db; a trial left RUNNING by a killed search is failed
+    and queued again with the same parameters."""
+    import optuna
+    from optuna.trial import TrialState
+
+    samplers = {"brute_force": lambda: optuna.samplers.BruteForceSampler(seed=seed),
+                "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
+                "random": lambda: optuna.samplers.RandomSampler(seed=seed)}
+    pruners = {"successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(
+                   min_resource=1, reduction_factor=eta, min_early_stopping_rate=0),
+               "hyperband": lambda: optuna.pruners.HyperbandPruner(
+                   min_resource=1, max_resource=eta ** (n_rungs - 1), reduction_factor=eta),
+               "none": optuna.pruners.NopPruner}
+    storage = f"sqlite:///{search_dir / 'study.db'}"
+    study = optuna.create_study(study_name="search", storage=storage, direction="minimize", load_if_exists=True,
+                                sampler=samplers[sampler](), pruner=pruners[pruner]())
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        log.info("trial %d was cut short by a stop; running it again", trial.number)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    return study
+
+
+def claim(search_dir: Path) -> Path:
+    """One process per search: a pid file, refused while the process that wrote it is alive."""
+    pid_file = search_dir / "search.pid"
+    if pid_file.exists():
+        try:
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, 0)
+            if pid != os.getpid():
+                raise ConfigError(f"search {search_dir.name} is already running (pid {pid}); wait for it or stop it")
+        except (ValueError, ProcessLookupError):
+            pass  # a stale file from a killed search
+    pid_file.write_text(str(os.getpid()))
+    return pid_file
+
+
+def optimize(ctx: Context, space: dict, seed: int, sampler: str, pruner: str, n_trials: int):
+    """Run trials until n_trials exist in the study (or the brute-force sampler has seen every point)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = make_study(ctx.search_dir, seed, sampler, pruner, ctx.eta, len(ctx.rungs))
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    remaining = n_trials - done
+    if remaining > 0:
+        study.optimize(objective(ctx, space), n_trials=remaining, gc_after_trial=False)
+    return study

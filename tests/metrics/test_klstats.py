@@ -1,0 +1,75 @@
+"""Token-level KL statistics as llama.cpp's --kl-divergence reports them, on hand-made log-probabilities."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from flipbench import klstats  # noqa: E402
+from flipbench.tokenkl import _compare  # noqa: E402
+
+LN = math.log
+# Two answer tokens over a 3-token vocabulary (probabilities; 0 = ruled out):
+#   t1: p_b = (.5, .5, 0), p_c = (.25, .75, 0): token 2 ruled out by both; answer token 1
+#   t2: p_b = (1, 0, 0),   p_c = (.5, .5, 0):   tokens 1, 2 ruled out by b; answer token 0
+P_B = [[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]
+P_C = [[0.25, 0.75, 0.0], [0.5, 0.5, 0.0]]
+TARGETS = [1, 0]
+KL = [0.5 * LN(0.5 / 0.25) + 0.5 * LN(0.5 / 0.75), LN(1 / 0.5)]  # 0.143841, 0.693147 nats
+DP = [0.75 - 0.5, 0.5 - 1.0]  # p_c - p_b of the answer token
+D_NLL = [LN(0.5) - LN(0.75), LN(1.0) - LN(0.5)]  # ln p_b - ln p_c
+HAND = {
+    "kl_mean": sum(KL) / 2, "kl_se": abs(KL[1] - KL[0]) / 2,  # SE of two values: sqrt(pvar / 1) = |a - b| / 2
+    "kl_max": KL[1], "kl_min": KL[0], "kl_median": sum(KL) / 2,
+    "kl_p99": KL[0] + 0.99 * (KL[1] - KL[0]), "kl_p10": KL[0] + 0.1 * (KL[1] - KL[0]),
+    "kl_p001": KL[0] + 0.001 * (KL[1] - KL[0]),
+    "same_top": 0.5, "same_top_se": 0.5,  # t1: argmax 0 vs 1 (ties go to the first index); t2: 0 vs 0
+    "dp_mean": sum(DP) / 2, "dp_rms": math.sqrt((DP[0] ** 2 + DP[1] ** 2) / 2),
+    "ln_ppl_ratio": sum(D_NLL) / 2, "ln_ppl_ratio_se": abs(D_NLL[1] - D_NLL[0]) / 2,
+}
+
+
+def logp(p):
+    return torch.tensor(p, dtype=torch.float32).log()  # log(0) = -inf: no probability floor
+
+
+@pytest.fixture(scope="module")
+def per_token():
+    return _compare(logp(P_B), logp(P_C), torch.tensor(TARGETS), [2])
+
+
+def test_per_token_values_without_nan(per_token):
+    assert per_token["tok_kl"][0] == pytest.approx(KL, rel=1e-6)  # the both-ruled-out token adds 0, not NaN
+    assert per_token["tok_same_top"][0].tolist() == [0.0, 1.0]
+    assert np.exp(per_token["tok_logp_base"][0]) == pytest.approx([0.5, 1.0])
+    assert np.exp(per_token["tok_logp_comp"][0]) == pytest.approx([0.75, 0.5])
+
+
+@pytest.mark.parametrize("column", sorted(HAND))
+def test_hand_computed_statistics(per_token, column):
+    rows = pd.DataFrame({name: [values[0].tolist()] for name, values in per_token.items()})
+    assert klstats.token_stats(rows)[column] == pytest.approx(HAND[column], rel=1e-6, abs=1e-9)
+
+
+def test_compressed_side_ruling_out_a_baseline_token_is_infinite_and_left_out_of_the_statistics():
+    out = _compare(logp([[0.5, 0.5]]), logp([[1.0, 0.0]]), torch.tensor([0]), [1])
+    assert out["tok_kl"][0].tolist() == [math.inf]
+    rows = pd.DataFrame({"tok_kl": [[0.2, math.inf], [0.4]], "tok_same_top": [[1.0, 0.0], [1.0]],
+                         "tok_logp_base": [[0.0, LN(0.5)], [LN(0.5)]], "tok_logp_comp": [[0.0, -math.inf], [LN(0.25)]]})
+    stats = klstats.token_stats(rows)
+    assert stats["kl_mean"] == pytest.approx(0.3) and stats["kl_max"] == pytest.approx(0.4)
+    assert stats["same_top"] == pytest.approx(2 / 3)
+    assert stats["dp_mean"] == pytest.approx((0 - 0.5 - 0.25) / 3)  # a ruled-out token has p = 0
+    assert stats["ln_ppl_ratio"] == pytest.approx((0 + LN(2)) / 2)  # the infinite ln-ratio token is left out
+
+
+def test_token_sums_per_doc_and_choice_scope():
+    rows = pd.DataFrame({"tok_kl": [[0.2, math.inf, 0.1], [], [None]]})
+    sums, counts = klstats.token_sums(rows)
+    assert sums[0] == pytest.approx(0.3) and counts.tolist() == [2, 0, 0] and np.isnan(sums[1:]).all()
+    choice = klstats.choice_stats([0.1, 0.3, np.nan])
+    assert choice["kl_mean"] == pytest.approx(0.2) and choice["kl_se"] == pytest.approx(0.1)
+    assert all(np.isnan(choice[c]) for c in klstats.TOKEN_ONLY)
