@@ -56,6 +56,7 @@ def test_console_is_one_line_per_stage_and_one_bar_per_side(quiet_run):
     assert "Building contexts" in run_log.read_text()
 
 
+@pytest.mark.slow  # a second CLI run; the quiet one above is the default check
 def test_verbose_shows_lm_eval_output(quiet_run):
     _, args, root = quiet_run
     done = run_cli(["-v", *args], root)  # the baseline comes from the cache; the compressed side runs again
