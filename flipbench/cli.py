@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from flipbench.config import ConfigError, register, unknown_key_error
+from flipbench.rundir import member_tag
 
 EXIT_BAD_INPUT = 2
 EXIT_GATE_FAILED = 3
@@ -27,6 +28,8 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register()
 if not OmegaConf.has_resolver("basename"):
     OmegaConf.register_new_resolver("basename", lambda p: Path(str(p).rstrip("/")).name or str(p))
+if not OmegaConf.has_resolver("member_tag"):
+    OmegaConf.register_new_resolver("member_tag", member_tag)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -60,9 +63,17 @@ def _app(cfg: DictConfig) -> None:
 
 def interrupted(stage: str, run_dir) -> None:
     """Ctrl-C: one line naming the stage and what became of the run folder, exit 130 (128 + SIGINT)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while shutting down changes nothing
     where = f"run {run_dir} marked failed" if run_dir else "no run folder was written"
     print(f"flipbench: interrupted during {stage}; {where}", file=sys.stderr)
-    sys.exit(EXIT_INTERRUPTED)
+    # The stack has unwound (the manifest is written, files closed); exit now rather than through interpreter
+    # finalization, which restores the default SIGINT action and could turn a late signal into "killed by SIGINT".
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def sweep_members(overrides: list[str]) -> list[list[str]]:
