@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from flipbench.config import ConfigError, register, unknown_key_error
+from flipbench.rundir import member_tag
 
 EXIT_BAD_INPUT = 2
 EXIT_GATE_FAILED = 3
@@ -27,6 +28,8 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register()
 if not OmegaConf.has_resolver("basename"):
     OmegaConf.register_new_resolver("basename", lambda p: Path(str(p).rstrip("/")).name or str(p))
+if not OmegaConf.has_resolver("member_tag"):
+    OmegaConf.register_new_resolver("member_tag", member_tag)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

@@ -15,12 +15,11 @@ import pandas as pd
 import torch
 
 from flipbench import cache, evaluate, models, rundir, scoring, tasks
-from flipbench.config import ConfigError, FlipbenchConfig, check_gate_tasks, to_typed
+from flipbench.config import PRUNE_METHODS, QUANT_METHODS, ConfigError, FlipbenchConfig, check_gate_tasks, to_typed
 from flipbench.pairing import pair
 
 log = logging.getLogger("flipbench")
 
-QUANT_METHODS = ("rtn", "gptq", "tacq")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -52,10 +51,10 @@ def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
         comp_config = models.check_model(comp.path or m.path, None, m.trust_remote_code, what="compression.path",
                                          gguf_file=comp.gguf_file)
         checks.check_same_vocabulary(base_config, comp_config, m.path, comp.path or m.path)
-    if cfg.compression.method in QUANT_METHODS:
+    if cfg.compression.method in QUANT_METHODS + PRUNE_METHODS:
         checks.check_quant_shapes(base_config, quant_config(cfg), cfg.model.trust_remote_code)
     cal, method = cfg.calibration, cfg.compression.method
-    if cal.source == "text" and method in ("gptq", "tacq") or cal.gradient_source == "text" and method == "tacq":
+    if cal.source == "text" and _needs_calibration(cfg) or cal.gradient_source == "text" and method == "tacq":
         checks.check_text_file(cal.path)
     return plan
 
@@ -88,10 +87,20 @@ def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
 
 
 def quant_config(cfg: FlipbenchConfig):
-    from flipbench.compress import QuantConfig
+    """The compressor's settings: a QuantConfig or a PruneConfig, whichever the method takes."""
+    from flipbench.compress import settings_type
 
-    fields = {k: v for k, v in asdict(cfg.compression).items() if k in QuantConfig.__dataclass_fields__}
-    return QuantConfig(**fields)
+    settings = settings_type(cfg.compression.method)
+    fields = {k: v for k, v in asdict(cfg.compression).items() if k in settings.__dataclass_fields__}
+    if cfg.compression.method in PRUNE_METHODS and cfg.compression.method != "sparsegpt":
+        fields["bits"] = None  # only SparseGPT quantizes while it prunes
+    return settings(**fields)
+
+
+def _needs_calibration(cfg: FlipbenchConfig) -> bool:
+    from flipbench.compress import needs_data
+
+    return cfg.compression.method in QUANT_METHODS + PRUNE_METHODS and needs_data(quant_config(cfg))
 
 
 def baseline_key(cfg: FlipbenchConfig, fingerprint: str, task_objs: dict, device: str) -> dict:
@@ -126,7 +135,7 @@ def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict):
     from flipbench.compress import calibration as calib
 
     cal = cfg.calibration
-    if cfg.compression.method not in ("gptq", "tacq"):
+    if not _needs_calibration(cfg):
         return None, None
 
     def texts(source: str) -> list[str]:
@@ -143,7 +152,7 @@ def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict):
 
 
 def compress(model, tokenizer, calibration, cfg: FlipbenchConfig, grids: dict | None = None):
-    """Returns (compressed model, tokenizer, details for the manifest). Quantization works in place.
+    """Returns (compressed model, tokenizer, details for the manifest). Quantization and pruning work in place.
 
     ``calibration`` is the (calib, task_calib) pair from :func:`calibration_ids`, built before any evaluation;
     ``grids`` (for output.save_model) receives what the quantizer fitted per linear.

@@ -20,7 +20,8 @@ import pandas as pd  # noqa: E402
 from flipbench.stats import clopper_pearson  # noqa: E402
 
 METHOD_COLOURS = {"baseline": "#4d4d4d", "none": "#999999", "rtn": "#1f77b4", "gptq": "#ff7f0e", "tacq": "#2ca02c",
-                  "checkpoint": "#9467bd"}
+                  "checkpoint": "#9467bd", "magnitude": "#8c564b", "wanda": "#e377c2", "sparsegpt": "#bcbd22",
+                  "layerdrop": "#17becf"}
 LOST, GAINED = "#d62728", "#2ca02c"
 
 

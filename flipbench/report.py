@@ -39,12 +39,32 @@ INTERVALS_NOTE = ("95% intervals: exact Clopper-Pearson for flips (and lost, gai
                   "Holm-adjusted across the tasks' headline rows (per subject within a task in summary.csv).")
 
 
+def compressed_bits(cfg: FlipbenchConfig) -> float:
+    """The bit width the method quantized to: the quantizers', SparseGPT's joint one; NaN otherwise."""
+    method, bits = cfg.compression.method, cfg.compression.bits
+    quantized = method in ("rtn", "gptq", "tacq") or (method == "sparsegpt" and bits is not None)
+    return bits if quantized else np.nan
+
+
+def pruning_label(compression: dict) -> str:
+    """' 2:4', ' 50%' or ' −2 layers' for a pruned model's report title; '' for anything else."""
+    if "dropped_layers" in compression:
+        return f" −{len(compression['dropped_layers'])} layers"
+    if "sparsity_measured" not in compression:
+        return ""
+    pattern = compression.get("pattern", "unstructured")
+    return f" {pattern}" if pattern != "unstructured" else f" {100 * compression['sparsity']:.0f}%"
+
+
 def build_summary(samples: pd.DataFrame, cfg: FlipbenchConfig, compression: dict, run_dir: Path) -> pd.DataFrame:
     summary = metrics.summarize(samples, metrics_by_task=dict(cfg.suite.metrics), n_resamples=cfg.eval.bootstrap,
                                 seed=cfg.eval.seed)
     summary.insert(0, "method", compression.get("method", cfg.compression.method))
-    summary.insert(1, "bits", cfg.compression.bits if cfg.compression.method in ("rtn", "gptq", "tacq") else np.nan)
+    summary.insert(1, "bits", compressed_bits(cfg))
     summary.insert(2, "avg_bits", compression.get("avg_bits", np.nan))
+    measured = compression.get("sparsity_measured") or {}
+    summary.insert(3, "sparsity", measured.get("overall", np.nan))
+    summary.insert(4, "params_kept", compression.get("params_kept", np.nan))
     noise_path = run_dir / "noise_samples.parquet"
     if noise_path.exists():
         noise = metrics.summarize(pd.read_parquet(noise_path), metrics_by_task=dict(cfg.suite.metrics),
@@ -263,8 +283,8 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
     summary.to_csv(run_dir / "summary.csv", index=False)
     verdict = gate_mod.evaluate_gate(summary, cfg.gate)
     method = compression.get("method", cfg.compression.method)
-    bits = f" w{cfg.compression.bits}" if method in ("rtn", "gptq", "tacq") else ""
-    tag = f"{cfg.model.name} · {method}{bits}"
+    bits = "" if np.isnan(compressed_bits(cfg)) else f" w{cfg.compression.bits}"
+    tag = f"{cfg.model.name} · {method}{bits}{pruning_label(compression)}"
     figures = make_plots(run_dir, samples, summary, method, tag) if cfg.output.plots else []
     head = headline_text(summary, verdict)
     diverged = diverged_rows(samples)

@@ -26,6 +26,18 @@ def run_tag(model_name: str, method: str, bits: int) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", tag)[:60]
 
 
+def member_tag(method: str, bits, sparsity, pattern, n_layers) -> str:
+    """A sweep member's folder tag: rtn-w4, wanda-s0.5, sparsegpt-2_4-w4, layerdrop-n2."""
+    if method == "layerdrop":
+        tag = f"{method}-n{n_layers}"
+    elif method in ("magnitude", "wanda", "sparsegpt"):
+        tag = f"{method}-" + (f"s{sparsity}" if pattern == "unstructured" else str(pattern))
+        tag += f"-w{bits}" if method == "sparsegpt" and bits is not None else ""
+    else:
+        tag = f"{method}-w{bits}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", tag)[:60]
+
+
 def new_run_id(model_name: str, method: str, bits: int) -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + run_tag(model_name, method, bits)
 

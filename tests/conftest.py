@@ -142,9 +142,13 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="config", overrides=overrides)
 
 
+def mini_overrides(random_llama: Path, mini_tasks: Path, root: Path) -> list[str]:
+    """A fast run on the random model and mini tasks, writing under root (runs sharing a root share its cache)."""
+    return [f"model=hf", f"model.path={random_llama}", f"suite.include_path={mini_tasks}", "suite.tasks=[mini_mc,mini_gen]",
+            "+suite.metrics.mini_mc=[acc_norm,acc]", f"output.root={root}", "eval.batch_size=4", "eval.bootstrap=200"]
+
+
 @pytest.fixture
 def mini_run_overrides(random_llama, mini_tasks, tmp_path) -> list[str]:
     """A fast run on the random model and mini tasks, writing under tmp_path."""
-    return [f"model=hf", f"model.path={random_llama}", f"suite.include_path={mini_tasks}", "suite.tasks=[mini_mc,mini_gen]",
-            "+suite.metrics.mini_mc=[acc_norm,acc]", f"output.root={tmp_path / 'results'}", "eval.batch_size=4",
-            "eval.bootstrap=200"]
+    return mini_overrides(random_llama, mini_tasks, tmp_path / "results")
