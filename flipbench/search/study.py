@@ -31,9 +31,6 @@ from flipbench.search.space import Point, Shapes
 
 log = logging.getLogger("flipbench.search")
 
-# gate key -> the summary column of the interval's worse end (lost has no interval in summary.csv).
-UPPER_COLUMNS = {"max_flips": ("flips_ci_high", 1.0), "max_acc_drop": ("delta_acc_ci_low", -1.0),
-                 "max_kl_mean": ("kl_mean_ci_high", 1.0), "max_lost": ("lost", 1.0)}
 MISSING_VIOLATION = 1e3  # a value that could not be measured (NaN) fails by this much
 
 
@@ -69,7 +66,8 @@ def judge(rows: pd.DataFrame, gate: GateConfig, upper: bool) -> tuple[bool, floa
     worst = -math.inf
     for _, row in rows.iterrows():
         for key, limit in limits_for(row["task"], gate).items():
-            column, sign = UPPER_COLUMNS[key] if upper else CHECKS[key]
+            column, sign, upper_column = CHECKS[key]  # the gate's own columns, so search and gate agree
+            column = upper_column if upper else column
             value = sign * float(row[column])
             excess = MISSING_VIOLATION if math.isnan(value) else (value - limit) / (abs(limit) + 1e-3)
             worst = max(worst, excess)
