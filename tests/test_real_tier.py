@@ -25,6 +25,6 @@ def test_real_tier_slice_runs_every_task(tmp_path):
                       "--mmlu-docs", "1", "--arc-docs", "2", "--hellaswag-docs", "2", "--winogrande-docs", "2",
                       "--calib-samples", "4", "--calib-len", "32", "--methods", "rtn", "--bits", "4", "--jobs", "1"])
     assert code == 0
-    sweep = pd.read_csv(next((scratch / "results" / "sweeps").glob("*/sweep.csv")))
+    sweep = pd.read_csv(next((scratch / "results" / "sweeps").glob("*/sweep_summary.csv")))
     assert set(sweep["task"]) == {"mmlu", "arc_challenge", "hellaswag", "winogrande"}
     assert sweep.set_index("task")["n"].to_dict() == {"mmlu": 1, "arc_challenge": 2, "hellaswag": 2, "winogrande": 2}
