@@ -280,6 +280,18 @@ def noise_floor(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, base: p
     return noise, details
 
 
+def _by_ctrl_c(err: BaseException) -> bool:
+    """A KeyboardInterrupt, or an error a library raised from one (a Ctrl-C during a lazy import comes back
+    as, e.g., transformers' RuntimeError "Failed to import ...")."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def run(cfg) -> Path:
     """Run one baseline-vs-compressed comparison; returns the run directory.
 
@@ -297,8 +309,10 @@ def run(cfg) -> Path:
             raise ConfigError(f"{run_dir} is being written by a running process; wait for it or pick another output.run_dir")
         rundir.mark_stale(run_dir.parent, log)
         prepared = prepare(cfg, plan)
-    except KeyboardInterrupt:
-        raise Interrupted("preflight", None) from None
+    except BaseException as err:
+        if _by_ctrl_c(err):
+            raise Interrupted("preflight", None) from None
+        raise
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.save_config(run_dir, cfg)
     device = models.pick_device(cfg.model.device)
@@ -307,11 +321,11 @@ def run(cfg) -> Path:
     log.info("run directory: %s", run_dir)
     try:
         _stages(cfg, plan, prepared, run_dir, manifest, device)
-    except KeyboardInterrupt:
-        stage = manifest.current or "setup"
-        manifest.fail(f"interrupted during {stage}")
-        raise Interrupted(stage, run_dir) from None
     except BaseException as err:
+        if _by_ctrl_c(err):
+            stage = manifest.current or "setup"
+            manifest.fail(f"interrupted during {stage}")
+            raise Interrupted(stage, run_dir) from None
         manifest.fail(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         raise
     finally:
