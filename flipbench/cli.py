@@ -1,5 +1,6 @@
 """Command line: a thin Hydra entry around :func:`flipbench.pipeline.run`.
 
+``-v`` shows lm-eval's and datasets' own progress and logs on the console (they always go to run.log).
 Exit codes: 0 done (and the gate passed or is not set), 2 bad input (one line on stderr, nothing loaded),
 3 the release gate failed, 130 interrupted (Ctrl-C; the run folder is marked failed), 1 any other error.
 """
@@ -42,8 +43,10 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 def _app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from flipbench import pipeline
+    from flipbench import console, pipeline
 
+    if not logging.getLogger().handlers:  # a sweep member in a worker process: the same quiet console
+        console.setup(os.environ.get("FLIPBENCH_LOG", "INFO"))
     sweeping = HydraConfig.get().mode.name == "MULTIRUN"
     if sweeping:
         cfg.output.run_dir = HydraConfig.get().runtime.output_dir
@@ -158,8 +161,13 @@ def main() -> None:
         from flipbench.search.__main__ import main as search_main
 
         sys.exit(search_main(sys.argv[2:]))
-    logging.basicConfig(level=os.environ.get("FLIPBENCH_LOG", "INFO"), format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    from flipbench import console
+
+    for flag in ("-v", "--verbose"):  # ours, not Hydra's: lm-eval's and datasets' own output on the console too
+        if flag in sys.argv[1:]:
+            sys.argv.remove(flag)
+            os.environ[console.VERBOSE_ENV] = "1"
+    console.setup(os.environ.get("FLIPBENCH_LOG", "INFO"))
     try:
         error = precheck(sys.argv[1:])
         if error:

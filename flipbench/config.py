@@ -81,10 +81,12 @@ class SuiteConfig:
     tasks: List[str] = field(default_factory=lambda: ["synth"])
     include_path: Optional[str] = None  # a folder of the user's lm-eval task YAML
     limit: Optional[int] = None  # first N docs of every task
+    task_limits: Dict[str, int] = field(default_factory=dict)  # task -> first N docs of each of its leaves (over limit)
     num_fewshot: Dict[str, int] = field(default_factory=dict)  # per task name
-    # task -> local file in the hub dataset's schema. The standard tasks are declared (unset) so that
-    # `suite.data_files.gsm8k=...` needs no leading '+'; other tasks take `+suite.data_files.NAME=...`.
-    data_files: Dict[str, Optional[str]] = field(default_factory=lambda: dict.fromkeys(STANDARD_TASKS))
+    # task -> local data in the hub dataset's schema: one file, a {split: file} mapping or a hub-layout folder
+    # (flipbench/datafiles.py). The standard tasks are declared (unset) so that `suite.data_files.gsm8k=...`
+    # needs no leading '+'; other tasks take `+suite.data_files.NAME=...`.
+    data_files: Dict[str, Any] = field(default_factory=lambda: dict.fromkeys(STANDARD_TASKS))
     # task -> generation budget in tokens (lm-eval's max_gen_toks) for generative tasks, e.g. to fit a short context.
     max_gen_toks: Dict[str, Optional[int]] = field(default_factory=lambda: dict.fromkeys(STANDARD_TASKS))
     metrics: Dict[str, List[str]] = field(default_factory=dict)  # task -> metrics, first is the headline
@@ -260,6 +262,9 @@ def validate(cfg: FlipbenchConfig) -> None:
     _check(ev.bootstrap >= 0, f"eval.bootstrap={ev.bootstrap} must be >= 0 (0 disables the intervals)")
     _check(len(cfg.suite.tasks) > 0, "suite.tasks is empty; name at least one task, e.g. TASKS=synth_mmlu")
     _check(cfg.suite.limit is None or cfg.suite.limit > 0, f"suite.limit={cfg.suite.limit} must be positive")
+    for task, n in cfg.suite.task_limits.items():
+        _check(task in cfg.suite.tasks, f"suite.task_limits.{task}: {task} is not in suite.tasks {list(cfg.suite.tasks)}")
+        _check(n > 0, f"suite.task_limits.{task}={n} must be positive")
     _check(ev.noise_batch_size > 0, f"eval.noise_batch_size={ev.noise_batch_size} must be positive")
     for task, n in cfg.suite.max_gen_toks.items():
         _check(n is None or n > 0, f"suite.max_gen_toks.{task}={n} must be a positive number of tokens, e.g. 64")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from flipbench import cache, evaluate, models, rundir, scoring, tasks
+from flipbench import cache, console, evaluate, models, rundir, scoring, tasks
 from flipbench.config import PRUNE_METHODS, QUANT_METHODS, ConfigError, FlipbenchConfig, check_gate_tasks, to_typed
 from flipbench.pairing import pair
 
@@ -80,7 +80,7 @@ def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
         comp_tok = models.load_tokenizer(cfg.model, comp.path or cfg.model.path, comp.gguf_file)
         check_tokenizers_agree(tokenizer, comp_tok, comp.path or comp.gguf_file)
     try:
-        calibration = calibration_ids(cfg, tokenizer, task_objs)
+        calibration = calibration_ids(cfg, tokenizer, task_objs, limits(task_objs, plan, cfg))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return task_objs, tokenizer, calibration
@@ -108,29 +108,45 @@ def baseline_key(cfg: FlipbenchConfig, fingerprint: str, task_objs: dict, device
 
     return {"format": cache.FORMAT, "model": cfg.model.path, "revision": cfg.model.revision, "weights": fingerprint,
             "tasks": cache.task_fingerprint(task_objs), "lm_eval": version("lm_eval"), "batch_size": cfg.eval.batch_size,
-            "dtype": cfg.model.dtype, "device": device, "limit": cfg.suite.limit, "num_fewshot": dict(cfg.suite.num_fewshot),
+            "dtype": cfg.model.dtype, "device": device, "limit": cfg.suite.limit, "task_limits": dict(cfg.suite.task_limits), "num_fewshot": dict(cfg.suite.num_fewshot),
             "seed": cfg.eval.seed, "metrics": dict(cfg.suite.metrics), "subject_field": cfg.suite.subject_field}
 
 
-def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch_size: int | None = None) -> pd.DataFrame:
+def estimate_work(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig) -> console.Work:
+    """The one line a person reads before evaluating: docs, requests, tokens and minutes per side."""
+    work = console.estimate(task_objs, limits(task_objs, plan, cfg), model, tokenizer, cfg.eval.seed)
+    log.info(work.line())
+    return work
+
+
+def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch_size: int | None = None,
+                  label: str = "side", work: console.Work | None = None) -> pd.DataFrame:
     lm = evaluate.build_lm(model, tokenizer, batch_size or cfg.eval.batch_size)
-    raw = evaluate.run_lm_eval(lm, task_objs, plan, limit=cfg.suite.limit, num_fewshot=dict(cfg.suite.num_fewshot),
-                               seed=cfg.eval.seed)
+    docs, requests = (work.docs, work.requests) if work else (0, 0)
+    with console.side_progress(label, docs, requests):
+        raw = evaluate.run_lm_eval(lm, task_objs, plan, limit=cfg.suite.limit, num_fewshot=dict(cfg.suite.num_fewshot),
+                                   seed=cfg.eval.seed, task_limits=dict(cfg.suite.task_limits))
     return evaluate.samples_frame(raw, task_objs, plan, dict(cfg.suite.metrics), cfg.suite.subject_field)
 
 
-def eval_doc_hashes(task_objs: dict, limit: int | None) -> set[str]:
-    """lm-eval's doc hashes of every doc that will be evaluated (calibration must not contain them)."""
+def limits(task_objs: dict, plan, cfg: FlipbenchConfig) -> dict:
+    return evaluate.doc_limits(task_objs, plan, cfg.suite.limit, dict(cfg.suite.task_limits))
+
+
+def eval_doc_hashes(task_objs: dict, limits: dict) -> set[str]:
+    """lm-eval's doc hashes of every doc that will be evaluated (calibration must not contain them).
+
+    ``limits``: leaf -> docs evaluated (None: all)."""
     from flipbench.compress.calibration import doc_hash
 
     hashes = set()
-    for task in task_objs.values():
+    for leaf, task in task_objs.items():
         docs = list(task.eval_docs)
-        hashes.update(doc_hash(doc) for doc in docs[: limit or len(docs)])
+        hashes.update(doc_hash(doc) for doc in docs[: limits.get(leaf) or len(docs)])
     return hashes
 
 
-def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict):
+def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict, evaluated: dict | None = None):
     """(calib, task_calib) token-id tensors for GPTQ Hessians and TACQ gradients; None for data-free methods."""
     from flipbench.compress import calibration as calib
 
@@ -141,7 +157,8 @@ def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict):
     def texts(source: str) -> list[str]:
         if source == "text":
             return calib.text_file_calibration_texts(cal.path)
-        return calib.task_calibration_texts(task_objs, cal.n_samples, cfg.eval.seed, eval_doc_hashes(task_objs, cfg.suite.limit))
+        return calib.task_calibration_texts(task_objs, cal.n_samples, cfg.eval.seed, eval_doc_hashes(
+            task_objs, evaluated if evaluated is not None else dict.fromkeys(task_objs, cfg.suite.limit)))
 
     ids = calib.tokenize_calibration(tokenizer, texts(cal.source), cal.n_samples, cal.seq_len, cfg.eval.seed)
     grad_ids = None
@@ -169,7 +186,7 @@ def compress(model, tokenizer, calibration, cfg: FlipbenchConfig, grids: dict | 
     calib, task_calib = calibration
     device = models.pick_device(cfg.compression.device)  # one decoder block at a time goes there
     details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=device,
-                                   progress=log.info, grids=grids)
+                                   progress=logging.getLogger("flipbench.compress").info, grids=grids)  # run.log only
     return model, tokenizer, details
 
 
@@ -319,6 +336,9 @@ def run(cfg) -> Path:
     manifest = rundir.Manifest(run_dir, cfg.eval.seed, str(device))
     log_file = rundir.attach_log(run_dir / "run.log")
     log.info("run directory: %s", run_dir)
+    for note in plan.notes:  # once per run; the report repeats it
+        log.warning("note: %s", note)
+    manifest.update(data_notes=plan.notes)
     try:
         _stages(cfg, plan, prepared, run_dir, manifest, device)
     except BaseException as err:
@@ -342,6 +362,7 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
     with manifest.stage("load_baseline", log):
         model, tokenizer = models.load_model(cfg.model, tokenizer=tokenizer)
         weights = models.fingerprint(model)
+        work = estimate_work(model, tokenizer, task_objs, plan, cfg)
     store = cache.BaselineCache(root / "cache")
     key_parts = baseline_key(cfg, weights, task_objs, str(device))
     key = cache.cache_key(key_parts)
@@ -351,7 +372,7 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
             base = store.load(key) if cfg.eval.cache else None
             hit = base is not None
             if not hit:
-                base = evaluate_side(model, tokenizer, task_objs, plan, cfg)
+                base = evaluate_side(model, tokenizer, task_objs, plan, cfg, label="baseline", work=work)
                 store.store(key, base, key_parts)
         with manifest.stage("token_kl_reference", log):
             reference = kl_reference(base, model, tokenizer, cfg, store, key)
@@ -366,7 +387,7 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg, grids)
     manifest.update(compression=details)
     with manifest.stage("evaluate_compressed", log):
-        comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg)
+        comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg, label="compressed", work=work)
     with manifest.stage("metrics", log):
         paired = metrics.annotate(pair(base, comp))
         mismatches = scoring.count_mismatches(paired)

@@ -170,7 +170,7 @@ def flip_overlap(matrix: pd.DataFrame, title: str, stem: Path) -> list[Path]:
     image = ax.imshow(matrix.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1)
     for (i, j), value in np.ndenumerate(matrix.to_numpy(dtype=float)):
         ax.text(j, i, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
-                color="black" if value > 0.6 else "white")
+                color="white" if value <= 0.6 else "black")  # NaN (no flips at all) compares False: black on blank
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     fig.colorbar(image, ax=ax, label="Jaccard |A ∩ B| / |A ∪ B| of flipped docs")

@@ -291,6 +291,7 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
     if diverged:
         head.insert(1, f"**DIVERGED: the compressed model produced non-finite log-likelihoods on {diverged} docs**; "
                        "accuracy and flips count them as scored by lm-eval, KL statistics use the finite docs only.")
+    head += [f"- note: {note}" for note in manifest.get("data_notes") or []]
     head += gate_lines(verdict) + noise_lines(manifest, summary)
     title = f"flipbench: {tag} vs baseline"
     parts = sections(summary, samples)

@@ -152,7 +152,7 @@ class Manifest:
         seconds = round(time.perf_counter() - start, 3)
         self.data["stage_seconds"][name] = seconds
         self.data.setdefault("peak_memory_mb", {})[name] = {"rss_start": rss_start, **peak_memory_mb(scoped)}
-        log.info("stage %s done in %.1fs", name, seconds)
+        log.getChild("stages").info("stage %s done in %.1fs", name, seconds)  # run.log; the console keeps one line
         self.flush()
 
     def flush(self) -> None:

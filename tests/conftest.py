@@ -121,6 +121,35 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def lm_eval_registry_scanned_once():
+    """lm-eval's own task folder (thousands of YAML files, ~10 s of parsing) is indexed once per session. It is read
+    whenever a TaskManager includes the defaults: flipbench's fallback for a task name outside the quick index (to
+    suggest the closest), and simple_evaluate without a manager. Each manager still gets its own copy of the index,
+    with the include paths indexed afresh and merged over it in lm-eval's order."""
+    import copy
+
+    from lm_eval.tasks import _index
+
+    registry = Path(_index.__file__).parent
+    real = _index.TaskIndex.build
+    scanned = {}
+
+    def build(paths, *, resolve_includes=True):
+        paths = [Path(p) for p in paths]
+        if not paths or paths[0] != registry:
+            return real(paths, resolve_includes=resolve_includes)
+        if resolve_includes not in scanned:
+            scanned[resolve_includes] = real([registry], resolve_includes=resolve_includes)
+        index = copy.deepcopy(scanned[resolve_includes])
+        index.update(real(paths[1:], resolve_includes=resolve_includes))  # later paths override, as in build
+        return index
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_index.TaskIndex, "build", staticmethod(build))
+        yield
+
+
 @pytest.fixture(scope="session")
 def random_llama(tmp_path_factory) -> Path:
     return build_random_llama(tmp_path_factory.mktemp("random_llama"))

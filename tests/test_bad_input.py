@@ -191,7 +191,10 @@ def test_ctrl_c_names_the_stage_and_marks_the_run_failed(mini_run_overrides, tmp
     run_dir = tmp_path / "results" / "runs" / "interrupted"
     args = [sys.executable, "-m", "flipbench", *mini_run_overrides, "compression=none", "eval.cache=false",
             f"output.run_dir={run_dir}"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    # A test session started in the background by a shell without job control ignores SIGINT, and so would the
+    # child (Python keeps an inherited SIG_IGN): give it the default disposition, as a terminal's process has.
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     manifest = run_dir / "manifest.json"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:

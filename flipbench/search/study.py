@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,6 +191,8 @@ def optimize(ctx: Context, space: dict, seed: int, sampler: str, pruner: str, n_
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # BruteForceSampler is still marked experimental (since Optuna 3.1); the search pins Optuna 5.0.x.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = make_study(ctx.search_dir, seed, sampler, pruner, ctx.eta, len(ctx.rungs))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))

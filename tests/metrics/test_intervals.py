@@ -62,10 +62,13 @@ def test_spearman_interval_fisher_z():
     half = 1.959964 * math.sqrt((1 + 0.8 ** 2 / 2) / 2)
     assert rho == pytest.approx(0.8)
     assert (low, high) == pytest.approx((math.tanh(math.atanh(0.8) - half), math.tanh(math.atanh(0.8) + half)), abs=1e-6)
-    assert 0 < p < 1
     assert all(math.isnan(v) for v in spearman_interval([1, 2], [1, 2]))  # too few members
-    rho, low, high, _ = spearman_interval([1, 2, 3, 4], [1, 2, 3, 5])  # perfect: no finite Fisher z interval
+    # p: exact permutation test; rho = 1 - 6 Σd² / 120 >= 0.8 means Σd² <= 4, which 8 of the 5! = 120 orderings
+    # reach (Σd² = 0: one, 2: four, 4: three); two-sided = 2 * 8/120
+    assert p == pytest.approx(16 / 120)
+    rho, low, high, p = spearman_interval([1, 2, 3, 4], [1, 2, 3, 5])  # perfect: no finite Fisher z interval
     assert rho == pytest.approx(1.0) and math.isnan(low) and math.isnan(high)
+    assert p == pytest.approx(2 / 24)  # only the identity ordering reaches rho = 1: one-sided 1/24, doubled
 
 
 def test_summary_adjusts_mcnemar_within_a_tasks_subjects_and_across_tasks():

@@ -70,5 +70,6 @@ def test_joint_quantization_puts_survivors_on_the_dense_weights_grid():
     Q, _ = collected(X, SparseGPT).solve(W, SparseGPTSettings(pattern=Pattern(2, 4), block_size=8, grid=grid))
     scale, zero = fit(W, grid)  # the per-row grid fitted on the dense weights before the sweep
     levels = Q / scale + zero
-    assert ((levels - levels.round()).abs() < 1e-4).all() and (levels.round() >= 0).all() and (levels.round() <= 15).all()
+    on_grid = (levels - levels.round()).abs() < 1e-4
+    assert on_grid.all() and (levels.round() >= 0).all() and (levels.round() <= 15).all()
     assert ((Q != 0).reshape(8, 8, 4).sum(dim=2) <= 2).all()  # a survivor may also round to 0

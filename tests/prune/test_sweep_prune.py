@@ -7,7 +7,7 @@ import pandas as pd
 from flipbench.sweep import aggregate
 
 COLUMNS = ["method", "bits", "avg_bits", "sparsity", "params_kept", "task", "group", "metric", "filter", "headline",
-           "acc_base", "acc_comp", "delta_acc", "flips", "lost", "gained", "kl_mean"]
+           "acc_base", "acc_comp", "delta_acc", "flips", "lost", "gained", "kl_scope", "kl_mean"]
 
 
 def member(sweep_dir, name, method, bits, avg_bits, sparsity, params_kept, flips):
@@ -15,9 +15,9 @@ def member(sweep_dir, name, method, bits, avg_bits, sparsity, params_kept, flips
     run.mkdir(parents=True)
     (run / "manifest.json").write_text(json.dumps({"status": "complete"}))
     rows = [[method, bits, avg_bits, sparsity, params_kept, "t", "all", "acc", "none", True, 0.8, 0.8 - flips / 2,
-             -flips / 2, flips, flips * 0.75, flips * 0.25, flips / 10],
+             -flips / 2, flips, flips * 0.75, flips * 0.25, "choice", flips / 10],
             [method, bits, avg_bits, sparsity, params_kept, "t", "g1", "acc", "none", True, 0.8, 0.1, -0.7, 0.9, 0.8,
-             0.1, 1.0]]  # a subject row: not a sweep point
+             0.1, "choice", 1.0]]  # a subject row: not a sweep point
     pd.DataFrame(rows, columns=COLUMNS).to_csv(run / "summary.csv", index=False)
 
 

@@ -6,8 +6,8 @@ Storage formats for a pruned linear of shape (rows, cols) with k non-zero weight
 - ``n:m packed`` (semi-structured, as NVIDIA's 2:4 sparse tensor cores): n values of every m, each with a
   ⌈log₂ m⌉-bit index into its group: rows·cols·n/m·(v + ⌈log₂ m⌉).
 Unstructured masks take the bitmask or dense, whichever is smaller. With SparseGPT's joint quantization v is
-the grid's bits and every row adds a 16-bit scale and (asymmetric grids) a bits-wide zero. avg_bits is the stored bits of the
-pruned linears per weight they had before pruning, so it lines up with the quantizers' avg_bits.
+the grid's bits and every row adds a 16-bit scale and (asymmetric grids) a bits-wide zero. avg_bits is the
+stored bits of the pruned linears per weight they had before pruning, so it lines up with the quantizers'.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """SparseGPT (Frantar & Alistarh 2023, arXiv 2301.00774): OBS pruning with weight reconstruction.
 
-Like GPTQ it sweeps W (rows, cols) column by column through the upper Cholesky factor of H⁻¹ (H = 2/N Σ x xᵀ,
-the same Hessian, damping, factorization and blocked sweep as GPTQ: flipbench.compress.hessian), but a column's "rounding"
-sets the masked weights to 0 and the error (w − q)/[H⁻¹]_ii is spread onto the columns not yet swept, so the
+Like GPTQ it sweeps W (rows, cols) column by column through the upper Cholesky factor of H⁻¹ (H = 2/N Σ x xᵀ;
+the same Hessian, damping, factorization and blocked sweep as GPTQ: flipbench.compress.hessian), but a column's
+"rounding" sets the masked weights to 0 and the error (w − q)/[H⁻¹]_ii is spread onto the columns not yet swept, so the
 surviving weights compensate for the removed ones. The mask is chosen adaptively, one block of block_size
 columns at a time, from the OBS saliency w²/[H⁻¹]²_jj of the block's current (already updated) weights:
 the block's lowest ⌊rows·b·s⌋ for unstructured sparsity, the m − n lowest of every m columns for N:M.
