@@ -72,7 +72,9 @@ def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
     evaluate.configure(task_objs, plan, dict(cfg.suite.num_fewshot), dict(cfg.suite.max_gen_toks))
     config = models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code,
                                 gguf_file=cfg.model.gguf_file)
-    budget.check_context(task_objs, plan.reported, tokenizer, budget.context_length(config, tokenizer), cfg.suite.limit)
+    for note in budget.check_context(task_objs, plan.reported, tokenizer, budget.context_length(config, tokenizer),
+                                     cfg.suite.limit):
+        log.warning(note)
     if cfg.compression.method == "checkpoint":
         from flipbench.preflight import check_tokenizers_agree
 
