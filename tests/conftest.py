@@ -9,6 +9,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The CLI subprocesses some tests start inherit this: one intra-op thread, like the in-process tests below.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
@@ -107,6 +109,47 @@ def build_random_llama(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Every test and fixture runs torch on one thread: the tiny models' matmuls are all thread hand-off on a 2-core machine
+    (several times the CPU time with two threads, ~40x slower when the machine is busy). Restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lm_eval_registry_scanned_once():
+    """lm-eval's own task folder (thousands of YAML files, ~10 s of parsing) is indexed once per session. It is read
+    whenever a TaskManager includes the defaults: flipbench's fallback for a task name outside the quick index (to
+    suggest the closest), and simple_evaluate without a manager. Each manager still gets its own copy of the index,
+    with the include paths indexed afresh and merged over it in lm-eval's order."""
+    import copy
+
+    from lm_eval.tasks import _index
+
+    registry = Path(_index.__file__).parent
+    real = _index.TaskIndex.build
+    scanned = {}
+
+    def build(paths, *, resolve_includes=True):
+        paths = [Path(p) for p in paths]
+        if not paths or paths[0] != registry:
+            return real(paths, resolve_includes=resolve_includes)
+        if resolve_includes not in scanned:
+            scanned[resolve_includes] = real([registry], resolve_includes=resolve_includes)
+        index = copy.deepcopy(scanned[resolve_includes])
+        index.update(real(paths[1:], resolve_includes=resolve_includes))  # later paths override, as in build
+        return index
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_index.TaskIndex, "build", staticmethod(build))
+        yield
+
+
 @pytest.fixture(scope="session")
 def random_llama(tmp_path_factory) -> Path:
     return build_random_llama(tmp_path_factory.mktemp("random_llama"))
@@ -128,9 +171,13 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="config", overrides=overrides)
 
 
+def mini_overrides(random_llama: Path, mini_tasks: Path, root: Path) -> list[str]:
+    """A fast run on the random model and mini tasks, writing under root (runs sharing a root share its cache)."""
+    return [f"model=hf", f"model.path={random_llama}", f"suite.include_path={mini_tasks}", "suite.tasks=[mini_mc,mini_gen]",
+            "+suite.metrics.mini_mc=[acc_norm,acc]", f"output.root={root}", "eval.batch_size=4", "eval.bootstrap=200"]
+
+
 @pytest.fixture
 def mini_run_overrides(random_llama, mini_tasks, tmp_path) -> list[str]:
     """A fast run on the random model and mini tasks, writing under tmp_path."""
-    return [f"model=hf", f"model.path={random_llama}", f"suite.include_path={mini_tasks}", "suite.tasks=[mini_mc,mini_gen]",
-            "+suite.metrics.mini_mc=[acc_norm,acc]", f"output.root={tmp_path / 'results'}", "eval.batch_size=4",
-            "eval.bootstrap=200"]
+    return mini_overrides(random_llama, mini_tasks, tmp_path / "results")

@@ -13,7 +13,7 @@ import pytest
 
 from flipbench import pipeline
 from flipbench.report import main as rebuild
-from tests.conftest import compose
+from tests.conftest import compose, mini_overrides
 
 SAMPLE_COLUMNS = ["task", "group", "doc_id", "doc_hash", "prompt", "target", "pred_base", "pred_comp", "correct_base",
                   "correct_comp", "p_base", "p_comp", "kl", "js", "margin_base"]
@@ -63,8 +63,17 @@ def test_baseline_against_itself_has_no_flips_and_caches(mini_run_overrides):
     assert pd.read_parquet(again / "samples.parquet")[["pred_base", "correct_base"]].equals(samples[["pred_base", "correct_base"]])
 
 
-def test_quantized_run_flips_and_report_rebuilds_from_disk(mini_run_overrides):
-    run_dir = pipeline.run(compose(mini_run_overrides + ["compression=rtn", "compression.bits=2"]))
+@pytest.fixture(scope="module")
+def rtn2_run(random_llama, mini_tasks, tmp_path_factory) -> tuple[list[str], Path]:
+    """One 2-bit RTN run shared by the tests below (overrides, run folder); later runs under the same output root
+    take the baseline from its cache."""
+    overrides = mini_overrides(random_llama, mini_tasks, tmp_path_factory.mktemp("rtn2") / "results")
+    overrides += ["compression=rtn", "compression.bits=2"]
+    return overrides, pipeline.run(compose(overrides))
+
+
+def test_quantized_run_flips_and_report_rebuilds_from_disk(rtn2_run):
+    _, run_dir = rtn2_run
     samples, summary, manifest = check_contract(run_dir)
     assert manifest["compression"]["method"] == "rtn"
     assert math.isclose(summary["avg_bits"].iloc[0], manifest["compression"]["avg_bits"])
@@ -78,18 +87,20 @@ def test_quantized_run_flips_and_report_rebuilds_from_disk(mini_run_overrides):
     assert (run_dir / "summary.csv").read_text() == before
 
 
-def test_token_kl_is_the_same_from_stored_cached_or_reloaded_baseline(mini_run_overrides, monkeypatch):
-    """Three ways to get the baseline side of token KL must agree: log-probs kept before in-place quantization,
-    the same read back from the baseline cache, and (budget 0) the baseline reloaded after compression."""
-    base = mini_run_overrides + ["compression=rtn", "compression.bits=2", "output.plots=false"]
-    root = next(o for o in mini_run_overrides if o.startswith("output.root=")).split("=", 1)[1]
+def test_token_kl_is_the_same_from_stored_cached_or_reloaded_baseline(rtn2_run, monkeypatch):
+    """Three ways to get the baseline side of token KL must agree: log-probs kept before in-place quantization
+    (the shared run, which evaluated the baseline), the same read back from the baseline cache, and (budget 0) the
+    baseline reloaded after compression."""
+    overrides, stored_dir = rtn2_run
+    base = overrides + ["output.plots=false"]
+    root = next(o for o in overrides if o.startswith("output.root=")).split("=", 1)[1]
     cache_dir = Path(root) / "cache"
     kl = {}
-    for case, extra in (("stored", []), ("cached", []), ("reloaded", ["eval.token_kl_reference_mb=0", "eval.cache=false"])):
+    for case, extra in (("stored", None), ("cached", []), ("reloaded", ["eval.token_kl_reference_mb=0", "eval.cache=false"])):
         with monkeypatch.context() as patch:
             if case == "cached":  # must come from the cache: computing it again would fail here
                 patch.setattr("flipbench.tokenkl.answer_logprobs", lambda *a, **k: pytest.fail("recomputed"))
-            run_dir = pipeline.run(compose(base + extra))
+            run_dir = stored_dir if extra is None else pipeline.run(compose(base + extra))
         manifest = json.loads((run_dir / "manifest.json").read_text())
         assert manifest["baseline_cache_hit"] is (case == "cached")
         if case == "cached":  # the reference was stored with the baseline and read back
@@ -107,13 +118,14 @@ def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
                           env=env, timeout=300)
 
 
-def test_cli_gate_failure_exits_3(mini_run_overrides, tmp_path):
-    done = run_cli(*mini_run_overrides, "compression=rtn", "compression.bits=2", "gate.max_kl_mean=0.0",
-                   "output.plots=false", cwd=tmp_path)
+def test_cli_gate_failure_exits_3(rtn2_run, tmp_path):
+    overrides, _ = rtn2_run  # its output root: the baseline comes from the cache
+    done = run_cli(*overrides, "gate.max_kl_mean=0.0", "output.plots=false", cwd=tmp_path)
     assert done.returncode == 3, done.stderr[-2000:]
     assert "gate: FAIL" in done.stdout
 
 
+@pytest.mark.slow  # in-process: tests/test_reliability.py's bad-input table; one CLI run: tests/test_bad_input.py
 @pytest.mark.parametrize("override,message", [
     ("suite.tasks=[mini_mcc]", "unknown task 'mini_mcc'; did you mean mini_mc"),
     ("model.path=/nonexistent/model", "does not exist"),

@@ -26,18 +26,7 @@ def shape_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def single_thread():
-    """On a busy 2-core machine, one torch thread runs the tiny model's small batches faster."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def shape_run(shape_folder, single_thread, tmp_path_factory):
+def shape_run(shape_folder, tmp_path_factory):
     """flipbench on the shape tasks: (samples.parquet, summary.csv, manifest), baseline vs 2-bit RTN."""
     run_dir = pipeline.run(compose(flipbench_overrides(shape_folder, tmp_path_factory.mktemp("shape_results"))))
     return (pd.read_parquet(run_dir / "samples.parquet"), pd.read_csv(run_dir / "summary.csv"),
@@ -45,7 +34,7 @@ def shape_run(shape_folder, single_thread, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def plain_base(shape_folder, single_thread):
+def plain_base(shape_folder):
     return plain_lm_eval(shape_folder, quantize=False)
 
 
@@ -115,7 +104,7 @@ def test_category_rows_are_lm_eval_s_group_aggregates(shape_run, plain_base):
 
 
 @pytest.mark.slow
-def test_compressed_side_and_flips_match_plain_lm_eval_on_the_quantized_copy(shape_run, shape_folder, single_thread):
+def test_compressed_side_and_flips_match_plain_lm_eval_on_the_quantized_copy(shape_run, shape_folder):
     samples, summary, _ = shape_run
     plain_comp = plain_lm_eval(shape_folder, quantize=True)
     check_side(samples, summary, plain_comp, "comp")

@@ -141,6 +141,7 @@ def bad_inputs(tmp_path: Path, random_llama: Path, mini_tasks: Path) -> dict:
     bad_file.write_text('{"question": "1+1?"}\n')
     return {
         "unknown hub id offline": (["model.path=nobody-xyz/no-such-model"], "neither a local model directory nor a reachable hub model"),
+        "model path does not exist": (["model.path=/nonexistent/model"], "does not exist"),
         "model dir without weights": ([f"model.path={write_model_dir(tmp_path / 'noweights', weights=False)}"], "holds no weights"),
         "remote code while off": ([f"model.path={write_model_dir(tmp_path / 'remote', remote_code=True)}"], "trust_remote_code=true"),
         "unknown task": (["suite.tasks=[mini_mcq]"], "did you mean mini_mc"),
@@ -163,8 +164,8 @@ def overlap_tasks(tmp_path: Path, mini_tasks: Path) -> Path:
     return folder
 
 
-CASES = ["unknown hub id offline", "model dir without weights", "remote code while off", "unknown task",
-         "group_size not positive", "calibration overlap", "missing data file", "malformed data file",
+CASES = ["unknown hub id offline", "model path does not exist", "model dir without weights", "remote code while off",
+         "unknown task", "group_size not positive", "calibration overlap", "missing data file", "malformed data file",
          "calibration text missing"]
 
 
@@ -179,6 +180,20 @@ def test_bad_input_fails_early_with_one_clear_line(case, mini_run_overrides, ran
     assert not evaluated  # rejected before any evaluation
 
 
+@pytest.mark.parametrize("override,message", [
+    ("compression.keep_fraction=0.9", "compression.keep_fraction=0.9 is outside [0, 0.5]"),
+    ("compression.bitz=3", "unknown config key 'compression.bitz' (did you mean compression.bits"),
+])
+def test_bad_override_is_one_line_from_the_command_line_check(override, message):
+    """The command line's config check in-process (the exit code and stderr of `python -m flipbench`: slow test below
+    and tests/test_bad_input.py)."""
+    from flipbench import cli
+
+    error = cli.precheck([override])
+    assert error and message in error and "\n" not in error
+
+
+@pytest.mark.slow
 def test_bad_input_on_the_command_line_exits_2_without_traceback(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     for override in ("compression.keep_fraction=0.9", "compression.bitz=3", "model=hf", "model.path=/no/such/dir"):

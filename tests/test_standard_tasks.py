@@ -195,17 +195,6 @@ def shared_index():
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """Token-by-token generation on a tiny model is all thread overhead: one thread is ~20x faster on a busy CPU."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def standard_files(tmp_path_factory) -> dict[str, Path]:
     """One file per task, each in a different format (nested schemas cannot be csv)."""
     folder = tmp_path_factory.mktemp("standard_data")
@@ -219,7 +208,7 @@ def standard_files(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def standard_run(shared_index, one_thread, random_llama, standard_files, tmp_path_factory):
+def standard_run(shared_index, random_llama, standard_files, tmp_path_factory):
     """All five standard tasks in one run, baseline against itself, from local files only, zero-shot."""
     overrides = ["model=hf", f"model.path={random_llama}", "suite=standard",
                  "suite.tasks=[mmlu,hellaswag,arc_easy,arc_challenge,gsm8k]", "compression=none",

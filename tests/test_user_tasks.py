@@ -29,17 +29,7 @@ def test_example_file_is_well_formed():
         assert 3 <= len(row["choices"]) <= 4 and 0 <= row["answer"] < len(row["choices"])
 
 
-@pytest.fixture
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model on a busy CPU: thread hand-offs cost more than the arithmetic
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_critical_queries_against_itself(random_llama, one_thread, tmp_path, monkeypatch):
+def test_critical_queries_against_itself(random_llama, tmp_path, monkeypatch):
     # Run from elsewhere: the YAML's relative data_files must resolve against the YAML's own folder.
     monkeypatch.chdir(tmp_path)
     run_dir = pipeline.run(compose([
@@ -67,7 +57,7 @@ def test_critical_queries_against_itself(random_llama, one_thread, tmp_path, mon
     assert (summary["flips"] == 0).all()
 
 
-def test_editing_the_queries_file_evaluates_the_baseline_again(random_llama, one_thread, tmp_path):
+def test_editing_the_queries_file_evaluates_the_baseline_again(random_llama, tmp_path):
     folder = shutil.copytree(EXAMPLE, tmp_path / "my_queries")
     overrides = ["model=hf", f"model.path={random_llama}", "suite=standard", f"suite.include_path={folder}",
                  "suite.tasks=[critical_queries]", "compression=none", "eval.batch_size=4", "eval.bootstrap=0",

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +32,6 @@ from flipbench.search.space import Point, Shapes
 
 log = logging.getLogger("flipbench.search")
 
-# gate key -> the summary column of the interval's worse end (lost has no interval in summary.csv).
-UPPER_COLUMNS = {"max_flips": ("flips_ci_high", 1.0), "max_acc_drop": ("delta_acc_ci_low", -1.0),
-                 "max_kl_mean": ("kl_mean_ci_high", 1.0), "max_lost": ("lost", 1.0)}
 MISSING_VIOLATION = 1e3  # a value that could not be measured (NaN) fails by this much
 
 
@@ -69,7 +67,8 @@ def judge(rows: pd.DataFrame, gate: GateConfig, upper: bool) -> tuple[bool, floa
     worst = -math.inf
     for _, row in rows.iterrows():
         for key, limit in limits_for(row["task"], gate).items():
-            column, sign = UPPER_COLUMNS[key] if upper else CHECKS[key]
+            column, sign, bound = CHECKS[key]  # bound: the column of the interval's worse end
+            column = bound if upper else column
             value = sign * float(row[column])
             excess = MISSING_VIOLATION if math.isnan(value) else (value - limit) / (abs(limit) + 1e-3)
             worst = max(worst, excess)
@@ -192,6 +191,8 @@ def optimize(ctx: Context, space: dict, seed: int, sampler: str, pruner: str, n_
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # BruteForceSampler is still marked experimental (since Optuna 3.1); the search pins Optuna 5.0.x.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = make_study(ctx.search_dir, seed, sampler, pruner, ctx.eta, len(ctx.rungs))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))

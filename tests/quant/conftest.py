@@ -1,4 +1,4 @@
-"""Fixtures for the quantization tests: offline hub, one torch thread, a character tokenizer."""
+"""Fixtures for the quantization tests: offline hub and a character tokenizer (one torch thread: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,6 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny matmuls are ~40× slower with 2 threads on a busy 2-core machine; restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
