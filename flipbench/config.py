@@ -41,8 +41,8 @@ class ModelConfig:
 
 @dataclass
 class CompressionConfig:
-    method: str = "rtn"  # none | rtn | gptq | tacq | checkpoint
-    bits: int = 4
+    method: str = "rtn"  # none | rtn | gptq | tacq | magnitude | wanda | sparsegpt | layerdrop | checkpoint
+    bits: Optional[int] = 4  # sparsegpt: null prunes only, 2-8 also quantizes the surviving weights
     group_size: int = -1  # -1: one grid per output channel
     sym: bool = False
     mse: bool = False
@@ -58,6 +58,12 @@ class CompressionConfig:
     device: str = "auto"  # where GPTQ/TACQ work on one decoder block at a time; auto picks CUDA when present
     grad_dtype: str = "float32"  # TACQ's backward pass (the official code runs it in fp32)
     gradient_checkpointing: bool = True  # TACQ gradients one block on the device at a time (recomputed)
+    # pruning (magnitude, wanda, sparsegpt; see flipbench/compress/prune/)
+    sparsity: float = 0.5  # share of each pruned linear's weights set to 0, in [0, 1)
+    pattern: str = "unstructured"  # unstructured | N:M (N kept in every M input columns, e.g. 2:4, 4:8)
+    scope: str = "row"  # magnitude: row | global
+    n_layers: int = 1  # layerdrop: decoder blocks removed
+    select: str = "last"  # layerdrop: last | angular
 
 
 @dataclass
@@ -75,10 +81,12 @@ class SuiteConfig:
     tasks: List[str] = field(default_factory=lambda: ["synth"])
     include_path: Optional[str] = None  # a folder of the user's lm-eval task YAML
     limit: Optional[int] = None  # first N docs of every task
+    task_limits: Dict[str, int] = field(default_factory=dict)  # task -> first N docs of each of its leaves (over limit)
     num_fewshot: Dict[str, int] = field(default_factory=dict)  # per task name
-    # task -> local file in the hub dataset's schema. The standard tasks are declared (unset) so that
-    # `suite.data_files.gsm8k=...` needs no leading '+'; other tasks take `+suite.data_files.NAME=...`.
-    data_files: Dict[str, Optional[str]] = field(default_factory=lambda: dict.fromkeys(STANDARD_TASKS))
+    # task -> local data in the hub dataset's schema: one file, a {split: file} mapping or a hub-layout folder
+    # (flipbench/datafiles.py). The standard tasks are declared (unset) so that `suite.data_files.gsm8k=...`
+    # needs no leading '+'; other tasks take `+suite.data_files.NAME=...`.
+    data_files: Dict[str, Any] = field(default_factory=lambda: dict.fromkeys(STANDARD_TASKS))
     # task -> generation budget in tokens (lm-eval's max_gen_toks) for generative tasks, e.g. to fit a short context.
     max_gen_toks: Dict[str, Optional[int]] = field(default_factory=lambda: dict.fromkeys(STANDARD_TASKS))
     metrics: Dict[str, List[str]] = field(default_factory=dict)  # task -> metrics, first is the headline
@@ -138,7 +146,9 @@ def register() -> None:
     ConfigStore.instance().store(name="flipbench_schema", node=FlipbenchConfig)
 
 
-METHODS = ("none", "rtn", "gptq", "tacq", "checkpoint")
+QUANT_METHODS = ("rtn", "gptq", "tacq")
+PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt", "layerdrop")
+METHODS = ("none", *QUANT_METHODS, *PRUNE_METHODS, "checkpoint")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 NOISE_FLOORS = ("off", "batch", "dtype", "batch_dtype")
 GATE_ON = ("point", "upper_ci")
@@ -205,12 +215,22 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_pruning(comp: CompressionConfig) -> None:
+    from flipbench.compress.prune.config import PruneConfig, settings_problem
+
+    fields = {k: v for k, v in vars(comp).items() if k in PruneConfig.__dataclass_fields__}
+    if comp.method != "sparsegpt":
+        fields["bits"] = None  # joint quantization is SparseGPT's; the schema's default 4 means nothing here
+    problem = settings_problem(PruneConfig(**fields))
+    _check(problem is None, f"compression.{problem}")
+
+
 def validate(cfg: FlipbenchConfig) -> None:
     """Range and cross-field checks: cheap, before any model or dataset loads."""
     comp, cal, ev = cfg.compression, cfg.calibration, cfg.eval
     _check(comp.method in METHODS, f"compression.method={comp.method!r} is unknown; use one of {', '.join(METHODS)}")
-    if comp.method in ("rtn", "gptq", "tacq"):
-        _check(2 <= comp.bits <= 8, f"compression.bits={comp.bits} is outside 2-8; pick a bit width from 2 to 8")
+    if comp.method in QUANT_METHODS:
+        _check(comp.bits is not None and 2 <= comp.bits <= 8, f"compression.bits={comp.bits} is outside 2-8; pick a bit width from 2 to 8")
         _check(comp.group_size == -1 or comp.group_size > 0,
                f"compression.group_size={comp.group_size} is invalid; use -1 (per channel) or a positive column count")
         _check(0.0 <= comp.keep_fraction <= 0.5,
@@ -218,6 +238,8 @@ def validate(cfg: FlipbenchConfig) -> None:
         _check(comp.mse_norm > 0, f"compression.mse_norm={comp.mse_norm} must be positive, e.g. 2.4 or 2")
         _check(comp.damp > 0, f"compression.damp={comp.damp} must be positive, e.g. 0.01")
         _check(comp.block_size > 0, f"compression.block_size={comp.block_size} must be positive, e.g. 128")
+    if comp.method in PRUNE_METHODS:
+        _check_pruning(comp)
     if comp.method == "checkpoint":
         _check(bool(comp.path) or bool(comp.gguf_file),
                "compression=checkpoint needs compression.path=<model directory or hub id> (or compression.gguf_file)")
@@ -240,6 +262,9 @@ def validate(cfg: FlipbenchConfig) -> None:
     _check(ev.bootstrap >= 0, f"eval.bootstrap={ev.bootstrap} must be >= 0 (0 disables the intervals)")
     _check(len(cfg.suite.tasks) > 0, "suite.tasks is empty; name at least one task, e.g. TASKS=synth_mmlu")
     _check(cfg.suite.limit is None or cfg.suite.limit > 0, f"suite.limit={cfg.suite.limit} must be positive")
+    for task, n in cfg.suite.task_limits.items():
+        _check(task in cfg.suite.tasks, f"suite.task_limits.{task}: {task} is not in suite.tasks {list(cfg.suite.tasks)}")
+        _check(n > 0, f"suite.task_limits.{task}={n} must be positive")
     _check(ev.noise_batch_size > 0, f"eval.noise_batch_size={ev.noise_batch_size} must be positive")
     for task, n in cfg.suite.max_gen_toks.items():
         _check(n is None or n > 0, f"suite.max_gen_toks.{task}={n} must be a positive number of tokens, e.g. 64")

@@ -1,11 +1,23 @@
-"""Air-gapped evaluation: run an lm-eval task's own processing over a local file in its hub dataset's schema.
+"""Air-gapped evaluation: run an lm-eval task's own processing over local data in its hub dataset's schema.
 
-``suite.data_files.<task>=<path>`` swaps only where the rows come from; prompts, filters and metrics stay
-lm-eval's. The file is checked for the fields the task reads before any model loads.
+``suite.data_files.<task>`` swaps only where the rows come from; prompts, filters, metrics and the roles of
+the splits (MMLU few-shot from ``dev``, GSM8k from ``train``) stay lm-eval's. It takes
+
+- one source (a file, or a ``Dataset.save_to_disk`` folder): every split the task uses reads it;
+- a mapping ``{split: source}``;
+- a folder laid out as the hub dataset: one source per split named after it (``test.jsonl``,
+  ``test-00000-of-00001.parquet``, a ``test/`` save_to_disk folder, or a ``DatasetDict.save_to_disk`` output),
+  optionally under a sub-folder named after the task's config (``<folder>/ARC-Challenge/test``, MMLU's
+  ``<folder>/anatomy/dev``).
+
+Every source is checked (splits the task needs, fields it reads, rows, shots) before any model loads.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -20,14 +32,16 @@ HUB_SCHEMAS = {
     "Rowan/hellaswag": ["activity_label", "ctx_a", "ctx_b", "endings", "label"],
     "allenai/ai2_arc": ["question", "choices", "answerKey"],
     "openai/gsm8k": ["question", "answer"],
+    "allenai/winogrande": ["sentence", "option1", "option2", "answer"],
 }
 # Fields that hold a list or a mapping: csv cannot carry them, and a stringified one must not reach a template.
 NESTED_FIELDS = {"cais/mmlu": ["choices"], "Rowan/hellaswag": ["endings"], "allenai/ai2_arc": ["choices"]}
 SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
+SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_]+?)(-\d{5}-of-\d{5})?$")  # test, test-00000-of-00001
 
 
 class SubjectFilter:
-    """process_docs for one MMLU subject from a file holding them all (a stable repr keeps cache keys stable)."""
+    """process_docs for one MMLU subject from a source holding them all (a stable repr keeps cache keys stable)."""
 
     def __init__(self, subject: str):
         self.subject = subject
@@ -39,38 +53,85 @@ class SubjectFilter:
         return f"SubjectFilter({self.subject!r})"
 
 
+class LocalSplits:
+    """lm-eval ``custom_dataset``: a DatasetDict from ``data_files={split: source}``, each source in its own format.
+
+    lm-eval calls it with the task's ``dataset_kwargs`` (and metadata), so the sources stay in
+    ``dataset_kwargs.data_files`` where the baseline cache's content digest finds them.
+    """
+
+    def __call__(self, data_files: dict[str, str] | None = None, **_metadata):
+        import datasets
+
+        return datasets.DatasetDict({split: load_source(Path(path)) for split, path in (data_files or {}).items()})
+
+    def __repr__(self) -> str:
+        return "LocalSplits()"
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A ``Dataset.save_to_disk`` folder (arrow shards + state.json)."""
+    return path.is_dir() and (path / "state.json").is_file()
+
+
+def load_source(path: Path):
+    import datasets
+
+    if is_saved_dataset(path):
+        return datasets.load_from_disk(str(path))
+    return datasets.load_dataset(FORMATS[path.suffix.lower()], data_files=str(path), split="train")
+
+
+@functools.lru_cache(maxsize=256)
+def _read(path: str, stamp: tuple) -> pd.DataFrame:
+    """A source as a frame, cached per (path, mtime, size): MMLU's 57 subjects read one all-subject file once."""
+    local = Path(path)
+    if is_saved_dataset(local):
+        import datasets
+
+        return datasets.load_from_disk(path).to_pandas()
+    fmt = FORMATS.get(local.suffix.lower())
+    if fmt == "json":
+        return pd.read_json(local, lines=local.suffix.lower() == ".jsonl")
+    if fmt == "parquet":
+        return pd.read_parquet(local)
+    return pd.read_csv(local)
+
+
 def read_table(path: Path) -> pd.DataFrame:
-    fmt = FORMATS.get(path.suffix.lower())
+    stat = path.stat()
     try:
-        if fmt == "json":
-            return pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
-        if fmt == "parquet":
-            return pd.read_parquet(path)
-        return pd.read_csv(path)
+        return _read(str(path), (stat.st_mtime_ns, stat.st_size))
     except (ValueError, OSError) as err:
+        fmt = "a saved dataset" if path.is_dir() else FORMATS.get(path.suffix.lower())
         raise ConfigError(f"data file {path} could not be read as {fmt} ({str(err).splitlines()[0]}); "
                           "check the file's format") from None
 
 
-def check_file(task: str, dataset_path: str, path: Path) -> pd.DataFrame:
-    """The file exists, has a known format and carries the fields the task reads."""
-    if not path.is_file():
-        raise ConfigError(f"suite.data_files.{task}={str(path)!r} does not exist; give a local jsonl, json, parquet or csv file")
-    if path.suffix.lower() not in FORMATS:
-        raise ConfigError(f"suite.data_files.{task}: {path.suffix or 'no suffix'} is not supported; use .jsonl, .json, .parquet or .csv")
-    if path.stat().st_size == 0:
-        raise ConfigError(f"suite.data_files.{task}={path.name} is empty; give it rows in the {dataset_path} schema")
+def check_file(task: str, dataset_path: str, path: Path, label: str = "") -> pd.DataFrame:
+    """The source exists, has a known format and carries the fields the task reads."""
+    key = f"suite.data_files.{task}{label}"
+    if not path.exists():
+        raise ConfigError(f"{key}={str(path)!r} does not exist; give a local jsonl, json, parquet or csv file "
+                          "(or a save_to_disk folder)")
+    if path.is_dir() and not is_saved_dataset(path):
+        raise ConfigError(f"{key}={path.name} is a folder but not a Dataset.save_to_disk output (no state.json); "
+                          "give a file or a saved dataset")
+    if path.is_file() and path.suffix.lower() not in FORMATS:
+        raise ConfigError(f"{key}: {path.suffix or 'no suffix'} is not supported; use .jsonl, .json, .parquet or .csv")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ConfigError(f"{key}={path.name} is empty; give it rows in the {dataset_path} schema")
     table = read_table(path)
     if table.empty:
-        raise ConfigError(f"suite.data_files.{task}={path.name} is empty (no rows); give it rows in the {dataset_path} schema")
+        raise ConfigError(f"{key}={path.name} is empty (no rows); give it rows in the {dataset_path} schema")
     required = HUB_SCHEMAS.get(dataset_path, [])
     missing = [name for name in required if name not in table.columns]
     if missing:
-        raise ConfigError(f"suite.data_files.{task}={path.name} lacks the field(s) {', '.join(missing)} of the "
+        raise ConfigError(f"{key}={path.name} lacks the field(s) {', '.join(missing)} of the "
                           f"{dataset_path} schema ({', '.join(required)}); see README, 'Air-gapped data'")
     flat = [name for name in NESTED_FIELDS.get(dataset_path, []) if isinstance(table[name].iloc[0], str)]
     if flat:
-        raise ConfigError(f"suite.data_files.{task}={path.name}: field(s) {', '.join(flat)} must be lists or mappings, "
+        raise ConfigError(f"{key}={path.name}: field(s) {', '.join(flat)} must be lists or mappings, "
                           "not text; csv cannot hold them, use .jsonl, .json or .parquet")
     check_rows(table.to_dict("records"), dataset_path, task, path.name)
     return table
@@ -122,29 +183,119 @@ def check_rows(rows: list[dict], dataset_path: str, task: str, name: str) -> Non
                               "(see README, 'Air-gapped data')")
 
 
-def apply_local_file(cfg: dict, path: str, task: str) -> dict | None:
-    """Rewrite a task's full config to read ``path``; None when the file holds no rows for this (MMLU) subject.
+def used_splits(cfg: dict) -> list[str]:
+    """The split names the task's config reads, in SPLIT_KEYS order, without repeats."""
+    return list(dict.fromkeys(cfg[key] for key in SPLIT_KEYS if cfg.get(key)))
 
-    Every split the task uses becomes one split read from the file, so few-shot examples come from it too. The
-    few-shot split is named as the test split because only then does lm-eval leave the asked document out of
-    its own few-shot context (HellaSwag has no test split; lm-eval then compares None with None).
-    """
-    local = Path(path).expanduser().resolve()
-    dataset_path = cfg.get("dataset_path", "")
-    table = check_file(task, dataset_path, local)
-    cfg = dict(cfg)
-    if dataset_path == "cais/mmlu" and cfg.get("dataset_name"):
-        subject = cfg["dataset_name"]
-        if subject not in set(table["subject"]):
-            return None
-        cfg["process_docs"] = SubjectFilter(subject)
+
+def needed_splits(cfg: dict, shots: int) -> dict[str, str]:
+    """{split: role} the task cannot run without: the evaluated split, and the few-shot split when shots > 0
+    (lm-eval's order: fewshot_split, else train, else validation)."""
+    evaluated = cfg.get("test_split") or cfg.get("validation_split")
+    need = {evaluated: "the evaluated split"}
+    if shots > 0 and not (cfg.get("fewshot_config") or {}).get("samples"):
+        fewshot = cfg.get("fewshot_split") or cfg.get("training_split") or cfg.get("validation_split") or evaluated
+        need.setdefault(fewshot, f"the few-shot examples ({shots}-shot)")
+    return need
+
+
+def folder_sources(folder: Path, config_name: str | None) -> tuple[dict[str, Path], bool]:
+    """({split: source}, descended) from a hub-layout folder; descended: a sub-folder named after the config."""
+    descended = bool(config_name) and (folder / str(config_name)).is_dir()
+    if descended:
+        folder = folder / str(config_name)
+    if (folder / "dataset_dict.json").is_file():  # DatasetDict.save_to_disk
+        splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits", [])
+        return {split: folder / split for split in splits}, descended
+    sources: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        match = SHARD.match(entry.stem if entry.is_file() else entry.name)
+        if match and ((entry.is_file() and entry.suffix.lower() in FORMATS) or is_saved_dataset(entry)):
+            sources.setdefault(match["split"], entry)
+    return sources, descended
+
+
+def _one_source(cfg: dict, path: Path) -> dict[str, Path]:
+    """Every split reads ``path``. The few-shot split is named as the test split because only then does lm-eval
+    leave the asked document out of its own few-shot context (HellaSwag has no test split)."""
     split = cfg.get("test_split") or cfg.get("validation_split")
     for key in SPLIT_KEYS:
         if cfg.get(key):
             cfg[key] = split
     if cfg.get("test_split"):
         cfg["fewshot_split"] = split
-    cfg["dataset_path"] = FORMATS[local.suffix.lower()]
+    return {split: path}
+
+
+def _sources(task: str, cfg: dict, spec) -> tuple[dict[str, Path], bool, str | None]:
+    """(sources, descended into a config folder, note on a deviation from the standard protocol)."""
+    if isinstance(spec, dict):
+        unused = [split for split in spec if split not in used_splits(cfg)]
+        if unused:
+            raise ConfigError(f"suite.data_files.{task} names split {unused[0]!r}, which {task} does not use; "
+                              f"give its splits {', '.join(used_splits(cfg))}")
+        return {split: Path(str(p)).expanduser().resolve() for split, p in spec.items()}, False, None
+    path = Path(str(spec)).expanduser().resolve()
+    if path.is_dir() and not is_saved_dataset(path):
+        sources, descended = folder_sources(path, cfg.get("dataset_name"))
+        if not sources and cfg.get("dataset_path") == "cais/mmlu" and any(p.is_dir() for p in path.iterdir()):
+            return {}, True, None  # per-subject folders without this subject: nothing to evaluate for it
+        if not sources:
+            where = f" nor a {cfg['dataset_name']}/ sub-folder" if cfg.get("dataset_name") else ""
+            raise ConfigError(f"suite.data_files.{task}={path} holds no split files (e.g. test.jsonl) or saved "
+                              f"splits{where}; lay it out as the hub dataset, one source per split "
+                              f"{', '.join(used_splits(cfg))}")
+        return sources, descended, None
+    roles = used_splits(cfg)
+    sources = _one_source(cfg, path)
+    note = None
+    if len(roles) > 1:
+        note = (f"{task}: one file serves every split ({', '.join(roles)}), so few-shot and calibration examples come "
+                "from the evaluated rows, not the standard protocol's splits; give suite.data_files."
+                f"{task}={{{roles[0]}: FILE, ...}} or a hub-layout folder to follow it")
+    return sources, False, note
+
+
+def _check_rows(task: str, table: pd.DataFrame, split: str, role: str, shots: int, subject: str | None) -> None:
+    if role.startswith("the few-shot") and len(table) < shots:
+        raise ConfigError(f"suite.data_files.{task}: split {split!r} has {len(table)} rows"
+                          f"{f' for {subject}' if subject else ''}, fewer than the {shots} shots; "
+                          f"give the full {split} split or lower suite.num_fewshot.{task}")
+
+
+def apply_local_data(cfg: dict, spec, task: str, shots: int) -> tuple[dict | None, str | None]:
+    """Rewrite a task's full config to read local data. Returns (config, note); config None when the data hold no
+    rows for this (MMLU) subject; note names a deviation from the standard protocol (the one-source form)."""
+    cfg = dict(cfg)
+    dataset_path = cfg.get("dataset_path", "")
+    single = not isinstance(spec, dict) and not (Path(str(spec)).expanduser().is_dir()
+                                                 and not is_saved_dataset(Path(str(spec)).expanduser()))
+    sources, descended, note = _sources(task, cfg, spec)
+    if not sources:
+        return None, note
+    need = needed_splits(cfg, shots)
+    missing = [split for split in need if split not in sources]
+    if missing:
+        raise ConfigError(f"suite.data_files.{task} has no {missing[0]!r} split ({need[missing[0]]} of {task}); "
+                          f"add it, e.g. suite.data_files.{task}={{{missing[0]}: FILE, ...}}")
+    used = [split for split in [*need, *used_splits(cfg)] if split in sources]
+    sources = {split: sources[split] for split in dict.fromkeys(used)}  # the evaluated split first
+    subject = cfg.get("dataset_name") if dataset_path == "cais/mmlu" and not descended else None
+    for split, path in sources.items():
+        table = check_file(task, dataset_path, path, "" if single else f".{split}")
+        if subject:
+            table = table[table["subject"] == subject]
+            if split == next(iter(need)) and table.empty:
+                return None, note
+        if not single:
+            _check_rows(task, table, split, need.get(split, ""), shots, subject)
+    if subject:
+        cfg["process_docs"] = SubjectFilter(subject)
+    for key in SPLIT_KEYS:
+        if cfg.get(key) and cfg[key] not in sources:
+            cfg[key] = None  # an optional split the user does not hold (e.g. ARC's train): lm-eval skips it
+    cfg["dataset_path"] = "local"
     cfg["dataset_name"] = None
-    cfg["dataset_kwargs"] = {"data_files": {split: str(local)}}
-    return cfg
+    cfg["dataset_kwargs"] = {"data_files": {split: str(path) for split, path in sources.items()}}
+    cfg["custom_dataset"] = LocalSplits()
+    return cfg, note

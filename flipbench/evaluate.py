@@ -53,14 +53,29 @@ def configure(tasks: dict, plan: TaskPlan, num_fewshot: dict[str, int], max_gen_
             task.set_config(key="generation_kwargs", value={**(task.config.generation_kwargs or {}), "max_gen_toks": budget})
 
 
-def run_lm_eval(lm, tasks: dict, plan: TaskPlan, *, limit: int | None, num_fewshot: dict[str, int], seed: int) -> dict:
-    """``simple_evaluate`` with per-sample logging. Few-shot counts are set per task on the Task objects."""
+def doc_limits(tasks: dict, plan: TaskPlan, limit: int | None, task_limits: dict[str, int] | None = None) -> dict:
+    """Leaf -> how many of its first docs are evaluated (None: all): suite.task_limits by reported task, else limit."""
+    task_limits = task_limits or {}
+    return {leaf: task_limits.get(plan.reported.get(leaf, leaf), task_limits.get(leaf, limit)) for leaf in tasks}
+
+
+def run_lm_eval(lm, tasks: dict, plan: TaskPlan, *, limit: int | None, num_fewshot: dict[str, int], seed: int,
+                task_limits: dict[str, int] | None = None) -> dict:
+    """``simple_evaluate`` with per-sample logging. Few-shot counts are set per task on the Task objects;
+    per-task limits become lm-eval's ``samples`` (the first N doc ids of each leaf)."""
     import lm_eval
 
     configure(tasks, plan, num_fewshot)
+    samples = None
+    if task_limits:
+        counts = doc_limits(tasks, plan, limit, task_limits)
+        samples = {leaf: list(range(min(counts[leaf] or len(task.eval_docs), len(task.eval_docs))))
+                   for leaf, task in tasks.items()}
+        limit = None
     # Passing our TaskManager spares simple_evaluate from indexing every lm-eval task again (seconds per side).
     return lm_eval.simple_evaluate(
-        lm, tasks=list(tasks.values()), task_manager=plan.manager, limit=limit, log_samples=True, bootstrap_iters=0,
+        lm, tasks=list(tasks.values()), task_manager=plan.manager, limit=limit, samples=samples, log_samples=True,
+        bootstrap_iters=0,
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
     )
 

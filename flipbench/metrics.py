@@ -305,11 +305,12 @@ def _task_subsets(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
 
 
 def _adjust_p_values(summary: pd.DataFrame) -> pd.DataFrame:
-    """mcnemar_p Holm- and BH-adjusted per family: a task's subject rows of one (metric, filter); the tasks'
-    headline whole-task rows; the tasks' other whole-task rows."""
+    """mcnemar_p Holm- and BH-adjusted per family: a task's subject rows (or its category rows) of one
+    (metric, filter); the tasks' headline whole-task rows; the tasks' other whole-task rows."""
     whole = summary["group"] == WHOLE_TASK
     family = np.where(whole, "all:" + summary["headline"].astype(str),
-                      "sub:" + summary["task"] + ":" + summary["metric"] + ":" + summary["filter"].astype(str))
+                      summary["level"].astype(str) + ":" + summary["task"] + ":" + summary["metric"] + ":"
+                      + summary["filter"].astype(str))
     summary["mcnemar_p_holm"], summary["mcnemar_q_bh"] = np.nan, np.nan
     for key in pd.unique(family):
         rows = np.flatnonzero(family == key)

@@ -14,13 +14,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from flipbench import cache, evaluate, models, rundir, scoring, tasks
-from flipbench.config import FlipbenchConfig, to_typed
+from flipbench import cache, console, evaluate, models, rundir, scoring, tasks
+from flipbench.config import PRUNE_METHODS, QUANT_METHODS, ConfigError, FlipbenchConfig, check_gate_tasks, to_typed
 from flipbench.pairing import pair
 
 log = logging.getLogger("flipbench")
 
-QUANT_METHODS = ("rtn", "gptq", "tacq")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -35,7 +34,6 @@ def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
     """Everything checkable from the config, config.json and tokenizer files, data files and task YAML; no
     dataset download, no weight. A sweep runs it for every member before the first member starts."""
     from flipbench import preflight as checks
-    from flipbench.config import check_gate_tasks
 
     checks.check_device(cfg.model.device)
     checks.check_output_folder(cfg.output.root)
@@ -45,7 +43,7 @@ def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
     plan = tasks.resolve(cfg.suite)
     names = sorted(set(plan.reported.values()))
     check_gate_tasks(cfg.gate, names)
-    _check_generation_budgets(cfg.suite.max_gen_toks, plan)
+    checks.check_generation_budgets(cfg.suite.max_gen_toks, plan)
     m, comp = cfg.model, cfg.compression
     base_config = models.check_model(m.path, m.revision, m.trust_remote_code, gguf_file=m.gguf_file)
     models.check_placement(m, base_config)
@@ -53,42 +51,12 @@ def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
         comp_config = models.check_model(comp.path or m.path, None, m.trust_remote_code, what="compression.path",
                                          gguf_file=comp.gguf_file)
         checks.check_same_vocabulary(base_config, comp_config, m.path, comp.path or m.path)
-    if cfg.compression.method in QUANT_METHODS:
-        _check_quant_shapes(base_config, cfg)
+    if cfg.compression.method in QUANT_METHODS + PRUNE_METHODS:
+        checks.check_quant_shapes(base_config, quant_config(cfg), cfg.model.trust_remote_code)
     cal, method = cfg.calibration, cfg.compression.method
-    if cal.source == "text" and method in ("gptq", "tacq") or cal.gradient_source == "text" and method == "tacq":
+    if cal.source == "text" and _needs_calibration(cfg) or cal.gradient_source == "text" and method == "tacq":
         checks.check_text_file(cal.path)
     return plan
-
-
-def _check_generation_budgets(budgets: dict, plan: tasks.TaskPlan) -> None:
-    from flipbench.config import ConfigError
-
-    kinds = {**{plan.reported[leaf]: kind for leaf, kind in plan.output_types.items()}, **plan.output_types}
-    for task in budgets:
-        if task not in kinds:
-            raise ConfigError(f"suite.max_gen_toks.{task}: {task!r} is not a task of this run ({', '.join(sorted(kinds))})")
-        if kinds[task] != "generate_until":
-            raise ConfigError(f"suite.max_gen_toks.{task}: {task} is {kinds[task]}, not generative; remove the setting")
-
-
-def _check_quant_shapes(config, cfg: FlipbenchConfig) -> None:
-    """The quantization settings against the model's layer shapes, on a weightless (meta-device) copy."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from flipbench import compress as compressors
-    from flipbench.config import ConfigError
-
-    try:
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
-    except Exception:  # noqa: BLE001  an architecture transformers cannot build here fails, with its cause, at load
-        return
-    try:
-        compressors.validate(skeleton, quant_config(cfg))
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
 
 
 def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
@@ -98,19 +66,13 @@ def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
     calibration data (refusing docs that are also evaluated)."""
 
     from flipbench import budget
-    from flipbench.config import ConfigError
 
     tokenizer = models.load_tokenizer(cfg.model)
     task_objs = evaluate.load_tasks(plan)
     evaluate.configure(task_objs, plan, dict(cfg.suite.num_fewshot), dict(cfg.suite.max_gen_toks))
     config = models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code,
                                 gguf_file=cfg.model.gguf_file)
-    max_length = budget.context_length(config, tokenizer)
-    for leaf, task in task_objs.items():
-        ll, gen = budget.measure(task, tokenizer, max_length, cfg.suite.limit)
-        problem = budget.problem(plan.reported.get(leaf, leaf), ll, gen, max_length, task.config.num_fewshot or 0)
-        if problem:
-            raise ConfigError(problem)
+    budget.check_context(task_objs, plan.reported, tokenizer, budget.context_length(config, tokenizer), cfg.suite.limit)
     if cfg.compression.method == "checkpoint":
         from flipbench.preflight import check_tokenizers_agree
 
@@ -118,17 +80,27 @@ def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
         comp_tok = models.load_tokenizer(cfg.model, comp.path or cfg.model.path, comp.gguf_file)
         check_tokenizers_agree(tokenizer, comp_tok, comp.path or comp.gguf_file)
     try:
-        calibration = calibration_ids(cfg, tokenizer, task_objs)
+        calibration = calibration_ids(cfg, tokenizer, task_objs, limits(task_objs, plan, cfg))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return task_objs, tokenizer, calibration
 
 
 def quant_config(cfg: FlipbenchConfig):
-    from flipbench.compress import QuantConfig
+    """The compressor's settings: a QuantConfig or a PruneConfig, whichever the method takes."""
+    from flipbench.compress import settings_type
 
-    fields = {k: v for k, v in asdict(cfg.compression).items() if k in QuantConfig.__dataclass_fields__}
-    return QuantConfig(**fields)
+    settings = settings_type(cfg.compression.method)
+    fields = {k: v for k, v in asdict(cfg.compression).items() if k in settings.__dataclass_fields__}
+    if cfg.compression.method in PRUNE_METHODS and cfg.compression.method != "sparsegpt":
+        fields["bits"] = None  # only SparseGPT quantizes while it prunes
+    return settings(**fields)
+
+
+def _needs_calibration(cfg: FlipbenchConfig) -> bool:
+    from flipbench.compress import needs_data
+
+    return cfg.compression.method in QUANT_METHODS + PRUNE_METHODS and needs_data(quant_config(cfg))
 
 
 def baseline_key(cfg: FlipbenchConfig, fingerprint: str, task_objs: dict, device: str) -> dict:
@@ -136,40 +108,57 @@ def baseline_key(cfg: FlipbenchConfig, fingerprint: str, task_objs: dict, device
 
     return {"format": cache.FORMAT, "model": cfg.model.path, "revision": cfg.model.revision, "weights": fingerprint,
             "tasks": cache.task_fingerprint(task_objs), "lm_eval": version("lm_eval"), "batch_size": cfg.eval.batch_size,
-            "dtype": cfg.model.dtype, "device": device, "limit": cfg.suite.limit, "num_fewshot": dict(cfg.suite.num_fewshot),
+            "dtype": cfg.model.dtype, "device": device, "limit": cfg.suite.limit, "task_limits": dict(cfg.suite.task_limits), "num_fewshot": dict(cfg.suite.num_fewshot),
             "seed": cfg.eval.seed, "metrics": dict(cfg.suite.metrics), "subject_field": cfg.suite.subject_field}
 
 
-def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch_size: int | None = None) -> pd.DataFrame:
+def estimate_work(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig) -> console.Work:
+    """The one line a person reads before evaluating: docs, requests, tokens and minutes per side."""
+    work = console.estimate(task_objs, limits(task_objs, plan, cfg), model, tokenizer, cfg.eval.seed)
+    log.info(work.line())
+    return work
+
+
+def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch_size: int | None = None,
+                  label: str = "side", work: console.Work | None = None) -> pd.DataFrame:
     lm = evaluate.build_lm(model, tokenizer, batch_size or cfg.eval.batch_size)
-    raw = evaluate.run_lm_eval(lm, task_objs, plan, limit=cfg.suite.limit, num_fewshot=dict(cfg.suite.num_fewshot),
-                               seed=cfg.eval.seed)
+    docs, requests = (work.docs, work.requests) if work else (0, 0)
+    with console.side_progress(label, docs, requests):
+        raw = evaluate.run_lm_eval(lm, task_objs, plan, limit=cfg.suite.limit, num_fewshot=dict(cfg.suite.num_fewshot),
+                                   seed=cfg.eval.seed, task_limits=dict(cfg.suite.task_limits))
     return evaluate.samples_frame(raw, task_objs, plan, dict(cfg.suite.metrics), cfg.suite.subject_field)
 
 
-def eval_doc_hashes(task_objs: dict, limit: int | None) -> set[str]:
-    """lm-eval's doc hashes of every doc that will be evaluated (calibration must not contain them)."""
+def limits(task_objs: dict, plan, cfg: FlipbenchConfig) -> dict:
+    return evaluate.doc_limits(task_objs, plan, cfg.suite.limit, dict(cfg.suite.task_limits))
+
+
+def eval_doc_hashes(task_objs: dict, limits: dict) -> set[str]:
+    """lm-eval's doc hashes of every doc that will be evaluated (calibration must not contain them).
+
+    ``limits``: leaf -> docs evaluated (None: all)."""
     from flipbench.compress.calibration import doc_hash
 
     hashes = set()
-    for task in task_objs.values():
+    for leaf, task in task_objs.items():
         docs = list(task.eval_docs)
-        hashes.update(doc_hash(doc) for doc in docs[: limit or len(docs)])
+        hashes.update(doc_hash(doc) for doc in docs[: limits.get(leaf) or len(docs)])
     return hashes
 
 
-def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict):
+def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict, evaluated: dict | None = None):
     """(calib, task_calib) token-id tensors for GPTQ Hessians and TACQ gradients; None for data-free methods."""
     from flipbench.compress import calibration as calib
 
     cal = cfg.calibration
-    if cfg.compression.method not in ("gptq", "tacq"):
+    if not _needs_calibration(cfg):
         return None, None
 
     def texts(source: str) -> list[str]:
         if source == "text":
             return calib.text_file_calibration_texts(cal.path)
-        return calib.task_calibration_texts(task_objs, cal.n_samples, cfg.eval.seed, eval_doc_hashes(task_objs, cfg.suite.limit))
+        return calib.task_calibration_texts(task_objs, cal.n_samples, cfg.eval.seed, eval_doc_hashes(
+            task_objs, evaluated if evaluated is not None else dict.fromkeys(task_objs, cfg.suite.limit)))
 
     ids = calib.tokenize_calibration(tokenizer, texts(cal.source), cal.n_samples, cal.seq_len, cfg.eval.seed)
     grad_ids = None
@@ -180,7 +169,7 @@ def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict):
 
 
 def compress(model, tokenizer, calibration, cfg: FlipbenchConfig, grids: dict | None = None):
-    """Returns (compressed model, tokenizer, details for the manifest). Quantization works in place.
+    """Returns (compressed model, tokenizer, details for the manifest). Quantization and pruning work in place.
 
     ``calibration`` is the (calib, task_calib) pair from :func:`calibration_ids`, built before any evaluation;
     ``grids`` (for output.save_model) receives what the quantizer fitted per linear.
@@ -197,7 +186,7 @@ def compress(model, tokenizer, calibration, cfg: FlipbenchConfig, grids: dict | 
     calib, task_calib = calibration
     device = models.pick_device(cfg.compression.device)  # one decoder block at a time goes there
     details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=device,
-                                   progress=log.info, grids=grids)
+                                   progress=logging.getLogger("flipbench.compress").info, grids=grids)  # run.log only
     return model, tokenizer, details
 
 
@@ -321,9 +310,7 @@ def run(cfg) -> Path:
         if rundir.is_complete(run_dir) and not cfg.output.redo:
             log.info("%s is already complete; skipping it (output.redo=true runs it again)", run_dir)
             return run_dir
-        if rundir.state(run_dir) == "running":
-            from flipbench.config import ConfigError
-
+        if rundir.in_use(run_dir):
             raise ConfigError(f"{run_dir} is being written by a running process; wait for it or pick another output.run_dir")
         rundir.mark_stale(run_dir.parent, log)
         prepared = prepare(cfg, plan)
@@ -335,6 +322,9 @@ def run(cfg) -> Path:
     manifest = rundir.Manifest(run_dir, cfg.eval.seed, str(device))
     log_file = rundir.attach_log(run_dir / "run.log")
     log.info("run directory: %s", run_dir)
+    for note in plan.notes:  # once per run; the report repeats it
+        log.warning("note: %s", note)
+    manifest.update(data_notes=plan.notes)
     try:
         _stages(cfg, plan, prepared, run_dir, manifest, device)
     except KeyboardInterrupt:
@@ -358,6 +348,7 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
     with manifest.stage("load_baseline", log):
         model, tokenizer = models.load_model(cfg.model, tokenizer=tokenizer)
         weights = models.fingerprint(model)
+        work = estimate_work(model, tokenizer, task_objs, plan, cfg)
     store = cache.BaselineCache(root / "cache")
     key_parts = baseline_key(cfg, weights, task_objs, str(device))
     key = cache.cache_key(key_parts)
@@ -367,7 +358,7 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
             base = store.load(key) if cfg.eval.cache else None
             hit = base is not None
             if not hit:
-                base = evaluate_side(model, tokenizer, task_objs, plan, cfg)
+                base = evaluate_side(model, tokenizer, task_objs, plan, cfg, label="baseline", work=work)
                 store.store(key, base, key_parts)
         with manifest.stage("token_kl_reference", log):
             reference = kl_reference(base, model, tokenizer, cfg, store, key)
@@ -382,7 +373,7 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg, grids)
     manifest.update(compression=details)
     with manifest.stage("evaluate_compressed", log):
-        comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg)
+        comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg, label="compressed", work=work)
     with manifest.stage("metrics", log):
         paired = metrics.annotate(pair(base, comp))
         mismatches = scoring.count_mismatches(paired)

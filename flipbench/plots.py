@@ -20,7 +20,8 @@ import pandas as pd  # noqa: E402
 from flipbench.stats import clopper_pearson  # noqa: E402
 
 METHOD_COLOURS = {"baseline": "#4d4d4d", "none": "#999999", "rtn": "#1f77b4", "gptq": "#ff7f0e", "tacq": "#2ca02c",
-                  "checkpoint": "#9467bd"}
+                  "checkpoint": "#9467bd", "magnitude": "#8c564b", "wanda": "#e377c2", "sparsegpt": "#bcbd22",
+                  "layerdrop": "#17becf"}
 LOST, GAINED = "#d62728", "#2ca02c"
 
 
@@ -127,14 +128,14 @@ def flips_by_margin(by_margin: pd.DataFrame, method: str, title: str, stem: Path
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     groups = list(by_margin.groupby("task"))
     for k, (task, rows) in enumerate(groups):
-        x = np.arange(len(rows)) + 0.08 * (k - (len(groups) - 1) / 2)  # dodge the tasks so the bars do not overlap
+        x = np.arange(len(rows)) + 0.2 * (k - (len(groups) - 1) / 2)  # dodge the tasks so the bars do not overlap
         low, high = _exact_bounds(rows["flips"], rows["n"])
         rate = 100 * rows["flip_rate"].to_numpy(dtype=float)
-        bars = ax.errorbar(x, rate, yerr=[rate - low, high - rate], marker="o", capsize=3, label=f"{task} ({method})")
-        for xi, yi, n in zip(x, high, rows["n"]):
-            ax.annotate(f"n={int(n)}", (xi, yi if np.isfinite(yi) else 0), fontsize=6, ha="center", va="bottom",
-                        xytext=(0, 2), textcoords="offset points", color=bars[0].get_color())
-    ax.set_xticks(np.arange(len(groups[0][1])) if groups else [], groups[0][1]["bin"].astype(str) if groups else [])
+        ax.errorbar(x, rate, yerr=[rate - low, high - rate], marker="o", capsize=3, linestyle=":", label=f"{task} ({method})")
+    if groups:  # docs per bin under each tick, one count per task in legend order
+        counts = np.array([rows["n"].to_numpy() for _, rows in groups])  # (tasks, bins)
+        labels = [f"{b}\nn = {' / '.join(str(int(c)) for c in counts[:, i])}" for i, b in enumerate(groups[0][1]["bin"])]
+        ax.set_xticks(np.arange(counts.shape[1]), labels, fontsize=8)
     ax.set_ylim(bottom=0)
     ax.set_xlabel("baseline margin p(top-1) − p(top-2) (probability); bars: exact 95% interval")
     ax.set_ylabel("flip rate (% of questions in the bin)")
@@ -169,7 +170,7 @@ def flip_overlap(matrix: pd.DataFrame, title: str, stem: Path) -> list[Path]:
     image = ax.imshow(matrix.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1)
     for (i, j), value in np.ndenumerate(matrix.to_numpy(dtype=float)):
         ax.text(j, i, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
-                color="black" if value > 0.6 else "white")
+                color="white" if value <= 0.6 else "black")  # NaN (no flips at all) compares False: black on blank
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     fig.colorbar(image, ax=ax, label="Jaccard |A ∩ B| / |A ∪ B| of flipped docs")

@@ -152,3 +152,31 @@ def check_text_file(path: str, key: str = "calibration.path") -> None:
         raise ConfigError(f"{key}={path!r} holds NUL bytes (a binary file?); give a plain text file")
     if not text.strip():
         raise ConfigError(f"{key}={path!r} is empty; give it some representative text")
+
+
+def check_generation_budgets(budgets: dict, plan) -> None:
+    """``suite.max_gen_toks.<task>`` names a generative task of the run (``plan``: a tasks.TaskPlan)."""
+    kinds = {**{plan.reported[leaf]: kind for leaf, kind in plan.output_types.items()}, **plan.output_types}
+    for task in budgets:
+        if task not in kinds:
+            raise ConfigError(f"suite.max_gen_toks.{task}: {task!r} is not a task of this run ({', '.join(sorted(kinds))})")
+        if kinds[task] != "generate_until":
+            raise ConfigError(f"suite.max_gen_toks.{task}: {task} is {kinds[task]}, not generative; remove the setting")
+
+
+def check_quant_shapes(config, quant_cfg, trust_remote_code: bool) -> None:
+    """The quantization settings against the model's layer shapes, on a weightless (meta-device) copy."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from flipbench import compress as compressors
+
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001  an architecture transformers cannot build here fails, with its cause, at load
+        return
+    try:
+        compressors.validate(skeleton, quant_cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

@@ -20,9 +20,10 @@ from flipbench import gate as gate_mod
 from flipbench import metrics, plots, scoring
 from flipbench.config import FlipbenchConfig
 
-KL_NOTE = ("KL is KL(baseline ‖ compressed) in nats: choice-level (softmax over the answer choices' log-likelihoods) "
-           "for multiple-choice tasks, token-level (full vocabulary, teacher-forced on the baseline's answer, mean per "
-           "answer token) for generative tasks.")
+KL_NOTE = ("KL is KL(baseline ‖ compressed) in nats: choice-level (softmax over the answer choices' scores under the "
+           "row's metric, one value per doc, statistics over docs) for multiple-choice tasks; token-level (full "
+           "vocabulary, teacher-forced on the baseline's answer, statistics over all answer tokens, token-weighted) for "
+           "generative tasks. The two scopes are on different scales and are never ranked or plotted on one axis.")
 # noise-floor columns carried into summary.csv as noise_<name> (full table: noise_summary.csv)
 NOISE_COLUMNS = ["flips", "flips_ci_low", "flips_ci_high", "lost", "gained", "kl_mean", "kl_mean_ci_low",
                  "kl_mean_ci_high", "kl_scope"]
@@ -38,12 +39,32 @@ INTERVALS_NOTE = ("95% intervals: exact Clopper-Pearson for flips (and lost, gai
                   "Holm-adjusted across the tasks' headline rows (per subject within a task in summary.csv).")
 
 
+def compressed_bits(cfg: FlipbenchConfig) -> float:
+    """The bit width the method quantized to: the quantizers', SparseGPT's joint one; NaN otherwise."""
+    method, bits = cfg.compression.method, cfg.compression.bits
+    quantized = method in ("rtn", "gptq", "tacq") or (method == "sparsegpt" and bits is not None)
+    return bits if quantized else np.nan
+
+
+def pruning_label(compression: dict) -> str:
+    """' 2:4', ' 50%' or ' −2 layers' for a pruned model's report title; '' for anything else."""
+    if "dropped_layers" in compression:
+        return f" −{len(compression['dropped_layers'])} layers"
+    if "sparsity_measured" not in compression:
+        return ""
+    pattern = compression.get("pattern", "unstructured")
+    return f" {pattern}" if pattern != "unstructured" else f" {100 * compression['sparsity']:.0f}%"
+
+
 def build_summary(samples: pd.DataFrame, cfg: FlipbenchConfig, compression: dict, run_dir: Path) -> pd.DataFrame:
     summary = metrics.summarize(samples, metrics_by_task=dict(cfg.suite.metrics), n_resamples=cfg.eval.bootstrap,
                                 seed=cfg.eval.seed)
     summary.insert(0, "method", compression.get("method", cfg.compression.method))
-    summary.insert(1, "bits", cfg.compression.bits if cfg.compression.method in ("rtn", "gptq", "tacq") else np.nan)
+    summary.insert(1, "bits", compressed_bits(cfg))
     summary.insert(2, "avg_bits", compression.get("avg_bits", np.nan))
+    measured = compression.get("sparsity_measured") or {}
+    summary.insert(3, "sparsity", measured.get("overall", np.nan))
+    summary.insert(4, "params_kept", compression.get("params_kept", np.nan))
     noise_path = run_dir / "noise_samples.parquet"
     if noise_path.exists():
         noise = metrics.summarize(pd.read_parquet(noise_path), metrics_by_task=dict(cfg.suite.metrics),
@@ -208,7 +229,7 @@ def _html_table(frame: pd.DataFrame) -> str:
     head = "".join(f"<th>{plain(c)}</th>" for c in frame.columns)
     body = "".join("<tr>" + "".join(f"<td>{plain(v)}</td>" for v in row) + "</tr>"
                    for row in frame.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def write_html(path: Path, title: str, head: list[str], parts: list, figures: list[Path]):
@@ -219,8 +240,10 @@ def write_html(path: Path, title: str, head: list[str], parts: list, figures: li
     body = "".join((f"<h2>{plain(heading)}</h2>" if heading else "")
                    + (f"<p>{plain(part)}</p>" if isinstance(part, str) else _html_table(part))
                    for heading, part in parts)
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}img{max-width:100%}")
+    # wide tables scroll inside their own box instead of running off the page
+    style = ("body{font-family:sans-serif;max-width:1400px;margin:auto;padding:0 1em}table{border-collapse:collapse;"
+             "font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}img{max-width:100%}"
+             ".scroll{overflow-x:auto}")
     path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{plain(title)}</title>"
                     f"<style>{style}</style></head><body><h1>{plain(title)}</h1>{heads}"
                     f"{body}<h2>Plots</h2>{imgs}</body></html>\n")
@@ -260,14 +283,15 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
     summary.to_csv(run_dir / "summary.csv", index=False)
     verdict = gate_mod.evaluate_gate(summary, cfg.gate)
     method = compression.get("method", cfg.compression.method)
-    bits = f" w{cfg.compression.bits}" if method in ("rtn", "gptq", "tacq") else ""
-    tag = f"{cfg.model.name} · {method}{bits}"
+    bits = "" if np.isnan(compressed_bits(cfg)) else f" w{cfg.compression.bits}"
+    tag = f"{cfg.model.name} · {method}{bits}{pruning_label(compression)}"
     figures = make_plots(run_dir, samples, summary, method, tag) if cfg.output.plots else []
     head = headline_text(summary, verdict)
     diverged = diverged_rows(samples)
     if diverged:
         head.insert(1, f"**DIVERGED: the compressed model produced non-finite log-likelihoods on {diverged} docs**; "
                        "accuracy and flips count them as scored by lm-eval, KL statistics use the finite docs only.")
+    head += [f"- note: {note}" for note in manifest.get("data_notes") or []]
     head += gate_lines(verdict) + noise_lines(manifest, summary)
     title = f"flipbench: {tag} vs baseline"
     parts = sections(summary, samples)

@@ -26,6 +26,18 @@ def run_tag(model_name: str, method: str, bits: int) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", tag)[:60]
 
 
+def member_tag(method: str, bits, sparsity, pattern, n_layers) -> str:
+    """A sweep member's folder tag: rtn-w4, wanda-s0.5, sparsegpt-2_4-w4, layerdrop-n2."""
+    if method == "layerdrop":
+        tag = f"{method}-n{n_layers}"
+    elif method in ("magnitude", "wanda", "sparsegpt"):
+        tag = f"{method}-" + (f"s{sparsity}" if pattern == "unstructured" else str(pattern))
+        tag += f"-w{bits}" if method == "sparsegpt" and bits is not None else ""
+    else:
+        tag = f"{method}-w{bits}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", tag)[:60]
+
+
 def new_run_id(model_name: str, method: str, bits: int) -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + run_tag(model_name, method, bits)
 
@@ -140,7 +152,7 @@ class Manifest:
         seconds = round(time.perf_counter() - start, 3)
         self.data["stage_seconds"][name] = seconds
         self.data.setdefault("peak_memory_mb", {})[name] = {"rss_start": rss_start, **peak_memory_mb(scoped)}
-        log.info("stage %s done in %.1fs", name, seconds)
+        log.getChild("stages").info("stage %s done in %.1fs", name, seconds)  # run.log; the console keeps one line
         self.flush()
 
     def flush(self) -> None:
@@ -187,14 +199,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def read_manifest(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def in_use(run_dir: Path) -> bool:
+    """Another live process is writing this run folder."""
+    return state(run_dir) == "running" and read_manifest(run_dir).get("pid") != os.getpid()
+
+
 def state(run_dir: Path) -> str:
     """complete | failed | running | stale (says running, but its process on this host is gone) | missing.
 
     A run on another host cannot be checked from here and stays ``running``."""
-    try:
-        data = json.loads((Path(run_dir) / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return "missing"
+    data = read_manifest(run_dir)
     status = data.get("status", "missing")
     if status == "running" and data.get("host") == socket.gethostname() and isinstance(data.get("pid"), int):
         if data["pid"] != os.getpid() and not _alive(data["pid"]):

@@ -175,7 +175,7 @@ def mean_and_se(values) -> tuple[float, float]:
 
 
 def spearman_interval(x, y, confidence: float = 0.95) -> tuple[float, float, float, float]:
-    """(rho, low, high, p) of Spearman's rank correlation between paired x, y, finite pairs only.
+    """(rho, low, high, p) of Spearman's rank correlation between paired x, y, finite pairs only; p is two-sided.
 
     Interval: Fisher z = atanh(rho) with the Bonett-Wright standard error sqrt((1 + rho²/2) / (n - 3)), back
     through tanh; it needs n >= 4 pairs and |rho| < 1 (else NaN bounds); rho and p need n >= 3 and
@@ -187,8 +187,11 @@ def spearman_interval(x, y, confidence: float = 0.95) -> tuple[float, float, flo
     n = x.size
     if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return np.nan, np.nan, np.nan, np.nan
-    result = scipy_stats.spearmanr(x, y)
-    rho, p = float(result.statistic), float(result.pvalue)
+    rho = float(scipy_stats.spearmanr(x, y).statistic)
+    # p from the permutation distribution of rho (exact up to 7 members): the t approximation spearmanr uses
+    # says p = 0 for a perfect ranking of 4 members, where the exact value is 2/4! = 0.083
+    p = float(scipy_stats.permutation_test((x,), lambda xs: scipy_stats.spearmanr(xs, y).statistic,
+                                           permutation_type="pairings", n_resamples=9999, rng=0).pvalue)
     if n < 4 or abs(rho) == 1.0:  # Fisher z is infinite at |rho| = 1: no honest interval
         return rho, np.nan, np.nan, p
     z = float(np.arctanh(rho))

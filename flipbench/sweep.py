@@ -23,7 +23,11 @@ from flipbench.report import markdown_table  # noqa: E402
 from flipbench.rundir import is_complete  # noqa: E402
 
 log = logging.getLogger(__name__)
-LEAD = ["method", "bits", "avg_bits", "task", "metric", "filter", "run"]
+LEAD = ["method", "bits", "avg_bits", "sparsity", "params_kept", "task", "metric", "filter", "run"]
+X_AXES = {  # sweep plot x axis -> (file name part, label)
+    "avg_bits": ("bits", "average bits per compressed weight (bits)"),
+    "params_kept": ("params_kept", "parameters kept (% of baseline)"),
+}
 
 
 def collect(sweep_dir: Path) -> pd.DataFrame:
@@ -37,24 +41,37 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=LEAD)
     table = pd.concat(frames, ignore_index=True)
+    for column in ("sparsity", "params_kept"):  # runs made before pruning existed lack them
+        if column not in table:
+            table[column] = float("nan")
     rest = [c for c in table.columns if c not in LEAD and c not in ("group", "headline")]
-    return table[LEAD + rest].sort_values(["task", "method", "bits"], kind="stable").reset_index(drop=True)
+    order = ["task", "method", "bits", "sparsity", "params_kept"]
+    return table[LEAD + rest].sort_values(order, kind="stable").reset_index(drop=True)
 
 
-def plot_against_bits(table: pd.DataFrame, column: str, ylabel: str, title: str, stem: Path) -> list[Path]:
+def plot_against(table: pd.DataFrame, x: str, column: str, ylabel: str, title: str, stem: Path) -> list[Path]:
+    """column (a share) against x (avg_bits or params_kept), one line per method, one panel per task."""
     tasks = sorted(table["task"].unique())
+    scale = 100 if x == "params_kept" else 1
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False, sharey=True)
     for ax, task in zip(axes[0], tasks):
         for method, rows in table[table["task"] == task].groupby("method"):
-            rows = rows.sort_values("avg_bits")
-            ax.plot(rows["avg_bits"], 100 * rows[column], marker="o", color=plots.colour(method), label=method)
+            rows = rows.sort_values(x)
+            ax.plot(scale * rows[x], 100 * rows[column], marker="o", color=plots.colour(method), label=method)
         ax.set_title(task, fontsize=9)
-        ax.set_xlabel("average bits per quantized weight (bits)")
+        ax.set_xlabel(X_AXES[x][1])
         ax.axhline(0, color="#cccccc", linewidth=0.8)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel(ylabel)
     fig.suptitle(title)
     return plots.save(fig, stem)
+
+
+def _point_label(row) -> str:
+    """w4 for a quantized member; a pruned one's folder tag after its number (wanda-s0.5, sparsegpt-2_4-w4)."""
+    if row["params_kept"] == row["params_kept"] and row["params_kept"] < 1:
+        return str(row["run"]).split("-", 1)[-1]
+    return f"w{int(row['bits'])}" if row["bits"] == row["bits"] else ""
 
 
 def member_overlap(sweep_dir: Path, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -77,21 +94,27 @@ def aggregate(sweep_dir: Path) -> Path | None:
     pairs, correlation = member_overlap(sweep_dir, table)
     pairs.to_csv(sweep_dir / "sweep_overlap.csv", index=False)
     correlation.to_csv(sweep_dir / "sweep_correlation.csv", index=False)
-    figures = plot_against_bits(table, "flips", "flips (% of questions)", "Flips vs average bits",
-                                sweep_dir / "plots" / "flips_vs_bits")
-    figures += plot_against_bits(table, "delta_acc", "Δ accuracy (points, compressed − baseline)",
-                                 "Accuracy change vs average bits", sweep_dir / "plots" / "delta_acc_vs_bits")
-    points = table.assign(label=[f"w{int(b)}" if b == b else "" for b in table["bits"]])
+    figures = []
+    for x, (name, _) in X_AXES.items():
+        if table[x].notna().any():
+            axis = "average bits" if x == "avg_bits" else "parameters kept"
+            figures += plot_against(table, x, "flips", "flips (% of questions)", f"Flips vs {axis}",
+                                    sweep_dir / "plots" / f"flips_vs_{name}")
+            figures += plot_against(table, x, "delta_acc", "Δ accuracy (points, compressed − baseline)",
+                                    f"Accuracy change vs {axis}", sweep_dir / "plots" / f"delta_acc_vs_{name}")
+    points = table.assign(label=[_point_label(row) for _, row in table.iterrows()])
     figures += plots.kl_vs_flips(points, "KL vs flips across the sweep", sweep_dir / "plots" / "kl_vs_flips")
     for task in sorted(pairs["task"].unique()):
         figures += plots.flip_overlap(sweepstats.jaccard_matrix(pairs, task), f"Overlap of flipped docs: {task}",
                                       sweep_dir / "plots" / f"flip_overlap_{task}")
-    shown = table[["task", "metric", "method", "bits", "avg_bits", "acc_base", "acc_comp", "delta_acc", "flips", "lost",
-                   "gained", "kl_scope", "kl_mean"]].copy()
+    shown = table[["task", "metric", "method", "bits", "avg_bits", "sparsity", "params_kept", "acc_base", "acc_comp",
+                   "delta_acc", "flips", "lost", "gained", "kl_scope", "kl_mean"]].copy()
     for column in ("acc_base", "acc_comp", "flips", "lost", "gained"):
         shown[column] = [f"{100 * v:.1f}%" for v in shown[column]]
     shown["delta_acc"] = [f"{100 * v:+.1f} pp" for v in shown["delta_acc"]]
     shown["avg_bits"] = [f"{v:.2f}" for v in shown["avg_bits"]]
+    for column in ("sparsity", "params_kept"):
+        shown[column] = [f"{100 * v:.1f}%" if v == v else "" for v in shown[column]]
     shown["kl_mean"] = [f"{v:.4f}" for v in shown["kl_mean"]]
     images = [f"![{f.stem}](plots/{f.name})" for f in figures if f.suffix == ".png"]
     (sweep_dir / "sweep_report.md").write_text(

@@ -25,6 +25,7 @@ class TaskPlan:
     specs: list = field(default_factory=list)  # leaf names, or full config dicts where patched
     reported: dict[str, str] = field(default_factory=dict)  # leaf task -> task name in the report
     output_types: dict[str, str] = field(default_factory=dict)  # leaf task -> lm-eval output_type
+    notes: list[str] = field(default_factory=list)  # deviations from the standard protocol (one-file data)
     categories: dict[str, str] = field(default_factory=dict)  # leaf task -> category group (MMLU's stem, ...)
 
     @property
@@ -117,7 +118,9 @@ def resolve(suite: SuiteConfig) -> TaskPlan:
         before = len(plan.reported)
         for leaf, category in _leaves(name, index):
             reported = name if name in suite.subject_groups else leaf
-            spec = _leaf_spec(leaf, index[leaf], suite, reported)
+            spec, note = _leaf_spec(leaf, index[leaf], suite, reported)
+            if note and note not in plan.notes:
+                plan.notes.append(note)
             if spec is None:  # a local file without rows for this subject
                 continue
             plan.reported[leaf] = reported
@@ -135,16 +138,18 @@ def resolve(suite: SuiteConfig) -> TaskPlan:
 
 
 def _leaf_spec(leaf: str, entry, suite: SuiteConfig, reported: str):
-    local_file = suite.data_files.get(leaf) or suite.data_files.get(reported)
+    """(spec, note): the leaf's name, or its patched full config; note: a deviation from the standard protocol."""
+    local_data = suite.data_files.get(leaf) or suite.data_files.get(reported)
     relative = entry.yaml_path and (entry.cfg or {}).get("dataset_kwargs")
-    if not local_file and not relative:
-        return leaf
+    if not local_data and not relative:
+        return leaf, None
     cfg = _full_config(entry)
-    if local_file:
-        from flipbench.datafiles import apply_local_file
+    if local_data:
+        from flipbench.datafiles import apply_local_data
 
-        return apply_local_file(cfg, local_file, reported)
+        shots = suite.num_fewshot.get(leaf, suite.num_fewshot.get(reported, cfg.get("num_fewshot") or 0))
+        return apply_local_data(cfg, local_data, reported, int(shots or 0))
     files = _relative_data_files(cfg, Path(entry.yaml_path).parent)
     if files:
         cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"], "data_files": files}
-    return cfg
+    return cfg, None

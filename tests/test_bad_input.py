@@ -19,7 +19,7 @@ import pytest
 
 from flipbench import cli, pipeline, rundir
 from flipbench.config import ConfigError
-from tests.conftest import compose
+from tests.conftest import MC_YAML, compose
 
 ROOT = Path(__file__).resolve().parent.parent
 GSM8K_FILE = ROOT / "tasks/synth/data/synth_gsm8k_test.jsonl"
@@ -59,19 +59,10 @@ def jsonl(rows: list[dict]) -> str:
 
 
 BROKEN_JSON = '{"model_type": "llama",'
-LONG_CHOICE_YAML = """task: long_choice
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: long/test.jsonl
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{question}}\\nAnswer:"
-doc_to_choice: "{{choices}}"
-doc_to_target: "{{answer}}"
-metric_list:
-  - metric: acc
-"""
+def mc_task_yaml(name: str) -> str:
+    """The mini multiple-choice task's YAML, renamed, reading ``<name>/test.jsonl`` beside it."""
+    return (MC_YAML.replace("task: mini_mc", f"task: {name}").replace("data/mc_train.jsonl", f"{name}/test.jsonl")
+            .replace("data/mc_test.jsonl", f"{name}/test.jsonl"))
 
 
 def cases(tmp: Path, llama: Path, mini_tasks: Path) -> dict[str, tuple[list[str], str]]:
@@ -120,7 +111,7 @@ def cases(tmp: Path, llama: Path, mini_tasks: Path) -> dict[str, tuple[list[str]
                                     f"calibration.path='{binary}' is not UTF-8 text"),
         "budget on a multiple-choice task": (["+suite.max_gen_toks.mini_mc=8"], "not generative"),
         "answer choice longer than the context": (
-            [f"suite.include_path={task_folder(tmp, mini_tasks, 'long', {'long_choice.yaml': LONG_CHOICE_YAML, 'long/test.jsonl': long_rows})}",
+            [f"suite.include_path={task_folder(tmp, mini_tasks, 'long', {'long_choice.yaml': mc_task_yaml('long_choice'), 'long_choice/test.jsonl': long_rows})}",
              "suite.tasks=[long_choice]"], "longer than the model's context of 512 tokens"),
         "generation budget fills the context": (["model=tiny", "suite.tasks=[gsm8k]", f"suite.data_files.gsm8k={GSM8K_FILE}"],
                                                 "generation budget of 256 tokens leaves no room"),
@@ -259,19 +250,6 @@ def test_cache_lock_file_is_removed_when_released(tmp_path):
 HOSTILE = ["$x$ costs $5 and $\\frac{1}{0}$", "<script>alert(1)</script><svg onload=alert(2)><style>*{}</style>",
            "evil\u202etxt.exe\u2066", "a_b^c {braces} \\n"]
 
-HOSTILE_YAML = """task: hostile
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: hostile/test.jsonl
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{question}}\\nAnswer:"
-doc_to_choice: "{{choices}}"
-doc_to_target: "{{answer}}"
-metric_list:
-  - metric: acc
-"""
 
 
 def test_hostile_text_completes_with_an_intact_report(tmp_path):
@@ -281,7 +259,7 @@ def test_hostile_text_completes_with_an_intact_report(tmp_path):
              "choices": [HOSTILE[(i + k) % 4] + f" {k}" for k in range(4)], "answer": i % 4} for i in range(8)]
     folder = tmp_path / "tasks"
     (folder / "hostile").mkdir(parents=True)
-    (folder / "hostile.yaml").write_text(HOSTILE_YAML)
+    (folder / "hostile.yaml").write_text(mc_task_yaml("hostile"))
     (folder / "hostile/test.jsonl").write_text(jsonl(rows))
     run_dir = pipeline.run(compose([f"suite.include_path={folder}", "suite.tasks=[hostile]", "compression.bits=2",
                                     f"output.root={tmp_path / 'results'}", "eval.bootstrap=50", "model.name='$m$<b>\u202e'"]))

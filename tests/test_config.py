@@ -30,6 +30,13 @@ def test_defaults_are_the_bundled_model_and_suite():
     assert typed.model.path == "bundled:tiny" and typed.suite.tasks == ["synth"]
 
 
+def test_tacq_fits_its_grids_as_the_official_code():
+    # asymmetric, per output channel, MSE search with the reference norm 2.4; squared error stays an option
+    comp = to_typed(compose(["compression=tacq"])).compression
+    assert (comp.sym, comp.group_size, comp.mse, comp.mse_norm) == (False, -1, True, 2.4)
+    assert to_typed(compose(["compression=tacq", "compression.mse_norm=2"])).compression.mse_norm == 2.0
+
+
 def test_unknown_key_fails_at_composition():
     with pytest.raises(ConfigCompositionException):
         compose(["compression.bitz=3"])
@@ -45,9 +52,13 @@ def test_wrong_type_fails_at_composition():
     ("compression.bits=1", "outside 2-8"),
     ("compression.keep_fraction=0.6", "outside \\[0, 0.5\\]"),
     ("compression.group_size=0", "group_size=0"),
+    ("compression.mse_norm=0", "mse_norm=0"),
     ("compression.method=awq", "unknown"),
     ("eval.batch_size=0", "batch_size"),
     ("suite.tasks=[]", "suite.tasks is empty"),
+    ("eval.noise_floor=true", "eval.noise_floor='True' is unknown"),  # the old boolean switch names no perturbation
+    ("eval.noise_dtype=int8", "eval.noise_dtype='int8' is unknown"),
+    ("gate.on=median", "gate.on='median' is unknown"),
 ])
 def test_bad_values_fail_validation_with_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as err:

@@ -19,6 +19,9 @@ from tests.conftest import compose
 # layer 0 and everything outside the layers stay on the CPU; layer 1 is offloaded to disk
 SPLIT = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
          "model.rotary_emb": "cpu", "lm_head": "cpu"}
+# the other way round: embeddings, first block, final norm and head on disk (inputs captured from disk)
+SPLIT_OUTSIDE = {"model.embed_tokens": "disk", "model.layers.0": "disk", "model.layers.1": "cpu", "model.norm": "disk",
+                 "model.rotary_emb": "cpu", "lm_head": "disk"}
 
 
 def _load(path, **placement):
@@ -73,12 +76,13 @@ def test_onload_of_a_resident_module_keeps_its_tensors():
     assert weight.data.data_ptr() == data.data_ptr() and weight.dtype == torch.float32
 
 
-@pytest.mark.parametrize("method", ["gptq", "tacq"])
-def test_quantizing_an_offloaded_model_gives_the_plain_load_weights(random_llama, tmp_path, method):
+@pytest.mark.parametrize("method,device_map", [("gptq", SPLIT), ("tacq", SPLIT), ("gptq", SPLIT_OUTSIDE)],
+                         ids=["gptq", "tacq", "gptq-embeddings-on-disk"])
+def test_quantizing_an_offloaded_model_gives_the_plain_load_weights(random_llama, tmp_path, method, device_map):
     source = random_llama / "model.safetensors"
     before = _sha(source)
     plain = _load(random_llama)
-    split = _load(random_llama, device_map=SPLIT, offload_folder=str(tmp_path / "offload"))
+    split = _load(random_llama, device_map=device_map, offload_folder=str(tmp_path / "offload"))
     calib = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
     cfg = QuantConfig(method=method, bits=3, keep_fraction=0.01)
     report_plain = compress(plain, cfg, calib=calib, device="cpu")
@@ -86,7 +90,9 @@ def test_quantizing_an_offloaded_model_gives_the_plain_load_weights(random_llama
     assert report_split["n_kept"] == report_plain["n_kept"]
     for name in quantizable_linears(plain):
         torch.testing.assert_close(_weight(split, f"{name}.weight"), _weight(plain, f"{name}.weight"), rtol=0, atol=1e-6)
-    assert split.model.layers[1].mlp.down_proj.weight.is_meta  # still offloaded
+    offloaded = [name for name, param in split.named_parameters() if param.is_meta]
+    on_disk = [key for key, device in device_map.items() if device == "disk"]
+    assert offloaded and all(any(name.startswith(key + ".") for key in on_disk) for name in offloaded)
     assert _sha(source) == before  # the quantized weights went to the offload folder, not into the checkpoint
     ids = calib[:1]
     torch.testing.assert_close(split(ids).logits, plain(ids).logits, rtol=0, atol=1e-5)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from flipbench.config import ConfigError, GateConfig
 from flipbench.search import outputs, settings, space, study
+from tests.conftest import CONF_DIR
 
 
 def test_grid_labels_and_overrides():
@@ -89,3 +92,18 @@ def test_pareto_front():
                             "worst_flips": [0.30, 0.10, 0.20, 0.10, 0.05]})
     configs = configs.sort_values(["cost", "worst_flips"]).reset_index(drop=True)
     assert outputs.pareto(configs)["label"].tolist() == ["a", "b", "e"]
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (Path(CONF_DIR) / "search_space").glob("*.yaml")))
+def test_search_config_root_composes(option):
+    from hydra import compose, initialize_config_dir
+
+    import flipbench.cli  # noqa: F401  (the run schema and resolvers)
+
+    settings.register()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        typed, budget = settings.to_typed(compose("search", [f"search_space={option}", "search.max_model_gb=2GiB"]))
+    assert budget == settings.Budget(None, 2 * 2**30) and typed.model.path == "bundled:tiny"
+    space.check_space(typed.search.space)
+    if option == "default":
+        assert len(space.grid(typed.search.space)) == 4 * 2 + 3 * 2 * 2 + 2 * 2  # RTN, GPTQ, TACQ

@@ -51,13 +51,21 @@ def render_example(task, doc) -> str:
 
 def task_calibration_texts(tasks: dict, n_samples: int, seed: int, eval_doc_hashes: set[str] | None) -> list[str]:
     """n_samples rendered examples drawn evenly over tasks ({name: lm_eval Task}) from their non-evaluation
-    splits. eval_doc_hashes: the evaluated docs' lm-eval doc hashes (None: each task's whole eval split);
+    splits; tasks without one are left out, and ValueError is raised only when no task has one. eval_doc_hashes: the evaluated docs' lm-eval doc hashes (None: each task's whole eval split);
     an example whose doc is also evaluated raises ValueError."""
     rng = random.Random(seed)
-    per_task = -(-n_samples // max(len(tasks), 1))
-    drawn = []
+    pools, missing = {}, []
     for name, task in tasks.items():
-        split, docs = _calibration_split(task)
+        try:
+            pools[name] = _calibration_split(task)
+        except ValueError as err:  # e.g. a task whose only local split is the evaluated one: the others calibrate
+            missing.append(err)
+    if not pools:
+        raise missing[0]
+    per_task = -(-n_samples // len(pools))
+    drawn = []
+    for name, (split, docs) in pools.items():
+        task = tasks[name]
         docs = docs if hasattr(docs, "__getitem__") and hasattr(docs, "__len__") else list(docs)
         evaluated = eval_doc_hashes if eval_doc_hashes is not None else {doc_hash(d) for d in task.eval_docs}
         indices = rng.sample(range(len(docs)), min(per_task, len(docs)))

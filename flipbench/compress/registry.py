@@ -1,4 +1,5 @@
-"""One registry of quantization methods and the one entry point, compress(), with its report."""
+"""One registry of compression methods (quantizers and pruners) and the one entry point, compress(), with its
+report."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import torch
 from torch import nn
 
 from flipbench.compress.families import decoder_layers, family_of, quantizable_linears, weight_matrix, weight_param
-from flipbench.compress.quant.config import QuantConfig, validate
+from flipbench.compress.prune.config import PruneConfig
+from flipbench.compress.prune.config import validate as validate_prune
+from flipbench.compress.prune.run import needs_calibration, prune
+from flipbench.compress.quant.config import QuantConfig
+from flipbench.compress.quant.config import validate as validate_quant
 from flipbench.compress.quant.gptq import gptq_model
 from flipbench.compress.quant.rtn import rtn_model
 from flipbench.compress.quant.tacq import tacq_model
@@ -41,13 +46,37 @@ def _tacq(model, cfg, calib, task_calib, device, progress, grids=None) -> dict:
                       cfg.gradients, kept=grids)
 
 
-# name -> (method, needs calibration data)
-METHODS: dict[str, tuple[Callable[..., dict], bool]] = {
-    "none": (_none, False),
-    "rtn": (_rtn, False),
-    "gptq": (_gptq, True),
-    "tacq": (_tacq, True),
+def _prune(model, cfg, calib, task_calib, device, progress, grids=None) -> dict:
+    return prune(model, cfg, calib, device, progress)
+
+
+# name -> (method, settings type, needs calibration data: a bool or a function of the settings)
+METHODS: dict[str, tuple[Callable[..., dict], type, bool | Callable[[PruneConfig], bool]]] = {
+    "none": (_none, QuantConfig, False),
+    "rtn": (_rtn, QuantConfig, False),
+    "gptq": (_gptq, QuantConfig, True),
+    "tacq": (_tacq, QuantConfig, True),
+    "magnitude": (_prune, PruneConfig, False),
+    "wanda": (_prune, PruneConfig, True),
+    "sparsegpt": (_prune, PruneConfig, True),
+    "layerdrop": (_prune, PruneConfig, needs_calibration),  # select=angular only
 }
+
+
+def settings_type(method: str) -> type:
+    """QuantConfig or PruneConfig: the settings compress() takes for method."""
+    return METHODS[method][1] if method in METHODS else QuantConfig
+
+
+def needs_data(cfg: QuantConfig | PruneConfig) -> bool:
+    """Whether compress() needs calibration token ids for these settings."""
+    needs = METHODS[cfg.method][2]
+    return needs(cfg) if callable(needs) else needs
+
+
+def validate(model: nn.Module, cfg: QuantConfig | PruneConfig) -> None:
+    """Cheap checks before any expensive work; raises ValueError with one line naming the problem and the fix."""
+    (validate_prune if isinstance(cfg, PruneConfig) else validate_quant)(model, cfg)
 
 
 def avg_bits(
@@ -76,28 +105,30 @@ def model_bytes(model: nn.Module, quantized: Iterable[torch.Tensor], bits_per_qu
 
 def compress(
     model: nn.Module,
-    cfg: QuantConfig,
+    cfg: QuantConfig | PruneConfig,
     calib: torch.Tensor | None = None,
     task_calib: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     progress: Progress = None,
     grids: dict | None = None,
 ) -> dict:
-    """Quantize model in place (fake-quant: weights replaced by their de-quantized values, same dtype).
+    """Compress model in place: quantizers fake-quantize (weights replaced by their de-quantized values, same
+    dtype), pruners zero weights or remove decoder blocks (see prune/).
 
-    calib: LongTensor (n_samples, seq_len) of token ids for the GPTQ/TACQ Hessians; task_calib: token ids of
-    task examples for TACQ's gradients (defaults to calib). grids, when given, receives per linear what an
-    export needs: RTN/GPTQ {scale, zero, g_idx}, TACQ {keep} (its 16-bit mask). Returns a JSON-able report."""
+    calib: LongTensor (n_samples, seq_len) of token ids for the GPTQ/TACQ/SparseGPT Hessians, Wanda's norms
+    and layerdrop's angular distances; task_calib: token ids of task examples for TACQ's gradients (defaults
+    to calib). grids, when given, receives per linear what an export needs: RTN/GPTQ {scale, zero, g_idx},
+    TACQ {keep} (its 16-bit mask); pruners leave it empty. Returns a JSON-able report."""
     validate(model, cfg)
-    method, needs_data = METHODS[cfg.method]
-    if needs_data and calib is None:
+    method = METHODS[cfg.method][0]
+    if needs_data(cfg) and calib is None:
         raise ValueError(
             f"method {cfg.method} needs calibration token ids (calib); pass a (n_samples, seq_len) LongTensor"
         )
     start = time.perf_counter()
     details = method(model, cfg, calib, calib if task_calib is None else task_calib, device, progress, grids)
     details["seconds"]["total"] = time.perf_counter() - start
-    return _report(model, cfg, details)
+    return details if isinstance(cfg, PruneConfig) else _report(model, cfg, details)
 
 
 def _report(model: nn.Module, cfg: QuantConfig, details: dict) -> dict:
@@ -117,6 +148,7 @@ def _report(model: nn.Module, cfg: QuantConfig, details: dict) -> dict:
             "damp_retries_by_layer": {},
             "n_unreached_rtn": 0,
             "unreached_rtn": [],
+            "params_kept": 1.0,
         }
     family = family_of(model)
     linears = quantizable_linears(model)
@@ -147,4 +179,5 @@ def _report(model: nn.Module, cfg: QuantConfig, details: dict) -> dict:
         # weights no calibration token reached (experts the router never picked): quantized with RTN
         "n_unreached_rtn": len(details["unreached"]),
         "unreached_rtn": details["unreached"],
+        "params_kept": 1.0,  # every weight stays, at fewer bits
     }

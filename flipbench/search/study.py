@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,8 +67,8 @@ def judge(rows: pd.DataFrame, gate: GateConfig, upper: bool) -> tuple[bool, floa
     worst = -math.inf
     for _, row in rows.iterrows():
         for key, limit in limits_for(row["task"], gate).items():
-            column, sign, upper_column = CHECKS[key]  # the gate's own columns, so search and gate agree
-            column = upper_column if upper else column
+            column, sign, bound = CHECKS[key]  # bound: the column of the interval's worse end
+            column = bound if upper else column
             value = sign * float(row[column])
             excess = MISSING_VIOLATION if math.isnan(value) else (value - limit) / (abs(limit) + 1e-3)
             worst = max(worst, excess)
@@ -190,6 +191,8 @@ def optimize(ctx: Context, space: dict, seed: int, sampler: str, pruner: str, n_
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # BruteForceSampler is still marked experimental (since Optuna 3.1); the search pins Optuna 5.0.x.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = make_study(ctx.search_dir, seed, sampler, pruner, ctx.eta, len(ctx.rungs))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))

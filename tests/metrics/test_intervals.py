@@ -62,7 +62,29 @@ def test_spearman_interval_fisher_z():
     half = 1.959964 * math.sqrt((1 + 0.8 ** 2 / 2) / 2)
     assert rho == pytest.approx(0.8)
     assert (low, high) == pytest.approx((math.tanh(math.atanh(0.8) - half), math.tanh(math.atanh(0.8) + half)), abs=1e-6)
-    assert 0 < p < 1
     assert all(math.isnan(v) for v in spearman_interval([1, 2], [1, 2]))  # too few members
-    rho, low, high, _ = spearman_interval([1, 2, 3, 4], [1, 2, 3, 5])  # perfect: no finite Fisher z interval
+    # p: exact permutation test; rho = 1 - 6 Σd² / 120 >= 0.8 means Σd² <= 4, which 8 of the 5! = 120 orderings
+    # reach (Σd² = 0: one, 2: four, 4: three); two-sided = 2 * 8/120
+    assert p == pytest.approx(16 / 120)
+    rho, low, high, p = spearman_interval([1, 2, 3, 4], [1, 2, 3, 5])  # perfect: no finite Fisher z interval
     assert rho == pytest.approx(1.0) and math.isnan(low) and math.isnan(high)
+    assert p == pytest.approx(2 / 24)  # only the identity ordering reaches rho = 1: one-sided 1/24, doubled
+
+
+def test_summary_adjusts_mcnemar_within_a_tasks_subjects_and_across_tasks():
+    from flipbench.metrics import summarize
+
+    from .tables import mc_row, table
+
+    right, wrong = [0.0, -1.0], [-1.0, 0.0]  # argmax 0 (the target) / argmax 1
+    rows = [mc_row(i, 0, right, wrong, task="t", group="a") for i in range(5)]  # subject a: 5 lost, 0 gained
+    rows += [mc_row(5 + i, 0, right, right, task="t", group="b") for i in range(3)]  # subject b: no change
+    rows += [mc_row(i, 0, right, right, task="u") for i in range(4)]  # task u: no change
+    out = summarize(table(rows), n_resamples=0).set_index(["task", "group"])
+    # subject a: exact two-sided p = 2 / 2^5 = 0.0625; b: 1. Holm over {a, b}: 2 * 0.0625 = 0.125; BH: 0.125, 1
+    assert out.loc[("t", "a"), "mcnemar_p"] == pytest.approx(0.0625)
+    assert out.loc[("t", "a"), ["mcnemar_p_holm", "mcnemar_q_bh"]].tolist() == pytest.approx([0.125, 0.125])
+    assert out.loc[("t", "b"), ["mcnemar_p_holm", "mcnemar_q_bh"]].tolist() == pytest.approx([1.0, 1.0])
+    # whole tasks t (p 0.0625) and u (p 1) form the headline family: Holm 0.125 and 1
+    assert out.loc[("t", "all"), "mcnemar_p_holm"] == pytest.approx(0.125)
+    assert out.loc[("u", "all"), "mcnemar_p_holm"] == pytest.approx(1.0)

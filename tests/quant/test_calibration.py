@@ -82,6 +82,14 @@ def test_task_without_a_non_evaluation_split_raises(tmp_path):
         task_calibration_texts({"only_test": task}, n_samples=1, seed=0, eval_doc_hashes=None)
 
 
+def test_tasks_without_a_non_evaluation_split_are_left_out_when_another_has_one(tmp_path):
+    tasks = {"only_test": make_task(tmp_path, "only_test", {"test": mc_rows("t", 3)}, test_split="test"),
+             "trained": make_task(tmp_path, "trained", {"train": mc_rows("tr", 5), "test": mc_rows("t", 2)},
+                                  training_split="train", test_split="test")}
+    texts = task_calibration_texts(tasks, n_samples=4, seed=0, eval_doc_hashes=set())
+    assert len(texts) == 4 and all(t.startswith("Q: tr question") for t in texts)
+
+
 def test_doc_hash_is_the_one_lm_eval_logs(tmp_path, char_tokenizer):
     import lm_eval
     from lm_eval.models.huggingface import HFLM

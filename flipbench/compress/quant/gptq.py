@@ -7,24 +7,16 @@ H⁻¹ of that objective (H = 2/N Σ x xᵀ), in its upper Cholesky form so that
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from flipbench.compress.families import Family, block_linears, in_features, set_weight_matrix, weight_matrix
-from flipbench.compress.layerwise import (
-    LayerInputs,
-    collect_inputs,
-    layer_by_layer,
-    run_layer,
-    sequential_groups,
-)
+from flipbench.compress.families import Family, block_linears
+from flipbench.compress.hessian import Hessian, blocked_sweep, inverse_cholesky, solve_layer
+from flipbench.compress.layerwise import LayerInputs, layer_by_layer
 from flipbench.compress.quant.grid import GridSpec, fit_masked, quantize, rtn, rtn_grid_record
-
-MAX_DAMP_RETRIES = 6  # damp × 10 per retry: 0.01·mean(diag H) reaches 10⁴·mean(diag H)
 
 
 @dataclass(frozen=True)
@@ -37,24 +29,18 @@ class GPTQSettings:
     block_size: int = 128
 
 
-class GPTQ:
-    """Collect H from a linear layer's inputs with add_batch, then quantize its weights with solve."""
+class GPTQ(Hessian):
+    """Collect H from a linear layer's inputs with add_batch (hessian.Hessian), then quantize its weights
+    with solve."""
 
     def __init__(self, columns: int, device: torch.device | str = "cpu"):
-        self.H = torch.zeros(columns, columns, dtype=torch.float32, device=device)  # (cols, cols)
-        self.nsamples = 0
+        super().__init__(columns, device)
         self._factor = None  # (key of H and settings, column order, H⁻¹ upper Cholesky, damp retries)
         self.grid = None  # the last solve's grids (see grid_record), for a packed export
 
     def add_batch(self, X: torch.Tensor) -> None:
-        """X (..., cols): one batch of inputs; H stays the running 2/N Σ x xᵀ."""
-        X = X.reshape(-1, X.shape[-1]).to(self.H.device, torch.float32)  # (n, cols)
-        n = X.shape[0]
-        self._factor = None
-        self.H *= self.nsamples / (self.nsamples + n)
-        self.nsamples += n
-        X = math.sqrt(2 / self.nsamples) * X
-        self.H += X.t() @ X
+        self._factor = None  # a new H needs a new factor; free the old one now
+        super().add_batch(X)
 
     def solve(
         self, W: torch.Tensor, settings: GPTQSettings, keep: torch.Tensor | None = None
@@ -90,38 +76,29 @@ class GPTQ:
                 H = H.clone()
                 H[dead, dead] = 1
                 H = H[perm][:, perm] if s.act_order else H
-            self._factor = (key, perm, *_inverse_cholesky(H, s.damp))
+            self._factor = (key, perm, *inverse_cholesky(H, s.damp))
             del H
         _, perm, Hinv, retries = self._factor  # Hinv: (cols, cols), upper triangular
         if s.act_order:
             W, keep = W[:, perm], keep[:, perm]
         group_of = (perm // group).tolist()  # original group of each swept column (static / per-channel grids)
-        dynamic = []  # dynamic groups' (scale, zero), in sweep order
-        Q = torch.zeros_like(W)
-        for i1 in range(0, cols, s.block_size):
-            i2 = min(i1 + s.block_size, cols)
-            W1 = W[:, i1:i2].clone()  # (rows, b): updated in place as the block is swept
-            Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
-            Hinv1 = Hinv[i1:i2, i1:i2]
-            for i in range(i2 - i1):
-                col = i1 + i
-                if s.group_size != -1 and not s.static_groups and col % group == 0:
-                    # dynamic groups: fit on the current, error-updated values of the next `group` columns (fewer at
-                    # the row's end: the last group is narrower when group does not divide cols)
-                    ahead = W1[:, i : i + group]
-                    ahead = torch.cat([ahead, W[:, i2 : i2 + group - ahead.shape[1]]], dim=1)
-                    current = fit_masked(ahead, s.grid, keep[:, col : col + group])
-                    dynamic.append(current)
-                elif s.group_size == -1 or s.static_groups:
-                    current = params[group_of[col]]
-                w, d, k = W1[:, i], Hinv1[i, i], keep[:, col]  # (rows,), scalar, (rows,)
-                q = torch.where(k, w, quantize(w[:, None], *current, maxq).flatten())
-                Q1[:, i] = q
-                err1 = (w - q) / d  # 0 on kept entries
-                W1[:, i:] -= err1[:, None] @ Hinv1[i, i:][None, :]
-                Err1[:, i] = err1
-            Q[:, i1:i2] = Q1
-            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # the block's error, pushed to every later column at once
+        def column(i1: int, i: int, W1: torch.Tensor, Hinv1: torch.Tensor) -> torch.Tensor:
+            nonlocal current
+            col, i2 = i1 + i, i1 + W1.shape[1]
+            if s.group_size != -1 and not s.static_groups and col % group == 0:
+                # dynamic groups: fit on the current, error-updated values of the next `group` columns (fewer at
+                # the row's end: the last group is narrower when group does not divide cols)
+                ahead = W1[:, i : i + group]
+                ahead = torch.cat([ahead, W[:, i2 : i2 + group - ahead.shape[1]]], dim=1)
+                current = fit_masked(ahead, s.grid, keep[:, col : col + group])
+                dynamic.append(current)
+            elif s.group_size == -1 or s.static_groups:
+                current = params[group_of[col]]
+            w, k = W1[:, i], keep[:, col]  # (rows,), (rows,)
+            return torch.where(k, w, quantize(w[:, None], *current, maxq).flatten())  # kept: no error
+
+        current, dynamic = None, []  # dynamic groups' (scale, zero), in sweep order
+        Q = blocked_sweep(W, Hinv, s.block_size, column)
 
         if s.act_order:
             Q = Q[:, torch.argsort(perm)]
@@ -136,29 +113,6 @@ def grid_record(fitted: list, perm: torch.Tensor, group: int, dynamic: bool) -> 
     g_idx[perm] = torch.arange(len(perm), device=perm.device) // group if dynamic else perm // group
     return {"scale": torch.cat([sc for sc, _ in fitted], 1).cpu(), "zero": torch.cat([z for _, z in fitted], 1).cpu(),
             "g_idx": g_idx.cpu()}
-
-
-def _inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, int]:
-    """Upper Cholesky factor of (H + λI)⁻¹ with λ = damp·mean(diag H), raising λ ×10 until it factors."""
-    mean_diag = torch.diag(H).mean().abs().clamp(min=1e-8)
-    # Memory: at most two (cols, cols) matrices beside H at a time; for an MLP's down projection these are
-    # the largest tensors GPTQ makes.
-    for retry in range(MAX_DAMP_RETRIES + 1):
-        damped = H.clone()
-        damped.diagonal().add_(damp * 10**retry * mean_diag)
-        L, info = torch.linalg.cholesky_ex(damped)
-        del damped
-        if info == 0:
-            inverse = torch.cholesky_inverse(L)
-            del L
-            U, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            del inverse
-            if info == 0 and torch.isfinite(U).all():
-                return U, retry
-    raise ValueError(
-        f"the Hessian is not positive definite even with damp {damp * 10**MAX_DAMP_RETRIES:g}·mean(diag H); "
-        "check the calibration inputs for NaN/inf"
-    )
 
 
 def gptq_layer(
@@ -178,30 +132,21 @@ def gptq_layer(
     with no inputs (an expert no token was routed to) is quantized without data: RTN on the same grid.
     keep: relative name -> TACQ mask (out, in).
     """
-    targets = block_linears(layer)
-    stages = sequential_groups(layer, inputs) if true_sequential else [list(targets)]
-    retries, unreached = {}, []
-    for names in stages:
-        device = weight_matrix(targets[names[0]]).device
-        solvers = {name: GPTQ(in_features(targets[name]), device) for name in names}
-        with collect_inputs(layer, names, lambda name, X: solvers[name].add_batch(X)):
-            run_layer(layer, inputs)
-        for name in names:
-            module, mask = targets[name], None if keep is None else keep[name]
-            solver = solvers.pop(name)  # its Hessian and factor are freed as soon as this linear is done
-            W = weight_matrix(module)
-            if solver.nsamples == 0:
-                Q, retries[name] = rtn(W, settings.grid, settings.group_size, mask), 0
-                unreached.append(name)
-                record = rtn_grid_record(W, settings.grid, settings.group_size, mask)
-            else:
-                Q, retries[name] = solver.solve(W, settings, mask)
-                record = solver.grid
-            if grids is not None:
-                grids[name] = record
-            set_weight_matrix(module, None, Q)
-            del solver, Q
-    return retries, unreached
+    def mask(name: str) -> torch.Tensor | None:
+        return None if keep is None else keep[name]
+
+    def solve(name: str, solver: GPTQ, W: torch.Tensor) -> tuple[torch.Tensor, int]:
+        Q, retries = solver.solve(W, settings, mask(name))
+        if grids is not None:
+            grids[name] = solver.grid
+        return Q, retries
+
+    def without_data(name: str, W: torch.Tensor) -> torch.Tensor:
+        if grids is not None:
+            grids[name] = rtn_grid_record(W, settings.grid, settings.group_size, mask(name))
+        return rtn(W, settings.grid, settings.group_size, mask(name))
+
+    return solve_layer(layer, inputs, true_sequential, GPTQ, solve, without_data)
 
 
 def gptq_model(
