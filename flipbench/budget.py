@@ -1,8 +1,9 @@
 """Do the tasks' prompts, answer choices and generation budgets fit the model's context? Checked before any weight.
 
 lm-eval finds out late and badly: a generation budget as long as the context is an AssertionError, an answer
-choice longer than the context another, and a prompt that does not fit is cut from the left without a word
-(the model then answers a question it only partly sees). Here the same requests lm-eval will send are built
+choice longer than the context another, and a generative prompt that does not fit beside its budget is cut
+from the left without a word (the model then answers a question it only partly sees). Multiple-choice prompts
+that are too long only lose their earliest (few-shot) tokens, as lm-eval warns; those are reported, not refused. Here the same requests lm-eval will send are built
 from the task objects, tokenised with the baseline's tokenizer the way lm-eval's HFLM does (no special tokens,
 trailing spaces of the context moved to the continuation), and measured against the context length HFLM will
 use (lm-eval's own ``resolve_max_length`` on the model's config.json and tokenizer).
@@ -81,19 +82,26 @@ def problem(name: str, ll: Longest, gen: Longest, max_length: int, shots: int) -
         return (f"task {name}: {gen.over} prompt(s) of up to {gen.prompt} tokens plus the generation budget of "
                 f"{gen.answer} tokens exceed {where} (lm-eval would cut the prompts); use {fewer}, "
                 f"suite.max_gen_toks.{name}=<fewer tokens>, LIMIT=<fewer docs> or a model with a longer context")
-    if ll.over:
-        return (f"task {name}: {ll.over} prompt(s) with their answer choice reach {ll.total} tokens, "
-                f"beyond {where} (lm-eval would cut the prompts); use {fewer}, LIMIT=<fewer docs> or a model "
-                "with a longer context")
     return None
 
 
-def check_context(task_objs: dict, reported: dict[str, str], tokenizer, max_length: int, limit: int | None) -> None:
-    """Raise ConfigError for the first task whose requests do not fit ``max_length`` tokens."""
+def check_context(task_objs: dict, reported: dict[str, str], tokenizer, max_length: int, limit: int | None) -> list[str]:
+    """Raise ConfigError for the first task whose requests cannot run or would lose their prompt's end; return
+    one note per task whose multiple-choice prompts lm-eval will shorten from the left (it drops the earliest
+    few-shot text and says so in a warning: the question and its choices stay whole, so the run goes on)."""
     from flipbench.config import ConfigError
 
+    cut: dict[str, tuple[int, int, int]] = {}  # task -> (requests cut, longest total, shots)
     for leaf, task in task_objs.items():
         ll, gen = measure(task, tokenizer, max_length, limit)
-        found = problem(reported.get(leaf, leaf), ll, gen, max_length, task.config.num_fewshot or 0)
+        name, shots = reported.get(leaf, leaf), task.config.num_fewshot or 0
+        found = problem(name, ll, gen, max_length, shots)
         if found:
             raise ConfigError(found)
+        if ll.over:
+            over, total, _ = cut.get(name, (0, 0, 0))
+            cut[name] = (over + ll.over, max(total, ll.total), shots)
+    return [f"task {name}: {over} prompt(s) with their answer choice reach up to {total} tokens, beyond the model's "
+            f"context of {max_length}; lm-eval keeps their last {max_length} tokens"
+            + (f" (fewer shots: ++suite.num_fewshot.{name}=0; now {shots})" if shots else "")
+            for name, (over, total, shots) in cut.items()]

@@ -72,7 +72,9 @@ def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
     evaluate.configure(task_objs, plan, dict(cfg.suite.num_fewshot), dict(cfg.suite.max_gen_toks))
     config = models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code,
                                 gguf_file=cfg.model.gguf_file)
-    budget.check_context(task_objs, plan.reported, tokenizer, budget.context_length(config, tokenizer), cfg.suite.limit)
+    for note in budget.check_context(task_objs, plan.reported, tokenizer, budget.context_length(config, tokenizer),
+                                     cfg.suite.limit):
+        log.warning(note)
     if cfg.compression.method == "checkpoint":
         from flipbench.preflight import check_tokenizers_agree
 
@@ -297,6 +299,18 @@ def noise_floor(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, base: p
     return noise, details
 
 
+def _by_ctrl_c(err: BaseException) -> bool:
+    """A KeyboardInterrupt, or an error a library raised from one (a Ctrl-C during a lazy import comes back
+    as, e.g., transformers' RuntimeError "Failed to import ...")."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def run(cfg) -> Path:
     """Run one baseline-vs-compressed comparison; returns the run directory.
 
@@ -314,8 +328,10 @@ def run(cfg) -> Path:
             raise ConfigError(f"{run_dir} is being written by a running process; wait for it or pick another output.run_dir")
         rundir.mark_stale(run_dir.parent, log)
         prepared = prepare(cfg, plan)
-    except KeyboardInterrupt:
-        raise Interrupted("preflight", None) from None
+    except BaseException as err:
+        if _by_ctrl_c(err):
+            raise Interrupted("preflight", None) from None
+        raise
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.save_config(run_dir, cfg)
     device = models.pick_device(cfg.model.device)
@@ -327,11 +343,11 @@ def run(cfg) -> Path:
     manifest.update(data_notes=plan.notes)
     try:
         _stages(cfg, plan, prepared, run_dir, manifest, device)
-    except KeyboardInterrupt:
-        stage = manifest.current or "setup"
-        manifest.fail(f"interrupted during {stage}")
-        raise Interrupted(stage, run_dir) from None
     except BaseException as err:
+        if _by_ctrl_c(err):
+            stage = manifest.current or "setup"
+            manifest.fail(f"interrupted during {stage}")
+            raise Interrupted(stage, run_dir) from None
         manifest.fail(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         raise
     finally:

@@ -145,17 +145,16 @@ def test_bad_split_data_is_one_line_before_any_model_loads(shared_index, tmp_pat
 
 
 def test_run_keeps_mmlu_shots_on_dev_questions(shared_index, random_llama, tmp_path):
-    """From samples.parquet: every prompt's shots are the subject's dev questions, never a test question.
-    Two shots: five of these questions overflow the random model's 512-token context, which preflight refuses."""
+    """From samples.parquet: every prompt's shots are the subject's dev questions, never a test question."""
     folder = save_hub_layout(tmp_path / "mmlu", "jsonl")
     run_dir = pipeline.run(compose([
         "model=hf", f"model.path={random_llama}", "suite=standard", "suite.tasks=[mmlu]", f"suite.data_files.mmlu={folder}",
-        "suite.num_fewshot.mmlu=2", "compression=none", "eval.batch_size=8", "eval.bootstrap=0", "output.plots=false",
-        "suite.limit=2", f"output.root={tmp_path / 'results'}"]))
+        "compression=none", "eval.batch_size=8", "eval.bootstrap=0", "output.plots=false", "suite.limit=2",
+        f"output.root={tmp_path / 'results'}"]))
     samples = pd.read_parquet(run_dir / "samples.parquet")
     assert sorted(samples["group"]) == ["anatomy", "anatomy", "astronomy", "astronomy"]
     for _, row in samples.iterrows():
         dev, test = split_rows(row["group"], "dev"), split_rows(row["group"], "test")
-        shots = "".join(f"{mmlu_question(r)} {'ABCD'[r['answer']]}\n\n" for r in dev[:2])  # MMLU's sampler: first_n
+        shots = "".join(f"{mmlu_question(r)} {'ABCD'[r['answer']]}\n\n" for r in dev)
         assert row["prompt"] == MMLU_DESCRIPTION.format(row["group"]) + shots + mmlu_question(test[row["doc_id"]])
         assert row["prompt"].count("TEST ") == 1  # the asked question only: no test question among the shots
