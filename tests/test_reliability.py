@@ -15,11 +15,8 @@ import pytest
 from flipbench import pipeline
 from flipbench.cache import BaselineCache
 from flipbench.config import ConfigError
+from tests.cache_writer import frame, write_repeatedly
 from tests.conftest import compose
-
-
-def frame(n=5):
-    return pd.DataFrame({"doc_id": range(n), "ll": [[-1.0, -2.5]] * n, "pred": ["0"] * n})
 
 
 def same(a: pd.DataFrame, b: pd.DataFrame) -> bool:
@@ -45,16 +42,9 @@ def test_cache_entry_without_its_sidecar_is_partial(tmp_path):
     assert cache.load("k") is None
 
 
-def _writer(root: str, rows: int) -> None:
-    cache = BaselineCache(Path(root))
-    for _ in range(10):
-        with cache.lock("k"):
-            cache.store("k", frame(rows), {})
-
-
 def test_two_processes_writing_one_entry_leave_a_valid_entry(tmp_path):
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(str(tmp_path), 50)) for _ in range(2)]
+    procs = [ctx.Process(target=write_repeatedly, args=(str(tmp_path), 50)) for _ in range(2)]
     for p in procs:
         p.start()
     for p in procs:
