@@ -8,7 +8,8 @@ features and scales spread over 10⁻¹..10¹ (benchmarks.bench_quant.layer_and_
 (real activations are not sorted by size; SparseGPT's per-block sparsity budget assumes each block mixes them).
 Error = ||XWᵀ − XŴᵀ||² / ||XWᵀ||². Seconds include collecting the statistics (H for SparseGPT and GPTQ,
 ||X_j||² for Wanda) from X in chunks, as the layer-by-layer runner does; one torch thread.
-Writes prune.csv, prune_memory.csv and prune.md.
+Writes prune.csv, prune_memory.csv and prune.md; --memory-layers/--memory-hidden/--n-samples/--seq-len size the
+memory part (full flipbench runs of SparseGPT on random Llamas, benchmarks.memory.measure).
 """
 
 from __future__ import annotations
