@@ -8,7 +8,8 @@ features and scales spread over 10⁻¹..10¹ (benchmarks.bench_quant.layer_and_
 (real activations are not sorted by size; SparseGPT's per-block sparsity budget assumes each block mixes them).
 Error = ||XWᵀ − XŴᵀ||² / ||XWᵀ||². Seconds include collecting the statistics (H for SparseGPT and GPTQ,
 ||X_j||² for Wanda) from X in chunks, as the layer-by-layer runner does; one torch thread.
-Writes prune.csv, prune_memory.csv and prune.md.
+Writes prune.csv, prune_memory.csv and prune.md; --memory-layers/--memory-hidden/--n-samples/--seq-len size the
+memory part (full flipbench runs of SparseGPT on random Llamas, benchmarks.memory.measure).
 """
 
 from __future__ import annotations
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-memory", action="store_true", help="skip the compress-stage memory at two depths")
+    parser.add_argument("--memory-layers", type=int, nargs=2, default=(2, 4), help="the two depths")
+    parser.add_argument("--memory-hidden", type=int, default=1024, help="hidden size of the random Llamas")
+    parser.add_argument("--n-samples", type=int, default=16, help="calibration samples for the memory runs")
+    parser.add_argument("--seq-len", type=int, default=256, help="calibration sequence length for the memory runs")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
@@ -96,13 +101,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_memory:
         import tempfile
 
-        from benchmarks.bench import quantization_memory
+        from benchmarks.memory import measure
         from flipbench.models import resolve_path
 
         with tempfile.TemporaryDirectory() as tmp:
             tokenizer_dir = Path(resolve_path("bundled:tiny"))
-            _, checks = quantization_memory(tokenizer_dir, Path(tmp), layers=(2, 4), methods=("sparsegpt",))
-        memory = pd.DataFrame(checks).drop(columns=["accumulator_mb"])
+            _, checks = measure(tokenizer_dir, Path(tmp), layers=tuple(args.memory_layers), methods=("sparsegpt",),
+                                n_samples=args.n_samples, seq_len=args.seq_len, hidden=args.memory_hidden)
+        memory = pd.DataFrame(checks).drop(columns=["formula_cpu_extra_mb"])  # TACQ's CPU terms: 0 here
         memory.to_csv(args.out / "prune_memory.csv", index=False)
     (args.out / "prune.md").write_text(markdown(rows, memory, args.tokens))
     print((args.out / "prune.md").read_text())

@@ -27,6 +27,8 @@ import pandas as pd
 import torch
 
 MB = 2**20
+# The quantizers are measured at 4 bits; the pruners (sparsegpt) keep their config's bits (null: prune only).
+BITS = {"gptq": ["compression.bits=4"], "tacq": ["compression.bits=4"], "rtn": ["compression.bits=4"]}
 # Published shapes (config.json of meta-llama/Meta-Llama-3-8B and -70B); nothing is downloaded.
 LLAMA3 = {
     "Llama-3-8B": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -112,7 +114,7 @@ def measure(tokenizer_dir: Path, work: Path, layers=(4, 8), methods=("gptq", "ta
             root = work / f"results_mem_{method}_l{depth}"
             timed([sys.executable, "-m", "flipbench", "model=hf", f"model.path={model_dir}", "model.dtype=float32",
                    "model.device=cpu", "compression.device=auto", f"model.name=mem-{method}-l{depth}",
-                   f"compression={method}", "compression.bits=4", f"calibration.n_samples={n_samples}",
+                   f"compression={method}", *BITS.get(method, []), f"calibration.n_samples={n_samples}",
                    f"calibration.seq_len={seq_len}", "suite.limit=2", "output.plots=false", f"output.root={root}"], work)
             run = next((root / "runs").iterdir())
             manifest = json.loads((run / "manifest.json").read_text())

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flipbench.console import bars_off
+
 DEFAULT_MAX_GEN_TOKS = 256  # HFLM.max_gen_toks: the budget of a generative task that sets none
 
 
@@ -42,7 +44,8 @@ def measure(task, tokenizer, max_length: int, limit: int | None) -> tuple[Longes
     """(loglikelihood, generation) extremes over the first ``limit`` docs' requests of one lm-eval task."""
     from lm_eval.models.utils import normalize_gen_kwargs
 
-    task.build_all_requests(limit=limit, rank=0, world_size=1)
+    with bars_off():  # the console shows stages, not lm-eval's per-task context building
+        task.build_all_requests(limit=limit, rank=0, world_size=1)
     pairs, gens = [], []
     for inst in task.instances:
         if inst.request_type == "loglikelihood":

@@ -75,6 +75,28 @@ class _SideCounter:
 
 
 @contextmanager
+def bars_off():
+    """lm-eval's own bars hidden (unless ``-v``) while flipbench builds requests outside an evaluated side,
+    e.g. the preflight's context-length check."""
+    import importlib
+
+    from tqdm import tqdm
+
+    if verbose():
+        yield
+        return
+    modules = [importlib.import_module(name) for name in BAR_MODULES]
+    saved = [module.tqdm for module in modules]
+    for module in modules:
+        module.tqdm = lambda *args, **kwargs: tqdm(*args, **{**kwargs, "disable": True})
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, saved):
+            module.tqdm = original
+
+
+@contextmanager
 def side_progress(label: str, docs: int, requests: int):
     """One bar for one side: docs done, docs/s and time left, fed by lm-eval's request passes."""
     import importlib
