@@ -48,6 +48,27 @@ def plain_winogrande(model_dir: Path, data: Path, limit: int, quant: dict | None
     return {int(s["doc_id"]): float(s["acc"]) for s in out["samples"]["winogrande"]}
 
 
+def compare(run: Path, model: Path, winogrande: Path, limit: int) -> dict:
+    """Accuracies, flips and per-(doc, side) agreement of a flipbench run's Winogrande rows with plain lm-eval."""
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    comp = cfg["compression"]
+    quant = {"method": comp["method"], "bits": comp["bits"], "group_size": comp["group_size"], "sym": comp["sym"]}
+    batch = int(cfg["eval"]["batch_size"])
+    rows = pd.read_parquet(run / "samples.parquet").query("task == 'winogrande'").set_index("doc_id")
+    plain = {side: plain_winogrande(model, winogrande, limit, q, batch)
+             for side, q in (("base", None), ("comp", quant))}
+    ids = sorted(plain["base"])
+    if ids != sorted(rows.index):
+        raise ValueError(f"docs differ: lm-eval {ids}, flipbench {sorted(rows.index)}")
+    lm_b, lm_c = (np.array([plain[s][i] for i in ids]) for s in ("base", "comp"))
+    fb_b, fb_c = (rows.loc[ids, f"correct_{s}"].to_numpy(float) for s in ("base", "comp"))
+    return {"docs": len(ids), "lm_eval_acc": [float(lm_b.mean()), float(lm_c.mean())],
+            "flipbench_acc": [float(fb_b.mean()), float(fb_c.mean())],
+            "flips": {"lm_eval": float(np.mean(lm_b != lm_c)), "flipbench": float(np.mean(fb_b != fb_c))},
+            "agreeing_doc_sides": int((lm_b == fb_b).sum() + (lm_c == fb_c).sum()),
+            "differing_docs": [i for i, a, b, c, d in zip(ids, lm_b, fb_b, lm_c, fb_c) if a != b or c != d]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True)
@@ -55,24 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--winogrande", type=Path, required=True)
     parser.add_argument("--limit", type=int, default=20)
     args = parser.parse_args(argv)
-    cfg = yaml.safe_load((args.run / "config.yaml").read_text())
-    comp = cfg["compression"]
-    quant = {"method": comp["method"], "bits": comp["bits"], "group_size": comp["group_size"], "sym": comp["sym"]}
-    batch = int(cfg["eval"]["batch_size"])
-    rows = pd.read_parquet(args.run / "samples.parquet").query("task == 'winogrande'").set_index("doc_id")
-    plain = {side: plain_winogrande(args.model, args.winogrande, args.limit, q, batch)
-             for side, q in (("base", None), ("comp", quant))}
-    ids = sorted(plain["base"])
-    if ids != sorted(rows.index):
-        raise SystemExit(f"docs differ: lm-eval {ids}, flipbench {sorted(rows.index)}")
-    lm_b, lm_c = (np.array([plain[s][i] for i in ids]) for s in ("base", "comp"))
-    fb_b, fb_c = (rows.loc[ids, f"correct_{s}"].to_numpy(float) for s in ("base", "comp"))
-    print(json.dumps({"docs": len(ids), "lm_eval_acc": [lm_b.mean(), lm_c.mean()],
-                      "flipbench_acc": [fb_b.mean(), fb_c.mean()],
-                      "flips": {"lm_eval": float(np.mean(lm_b != lm_c)), "flipbench": float(np.mean(fb_b != fb_c))},
-                      "agreeing_doc_sides": int((lm_b == fb_b).sum() + (lm_c == fb_c).sum()),
-                      "differing_docs": [i for i, a, b, c, d in zip(ids, lm_b, fb_b, lm_c, fb_c)
-                                         if a != b or c != d]}, indent=1))
+    print(json.dumps(compare(args.run, args.model, args.winogrande, args.limit), indent=1))
     return 0
 
 
