@@ -38,13 +38,6 @@ LLAMA3 = {
 }
 
 
-def _meta_model(config):
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
-
-
 def _groups(config) -> list[list[str]]:
     """True-sequential groups of one block, traced (layerwise.sequential_groups) on a small model of the same
     architecture: the names do not depend on the widths."""
@@ -64,8 +57,9 @@ def _groups(config) -> list[list[str]]:
 def working_set(config, n_samples: int, seq_len: int, weight_bytes: int, act_bytes: int = 4) -> dict:
     """The formula's terms in MB for one model config (see the module docstring)."""
     from flipbench.compress.families import block_linears, decoder_layers, weight_matrix
+    from flipbench.models import meta_model
 
-    model = _meta_model(config)
+    model = meta_model(config)
     block = decoder_layers(model)[0]
     shapes = {name: tuple(weight_matrix(m).shape) for name, m in block_linears(block).items()}  # (out, in)
     block_params = sum(p.numel() for p in block.parameters())

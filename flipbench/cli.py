@@ -129,7 +129,7 @@ def _preflight_members(configs: list) -> None:
     prepared = set()
     for cfg in configs:
         plan = pipeline.preflight(cfg)
-        calibrated = cfg.compression.method in ("gptq", "tacq")
+        calibrated = pipeline._needs_calibration(cfg)  # pruners that draw calibration data too
         key = json.dumps([asdict(cfg.model), asdict(cfg.suite), asdict(cfg.calibration) if calibrated else None,
                           cfg.compression.path, cfg.eval.seed], sort_keys=True, default=str)
         if key not in prepared:

@@ -151,6 +151,8 @@ def estimate(task_objs: dict, limits: dict, model, tokenizer, seed: int, sample:
     """
     import torch
 
+    from flipbench.budget import DEFAULT_MAX_GEN_TOKS  # budget imports this module at its top
+
     docs = requests = tokens = 0
     for leaf, task in task_objs.items():
         eval_docs = list(task.eval_docs)[: limits.get(leaf) or None]
@@ -162,7 +164,8 @@ def estimate(task_objs: dict, limits: dict, model, tokenizer, seed: int, sample:
             context = task.fewshot_context(doc, shots)
             context = context[0] if isinstance(context, list) else context
             lengths.append(len(tokenizer(str(context))["input_ids"]))
-        extra = (task.get_config("generation_kwargs") or {}).get("max_gen_toks", 256) if generative else 1
+        budget = (task.get_config("generation_kwargs") or {}).get("max_gen_toks", DEFAULT_MAX_GEN_TOKS)
+        extra = budget if generative else 1
         mean = (sum(lengths) / len(lengths) + extra) if lengths else 0
         docs, requests, tokens = docs + len(eval_docs), requests + sum(counts), tokens + int(mean * sum(counts))
         task.set_fewshot_seed(seed=seed)  # the contexts above drew from the sampler; simple_evaluate reseeds too

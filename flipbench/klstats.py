@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from flipbench.scoring import floats
 from flipbench.stats import mean_and_se
 
 # fraction -> column; median is the 0.5 percentile
@@ -40,8 +41,7 @@ def kl_distribution(kl) -> dict[str, float]:
 
 def _concat(cells: pd.Series) -> np.ndarray:
     """The per-row lists of one column, end to end (parquet gives None for a NaN inside a list)."""
-    parts = [np.array([np.nan if v is None else v for v in cell], dtype=float)
-             for cell in cells if isinstance(cell, (list, tuple, np.ndarray)) and len(cell)]
+    parts = [floats(cell) for cell in cells if isinstance(cell, (list, tuple, np.ndarray)) and len(cell)]
     return np.concatenate(parts) if parts else np.empty(0)
 
 
@@ -77,7 +77,7 @@ def token_sums(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         return np.full(len(rows), np.nan), np.zeros(len(rows))
     sums, counts = np.full(len(rows), np.nan), np.zeros(len(rows))
     for i, cell in enumerate(rows["tok_kl"]):
-        values = np.array([np.nan if v is None else v for v in (cell if cell is not None else [])], dtype=float)
+        values = floats(cell if cell is not None else [])
         values = values[np.isfinite(values)]
         if values.size:
             sums[i], counts[i] = values.sum(), values.size

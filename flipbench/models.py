@@ -298,13 +298,14 @@ def check_placement(cfg: ModelConfig, config) -> None:
         raise ConfigError(f"{what}; set model.offload_folder=<folder> for disk offload (or give it more memory)")
 
 
-def _meta_model(config):
+def meta_model(config, **kwargs):
+    """The model ``config`` describes, built on the meta device: its modules and shapes, no weight read."""
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config, **kwargs)
 
 
 def _check_mapping_covers(device_map: dict, config) -> None:
-    model = _meta_model(config)
+    model = meta_model(config)
     modules = dict(model.named_modules())
     unknown = [name for name in device_map if name and name not in modules]
     if unknown:
@@ -328,7 +329,6 @@ def _planned_map(cfg: ModelConfig, config) -> dict:
     if dtype == "auto":
         dtype = getattr(config, "dtype", None) or torch.float32
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model = meta_model(config, dtype=dtype)
     max_memory = {_device_key(k): v for k, v in cfg.max_memory.items()} or None
     return _get_device_map(model, cfg.device_map, max_memory, None)

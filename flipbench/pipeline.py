@@ -278,7 +278,7 @@ def noise_dtype(requested: str, model) -> str:
 
 
 def noise_floor(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, base: pd.DataFrame, reference):
-    """The baseline against itself under ``eval.noise_floor``: (paired, annotated samples with token KL, details).
+    """The baseline against itself under ``eval.noise_floor``: (annotated samples with token KL, details).
 
     ``batch`` re-evaluates the loaded baseline at ``eval.noise_batch_size``; ``dtype`` loads a second copy of the
     baseline in ``eval.noise_dtype`` (it needs the memory of that copy while it runs); ``batch_dtype`` does both.
@@ -287,7 +287,8 @@ def noise_floor(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, base: p
 
     mode = cfg.eval.noise_floor
     batch = cfg.eval.noise_batch_size if mode in ("batch", "batch_dtype") else cfg.eval.batch_size
-    other, dtype = model, str(next(model.parameters()).dtype).replace("torch.", "")
+    base_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    other, dtype = model, base_dtype
     if mode in ("dtype", "batch_dtype"):
         dtype = noise_dtype(cfg.eval.noise_dtype, model)
         other = models.load_model(replace(cfg.model, dtype=dtype), tokenizer=tokenizer)[0]
@@ -295,7 +296,7 @@ def noise_floor(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, base: p
     # the KL pass runs at the perturbed batch size too, so a batch perturbation reaches the token KL
     token_kl_stage(noise, other, tokenizer, replace(cfg, eval=replace(cfg.eval, batch_size=batch)), reference, model)
     details = {"mode": mode, "batch_size": batch, "dtype": dtype, "baseline_batch_size": cfg.eval.batch_size,
-               "baseline_dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+               "baseline_dtype": base_dtype}
     return noise, details
 
 

@@ -166,14 +166,11 @@ def check_generation_budgets(budgets: dict, plan) -> None:
 
 def check_quant_shapes(config, quant_cfg, trust_remote_code: bool) -> None:
     """The quantization settings against the model's layer shapes, on a weightless (meta-device) copy."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from flipbench import compress as compressors
+    from flipbench.models import meta_model
 
     try:
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        skeleton = meta_model(config, trust_remote_code=trust_remote_code)
     except Exception:  # noqa: BLE001  an architecture transformers cannot build here fails, with its cause, at load
         return
     try:

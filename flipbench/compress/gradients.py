@@ -32,7 +32,8 @@ from flipbench.compress.families import (
     weight_matrix,
     weight_param,
 )
-from flipbench.compress.layerwise import LayerInputs, calibration_mode, capture_inputs, outside_layers_on
+from flipbench.compress.layerwise import (LayerInputs, calibration_mode, capture_inputs, layer_output,
+                                          outside_layers_on)
 from flipbench.compress.placement import onload
 
 Progress = Callable[[str], None] | None
@@ -105,10 +106,6 @@ def _layers_replaced(layers: nn.ModuleList, last: torch.Tensor, as_tuple: bool) 
                 layer.forward = forward
 
 
-def _layer_output(out) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def _blockwise(model, ids, device, dtype, G, progress: Progress) -> None:
     family, linears = family_of(model), quantizable_linears(model)
     layers = decoder_layers(model, family)
@@ -122,7 +119,7 @@ def _blockwise(model, ids, device, dtype, G, progress: Progress) -> None:
         with onload(layer, device, dtype, write_back=False):
             outs = [layer(h, *a, **k) for h, a, k in zip(hidden, inputs.args, inputs.kwargs)]
             as_tuple = isinstance(outs[0], (tuple, list))
-            hidden = [_layer_output(out) for out in outs]
+            hidden = [layer_output(out) for out in outs]
             del outs
     grads = []  # ∂L/∂(last block's output) per sample (1, T, hidden), on the device
     with outside_layers_on(model, layers, device, dtype):
@@ -145,7 +142,7 @@ def _blockwise(model, ids, device, dtype, G, progress: Progress) -> None:
             for s, (h, a, k) in enumerate(zip(boundaries[index], inputs.args, inputs.kwargs)):
                 h = h.to(device).requires_grad_(True)
                 with torch.enable_grad():
-                    out = _layer_output(layers[index](h, *a, **k))
+                    out = layer_output(layers[index](h, *a, **k))
                     *dW, dh = torch.autograd.grad(out, [*weights, h], grads[s], allow_unused=True)
                 for total, g in zip(acc, dW):
                     if g is not None:  # None: this sample's forward never used the weight

@@ -115,14 +115,15 @@ def capture_inputs(model: nn.Module, calib: torch.Tensor, device, dtype: torch.d
     return captured
 
 
+def layer_output(out) -> torch.Tensor:
+    """A decoder layer's hidden states from what it returned (a tensor, or a tuple in older transformers)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def run_layer(layer: nn.Module, inputs: LayerInputs) -> list[torch.Tensor]:
-    """The layer's output hidden states for every sample (layers return a tensor, or a tuple in older
-    transformers)."""
-    outputs = []
-    for hidden, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs):
-        out = layer(hidden, *args, **kwargs)
-        outputs.append(out[0] if isinstance(out, (tuple, list)) else out)
-    return outputs
+    """The layer's output hidden states for every sample."""
+    return [layer_output(layer(hidden, *args, **kwargs))
+            for hidden, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs)]
 
 
 def _hooked_modules(targets: dict) -> dict[nn.Module, list[str]]:

@@ -103,15 +103,14 @@ class Shapes:
 def model_shapes(model_cfg) -> Shapes:
     """The model built on the meta device from its config: shapes and byte counts, no weight read."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     from flipbench import models
     from flipbench.compress.families import quantizable_linears, weight_matrix, weight_param
 
     path = models.resolve_path(model_cfg.path)
     config = AutoConfig.from_pretrained(path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+    model = models.meta_model(config, trust_remote_code=model_cfg.trust_remote_code)
     dtype = models.load_dtype(model_cfg.dtype, models.pick_device(model_cfg.device), config)
     linears = quantizable_linears(model)
     quantized = {id(weight_param(m)) for m in linears.values()}

@@ -10,7 +10,6 @@ from flipbench.compress.families import (
     block_linears,
     decoder_layers,
     family_of,
-    quantizable_linears,
     set_weight_matrix,
     weight_matrix,
 )
@@ -21,8 +20,8 @@ from flipbench.compress.quant.grid import GridSpec, rtn, rtn_grid_record
 def rtn_model(
     model: nn.Module, spec: GridSpec, group_size: int, device, progress: Callable[[str], None] | None = None,
     grids: dict | None = None,
-) -> int:
-    """Quantize in place, one linear at a time on device; returns the number of linears quantized.
+) -> None:
+    """Quantize in place, one linear at a time on device.
     grids, when given, receives full linear name -> {scale, zero (out, n_groups), g_idx (in,)}."""
     family = family_of(model)
     blocks = decoder_layers(model, family)
@@ -35,4 +34,3 @@ def rtn_model(
                 if grids is not None:
                     grids[f"{family.layers}.{index}.{name}"] = rtn_grid_record(W, spec, group_size)
                 set_weight_matrix(module, family, rtn(W, spec, group_size))
-    return len(quantizable_linears(model))
