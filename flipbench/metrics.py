@@ -140,25 +140,27 @@ def predictions(df: pd.DataFrame, side: str, metric: str) -> tuple[np.ndarray, n
     the index as a string; correct = lm-eval's logged value (pred ∈ gold where none is stored).
     Generative rows return the stored ``pred_<side>`` / ``correct_<side>``. ``correct`` is an int array of 0/1.
     """
+    pred, correct, _ = _side_predictions(df, side, metric)
+    return pred, correct
+
+
+def _side_predictions(df: pd.DataFrame, side: str, metric: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`predictions` plus the number of MC rows whose recomputed prediction contradicts lm-eval's
+    logged correctness (from the same rescoring, so the summary does not score the rows twice)."""
     if side not in ("base", "comp"):
         raise ValueError(f"side must be 'base' or 'comp', got {side!r}")
     pred = df[f"pred_{side}"].to_numpy(dtype=object).copy()
     correct = _float_column(df, f"correct_{side}")
     mc_rows = np.flatnonzero((df["output_type"] == MULTIPLE_CHOICE).to_numpy())
+    mismatches = 0
     if mc_rows.size:
-        chosen, lm_correct, _ = scoring.mc_predictions(df.iloc[mc_rows], side, metric)
+        chosen, lm_correct, mismatch = scoring.mc_predictions(df.iloc[mc_rows], side, metric)
         pred[mc_rows] = chosen.astype(str).astype(object)
         correct[mc_rows] = lm_correct
+        mismatches = int(mismatch.sum())
     if not np.isin(correct, (0, 1)).all():
         raise ValueError(f"correct_{side} must be 0/1 on every generative row")
-    return pred, correct.astype(int)
-
-
-def _n_pred_mismatch(rows: pd.DataFrame, kind: str, metric: str) -> int:
-    """Sides × rows where the recomputed MC prediction contradicts lm-eval's logged correctness."""
-    if kind != MULTIPLE_CHOICE or len(rows) == 0:
-        return 0
-    return sum(int(scoring.mc_predictions(rows, side, metric)[2].sum()) for side in ("base", "comp"))
+    return pred, correct.astype(int), mismatches
 
 
 def _metric_specs(task: str, frame: pd.DataFrame, metrics_by_task) -> tuple[str, list[tuple[str, str]]]:
@@ -207,12 +209,13 @@ def _generative_extras(rows: pd.DataFrame, pred_b: np.ndarray, pred_c: np.ndarra
     """Answer-level shares; ``lost`` marks b right, c wrong, split by whether c's answer became [invalid]."""
     invalid_b, invalid_c = pred_b == INVALID, pred_c == INVALID
     n_tokens = _float_column(rows, "n_tokens")
+    to_invalid = _mean(lost & invalid_c)  # right -> [invalid] only (wrong -> [invalid] is no flip)
     return {
         "answer_agreement": _mean(pred_b == pred_c),
         "invalid_base": _mean(invalid_b),
         "invalid_comp": _mean(invalid_c),
-        "flips_to_invalid": _mean(lost & invalid_c),  # right -> [invalid] only (wrong -> [invalid] is no flip)
-        "lost_to_invalid": _mean(lost & invalid_c),
+        "flips_to_invalid": to_invalid,
+        "lost_to_invalid": to_invalid,
         "lost_to_wrong": _mean(lost & ~invalid_c),
         "n_tokens": np.nansum(n_tokens) if np.isfinite(n_tokens).any() else np.nan,
     }
@@ -232,8 +235,8 @@ def _kl_record(rows: pd.DataFrame, kind: str, kl: np.ndarray) -> tuple[dict, np.
 def _summary_row(rows: pd.DataFrame, kind: str, metric: str, n_resamples: int, seed: int,
                  margin_bins: Sequence[float] | None) -> dict:
     """All summary statistics of one set of paired rows under one metric (rows share one filter)."""
-    pred_b, correct_b = predictions(rows, "base", metric)
-    pred_c, correct_c = predictions(rows, "comp", metric)
+    pred_b, correct_b, mismatch_b = _side_predictions(rows, "base", metric)
+    pred_c, correct_c, mismatch_c = _side_predictions(rows, "comp", metric)
     agree = pred_b == pred_c
     lost_n = int(((correct_b == 1) & (correct_c == 0)).sum())
     gained_n = int(((correct_b == 0) & (correct_c == 1)).sum())
@@ -252,7 +255,7 @@ def _summary_row(rows: pd.DataFrame, kind: str, metric: str, n_resamples: int, s
         "kl_scope": "choice" if kind == MULTIPLE_CHOICE else "token",
         "kappa": cohen_kappa(pred_b, pred_c), "mcnemar_p": mcnemar_exact(lost_n, gained_n),
         "kl_unit": KL_UNIT, "n_kl": int(np.isfinite(kl).sum()), "n_nonfinite": _n_nonfinite(rows, kind),
-        "n_pred_mismatch": _n_pred_mismatch(rows, kind, metric),
+        "n_pred_mismatch": mismatch_b + mismatch_c,
     }
     for name, count in (("flips", lost_n + gained_n), ("lost", lost_n), ("gained", gained_n)):
         record[f"{name}_ci_low"], record[f"{name}_ci_high"] = clopper_pearson(count, n)
