@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # Bump when the per-sample frame's layout or order changes, so entries written by older code are not reused.
 FORMAT = 3
+# Bump when the token-KL reference's layout changes (2: tokenkl.Reference tuples, full or top-k).
+REFERENCE_LAYOUT = 2
 
 
 def cache_key(parts: dict) -> str:
@@ -126,10 +128,12 @@ class BaselineCache:
         os.replace(data_tmp, data_path)
         os.replace(meta_tmp, meta_path)
 
-    # The baseline's answer-token log-probs for token KL, beside its samples: a cached run then needs only the
-    # compressed model's forward pass. Rows are keyed by (task, group, doc_id, digest of prompt and answer), so
-    # a reference written for other generations never matches. One tensor per row, written by torch.save
-    # straight from each tensor's storage and read back memory-mapped; a sidecar holds the file's sha256.
+    # The baseline's answer-token distributions for token KL (flipbench.tokenkl.Reference: full or top-k), beside
+    # its samples: a cached run then needs only the compressed model's forward pass. Rows are keyed by (task,
+    # group, doc_id, digest of prompt and answer), so a reference written for other generations never matches.
+    # One tuple of tensors per row, written by torch.save straight from each tensor's storage and read back
+    # memory-mapped; a sidecar holds the file's sha256, the layout version and the eval.token_kl_topk it was
+    # built with (a reference for another k, or written in an older layout, is recomputed, never misread).
 
     def _reference_paths(self, key: str) -> tuple[Path, Path]:
         return self.root / f"{key}.kl.pt", self.root / f"{key}.kl.json"
@@ -138,36 +142,46 @@ class BaselineCache:
         for path in self._reference_paths(key):
             path.unlink(missing_ok=True)
 
-    def load_reference(self, key: str, max_bytes: int | None = None) -> dict[tuple, "torch.Tensor"] | None:
-        """The stored reference, or None when absent, larger than ``max_bytes``, torn or corrupt."""
+    def load_reference(self, key: str, max_bytes: int | None = None, topk: int = 0) -> dict | None:
+        """The stored {row key: tokenkl.Reference}, or None when absent, built for another ``topk`` or in another
+        layout, larger than ``max_bytes``, torn or corrupt."""
         import torch
+
+        from flipbench.tokenkl import Reference
 
         data_path, meta_path = self._reference_paths(key)
         if not data_path.exists() and not meta_path.exists():
             return None
         try:
             meta = json.loads(meta_path.read_text())
+            if meta.get("layout") != REFERENCE_LAYOUT or meta.get("topk") != topk:
+                log.info("token-KL reference %s was built for top-k %s (layout %s); recomputing it for top-k %d",
+                         key, meta.get("topk"), meta.get("layout"), topk)
+                return None
             if max_bytes is not None and data_path.stat().st_size > max_bytes:
                 return None
             if _file_sha256(data_path) != meta["sha256"]:
                 raise ValueError("checksum mismatch")
-            tensors = torch.load(data_path, mmap=True, weights_only=True)
-            if len(tensors) != len(meta["rows"]):
+            rows = torch.load(data_path, mmap=True, weights_only=True)
+            if len(rows) != len(meta["rows"]) or any(len(row) != len(Reference._fields) for row in rows):
                 raise ValueError("row count mismatch")
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
             log.warning("token-KL reference %s is corrupt or partial (%s); recomputing it", key, err)
             return None
-        return {tuple(row): tensor for row, tensor in zip(meta["rows"], tensors)}
+        return {tuple(row_key): Reference(*row) for row_key, row in zip(meta["rows"], rows)}
 
-    def store_reference(self, key: str, reference: dict[tuple, "torch.Tensor"]) -> None:
+    def store_reference(self, key: str, reference: dict, topk: int = 0) -> None:
+        """Store {row key: tokenkl.Reference} built with eval.token_kl_topk = ``topk``."""
         import torch
 
         self.root.mkdir(parents=True, exist_ok=True)
         data_path, meta_path = self._reference_paths(key)
         suffix = f".tmp{os.getpid()}"
         data_tmp, meta_tmp = data_path.with_suffix(suffix + ".pt"), meta_path.with_suffix(suffix + ".json")
-        torch.save([tensor.contiguous() for tensor in reference.values()], data_tmp)
-        meta_tmp.write_text(json.dumps({"sha256": _file_sha256(data_tmp), "rows": [list(r) for r in reference]}))
+        torch.save([tuple(t.contiguous() if t is not None else None for t in row) for row in reference.values()],
+                   data_tmp)
+        meta_tmp.write_text(json.dumps({"sha256": _file_sha256(data_tmp), "layout": REFERENCE_LAYOUT, "topk": topk,
+                                        "rows": [list(r) for r in reference]}))
         os.replace(data_tmp, data_path)
         os.replace(meta_tmp, meta_path)
 

@@ -103,6 +103,9 @@ class EvalConfig:
     # The baseline's answer-token log-probs are kept (and cached with the baseline) up to this size; above it
     # the baseline is reloaded after compression for the KL pass instead.
     token_kl_reference_mb: int = 2048
+    # Per answer token the reference keeps the baseline's top-k log-probs and ids (KL then reported as a lower
+    # bound with an upper bound beside it); 0, or k >= vocabulary / 2, keeps the full distribution (exact).
+    token_kl_topk: int = 256
     # Noise floor: the baseline against itself under a perturbation that exists in practice. off | batch
     # (noise_batch_size) | dtype (a second copy loaded in noise_dtype) | batch_dtype (both at once).
     noise_floor: str = "off"
@@ -256,6 +259,7 @@ def validate(cfg: FlipbenchConfig) -> None:
     _check(cal.n_samples > 0 and cal.seq_len > 0, "calibration.n_samples and calibration.seq_len must be positive")
     _check(ev.batch_size > 0, f"eval.batch_size={ev.batch_size} must be positive")
     _check(ev.token_kl_reference_mb >= 0, f"eval.token_kl_reference_mb={ev.token_kl_reference_mb} must be >= 0 (0 never keeps it)")
+    _check(ev.token_kl_topk >= 0, f"eval.token_kl_topk={ev.token_kl_topk} must be >= 0 (0 keeps the full vocabulary)")
     _check(ev.noise_floor in NOISE_FLOORS,
            f"eval.noise_floor={ev.noise_floor!r} is unknown; use one of {', '.join(NOISE_FLOORS)} (e.g. dtype)")
     _check(ev.noise_dtype in DTYPES, f"eval.noise_dtype={ev.noise_dtype!r} is unknown; use one of {', '.join(DTYPES)}")

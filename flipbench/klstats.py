@@ -1,7 +1,9 @@
 """KL statistics of one summary row, in the shape llama.cpp's ``perplexity --kl-divergence`` reports them.
 
 Token scope (generative tasks): every answer token of every doc counts once (token-weighted), from the
-per-token lists ``tok_kl, tok_same_top, tok_logp_base, tok_logp_comp`` that flipbench.tokenkl stores per row.
+per-token lists ``tok_kl, tok_kl_upper, tok_same_top, tok_logp_base, tok_logp_comp`` that flipbench.tokenkl
+stores per row; from a top-k baseline reference ``tok_kl`` is the lower bound of each token's KL and
+``kl_mean_upper`` the mean of the upper bounds, so the true token-weighted mean KL lies in [kl_mean, kl_mean_upper].
 Choice scope (multiple choice): the same KL statistics over docs (one choice-level KL per doc); the token-only
 ones stay NaN. Definitions (llama.cpp tools/perplexity/perplexity.cpp, ``kl_divergence``):
 mean ± SE with SE = sqrt((<x²> - <x>²) / (n - 1)); percentiles by linear interpolation at fraction·(n - 1)
@@ -23,7 +25,7 @@ from flipbench.stats import mean_and_se
 PERCENTILES = {0.999: "kl_p999", 0.99: "kl_p99", 0.95: "kl_p95", 0.9: "kl_p90", 0.5: "kl_median",
                0.1: "kl_p10", 0.05: "kl_p05", 0.01: "kl_p01", 0.001: "kl_p001"}
 KL_COLUMNS = ["kl_mean", "kl_se", "kl_max", *PERCENTILES.values(), "kl_min"]
-TOKEN_ONLY = ["same_top", "same_top_se", "dp_mean", "dp_rms", "ln_ppl_ratio", "ln_ppl_ratio_se"]
+TOKEN_ONLY = ["kl_mean_upper", "same_top", "same_top_se", "dp_mean", "dp_rms", "ln_ppl_ratio", "ln_ppl_ratio_se"]
 COLUMNS = KL_COLUMNS + TOKEN_ONLY
 
 
@@ -49,7 +51,9 @@ def token_stats(rows: pd.DataFrame) -> dict[str, float]:
     """Token-weighted statistics over the answer tokens of ``rows`` (rows without the lists give NaN)."""
     if "tok_kl" not in rows:
         return dict.fromkeys(COLUMNS, np.nan)
-    out = kl_distribution(_concat(rows["tok_kl"]))
+    kl = _concat(rows["tok_kl"])
+    out = kl_distribution(kl)
+    out["kl_mean_upper"] = _upper_mean(rows, np.isfinite(kl))
     same = _concat(rows["tok_same_top"])
     p_top, p_se = mean_and_se(same[np.isfinite(same)])  # on 0/1 values this SE is sqrt(p (1 - p) / (n - 1))
     logp_b, logp_c = _concat(rows["tok_logp_base"]), _concat(rows["tok_logp_comp"])
@@ -63,6 +67,15 @@ def token_stats(rows: pd.DataFrame) -> dict[str, float]:
                 "dp_rms": float(np.sqrt(np.mean(dp * dp))) if dp.size else np.nan,
                 "ln_ppl_ratio": ratio, "ln_ppl_ratio_se": ratio_se})
     return out
+
+
+def _upper_mean(rows: pd.DataFrame, finite: np.ndarray) -> float:
+    """Mean of the per-token KL upper bounds over the tokens kl_mean counts (those with a finite tok_kl): an
+    upper bound on kl_mean's exact value. NaN without the column (samples written before it existed)."""
+    if "tok_kl_upper" not in rows or not finite.any():
+        return np.nan
+    upper = _concat(rows["tok_kl_upper"])
+    return float(upper[finite].mean()) if upper.shape == finite.shape else np.nan
 
 
 def choice_stats(kl) -> dict[str, float]:

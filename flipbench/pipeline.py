@@ -212,31 +212,33 @@ def _row_keys(rows: pd.DataFrame, response: str) -> list[tuple]:
 
 
 def kl_reference(base: pd.DataFrame, model, tokenizer, cfg: FlipbenchConfig, store: cache.BaselineCache, key: str):
-    """The baseline's answer-token log-probs for token KL, computed while ``model`` still is the baseline.
+    """The baseline's answer-token distributions for token KL, computed while ``model`` still is the baseline.
 
-    Returns {row key: (answer tokens, V) tensor} (see :func:`_row_keys`), from the cache when it holds them;
-    None when token KL is off, no task generates, or they would exceed ``eval.token_kl_reference_mb`` (the KL
-    stage then uses the baseline model itself, reloading it if quantization changed the loaded copy).
+    Returns {row key: tokenkl.Reference} (see :func:`_row_keys`; top-``eval.token_kl_topk`` or full), from the
+    cache when it holds them for the same k; None when token KL is off, no task generates, or they would exceed
+    ``eval.token_kl_reference_mb`` (the KL stage then uses the baseline model itself, reloading it if
+    quantization changed the loaded copy).
     """
     rows = _kl_rows(base)
     if not cfg.eval.token_kl or rows.empty:
         return None
     keys = _row_keys(rows, "response")
-    budget = cfg.eval.token_kl_reference_mb * 2**20
-    reference = store.load_reference(key, max_bytes=budget) if cfg.eval.cache else None
+    budget, topk = cfg.eval.token_kl_reference_mb * 2**20, cfg.eval.token_kl_topk
+    reference = store.load_reference(key, max_bytes=budget, topk=topk) if cfg.eval.cache else None
     if reference is not None and all(k in reference for k in keys):
         return reference
     from flipbench.tokenkl import answer_logprobs
 
     logprobs = answer_logprobs(model, tokenizer, rows["prompt"].tolist(), rows["response"].tolist(),
-                               batch_size=cfg.eval.batch_size, device=models.input_device(model), max_bytes=budget)
+                               batch_size=cfg.eval.batch_size, device=models.input_device(model), topk=topk,
+                               max_bytes=budget)
     if logprobs is None:
-        log.info("token KL: the baseline's log-probs would exceed eval.token_kl_reference_mb=%d; the baseline "
+        log.info("token KL: the baseline's reference would exceed eval.token_kl_reference_mb=%d; the baseline "
                  "model is used for the KL pass instead", cfg.eval.token_kl_reference_mb)
         return None
     reference = dict(zip(keys, logprobs))
     if cfg.eval.cache:
-        store.store_reference(key, reference)
+        store.store_reference(key, reference, topk=topk)
     return reference
 
 

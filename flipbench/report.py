@@ -273,6 +273,17 @@ def noise_lines(manifest: dict, summary: pd.DataFrame) -> list[str]:
     return lines
 
 
+def token_kl_bound_lines(summary: pd.DataFrame, topk: int) -> list[str]:
+    """Per generative task whose token KL came from a top-k baseline reference, the interval holding the exact
+    mean KL (none when it is exact: full reference, or the baseline model itself)."""
+    if "kl_mean_upper" not in summary:
+        return []
+    rows = summary[(summary["group"] == "all") & (summary["kl_scope"] == "token")].drop_duplicates("task")
+    return [f"- {r['task']}: token KL from the baseline's top-{topk} reference: the exact mean KL lies in "
+            f"[{r['kl_mean']:.4g}, {r['kl_mean_upper']:.4g}] nats (kl_mean is the lower end)."
+            for _, r in rows.iterrows() if r["kl_mean_upper"] > r["kl_mean"]]
+
+
 def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
     """Summary, gate verdict, plots and reports for one run directory; returns the gate verdict."""
     run_dir = Path(run_dir)
@@ -292,7 +303,7 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
         head.insert(1, f"**DIVERGED: the compressed model produced non-finite log-likelihoods on {diverged} docs**; "
                        "accuracy and flips count them as scored by lm-eval, KL statistics use the finite docs only.")
     head += [f"- note: {note}" for note in manifest.get("data_notes") or []]
-    head += gate_lines(verdict) + noise_lines(manifest, summary)
+    head += gate_lines(verdict) + noise_lines(manifest, summary) + token_kl_bound_lines(summary, cfg.eval.token_kl_topk)
     title = f"flipbench: {tag} vs baseline"
     parts = sections(summary, samples)
     write_markdown(run_dir / "report.md", title, head, parts, figures)

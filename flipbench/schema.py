@@ -53,9 +53,10 @@ SAMPLE_COLUMNS = [
     # and how many answer tokens the token KL averaged over.
     "same_top", "n_tokens",
     # Generative only (empty lists for MC): per answer token of the baseline's answer, the full-vocabulary
-    # KL(base || comp) in nats, 1.0 where both argmax tokens agree, and the answer token's log-prob under each
-    # side; summary statistics over tokens (flipbench.klstats) are computed from these, without a model.
-    "tok_kl", "tok_same_top", "tok_logp_base", "tok_logp_comp",
+    # KL(base || comp) in nats (from a top-k baseline reference: its lower bound) and its upper bound (equal when
+    # exact), 1.0 where both argmax tokens agree, and the answer token's log-prob under each side; summary
+    # statistics over tokens (flipbench.klstats) are computed from these, without a model.
+    "tok_kl", "tok_kl_upper", "tok_same_top", "tok_logp_base", "tok_logp_comp",
 ]
 
 INVALID = "[invalid]"  # lm-eval's marker for an answer the filter could not extract

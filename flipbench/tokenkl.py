@@ -1,22 +1,72 @@
 """Token-level KL(base || comp) for generative tasks, as llama.cpp's ``--kl-divergence`` reports it.
 
 Both models are teacher-forced on prompt + the baseline's answer; at every answer token we compare the two
-full-vocabulary next-token distributions. The models are only read: pass them in eval mode, on a device.
+next-token distributions. The models are only read: pass them in eval mode, on a device.
 
 The baseline side can be computed once, before the baseline's weights are quantized in place, and kept
 (:func:`answer_logprobs`, :func:`reference_bytes` to budget it); :func:`token_kl` then runs only the
-compressed model, so no second copy of the baseline is ever loaded.
+compressed model, so no second copy of the baseline is ever loaded. Per answer token the kept
+:class:`Reference` is either the full distribution (KL exact) or its top-k summary, about V / 2k times smaller
+(KL known to an interval, flipbench.klbounds: the lower end is reported, the upper end kept beside it).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from flipbench import klbounds
+
 # Per-token values kept in samples.parquet (one list per generative row), so token statistics need no model.
-TOKEN_COLUMNS = ("tok_kl", "tok_same_top", "tok_logp_base", "tok_logp_comp")
+TOKEN_COLUMNS = ("tok_kl", "tok_kl_upper", "tok_same_top", "tok_logp_base", "tok_logp_comp")
+
+
+class Reference(NamedTuple):
+    """The baseline's next-token distributions at n answer tokens (one row, or several rows end to end)."""
+
+    logp: torch.Tensor  # (n, V) fp32 log-probs; or (n, k) the top-k, descending, when ids is given
+    ids: Optional[torch.Tensor]  # (n, k) int32 token ids of logp's columns; None: the full vocabulary
+    target: torch.Tensor  # (n,) fp32 log-prob of the answer token itself (exact also outside the top-k)
+    log_tail: torch.Tensor  # (n,) fp32 log of the mass outside ids (-inf for the full vocabulary)
+
+
+def stored_columns(vocab: int, topk: int) -> int | None:
+    """Log-probs a reference keeps per token: k, or None for the full vocabulary (``topk`` 0, or a top-k of at
+    least half the vocabulary, whose ids and log-probs would take no less room than the exact distribution)."""
+    return topk if 0 < 2 * topk < vocab else None
+
+
+def bytes_per_token(vocab: int, topk: int) -> int:
+    """One answer token's reference: fp32 log-probs (and int32 ids for a top-k), fp32 target and tail."""
+    k = stored_columns(vocab, topk)
+    return (vocab * 4 if k is None else k * 8) + 8
+
+
+def _summarize(logp: torch.Tensor, targets: torch.Tensor, topk: int) -> Reference:
+    """The reference kept of fp32 log-probs (M, V) at M answer tokens whose ids are ``targets`` (M,)."""
+    target = logp.gather(-1, targets[:, None].to(logp.device))[:, 0]  # (M,)
+    k = stored_columns(logp.shape[-1], topk)
+    if k is None:
+        return Reference(logp, None, target, torch.full_like(target, float("-inf")))
+    top, ids, log_tail = klbounds.summarize(logp, k)
+    return Reference(top, ids, target, log_tail)
+
+
+def _split(ref: Reference, counts: list[int]) -> list[Reference]:
+    """Per row, a compact copy on the CPU (a view would keep the whole batch's storage alive, and saved)."""
+    parts = [torch.split(t, counts) if t is not None else [None] * len(counts) for t in ref]
+    return [Reference(*(t.cpu().clone() if t is not None else None for t in row)) for row in zip(*parts)]
+
+
+def _join(refs: list[Reference], device) -> Reference:
+    """Rows' references end to end, on ``device``."""
+    if len({r.ids is None for r in refs}) > 1 or len({r.logp.shape[-1] for r in refs}) > 1:
+        raise ValueError("the stored baseline references mix full and top-k rows, or different k")
+    return Reference(*(None if parts[0] is None else torch.cat(parts).to(device) for parts in zip(*refs)))
 
 
 def _encode(tokenizer, prompt: str, answer: str, add_special_tokens: bool) -> tuple[list[int], int]:
@@ -59,27 +109,43 @@ def _answer_batch(model, batch: list[tuple[list[int], int]], pad_id: int, device
     return _answer_logprobs(model, input_ids, attention_mask, rows, cols, device), counts
 
 
-def _compare(logp_b: torch.Tensor, logp_c: torch.Tensor, targets: torch.Tensor, counts: list[int]) -> dict:
-    """Per-token statistics from the two sides' (M, V) log-probs at M answer tokens, split into rows.
+def _targets(batch: list[tuple[list[int], int]]) -> torch.Tensor:
+    """The answer tokens of a batch, end to end: (M,)."""
+    return torch.tensor([t for ids, start in batch for t in ids[start:]], dtype=torch.long)
 
-    ``targets`` (M,) are the baseline's answer tokens. Returns {name: [per-row float64 arrays]} for ``tok_kl``
-    (full-vocabulary KL(b || c), nats), ``tok_same_top`` (1.0 where both argmax tokens agree) and
-    ``tok_logp_base`` / ``tok_logp_comp`` (log-prob of the answer token under each side).
+
+def _compare(ref: Reference, logp_c: torch.Tensor, targets: torch.Tensor, counts: list[int]) -> dict:
+    """Per-token statistics from the baseline's reference and the compressed side's (M, V) log-probs at M answer
+    tokens (the baseline's answer tokens ``targets`` (M,)), split into rows.
+
+    Returns {name: [per-row float64 arrays]} for ``tok_kl`` (KL(b || c) in nats: exact from a full reference,
+    the lower bound from a top-k one), ``tok_kl_upper`` (the upper bound; equal to tok_kl when exact),
+    ``tok_same_top`` (1.0 where both argmax tokens agree) and ``tok_logp_base`` / ``tok_logp_comp`` (log-prob
+    of the answer token under each side).
     """
-    logp_c = logp_c.to(logp_b.device)
-    if logp_b.shape != logp_c.shape:
-        raise ValueError(f"models disagree on the vocabulary size: {logp_b.shape[-1]} vs {logp_c.shape[-1]}")
-    p_b = logp_b.exp()
-    # xlogy-safe: a token the baseline rules out (p_b = 0) adds 0 even when the other side rules it out too
-    # (-inf - -inf would be NaN); one only the compressed side rules out makes KL honestly infinite.
-    terms = torch.where(p_b > 0, p_b * (logp_b - logp_c), torch.zeros_like(p_b))  # (M, V)
-    kl = terms.double().sum(dim=-1).clamp_min(0.0)  # (M,); >= 0 up to fp32 rounding, which we clamp away
-    targets = targets.to(logp_b.device)[:, None]
-    per_token = {"tok_kl": kl,
-                 "tok_same_top": (logp_b.argmax(dim=-1) == logp_c.argmax(dim=-1)).double(),
-                 "tok_logp_base": logp_b.gather(-1, targets)[:, 0].double(),
-                 "tok_logp_comp": logp_c.gather(-1, targets)[:, 0].double()}
-    return {name: [part.cpu().numpy() for part in torch.split(values, counts)] for name, values in per_token.items()}
+    logp_b = ref.logp.to(logp_c.device)
+    if ref.ids is None:
+        if logp_b.shape != logp_c.shape:
+            raise ValueError(f"models disagree on the vocabulary size: {logp_b.shape[-1]} vs {logp_c.shape[-1]}")
+        p_b = logp_b.exp()
+        # xlogy-safe: a token the baseline rules out (p_b = 0) adds 0 even when the other side rules it out too
+        # (-inf - -inf would be NaN); one only the compressed side rules out makes KL honestly infinite.
+        terms = torch.where(p_b > 0, p_b * (logp_b - logp_c), torch.zeros_like(p_b))  # (M, V)
+        kl = terms.double().sum(dim=-1).clamp_min(0.0)  # (M,); >= 0 up to fp32 rounding, which we clamp away
+        kl_upper, top_b = kl, logp_b.argmax(dim=-1)
+    else:
+        ids = ref.ids.to(logp_c.device)
+        if ids.numel() and int(ids.max()) >= logp_c.shape[-1]:
+            raise ValueError(f"models disagree on the vocabulary size: the reference holds token id "
+                             f"{int(ids.max())}, the compressed model has {logp_c.shape[-1]} tokens")
+        kl, kl_upper = klbounds.bounds(logp_b, ids, ref.log_tail.to(logp_c.device), logp_c)
+        top_b = ids[:, 0].long()  # top-k is sorted: its first token is the baseline's argmax
+    per_token = {"tok_kl": kl, "tok_kl_upper": kl_upper,
+                 "tok_same_top": (top_b == logp_c.argmax(dim=-1)).double(),
+                 "tok_logp_base": ref.target.double(),
+                 "tok_logp_comp": logp_c.gather(-1, targets.to(logp_c.device)[:, None])[:, 0].double()}
+    return {name: [part.cpu().numpy() for part in torch.split(values.cpu(), counts)]
+            for name, values in per_token.items()}
 
 
 def _prepare(tokenizer, prompts, answers, batch_size, add_special_tokens):
@@ -98,28 +164,32 @@ def _answer_tokens(encoded: list[tuple[list[int], int]]) -> int:
     return sum(len(ids) - start for ids, start in encoded)
 
 
-def reference_bytes(tokenizer, prompts: list[str], answers: list[str], vocab_size: int, *,
+def reference_bytes(tokenizer, prompts: list[str], answers: list[str], vocab_size: int, topk: int = 0, *,
                     add_special_tokens: bool = False) -> int:
-    """Memory :func:`answer_logprobs` would take: answer tokens × vocabulary × 4 bytes."""
+    """Memory :func:`answer_logprobs` would take: answer tokens × :func:`bytes_per_token`."""
     encoded = [_encode(tokenizer, p, a, add_special_tokens) for p, a in zip(prompts, answers)]
-    return _answer_tokens(encoded) * vocab_size * 4
+    return _answer_tokens(encoded) * bytes_per_token(vocab_size, topk)
 
 
 def answer_logprobs(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 8, device=None, *,
-                    add_special_tokens: bool = False, max_bytes: int | None = None) -> list[torch.Tensor] | None:
-    """One model's fp32 log-probs at each answer token, per row: (answer tokens, V) on the CPU ((0, V) when
-    the answer is empty). Pass the result as ``token_kl``'s ``base`` to reuse it. None, before any forward
-    pass, when they would take more than ``max_bytes`` (see :func:`reference_bytes`)."""
+                    topk: int = 0, add_special_tokens: bool = False,
+                    max_bytes: int | None = None) -> list[Reference] | None:
+    """One model's :class:`Reference` at each answer token, per row, on the CPU: the full fp32 log-probs
+    (``topk`` 0, or >= V / 2), else the top-``topk`` summary. A row with an empty answer holds 0 tokens. Pass
+    the result as ``token_kl``'s ``base`` to reuse it. None, before any forward pass, when it would take more
+    than ``max_bytes`` (see :func:`reference_bytes`)."""
     encoded, pad_id, batches = _prepare(tokenizer, prompts, answers, batch_size, add_special_tokens)
     vocab = model.get_output_embeddings().weight.shape[0]
-    if max_bytes is not None and _answer_tokens(encoded) * vocab * 4 > max_bytes:
+    if max_bytes is not None and _answer_tokens(encoded) * bytes_per_token(vocab, topk) > max_bytes:
         return None
-    out = [torch.empty(0, vocab) for _ in encoded]
+    empty = _summarize(torch.empty(0, vocab), torch.empty(0, dtype=torch.long), topk)
+    out = [empty for _ in encoded]
     with torch.inference_mode():
         for chunk in batches:
-            logp, counts = _answer_batch(model, [encoded[i] for i in chunk], pad_id, device)
-            for i, part in zip(chunk, torch.split(logp.cpu(), counts)):
-                out[i] = part.clone()
+            rows = [encoded[i] for i in chunk]
+            logp, counts = _answer_batch(model, rows, pad_id, device)
+            for i, part in zip(chunk, _split(_summarize(logp, _targets(rows), topk), counts)):
+                out[i] = part
     return out
 
 
@@ -136,12 +206,12 @@ def token_kl(
 ) -> pd.DataFrame:
     """Per-row token-level KL(base || comp) in nats on the baseline's answers.
 
-    ``base`` is the baseline model, or its :func:`answer_logprobs` on the same prompts and answers.
-    Returns a frame aligned with ``prompts`` with columns ``kl`` (mean over the answer's tokens of the
-    full-vocabulary KL, log-softmax in fp32, summed in fp64), ``same_top`` (share of answer tokens where both
-    models' argmax tokens agree), ``n_tokens`` (answer tokens scored), and the per-token lists of
-    TOKEN_COLUMNS (see :func:`_compare`) from which flipbench.klstats computes token-weighted statistics.
-    Rows with no answer token get NaN, NaN, 0 and empty lists.
+    ``base`` is the baseline model (KL exact), or its :func:`answer_logprobs` on the same prompts and answers.
+    Returns a frame aligned with ``prompts`` with columns ``kl`` (mean over the answer's tokens of the per-token
+    KL: full-vocabulary, log-softmax in fp32, summed in fp64; from a top-k reference its lower bound),
+    ``same_top`` (share of answer tokens where both models' argmax tokens agree), ``n_tokens`` (answer tokens
+    scored), and the per-token lists of TOKEN_COLUMNS (see :func:`_compare`) from which flipbench.klstats
+    computes token-weighted statistics. Rows with no answer token get NaN, NaN, 0 and empty lists.
     ``device``: where inputs go (both models must be there); None uses each model's own device.
     ``add_special_tokens`` defaults to False, as lm-eval's HFLM encodes prompts for causal models.
     Rows are batched longest first (less padding); results do not depend on the batching.
@@ -155,14 +225,14 @@ def token_kl(
         for chunk in batches:
             rows = [encoded[i] for i in chunk]
             logp_c, counts = _answer_batch(model_comp, rows, pad_id, device)
+            targets = _targets(rows)
             if stored:
-                if [len(base[i]) for i in chunk] != counts:
+                if [len(base[i].target) for i in chunk] != counts:
                     raise ValueError("the stored baseline log-probs were computed on other answers or another tokenizer")
-                logp_b = torch.cat([base[i] for i in chunk]).to(logp_c.device)
+                ref = _join([base[i] for i in chunk], logp_c.device)
             else:
-                logp_b = _answer_batch(base, rows, pad_id, device)[0]
-            targets = torch.tensor([t for ids, start in rows for t in ids[start:]], dtype=torch.long)  # (M,)
-            for name, parts in _compare(logp_b, logp_c, targets, counts).items():
+                ref = _summarize(_answer_batch(base, rows, pad_id, device)[0], targets, 0)
+            for name, parts in _compare(ref, logp_c, targets, counts).items():
                 for i, part in zip(chunk, parts):
                     tokens[name][i] = part
     n_tokens = np.array([len(v) for v in tokens["tok_kl"]], dtype=int)

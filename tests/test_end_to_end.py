@@ -89,27 +89,36 @@ def test_quantized_run_flips_and_report_rebuilds_from_disk(rtn2_run):
 
 def test_token_kl_is_the_same_from_stored_cached_or_reloaded_baseline(rtn2_run, monkeypatch):
     """Three ways to get the baseline side of token KL must agree: log-probs kept before in-place quantization
-    (the shared run, which evaluated the baseline), the same read back from the baseline cache, and (budget 0) the
-    baseline reloaded after compression."""
+    (the shared run, which evaluated the baseline; its 320-token vocabulary is kept whole under the default
+    top-256), the same read back from the baseline cache, and (budget 0) the baseline reloaded after compression.
+    A top-16 reference (recomputed: the cached one is for another k) brackets those exact values."""
     overrides, stored_dir = rtn2_run
     base = overrides + ["output.plots=false"]
     root = next(o for o in overrides if o.startswith("output.root=")).split("=", 1)[1]
     cache_dir = Path(root) / "cache"
-    kl = {}
-    for case, extra in (("stored", None), ("cached", []), ("reloaded", ["eval.token_kl_reference_mb=0", "eval.cache=false"])):
+    kl, upper = {}, {}
+    for case, extra in (("stored", None), ("cached", []), ("reloaded", ["eval.token_kl_reference_mb=0", "eval.cache=false"]),
+                        ("top16", ["eval.token_kl_topk=16"])):
         with monkeypatch.context() as patch:
             if case == "cached":  # must come from the cache: computing it again would fail here
                 patch.setattr("flipbench.tokenkl.answer_logprobs", lambda *a, **k: pytest.fail("recomputed"))
             run_dir = stored_dir if extra is None else pipeline.run(compose(base + extra))
         manifest = json.loads((run_dir / "manifest.json").read_text())
-        assert manifest["baseline_cache_hit"] is (case == "cached")
+        assert manifest["baseline_cache_hit"] is (case in ("cached", "top16"))
         if case == "cached":  # the reference was stored with the baseline and read back
             assert len(list(cache_dir.glob("*.kl.pt"))) == 1
-        gen = pd.read_parquet(run_dir / "samples.parquet").query("output_type == 'generate_until'")
-        kl[case] = gen.set_index(["doc_id", "filter"])["kl"].sort_index()
+        gen = pd.read_parquet(run_dir / "samples.parquet").query("output_type == 'generate_until'").set_index(["doc_id", "filter"])
+        kl[case] = gen["kl"].sort_index()
+        upper[case] = gen["tok_kl_upper"].map(np.mean).sort_index()
     assert (kl["stored"] > 0).all() and len(kl["stored"]) == 12  # 6 docs x 2 filters, every one scored
     pd.testing.assert_series_equal(kl["stored"], kl["cached"])
     pd.testing.assert_series_equal(kl["stored"], kl["reloaded"], rtol=1e-5)
+    assert (upper["stored"].to_numpy() == kl["stored"].to_numpy()).all()  # exact: no interval
+    assert (kl["top16"] <= kl["stored"] + 1e-6).all() and (kl["stored"] <= upper["top16"] + 1e-6).all()
+    assert (kl["top16"] < upper["top16"]).all()
+    summary = pd.read_csv(run_dir / "summary.csv").query("task == 'mini_gen' and group == 'all'").iloc[0]
+    assert summary["kl_mean"] < summary["kl_mean_upper"]
+    assert "top-16 reference: the exact mean KL lies in" in (run_dir / "report.md").read_text()
 
 
 def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:

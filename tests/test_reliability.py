@@ -199,20 +199,31 @@ def test_bad_input_on_the_command_line_exits_2_without_traceback(tmp_path):
 def test_token_kl_reference_round_trip_and_torn_file_is_recomputed(tmp_path, caplog):
     import torch
 
+    from flipbench.tokenkl import Reference
+
+    def top_k(n):  # a top-2 row: log-probs, int32 ids, answer-token log-prob, tail log-mass
+        return Reference(torch.randn(n, 2), torch.randint(0, 5, (n, 2), dtype=torch.int32), torch.randn(n), torch.randn(n))
+
     cache = BaselineCache(tmp_path)
-    reference = {("gsm", "gsm", 0, "ab"): torch.randn(3, 5), ("gsm", "gsm", 1, "cd"): torch.empty(0, 5),
-                 ("gsm", "gsm", 7, "ef"): torch.randn(2, 5)}
-    cache.store_reference("k", reference)
-    loaded = cache.load_reference("k")
+    reference = {("gsm", "gsm", 0, "ab"): top_k(3), ("gsm", "gsm", 1, "cd"): top_k(0), ("gsm", "gsm", 7, "ef"): top_k(2)}
+    cache.store_reference("k", reference, topk=2)
+    loaded = cache.load_reference("k", topk=2)
     assert list(loaded) == list(reference)
-    assert all(torch.equal(loaded[key], reference[key]) for key in reference)
-    assert cache.load_reference("k", max_bytes=10) is None  # over the size budget: not even read
+    assert all(torch.equal(a, b) for key in reference for a, b in zip(loaded[key], reference[key]))
+    assert cache.load_reference("k", topk=3) is None  # built for another k: recomputed
+    assert cache.load_reference("k", max_bytes=10, topk=2) is None  # over the size budget: not even read
+    full = {("gsm", "gsm", 0, "ab"): Reference(torch.randn(3, 5), None, torch.randn(3), torch.full((3,), float("-inf")))}
+    cache.store_reference("k", full, topk=0)
+    assert loaded is not None and cache.load_reference("k", topk=0)[("gsm", "gsm", 0, "ab")].ids is None
     path = tmp_path / "k.kl.pt"
     path.write_bytes(path.read_bytes()[:-16])  # torn write
     with caplog.at_level("WARNING"):
-        assert cache.load_reference("k") is None
+        assert cache.load_reference("k", topk=0) is None
     assert "recomputing" in caplog.text
-    cache.store_reference("k", reference)
-    assert cache.load_reference("k") is not None
+    cache.store_reference("k", reference, topk=2)
+    assert cache.load_reference("k", topk=2) is not None
+    meta = tmp_path / "k.kl.json"
+    meta.write_text(meta.read_text().replace('"layout": 2', '"layout": 1'))  # an older layout is never misread
+    assert cache.load_reference("k", topk=2) is None
     cache.store("k", frame(), {})  # new baseline samples: the reference computed from the old ones goes
-    assert cache.load_reference("k") is None and not path.exists()
+    assert cache.load_reference("k", topk=2) is None and not path.exists()

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from flipbench import klstats  # noqa: E402
-from flipbench.tokenkl import _compare  # noqa: E402
+from flipbench.tokenkl import _compare, _summarize  # noqa: E402
 
 LN = math.log
 # Two answer tokens over a 3-token vocabulary (probabilities; 0 = ruled out):
@@ -36,13 +36,20 @@ def logp(p):
     return torch.tensor(p, dtype=torch.float32).log()  # log(0) = -inf: no probability floor
 
 
+def compare(p_b, p_c, targets):
+    """_compare on one row from the baseline's full distribution (exact KL)."""
+    targets = torch.tensor(targets)
+    return _compare(_summarize(logp(p_b), targets, 0), logp(p_c), targets, [len(targets)])
+
+
 @pytest.fixture(scope="module")
 def per_token():
-    return _compare(logp(P_B), logp(P_C), torch.tensor(TARGETS), [2])
+    return compare(P_B, P_C, TARGETS)
 
 
 def test_per_token_values_without_nan(per_token):
     assert per_token["tok_kl"][0] == pytest.approx(KL, rel=1e-6)  # the both-ruled-out token adds 0, not NaN
+    assert per_token["tok_kl_upper"][0].tolist() == per_token["tok_kl"][0].tolist()  # exact: no interval
     assert per_token["tok_same_top"][0].tolist() == [0.0, 1.0]
     assert np.exp(per_token["tok_logp_base"][0]) == pytest.approx([0.5, 1.0])
     assert np.exp(per_token["tok_logp_comp"][0]) == pytest.approx([0.75, 0.5])
@@ -55,7 +62,7 @@ def test_hand_computed_statistics(per_token, column):
 
 
 def test_compressed_side_ruling_out_a_baseline_token_is_infinite_and_left_out_of_the_statistics():
-    out = _compare(logp([[0.5, 0.5]]), logp([[1.0, 0.0]]), torch.tensor([0]), [1])
+    out = compare([[0.5, 0.5]], [[1.0, 0.0]], [0])
     assert out["tok_kl"][0].tolist() == [math.inf]
     rows = pd.DataFrame({"tok_kl": [[0.2, math.inf], [0.4]], "tok_same_top": [[1.0, 0.0], [1.0]],
                          "tok_logp_base": [[0.0, LN(0.5)], [LN(0.5)]], "tok_logp_comp": [[0.0, -math.inf], [LN(0.25)]]})
@@ -73,3 +80,13 @@ def test_token_sums_per_doc_and_choice_scope():
     choice = klstats.choice_stats([0.1, 0.3, np.nan])
     assert choice["kl_mean"] == pytest.approx(0.2) and choice["kl_se"] == pytest.approx(0.1)
     assert all(np.isnan(choice[c]) for c in klstats.TOKEN_ONLY)
+
+
+def test_mean_upper_bound_over_the_tokens_kl_mean_counts():
+    # per-token bounds [0.1, 0.3], [inf, inf] (diverged, left out of both), [0.2, 0.5]
+    rows = pd.DataFrame({"tok_kl": [[0.1, math.inf], [0.2]], "tok_kl_upper": [[0.3, math.inf], [0.5]],
+                         "tok_same_top": [[1.0, 1.0], [1.0]], "tok_logp_base": [[0.0, 0.0], [0.0]],
+                         "tok_logp_comp": [[0.0, 0.0], [0.0]]})
+    stats = klstats.token_stats(rows)
+    assert stats["kl_mean"] == pytest.approx(0.15) and stats["kl_mean_upper"] == pytest.approx(0.4)
+    assert np.isnan(klstats.token_stats(rows.drop(columns="tok_kl_upper"))["kl_mean_upper"])  # older samples

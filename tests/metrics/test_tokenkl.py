@@ -1,4 +1,5 @@
-"""token_kl(): teacher-forced token-level KL between two tiny random Llama models, against a per-token loop."""
+"""token_kl(): teacher-forced token-level KL between two tiny random Llama models, against a per-token loop;
+from a stored full reference (exact) and from a top-k one (an interval around the same exact values)."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 
-from flipbench.tokenkl import TOKEN_COLUMNS, answer_logprobs, reference_bytes, token_kl  # noqa: E402
+from flipbench.tokenkl import TOKEN_COLUMNS, answer_logprobs, bytes_per_token, reference_bytes, token_kl  # noqa: E402
 
 CORPUS = ["question : what is two plus two ? answer : four",
           "question : how many legs has a cat ? answer : four legs",
@@ -57,6 +58,21 @@ def per_token_reference(model_b, model_c, tokenizer, prompt, answer):
     return np.mean(kls), np.mean(same), len(kls)
 
 
+def per_token_values(model_b, model_c, tokenizer, prompt, answer):
+    """Per answer token (rows): exact KL, same top, baseline log-prob of the answer token; unpadded, float64."""
+    ids = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
+    start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    out = []
+    with torch.no_grad():
+        for t in range(start, len(ids)):
+            prefix = torch.tensor([ids[:t]])
+            logits_b, logits_c = model_b(prefix).logits[0, -1].double(), model_c(prefix).logits[0, -1].double()
+            log_p, log_q = logits_b.log_softmax(-1), logits_c.log_softmax(-1)
+            out.append((float((log_p.exp() * (log_p - log_q)).sum()), float(logits_b.argmax() == logits_c.argmax()),
+                        float(log_p[ids[t]])))
+    return np.array(out).reshape(-1, 3)
+
+
 def test_tokenizer_answers_follow_the_prompt(tokenizer):
     # sanity of the fixture: answers tokenize to known counts past the prompt
     counts = [len(tokenizer(p + a)["input_ids"]) - len(tokenizer(p)["input_ids"]) for p, a in zip(PROMPTS, ANSWERS)]
@@ -101,9 +117,10 @@ def test_vocabulary_mismatch_is_an_error(llamas, tokenizer):
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_stored_baseline_logprobs_match_the_per_token_loop(llamas, tokenizer, batch_size):
     stored = answer_logprobs(llamas[0], tokenizer, PROMPTS, ANSWERS, batch_size=batch_size)
-    assert [len(t) for t in stored] == [1, 8, 4, 0, 1]  # answer tokens per row, as counted by the fixture test
-    assert all(t.shape[1] == len(tokenizer) for t in stored)
-    assert reference_bytes(tokenizer, PROMPTS, ANSWERS, len(tokenizer)) == 14 * len(tokenizer) * 4
+    assert [len(t.target) for t in stored] == [1, 8, 4, 0, 1]  # answer tokens per row, as counted by the fixture test
+    assert all(t.logp.shape[1] == len(tokenizer) and t.ids is None for t in stored)
+    # per token: V fp32 log-probs + the answer token's log-prob + the tail's (fp32 each)
+    assert reference_bytes(tokenizer, PROMPTS, ANSWERS, len(tokenizer)) == 14 * (len(tokenizer) * 4 + 8)
     out = token_kl(stored, llamas[1], tokenizer, PROMPTS, ANSWERS, batch_size=2)
     for i, (prompt, answer) in enumerate(zip(PROMPTS, ANSWERS)):
         kl, same, n = per_token_reference(*llamas, tokenizer, prompt, answer)
@@ -119,3 +136,38 @@ def test_stored_logprobs_for_other_answers_are_refused(llamas, tokenizer):
         token_kl(stored, llamas[1], tokenizer, PROMPTS, [" four"] * len(PROMPTS))
     with pytest.raises(ValueError, match="cover 4 rows"):
         token_kl(stored[:4], llamas[1], tokenizer, PROMPTS, ANSWERS)
+
+
+def test_top_k_reference_brackets_the_exact_token_kl(llamas, tokenizer):
+    V = len(tokenizer)
+    k = 3
+    stored = answer_logprobs(llamas[0], tokenizer, PROMPTS, ANSWERS, batch_size=2, topk=k)
+    assert all(t.logp.shape[1] == k and t.ids.shape[1] == k and t.ids.dtype == torch.int32 for t in stored)
+    assert bytes_per_token(V, k) == k * 8 + 8
+    assert reference_bytes(tokenizer, PROMPTS, ANSWERS, V, k) == 14 * (k * 8 + 8)
+    out = token_kl(stored, llamas[1], tokenizer, PROMPTS, ANSWERS, batch_size=3)
+    widths = []
+    for i, (prompt, answer) in enumerate(zip(PROMPTS, ANSWERS)):
+        truth = per_token_values(*llamas, tokenizer, prompt, answer)
+        assert out["n_tokens"][i] == len(truth)
+        lower, upper = np.array(out["tok_kl"][i]), np.array(out["tok_kl_upper"][i])
+        assert (lower <= truth[:, 0] + 1e-6).all() and (truth[:, 0] <= upper + 1e-6).all()
+        widths.extend(upper - lower)
+        # the argmax and the answer token's own log-prob stay exact (the answer token need not be in the top-k)
+        assert np.array_equal(out["tok_same_top"][i], truth[:, 1])
+        assert np.allclose(out["tok_logp_base"][i], truth[:, 2], atol=1e-5)
+    assert max(widths) > 1e-3  # random models: the tail matters, so the interval is not degenerate
+
+
+@pytest.mark.parametrize("topk", [0, 16, 10_000])
+def test_a_reference_of_at_least_half_the_vocabulary_is_the_exact_full_one(llamas, tokenizer, topk):
+    V = len(tokenizer)
+    assert 2 * 16 >= V  # the fixture's vocabulary is small: k = 16 already keeps all of it
+    stored = answer_logprobs(llamas[0], tokenizer, PROMPTS, ANSWERS, topk=topk)
+    assert all(t.ids is None for t in stored)
+    assert reference_bytes(tokenizer, PROMPTS, ANSWERS, V, topk) == 14 * (V * 4 + 8)
+    out = token_kl(stored, llamas[1], tokenizer, PROMPTS, ANSWERS)
+    exact = token_kl(llamas[0], llamas[1], tokenizer, PROMPTS, ANSWERS)
+    for name in TOKEN_COLUMNS:
+        assert out[name].tolist() == exact[name].tolist()
+    assert out["tok_kl"].tolist() == out["tok_kl_upper"].tolist()
