@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-# Rows per chunk of the upper bound: it sorts a (rows, V) fp64 copy of q's tail; ~64 MB per chunk.
+# Rows per chunk: a few (rows, V) copies of q (scatter, partial sort) live at once; ~32 MB each in fp32.
 _CHUNK_ELEMENTS = 1 << 23
 
 
@@ -71,16 +71,19 @@ def _chunk_bounds(top_p, ids, log_tail_p, logp_q):
     log_T_q = torch.logsumexp(logp_q.scatter(-1, ids, float("-inf")), dim=-1).double()
     has_tail = T_p > 0
     lumped = torch.where(has_tail, T_p * (log_T_p - log_T_q), 0.0)
-    # upper: q's tail log-probs ascending (the k stored tokens set to +inf sort last and are cut off)
-    log_q_tail = logp_q.scatter(-1, ids, float("inf")).double().sort(dim=-1).values[:, :V - k]  # (M, V-k)
+    # upper: cap on the n tail tokens with the smallest q, r on the next one
     log_cap = log_p[:, -1]
     cap = log_cap.exp()
     n = torch.where(has_tail, torch.floor(T_p / cap), 0.0).clamp(0, V - k).long()  # tokens filled to cap
-    r = torch.where(n < V - k, (T_p - n * cap).clamp(0.0) , 0.0)
+    r = torch.where(n < V - k, (T_p - n * cap).clamp(0.0), 0.0)
     r = torch.minimum(r, cap)  # rounding can leave T_p - n·cap a hair above cap
-    cumsum = torch.cat([torch.zeros_like(log_q_tail[:, :1]), log_q_tail.cumsum(-1)], dim=-1)  # (M, V-k+1)
+    # q's smallest tail log-probs, ascending: only as many as the fill reaches (the stored tokens set to +inf
+    # are never among them); a partial top-k instead of sorting all V
+    reach = min(V - k, int(n.max()) + 1) if len(n) else 1
+    log_q_tail = logp_q.scatter(-1, ids, float("inf")).topk(reach, dim=-1, largest=False).values.double()  # (M, reach)
+    cumsum = torch.cat([torch.zeros_like(log_q_tail[:, :1]), log_q_tail.cumsum(-1)], dim=-1)  # (M, reach+1)
     sum_log_q = cumsum.gather(-1, n[:, None])[:, 0]  # Σ of the n smallest tail log q
-    log_q_next = log_q_tail.gather(-1, n.clamp(max=V - k - 1)[:, None])[:, 0]  # the token that takes r
+    log_q_next = log_q_tail.gather(-1, n.clamp(max=reach - 1)[:, None])[:, 0]  # the token that takes r
     filled = torch.where(n > 0, n * cap * log_cap - cap * sum_log_q, 0.0)
     fraction = torch.where(r > 0, r * (r.log() - log_q_next), 0.0)
     vertex = torch.where(has_tail, filled + fraction, 0.0)

@@ -279,7 +279,7 @@ def token_kl_bound_lines(summary: pd.DataFrame, topk: int) -> list[str]:
     if "kl_mean_upper" not in summary:
         return []
     rows = summary[(summary["group"] == "all") & (summary["kl_scope"] == "token")].drop_duplicates("task")
-    return [f"- {r['task']}: token KL from the baseline's top-{topk} reference: the exact mean KL lies in "
+    return [f"- {r['task']}: token KL from a top-{topk} baseline reference: the exact mean KL lies in "
             f"[{r['kl_mean']:.4g}, {r['kl_mean_upper']:.4g}] nats (kl_mean is the lower end)."
             for _, r in rows.iterrows() if r["kl_mean_upper"] > r["kl_mean"]]
 

@@ -105,3 +105,11 @@ def test_a_tail_token_the_compressed_side_rules_out():
 def test_summarize_checks_k():
     with pytest.raises(ValueError, match="k must be"):
         summarize(torch.zeros(2, 4), 4)
+
+
+def test_upper_equals_exact_when_the_baseline_tail_is_full_at_cap():
+    # p uniform: every tail token already holds cap, so the only feasible tail is the true one (n = V - k, r = 0)
+    p = np.full(6, 1 / 6)
+    q = np.array([0.3, 0.1, 0.25, 0.05, 0.2, 0.1])
+    lower, upper = run(p, q, 2)
+    assert upper == pytest.approx(exact_kl(p, q), abs=1e-6) and lower <= upper
