@@ -7,9 +7,9 @@ Writes tokenkl.csv and tokenkl.md. Setup: the model (fp32) greedily answers --pr
 (--bits, --group-size). For each k in --ks (0 = the full vocabulary) the baseline's reference is built
 (flipbench.tokenkl.answer_logprobs, timed: one forward pass + the top-k), written to a baseline cache
 (flipbench.cache.BaselineCache, its file size is `reference_bytes`), and token KL is computed from it against
-the quantized copy. Per k: bytes, bytes per answer token, build and KL seconds, the token-weighted mean KL (the
-reported lower end), the mean upper bound, the exact mean KL (from the full reference), and the largest
-per-token distance of each bound from the exact KL. Skips (exit 0) when the model folder is missing.
+the quantized copy. Per k: bytes, bytes per answer token, the baseline's mean mass outside the top k, build and
+KL seconds, the token-weighted mean KL (the reported lower end), the mean upper bound, the exact mean KL (from
+the full reference), and the largest per-token distance of each bound from the exact KL. Skips (exit 0) when the model folder is missing.
 This is a benchmark, not a test.
 """
 
@@ -29,8 +29,8 @@ import torch
 
 DATA = Path(__file__).resolve().parent.parent / "tasks" / "synth" / "data"
 KS = (16, 64, 256, 1024, 0)
-COLUMNS = ["k", "tokens", "reference_bytes", "bytes_per_token", "build_s", "kl_s", "kl_mean", "kl_mean_upper", "kl_exact",
-           "max_lower_gap", "max_upper_gap"]
+COLUMNS = ["k", "tokens", "reference_bytes", "bytes_per_token", "tail_mass", "build_s", "kl_s", "kl_mean", "kl_mean_upper",
+           "kl_exact", "max_lower_gap", "max_upper_gap"]
 
 
 def prompts_and_shot(n: int) -> list[str]:
@@ -69,13 +69,16 @@ def measure(model, comp, tokenizer, prompts, answers, ks, batch_size: int, folde
         frame = token_kl(reference, comp, tokenizer, prompts, answers, batch_size=batch_size)
         kl_s = time.perf_counter() - start
         tokens = int(frame["n_tokens"].sum())
+        tail = torch.cat([row.log_tail for row in reference]).double().exp()  # baseline mass outside the top-k
         raw[k] = {"k": k, "reference_bytes": (folder / f"k{k}.kl.pt").stat().st_size, "tokens": tokens,
+                  "tail_mass": float(tail.mean()) if len(tail) else 0.0,
                   "build_s": build_s, "kl_s": kl_s,
                   "lower": np.concatenate([np.asarray(v, float) for v in frame["tok_kl"]]),
                   "upper": np.concatenate([np.asarray(v, float) for v in frame["tok_kl_upper"]])}
     exact = raw[0]["lower"]
     return [{"k": r["k"] or "full", "tokens": r["tokens"], "reference_bytes": r["reference_bytes"],
-             "bytes_per_token": round(r["reference_bytes"] / r["tokens"]), "build_s": round(r["build_s"], 2),
+             "bytes_per_token": round(r["reference_bytes"] / r["tokens"]), "tail_mass": r["tail_mass"],
+             "build_s": round(r["build_s"], 2),
              "kl_s": round(r["kl_s"], 2), "kl_mean": r["lower"].mean(), "kl_mean_upper": r["upper"].mean(),
              "kl_exact": exact.mean(), "max_lower_gap": float((exact - r["lower"]).max()),
              "max_upper_gap": float((r["upper"] - exact).max())} for r in raw.values()]
@@ -83,10 +86,11 @@ def measure(model, comp, tokenizer, prompts, answers, ks, batch_size: int, folde
 
 def markdown(rows: list[dict], setup: str) -> str:
     lines = [f"# Token-KL reference vs k\n\n{setup}\n",
-             "| k | reference MB | bytes/token | build s | KL s | mean KL (reported) | mean upper bound | exact mean KL "
-             "| max exact − lower | max upper − exact |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| k | reference MB | bytes/token | mean tail mass | build s | KL s | mean KL (reported) | mean upper bound "
+             "| exact mean KL | max exact − lower | max upper − exact |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['k']} | {r['reference_bytes'] / 2**20:.2f} | {r['bytes_per_token']:,} | {r['build_s']:.1f} "
+        lines.append(f"| {r['k']} | {r['reference_bytes'] / 2**20:.2f} | {r['bytes_per_token']:,} | {100 * r['tail_mass']:.2f}% "
+                     f"| {r['build_s']:.1f} "
                      f"| {r['kl_s']:.1f} | {r['kl_mean']:.5f} | {r['kl_mean_upper']:.5f} | {r['kl_exact']:.5f} "
                      f"| {r['max_lower_gap']:.2e} | {r['max_upper_gap']:.2e} |")
     return "\n".join(lines) + "\n"
