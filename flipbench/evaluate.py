@@ -22,11 +22,11 @@ def build_lm(model, tokenizer, batch_size: int):
     """Wrap an in-memory model for lm-eval. Device and dtype come from the model itself: HFLM leaves a
     pre-built model where it is (also one placed over several devices by accelerate) and sends the inputs to
     ``model.device``, the first parameter's device."""
-    from lm_eval.models.huggingface import HFLM
-
     from flipbench.models import input_device
+    from flipbench.reuse import memo_lm_class
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    # lm-eval's HFLM, remembering its (context, continuation) encodings per tokenizer for the next side
+    lm = memo_lm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
     if lm.device != input_device(model):  # first parameter offloaded (meta): inputs go to accelerate's main device
         lm._device = input_device(model)
     return lm
@@ -65,6 +65,8 @@ def run_lm_eval(lm, tasks: dict, plan: TaskPlan, *, limit: int | None, num_fewsh
     per-task limits become lm-eval's ``samples`` (the first N doc ids of each leaf)."""
     import lm_eval
 
+    from flipbench.reuse import requests_once
+
     configure(tasks, plan, num_fewshot)
     samples = None
     if task_limits:
@@ -72,12 +74,14 @@ def run_lm_eval(lm, tasks: dict, plan: TaskPlan, *, limit: int | None, num_fewsh
         samples = {leaf: list(range(min(counts[leaf] or len(task.eval_docs), len(task.eval_docs))))
                    for leaf, task in tasks.items()}
         limit = None
-    # Passing our TaskManager spares simple_evaluate from indexing every lm-eval task again (seconds per side).
-    return lm_eval.simple_evaluate(
-        lm, tasks=list(tasks.values()), task_manager=plan.manager, limit=limit, samples=samples, log_samples=True,
-        bootstrap_iters=0,
-        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-    )
+    # Passing our TaskManager spares simple_evaluate from indexing every lm-eval task again (seconds per side);
+    # requests_once spares it from rendering the same requests again for every side.
+    with requests_once(tasks, seed):
+        return lm_eval.simple_evaluate(
+            lm, tasks=list(tasks.values()), task_manager=plan.manager, limit=limit, samples=samples, log_samples=True,
+            bootstrap_iters=0,
+            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        )
 
 
 def headline_metric(task: str, sample: dict, metrics_cfg: dict[str, list[str]]) -> str:

@@ -1,0 +1,133 @@
+"""Work lm-eval repeats identically for every side, done once per run instead.
+
+``simple_evaluate`` rebuilds every task's requests (few-shot sampling, prompt rendering: ~15 s for the 56,168
+requests of full MMLU on a 2-core CPU) and HFLM tokenizes every (context, continuation) pair again (~28 s there)
+for each model it evaluates. Both depend only on the task objects, the seed and the tokenizer, never on the
+weights, so the baseline's are reused for the compressed side (and for the noise floor and search trials):
+
+- :func:`requests_once`: while it is active, a task's ``build_all_requests`` with the same arguments, config and
+  few-shot seed hands out fresh copies (empty responses) of the instances it built the first time;
+- :class:`MemoHFLM`: lm-eval's HFLM whose ``_encode_pair`` remembers its results per tokenizer object.
+
+What is remembered lives as long as the task or tokenizer object it belongs to (one run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import weakref
+from contextlib import contextmanager
+
+import numpy as np
+
+# Remembered encodings stop growing past this many tokens (int32: 256 MB); lm-eval then tokenizes as usual.
+MAX_MEMO_TOKENS = 64_000_000
+
+
+class _Encodings:
+    """One tokenizer's (context, continuation) -> (context ids, continuation ids), contexts stored once."""
+
+    def __init__(self):
+        self.contexts: dict[str, np.ndarray] = {}
+        self.pairs: dict[tuple[str, str], np.ndarray] = {}
+        self.tokens = 0
+
+    def get(self, context: str, continuation: str):
+        cont = self.pairs.get((context, continuation))
+        if cont is None:
+            return None
+        return self.contexts[context].tolist(), cont.tolist()
+
+    def put(self, context: str, continuation: str, context_enc: list[int], continuation_enc: list[int]) -> None:
+        if self.tokens >= MAX_MEMO_TOKENS:
+            return
+        if context not in self.contexts:
+            self.contexts[context] = np.asarray(context_enc, dtype=np.int32)
+            self.tokens += len(context_enc)
+        elif self.contexts[context].tolist() != context_enc:  # never expected: same tokenizer, same text
+            return
+        self.pairs[(context, continuation)] = np.asarray(continuation_enc, dtype=np.int32)
+        self.tokens += len(continuation_enc)
+
+
+_ENCODINGS: "weakref.WeakKeyDictionary[object, _Encodings]" = weakref.WeakKeyDictionary()
+_REQUESTS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
+def encodings(tokenizer) -> _Encodings | None:
+    """The memo of ``tokenizer`` (created on first use); None for an object that cannot be weakly referenced."""
+    try:
+        memo = _ENCODINGS.get(tokenizer)
+        if memo is None:
+            memo = _ENCODINGS[tokenizer] = _Encodings()
+        return memo
+    except TypeError:
+        return None
+
+
+def memo_lm_class():
+    """HFLM with a per-tokenizer memo of ``_encode_pair`` (built lazily: importing lm-eval's HF model is slow)."""
+    global _MEMO_HFLM
+    if _MEMO_HFLM is None:
+        from lm_eval.models.huggingface import HFLM
+
+        class MemoHFLM(HFLM):
+            def _encode_pair(self, context: str, continuation: str):
+                memo = encodings(self.tokenizer)
+                hit = memo.get(context, continuation) if memo is not None else None
+                if hit is not None:
+                    return hit
+                context_enc, continuation_enc = super()._encode_pair(context, continuation)
+                if memo is not None:
+                    memo.put(context, continuation, context_enc, continuation_enc)
+                return context_enc, continuation_enc
+
+        _MEMO_HFLM = MemoHFLM
+    return _MEMO_HFLM
+
+
+_MEMO_HFLM = None
+
+
+def _config_digest(task) -> str:
+    """The task's settings that shape its requests (few-shot count, prompts, generation budget, data)."""
+    dumped = json.dumps(task.dump_config(), sort_keys=True, default=repr)
+    return hashlib.sha256(dumped.encode()).hexdigest()
+
+
+def _fresh(instances: list) -> list:
+    """Copies that share the rendered prompts but carry no responses (lm-eval appends to ``resps``)."""
+    return [dataclasses.replace(inst, resps=[], filtered_resps={}) for inst in instances]
+
+
+@contextmanager
+def requests_once(tasks: dict, seed: int):
+    """While active, each task builds its requests once per (arguments, config, few-shot seed); later calls with
+    the same key get fresh copies of the first build's instances. ``seed``: the few-shot seed lm-eval sets on the
+    tasks before building (part of the key, as the few-shot draw depends on it)."""
+    patched = []
+    for task in tasks.values():
+        try:
+            built = _REQUESTS.setdefault(task, {})
+        except TypeError:
+            continue
+        original = task.build_all_requests
+
+        def build(*, _task=task, _original=original, _built=built, **kwargs):
+            key = (seed, _config_digest(_task), repr(sorted(kwargs.items())))
+            if key in _built:
+                _task._instances = _fresh(_built[key])
+                return
+            _original(**kwargs)
+            _built.clear()  # keep one build per task: a search's next rung asks for other docs
+            _built[key] = _fresh(_task.instances)
+
+        task.build_all_requests = build
+        patched.append(task)
+    try:
+        yield
+    finally:
+        for task in patched:
+            del task.build_all_requests  # the class's method again
