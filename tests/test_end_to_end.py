@@ -118,7 +118,7 @@ def test_token_kl_is_the_same_from_stored_cached_or_reloaded_baseline(rtn2_run, 
     assert (kl["top16"] < upper["top16"]).all()
     summary = pd.read_csv(run_dir / "summary.csv").query("task == 'mini_gen' and group == 'all'").iloc[0]
     assert summary["kl_mean"] < summary["kl_mean_upper"]
-    assert "top-16 reference: the exact mean KL lies in" in (run_dir / "report.md").read_text()
+    assert "from a top-16 baseline reference: the exact mean KL lies in" in (run_dir / "report.md").read_text()
 
 
 def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
