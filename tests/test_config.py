@@ -58,6 +58,7 @@ def test_wrong_type_fails_at_composition():
     ("suite.tasks=[]", "suite.tasks is empty"),
     ("eval.noise_floor=true", "eval.noise_floor='True' is unknown"),  # the old boolean switch names no perturbation
     ("eval.noise_dtype=int8", "eval.noise_dtype='int8' is unknown"),
+    ("eval.token_kl_topk=-1", "eval.token_kl_topk=-1 must be >= 0"),
     ("gate.on=median", "gate.on='median' is unknown"),
 ])
 def test_bad_values_fail_validation_with_one_line(override, message):
