@@ -9,7 +9,8 @@ Writes tokenkl.csv and tokenkl.md. Setup: the model (fp32) greedily answers --pr
 (flipbench.cache.BaselineCache, its file size is `reference_bytes`), and token KL is computed from it against
 the quantized copy. Per k: bytes, bytes per answer token, the baseline's mean mass outside the top k, build and
 KL seconds, the token-weighted mean KL (the reported lower end), the mean upper bound, the exact mean KL (from
-the full reference), and the largest per-token distance of each bound from the exact KL. Skips (exit 0) when the model folder is missing.
+the full reference), and the largest per-token distance of each bound from the exact KL. Skips (exit 0) when the
+model folder is missing.
 This is a benchmark, not a test.
 """
 
@@ -29,8 +30,8 @@ import torch
 
 DATA = Path(__file__).resolve().parent.parent / "tasks" / "synth" / "data"
 KS = (16, 64, 256, 1024, 0)
-COLUMNS = ["k", "tokens", "reference_bytes", "bytes_per_token", "tail_mass", "build_s", "kl_s", "kl_mean", "kl_mean_upper",
-           "kl_exact", "max_lower_gap", "max_upper_gap"]
+COLUMNS = ["k", "tokens", "reference_bytes", "bytes_per_token", "tail_mass", "build_s", "kl_s", "kl_mean",
+           "kl_mean_upper", "kl_exact", "max_lower_gap", "max_upper_gap"]
 
 
 def prompts_and_shot(n: int) -> list[str]:
