@@ -13,6 +13,7 @@ real_overhead.csv, real_rounds.csv, real_throughput.csv, threads.csv and real.md
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -46,13 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     if not available(args.real):
         print(f"bench_real: {args.real} has no converted model and data (run `make real` first); skipped")
         return 0
-    from benchmarks.bench import matmul_peak, save_pair, throughput
-    from flipbench.report import markdown_table
-
     args.out.mkdir(parents=True, exist_ok=True)
     model = (args.real / "smollm2-135m").resolve()
     data = real_setup.data_root((args.real / "pkgs").resolve())
     work = Path(tempfile.mkdtemp(prefix="flipbench-bench-real-"))
+    try:
+        return _bench(args, model, data, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _bench(args, model: Path, data: Path, work: Path) -> int:
+    from benchmarks.bench import matmul_peak, save_pair, throughput
+    from flipbench.report import markdown_table
+
     mmlu = real.mmlu_subset(data, work / "mmlu_subset", args.subjects)
     comp = save_pair(model, work / "smollm2_w4", 4)
     suite = real.suite_overrides(data, mmlu, args)
@@ -62,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     lm_runs = [([sys.executable, "-m", "benchmarks.plain_lm_eval", "--model", str(d), "--batch-size",
                  str(args.batch_size), "--", *suite], Path.cwd()) for d in (model, comp)]
     rows = overhead.interleaved("smollm2-135m", flip, lm_runs, args.rounds, work)
-    pd.DataFrame(rows).to_csv(args.out / "real_rounds.csv", index=False)
+    pd.DataFrame(rows).drop(columns=["cold_run", "cached_run"]).to_csv(args.out / "real_rounds.csv", index=False)
     over = pd.DataFrame(overhead.summary(rows))
     over.to_csv(args.out / "real_overhead.csv", index=False)
     thr = pd.DataFrame([{"model": "smollm2-135m", **throughput(Path(rows[0]["cold_run"]), matmul_peak())}])

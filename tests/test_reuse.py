@@ -88,3 +88,17 @@ def test_memo_stops_growing_at_its_cap(monkeypatch):
     memo.put("ctx", " c", [1, 2, 3], [6])
     assert memo.get("ctx", " b") == ([1, 2, 3], [5])
     assert memo.get("ctx", " c") is None
+
+
+def test_the_context_check_renders_only_the_docs_that_will_be_evaluated(random_llama, mini_tasks, tmp_path):
+    from flipbench import pipeline, reuse
+    from flipbench.config import to_typed
+
+    overrides = mini_overrides(random_llama, mini_tasks, tmp_path) + ["+suite.task_limits.mini_mc=3"]
+    cfg = to_typed(compose(overrides))
+    plan = pipeline.preflight(cfg)
+    task_objs, _, _ = pipeline.prepare(cfg, plan)
+    built = {leaf: next(iter(reuse._REQUESTS[task].values())) for leaf, task in task_objs.items()}
+    assert sorted({inst.doc_id for inst in built["mini_mc"]}) == [0, 1, 2]  # 3 of its 12 docs, 4 choices each
+    assert len(built["mini_mc"]) == 12
+    assert sorted({inst.doc_id for inst in built["mini_gen"]}) == list(range(6))  # no limit: all 6
