@@ -3,22 +3,24 @@
     python -m benchmarks.bench --out results/bench
 
 Everything is measured side by side in one run on this machine and written under ``--out``:
-overhead.csv (case, model, flipbench_s, lm_eval_s, ratio), stages.csv, sweep.csv, throughput.csv, memory.csv,
+overhead.csv (case, model, rounds, flipbench_s, lm_eval_s, ratio: median and min-max over rounds),
+overhead_rounds.csv (every round), stages.csv, sweep.csv, throughput.csv, memory.csv,
 quant.csv/quant.md (from benchmarks.bench_quant), prune.csv/prune_memory.csv/prune.md (benchmarks.bench_prune),
 search.csv/search.md (from benchmarks.bench_search) and bench.md, the tables the README quotes.
 
 Overhead compares one flipbench process (baseline and compressed evaluation, pairing, metrics, token KL,
 report) with two ``lm-eval run`` processes on the same two saved model directories, tasks, limit and batch
-size. ``cold`` starts from an empty baseline cache, ``cached`` repeats the run with the baseline cached.
+size. ``cold`` starts from an empty baseline cache, ``cached`` repeats the run with the baseline cached. The
+comparisons run interleaved (:mod:`benchmarks.overhead`), so a load change cannot fake a ratio. When the real
+tier's files are present (``make real``), :mod:`benchmarks.bench_real` adds SmolLM2-135M-Instruct (real_*.csv,
+threads.csv, real.md, appended to bench.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,18 +29,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchmarks import overhead as interleaved
+from benchmarks.overhead import timed
 from flipbench.tasks import BUNDLED_TASKS
 
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 SYNTH = BUNDLED_TASKS / "synth"
-
-
-def timed(args: list[str], cwd: Path) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args[:4])} failed:\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
 
 
 def save_pair(base_dir: Path, out: Path, bits: int) -> Path:
@@ -67,21 +62,17 @@ def large_random_model(out: Path, tokenizer_dir: Path, hidden: int = 1024, layer
     return out
 
 
-def overhead(name: str, base_dir: Path, comp_dir: Path, limit: int | None, batch: int, work: Path) -> list[dict]:
-    root = work / f"results_{name}"
+def overhead(name: str, base_dir: Path, comp_dir: Path, limit: int | None, batch: int, work: Path, rounds: int) -> list[dict]:
+    """Interleaved rounds (see :mod:`benchmarks.overhead`) of flipbench cold/cached against two ``lm-eval run``."""
     flip = [sys.executable, "-m", "flipbench", "model=hf", f"model.path={base_dir}", "model.dtype=float32",
             f"model.name={name}", "compression=checkpoint",
-            f"compression.path={comp_dir}", f"eval.batch_size={batch}", f"output.root={root}"]
+            f"compression.path={comp_dir}", f"eval.batch_size={batch}"]
     flip += [f"suite.limit={limit}"] if limit else []
     lm = [sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--tasks", "synth", "--include_path", str(SYNTH),
           "--batch_size", str(batch), "--device", "cpu"] + (["--limit", str(limit)] if limit else [])
     # lm-eval resolves the synth YAMLs' relative data files against its working directory.
-    lm_s = sum(timed(lm + ["--model_args", f"pretrained={d},dtype=float32"], SYNTH) for d in (base_dir, comp_dir))
-    cold = timed(flip, work)
-    cached = timed(flip, work)
-    runs = sorted((root / "runs").iterdir())
-    return [{"case": case, "model": name, "flipbench_s": round(s, 2), "lm_eval_s": round(lm_s, 2),
-             "ratio": round(s / lm_s, 3), "run": str(run)} for case, s, run in (("cold", cold, runs[0]), ("cached", cached, runs[1]))]
+    lm_runs = [(lm + ["--model_args", f"pretrained={d},dtype=float32"], SYNTH) for d in (base_dir, comp_dir)]
+    return interleaved.interleaved(name, flip, lm_runs, rounds, work)
 
 
 def sweep_cost(work: Path, members: str = "2,3,4") -> dict:
@@ -162,26 +153,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-prune", action="store_true", help="skip the pruning benchmark (bench_prune)")
     parser.add_argument("--skip-large", action="store_true", help="skip the large random model (hidden 1024)")
     parser.add_argument("--skip-search", action="store_true", help="skip the budget search vs full grid benchmark")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of each overhead comparison")
+    parser.add_argument("--real", type=Path, default=Path("results/real"),
+                        help="the real tier's folder (make real); its model is benchmarked when present")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    from benchmarks import bench_real
     from flipbench.models import resolve_path
 
     tiny = Path(resolve_path("bundled:tiny"))
     work = Path(tempfile.mkdtemp(prefix="flipbench-bench-"))
     try:
         print("bench: overhead on the bundled model", flush=True)
-        rows = overhead("tiny", tiny, save_pair(tiny, work / "tiny_w4", 4), None, 16, work)
+        rows = overhead("tiny", tiny, save_pair(tiny, work / "tiny_w4", 4), None, 16, work, args.rounds)
         if not args.skip_large:
             print("bench: overhead on a large random model", flush=True)
             large = large_random_model(work / "large", tiny)
-            rows += overhead("large-random-h1024", large, save_pair(large, work / "large_w4", 4), args.large_limit, 16, work)
-        over = pd.DataFrame(rows)
-        over.drop(columns="run").to_csv(args.out / "overhead.csv", index=False)
+            rows += overhead("large-random-h1024", large, save_pair(large, work / "large_w4", 4), args.large_limit, 16,
+                             work, args.rounds)
+        pd.DataFrame(rows).drop(columns=["cold_run", "cached_run"]).to_csv(args.out / "overhead_rounds.csv", index=False)
+        over = pd.DataFrame(interleaved.summary(rows))
+        over.to_csv(args.out / "overhead.csv", index=False)
         print("bench: throughput, memory, sweep", flush=True)
         peak = matmul_peak()
-        thr = pd.DataFrame([{"model": r["model"], **throughput(Path(r["run"]), peak)} for r in rows if r["case"] == "cold"])
+        first = [r for r in rows if r["round"] == 0]  # stages, throughput and memory from each model's first round
+        thr = pd.DataFrame([{"model": r["model"], **throughput(Path(r["cold_run"]), peak)} for r in first])
         thr.to_csv(args.out / "throughput.csv", index=False)
-        mem = [{"model": r["model"], **m} for r in rows if r["case"] == "cold" for m in memory(Path(r["run"]))]
+        mem = [{"model": r["model"], **m} for r in first for m in memory(Path(r["cold_run"]))]
         quant_mem = pd.DataFrame()
         if not args.skip_large:
             print("bench: memory of in-process quantization on the large random model", flush=True)
@@ -193,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             quant_mem.to_csv(args.out / "quant_memory.csv", index=False)
         mem = pd.DataFrame(mem)
         mem.to_csv(args.out / "memory.csv", index=False)
-        stage = pd.DataFrame([{"model": r["model"], "case": r["case"], **stages(Path(r["run"]))} for r in rows]).fillna(0.0)
+        stage = pd.DataFrame([{"model": r["model"], "case": case, **stages(Path(r[f"{case}_run"]))}
+                              for r in first for case in ("cold", "cached")]).fillna(0.0)
         stage.to_csv(args.out / "stages.csv", index=False)
         sweep = pd.DataFrame([sweep_cost(work)])
         sweep.to_csv(args.out / "sweep.csv", index=False)
@@ -212,11 +211,18 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import bench_search
 
             bench_search.main(["--out", str(args.out)])
-        tables = {"Overhead (seconds)": over.drop(columns="run"), "flipbench seconds per stage": stage,
+        if bench_real.available(args.real):
+            print("bench: the real model (SmolLM2-135M-Instruct)", flush=True)
+            bench_real.main(["--real", str(args.real), "--out", str(args.out), "--rounds", str(args.rounds)])
+        tables = {f"Overhead (seconds; median, min-max over {args.rounds} interleaved rounds)":
+                  over.drop(columns="ratio_median"), "flipbench seconds per stage": stage,
                   "Sweep cost": sweep, "Evaluation throughput": thr, "Peak memory per stage (MB)": mem}
         if not quant_mem.empty:
             tables["In-process quantization memory, compress stage (MB)"] = quant_mem
-        (args.out / "bench.md").write_text(markdown(tables))
+        text = markdown(tables)
+        if (args.out / "real.md").exists() and bench_real.available(args.real):
+            text += "\n" + (args.out / "real.md").read_text()
+        (args.out / "bench.md").write_text(text)
         print((args.out / "bench.md").read_text())
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -37,16 +37,23 @@ def mmlu_subset(data: Path, out: Path, n: int) -> Path:
     return out
 
 
-def overrides(model: Path, data: Path, mmlu: Path, args) -> list[str]:
+def suite_overrides(data: Path, mmlu: Path, args) -> list[str]:
+    """The tier's tasks, data files and docs per task (shared with the real-model bench)."""
     return [
-        "-m", "model=hf", f"model.path={model}", "model.name=smollm2-135m", "model.dtype=float32", "suite=standard",
-        "suite.tasks=[mmlu,arc_challenge,hellaswag,winogrande]",
+        "suite=standard", "suite.tasks=[mmlu,arc_challenge,hellaswag,winogrande]",
         f"suite.data_files.mmlu={mmlu}",
         f"suite.data_files.arc_challenge={{test:{data / 'ai2_arc' / 'ARC-Challenge' / 'validation'}}}",
         f"suite.data_files.hellaswag={data / 'hellaswag' / 'none'}",
         f"+suite.data_files.winogrande={data / 'winogrande'}",
         f"+suite.task_limits.mmlu={args.mmlu_docs}", f"+suite.task_limits.arc_challenge={args.arc_docs}",
         f"+suite.task_limits.hellaswag={args.hellaswag_docs}", f"+suite.task_limits.winogrande={args.winogrande_docs}",
+    ]
+
+
+def overrides(model: Path, data: Path, mmlu: Path, args) -> list[str]:
+    return [
+        "-m", "model=hf", f"model.path={model}", "model.name=smollm2-135m", "model.dtype=float32",
+        *suite_overrides(data, mmlu, args),
         f"calibration.n_samples={args.calib_samples}", f"calibration.seq_len={args.calib_len}",
         f"eval.batch_size={args.batch_size}", f"output.root={args.scratch / 'results'}",
         f"compression={args.methods}", f"compression.bits={args.bits}",

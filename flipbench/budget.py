@@ -40,12 +40,16 @@ def _lengths(tokenizer, texts: list[str]) -> dict[str, int]:
     return {text: len(x) for text, x in zip(unique, ids)}
 
 
-def measure(task, tokenizer, max_length: int, limit: int | None) -> tuple[Longest, Longest]:
-    """(loglikelihood, generation) extremes over the first ``limit`` docs' requests of one lm-eval task."""
+def measure(task, tokenizer, max_length: int, leaf: str, limit: int | None, samples: dict | None,
+            seed: int) -> tuple[Longest, Longest]:
+    """(loglikelihood, generation) extremes over the requests of one lm-eval task that the evaluation will send
+    (``limit`` / ``samples`` as :func:`flipbench.evaluate.lm_eval_docs` gives them)."""
     from lm_eval.models.utils import normalize_gen_kwargs
 
+    from flipbench.evaluate import build_requests
+
     with bars_off():  # the console shows stages, not lm-eval's per-task context building
-        task.build_all_requests(limit=limit, rank=0, world_size=1)
+        build_requests(task, leaf, limit, samples, seed)
     pairs, gens = [], []
     for inst in task.instances:
         if inst.request_type == "loglikelihood":
@@ -57,7 +61,7 @@ def measure(task, tokenizer, max_length: int, limit: int | None) -> tuple[Longes
         elif inst.request_type == "generate_until":
             budget = normalize_gen_kwargs(dict(inst.arguments[1] or {}), DEFAULT_MAX_GEN_TOKS)["max_gen_toks"]
             gens.append((inst.arguments[0], int(budget)))
-    task._instances = None  # simple_evaluate builds them again with its own settings
+    task._instances = None  # simple_evaluate builds them again (or reuses this build: flipbench.reuse)
     ll, gen = Longest(), Longest()
     lengths = _lengths(tokenizer, [c for c, _ in pairs] + [w for _, w in pairs] + [c for c, _ in gens])
     for context, whole in pairs:
@@ -88,15 +92,19 @@ def problem(name: str, ll: Longest, gen: Longest, max_length: int, shots: int) -
     return None
 
 
-def check_context(task_objs: dict, reported: dict[str, str], tokenizer, max_length: int, limit: int | None) -> list[str]:
+def check_context(task_objs: dict, reported: dict[str, str], tokenizer, max_length: int, limit: int | None,
+                  samples: dict | None, seed: int) -> list[str]:
     """Raise ConfigError for the first task whose requests cannot run or would lose their prompt's end; return
     one note per task whose multiple-choice prompts lm-eval will shorten from the left (it drops the earliest
     few-shot text and says so in a warning: the question and its choices stay whole, so the run goes on)."""
     from flipbench.config import ConfigError
 
+    from flipbench.reuse import requests_once
+
     cut: dict[str, tuple[int, int, int]] = {}  # task -> (requests cut, longest total, shots)
     for leaf, task in task_objs.items():
-        ll, gen = measure(task, tokenizer, max_length, limit)
+        with requests_once({leaf: task}, seed):  # the evaluation's first side reuses this build
+            ll, gen = measure(task, tokenizer, max_length, leaf, limit, samples, seed)
         name, shots = reported.get(leaf, leaf), task.config.num_fewshot or 0
         found = problem(name, ll, gen, max_length, shots)
         if found:

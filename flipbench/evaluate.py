@@ -59,21 +59,39 @@ def doc_limits(tasks: dict, plan: TaskPlan, limit: int | None, task_limits: dict
     return {leaf: task_limits.get(plan.reported.get(leaf, leaf), task_limits.get(leaf, limit)) for leaf in tasks}
 
 
+def lm_eval_docs(tasks: dict, plan: TaskPlan, limit: int | None, task_limits: dict[str, int] | None):
+    """(limit, samples) for ``simple_evaluate``: per-task limits become its ``samples`` (the first N doc ids of each
+    leaf), else the one ``limit`` applies to every leaf."""
+    if not task_limits:
+        return limit, None
+    counts = doc_limits(tasks, plan, limit, task_limits)
+    return None, {leaf: list(range(min(counts[leaf] or len(task.eval_docs), len(task.eval_docs))))
+                  for leaf, task in tasks.items()}
+
+
+def build_requests(task, leaf: str, limit: int | None, samples: dict | None, seed: int) -> None:
+    """Build one task's requests exactly as ``simple_evaluate`` will for flipbench's settings (few-shot seed set
+    first, the same arguments to ``build_all_requests``), so that under :func:`flipbench.reuse.requests_once` the
+    evaluation reuses them instead of rendering them again."""
+    from lm_eval.evaluator_utils import get_sample_size
+
+    task.set_fewshot_seed(seed=seed)
+    task.build_all_requests(limit=get_sample_size(task, limit), samples=(samples or {}).get(leaf) if samples is not None
+                            else None, rank=0, world_size=1, cache_requests=False, rewrite_requests_cache=False,
+                            system_instruction=None, apply_chat_template=False, fewshot_as_multiturn=True,
+                            chat_template=None, tokenizer_name="")
+
+
 def run_lm_eval(lm, tasks: dict, plan: TaskPlan, *, limit: int | None, num_fewshot: dict[str, int], seed: int,
                 task_limits: dict[str, int] | None = None) -> dict:
     """``simple_evaluate`` with per-sample logging. Few-shot counts are set per task on the Task objects;
-    per-task limits become lm-eval's ``samples`` (the first N doc ids of each leaf)."""
+    per-task limits become lm-eval's ``samples`` (see :func:`lm_eval_docs`)."""
     import lm_eval
 
     from flipbench.reuse import requests_once
 
     configure(tasks, plan, num_fewshot)
-    samples = None
-    if task_limits:
-        counts = doc_limits(tasks, plan, limit, task_limits)
-        samples = {leaf: list(range(min(counts[leaf] or len(task.eval_docs), len(task.eval_docs))))
-                   for leaf, task in tasks.items()}
-        limit = None
+    limit, samples = lm_eval_docs(tasks, plan, limit, task_limits)
     # Passing our TaskManager spares simple_evaluate from indexing every lm-eval task again (seconds per side);
     # requests_once spares it from rendering the same requests again for every side.
     with requests_once(tasks, seed):

@@ -72,8 +72,9 @@ def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
     evaluate.configure(task_objs, plan, dict(cfg.suite.num_fewshot), dict(cfg.suite.max_gen_toks))
     config = models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code,
                                 gguf_file=cfg.model.gguf_file)
+    limit, samples = evaluate.lm_eval_docs(task_objs, plan, cfg.suite.limit, dict(cfg.suite.task_limits))
     for note in budget.check_context(task_objs, plan.reported, tokenizer, budget.context_length(config, tokenizer),
-                                     cfg.suite.limit):
+                                     limit, samples, cfg.eval.seed):
         log.warning(note)
     if cfg.compression.method == "checkpoint":
         from flipbench.preflight import check_tokenizers_agree

@@ -92,9 +92,18 @@ _MEMO_HFLM = None
 
 
 def _config_digest(task) -> str:
-    """The task's settings that shape its requests (few-shot count, prompts, generation budget, data)."""
-    dumped = json.dumps(task.dump_config(), sort_keys=True, default=repr)
+    """The task's settings that shape its requests (few-shot count, prompts, generation budget, data). An unset
+    few-shot count is 0, as build_all_requests reads it (simple_evaluate writes the 0 in before building)."""
+    config = task.dump_config()
+    config["num_fewshot"] = config.get("num_fewshot") or 0
+    dumped = json.dumps(config, sort_keys=True, default=repr)
     return hashlib.sha256(dumped.encode()).hexdigest()
+
+
+def _arguments(kwargs: dict) -> str:
+    """The arguments that shape the instances: lm-eval's on-disk request cache switches change only where they
+    come from."""
+    return repr(sorted((k, v) for k, v in kwargs.items() if k not in ("cache_requests", "rewrite_requests_cache")))
 
 
 def _fresh(instances: list) -> list:
@@ -116,7 +125,7 @@ def requests_once(tasks: dict, seed: int):
         original = task.build_all_requests
 
         def build(*, _task=task, _original=original, _built=built, **kwargs):
-            key = (seed, _config_digest(_task), repr(sorted(kwargs.items())))
+            key = (seed, _config_digest(_task), _arguments(kwargs))
             if key in _built:
                 _task._instances = _fresh(_built[key])
                 return

@@ -32,7 +32,7 @@ def _counting(monkeypatch, cls, name):
     return calls
 
 
-def test_second_side_renders_and_tokenizes_nothing_and_scores_the_same(side, monkeypatch):
+def test_sides_render_nothing_the_precheck_rendered_and_the_second_tokenizes_nothing(side, monkeypatch):
     from lm_eval.api.task import ConfigurableTask
 
     from flipbench import pipeline
@@ -42,7 +42,8 @@ def test_second_side_renders_and_tokenizes_nothing_and_scores_the_same(side, mon
     encodes = _counting(monkeypatch, type(tokenizer), "encode")
     first = pipeline.evaluate_side(model, tokenizer, task_objs, plan, cfg)
     n_builds, n_encodes = len(builds), len(encodes)
-    assert n_builds == len(task_objs) and n_encodes > 0
+    assert n_builds == 0  # the context-length check in prepare() built exactly what the evaluation asks for
+    assert n_encodes > 0
     mc_requests = sum(len(r) for r in first.loc[first["output_type"] == "multiple_choice", "choices"])
     assert n_encodes >= mc_requests  # at least one encoding per (context, choice) on the first side
 
@@ -87,3 +88,17 @@ def test_memo_stops_growing_at_its_cap(monkeypatch):
     memo.put("ctx", " c", [1, 2, 3], [6])
     assert memo.get("ctx", " b") == ([1, 2, 3], [5])
     assert memo.get("ctx", " c") is None
+
+
+def test_the_context_check_renders_only_the_docs_that_will_be_evaluated(random_llama, mini_tasks, tmp_path):
+    from flipbench import pipeline, reuse
+    from flipbench.config import to_typed
+
+    overrides = mini_overrides(random_llama, mini_tasks, tmp_path) + ["+suite.task_limits.mini_mc=3"]
+    cfg = to_typed(compose(overrides))
+    plan = pipeline.preflight(cfg)
+    task_objs, _, _ = pipeline.prepare(cfg, plan)
+    built = {leaf: next(iter(reuse._REQUESTS[task].values())) for leaf, task in task_objs.items()}
+    assert sorted({inst.doc_id for inst in built["mini_mc"]}) == [0, 1, 2]  # 3 of its 12 docs, 4 choices each
+    assert len(built["mini_mc"]) == 12
+    assert sorted({inst.doc_id for inst in built["mini_gen"]}) == list(range(6))  # no limit: all 6

@@ -1,0 +1,133 @@
+"""Generation speed, and what a busy neighbour process does to it under each OpenMP wait policy.
+
+    python -m benchmarks.bench_threads --model <model dir> --out results/bench [--rounds 2]
+
+Greedy decoding through transformers' ``generate`` (KV cache on, as lm-eval's HFLM calls it) on GSM8k-style
+prompts (``--shots`` worked examples from the bundled synth_gsm8k task, then a question), a batch of
+``--batch`` left-padded prompts, exactly ``--new-tokens`` new tokens per row. Each measurement is its own
+process, because OpenMP reads ``OMP_WAIT_POLICY`` once, when torch loads. Cases: the policy left unset (the
+OpenMP runtime's default: waiting threads spin before they sleep) or ``PASSIVE`` (flipbench's CLI default:
+they sleep), each alone and beside one busy process (a pure-Python loop). The cases run interleaved, rounds
+alternating their order; the table gives the median and min-max per case. Writes threads.csv and threads.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from flipbench.tasks import BUNDLED_TASKS
+
+PROMPTS = BUNDLED_TASKS / "synth" / "data"
+CASES = [("unset", False), ("PASSIVE", False), ("unset", True), ("PASSIVE", True)]
+
+
+def prompts(shots: int, batch: int) -> list[str]:
+    train = [json.loads(line) for line in (PROMPTS / "synth_gsm8k_train.jsonl").read_text().splitlines()[:shots]]
+    test = [json.loads(line) for line in (PROMPTS / "synth_gsm8k_test.jsonl").read_text().splitlines()[:batch]]
+    context = "".join(f"Question: {row['question']}\nAnswer: {row['answer']}\n\n" for row in train)
+    return [f"{context}Question: {row['question']}\nAnswer:" for row in test]
+
+
+def worker(model_dir: str, batch: int, new_tokens: int, shots: int) -> dict:
+    """One measurement in this process: prefill and decode tokens per second."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"  # as lm-eval batches generation requests
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    inputs = tokenizer(prompts(shots, batch), return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)  # warm-up
+        start = time.perf_counter()
+        model(**inputs)
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        total = time.perf_counter() - start
+    width = int(inputs["input_ids"].shape[1])
+    return {"threads": torch.get_num_threads(), "prompt_tokens": width, "prefill_s": prefill,
+            "prefill_tok_s": batch * width / prefill, "generate_s": total,
+            "decode_tok_s": batch * new_tokens / max(total - prefill, 1e-9)}
+
+
+def measure(model_dir: Path, policy: str, busy: bool, args) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **({} if policy == "unset" else {"OMP_WAIT_POLICY": policy}))
+    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        done = subprocess.run([sys.executable, "-m", "benchmarks.bench_threads", "--worker", "--model", str(model_dir),
+                               "--batch", str(args.batch), "--new-tokens", str(args.new_tokens), "--shots", str(args.shots)],
+                              env=env, capture_output=True, text=True, check=True)
+    finally:
+        if neighbour is not None:
+            neighbour.kill()
+            neighbour.wait()
+    return {"policy": policy, "busy_neighbour": busy, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+
+
+def table(rows: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for (policy, busy), group in rows.groupby(["policy", "busy_neighbour"], sort=False):
+        out.append({"OMP_WAIT_POLICY": policy, "neighbour": "one busy process" if busy else "none",
+                    "runs": len(group), "prefill tokens/s": _spread(group["prefill_tok_s"].tolist()),
+                    "decode tokens/s": _spread(group["decode_tok_s"].tolist()),
+                    "decode median": round(statistics.median(group["decode_tok_s"]), 1)})
+    return pd.DataFrame(out)
+
+
+def run(model_dir: Path, out: Path, args) -> pd.DataFrame:
+    rows = []
+    for r in range(args.rounds):
+        for policy, busy in CASES if r % 2 == 0 else CASES[::-1]:
+            rows.append({"round": r, **measure(model_dir, policy, busy, args)})
+    rows = pd.DataFrame(rows)
+    rows.to_csv(out / "threads.csv", index=False)
+    summary = table(rows)
+    from flipbench.report import markdown_table
+
+    note = (f"model {model_dir.name}, batch {args.batch}, {int(rows['prompt_tokens'].iloc[0])}-token prompts "
+            f"({args.shots} shots), {args.new_tokens} new tokens per row, {int(rows['threads'].iloc[0])} threads")
+    (out / "threads.md").write_text(f"{note}\n\n{markdown_table(summary)}\n")
+    return summary
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.worker:
+        print(json.dumps(worker(str(args.model), args.batch, args.new_tokens, args.shots)))
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(run(args.model, args.out, args).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
