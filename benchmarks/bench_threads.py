@@ -5,10 +5,11 @@
 Greedy decoding through transformers' ``generate`` (KV cache on, as lm-eval's HFLM calls it) on GSM8k-style
 prompts (``--shots`` worked examples from the bundled synth_gsm8k task, then a question), a batch of
 ``--batch`` left-padded prompts, exactly ``--new-tokens`` new tokens per row. Each measurement is its own
-process, because OpenMP reads ``OMP_WAIT_POLICY`` once, when torch loads. Cases: the policy left unset (the
-OpenMP runtime's default: waiting threads spin before they sleep) or ``PASSIVE`` (flipbench's CLI default:
-they sleep), each alone and beside one busy process (a pure-Python loop). The cases run interleaved, rounds
-alternating their order; the table gives the median and min-max per case. Writes threads.csv and threads.md.
+process, because OpenMP reads its settings once, when torch loads. Cases (:data:`CASES`): the OpenMP runtime's
+default, ``OMP_WAIT_POLICY=PASSIVE`` and ``GOMP_SPINCOUNT=10000``, each alone and beside one busy torch process
+(a 256x256 matmul loop on its default threads, as a second evaluation on the same cores would be). The cases run
+interleaved, rounds alternating their order; the table gives the median and min-max per case. Writes
+threads.csv and threads.md.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ import pandas as pd
 from flipbench.tasks import BUNDLED_TASKS
 
 PROMPTS = BUNDLED_TASKS / "synth" / "data"
-CASES = [("unset", False), ("PASSIVE", False), ("unset", True), ("PASSIVE", True)]
+# Environment per case: the OpenMP runtime's default (waiting threads spin a while before they sleep), flipbench's
+# CLI default (they sleep at once), and a short spin before sleeping.
+CASES = {"default": {}, "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+         "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"}}
 
 
 def prompts(shots: int, batch: int) -> list[str]:
@@ -38,7 +42,8 @@ def prompts(shots: int, batch: int) -> list[str]:
 
 
 def worker(model_dir: str, batch: int, new_tokens: int, shots: int) -> dict:
-    """One measurement in this process: prefill and decode tokens per second."""
+    """One measurement in this process: prefill tokens/s (one forward over the padded prompts) and decode tokens/s
+    (greedy steps of one token per row through the KV cache, as ``generate`` takes them, timed on their own)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,24 +53,34 @@ def worker(model_dir: str, batch: int, new_tokens: int, shots: int) -> dict:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     inputs = tokenizer(prompts(shots, batch), return_tensors="pt", padding=True)
+    mask = inputs["attention_mask"]
     with torch.inference_mode():
         model.generate(**inputs, max_new_tokens=2, do_sample=False)  # warm-up
         start = time.perf_counter()
-        model(**inputs)
+        out = model(**inputs, use_cache=True)
         prefill = time.perf_counter() - start
+        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
         start = time.perf_counter()
-        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        total = time.perf_counter() - start
+        for _ in range(new_tokens):
+            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+            positions = mask.sum(dim=1, keepdim=True) - 1  # (B, 1): left padding does not count
+            out = model(input_ids=token, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        decode = time.perf_counter() - start
     width = int(inputs["input_ids"].shape[1])
     return {"threads": torch.get_num_threads(), "prompt_tokens": width, "prefill_s": prefill,
-            "prefill_tok_s": batch * width / prefill, "generate_s": total,
-            "decode_tok_s": batch * new_tokens / max(total - prefill, 1e-9)}
+            "prefill_tok_s": batch * width / prefill, "decode_s": decode, "decode_tok_s": batch * new_tokens / decode}
 
 
-def measure(model_dir: Path, policy: str, busy: bool, args) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **({} if policy == "unset" else {"OMP_WAIT_POLICY": policy}))
-    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+# The busy neighbour: another torch job on the same cores (its own default threads), as a second evaluation is.
+NEIGHBOUR = "import torch\na = torch.randn(256, 256)\nwhile True:\n    a @ a"
+
+
+def measure(model_dir: Path, case: str, busy: bool, args) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **CASES[case])
+    neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env={k: v for k, v in os.environ.items()
+                                                                         if k != "OMP_WAIT_POLICY"}) if busy else None
     try:
         done = subprocess.run([sys.executable, "-m", "benchmarks.bench_threads", "--worker", "--model", str(model_dir),
                                "--batch", str(args.batch), "--new-tokens", str(args.new_tokens), "--shots", str(args.shots)],
@@ -74,7 +89,7 @@ def measure(model_dir: Path, policy: str, busy: bool, args) -> dict:
         if neighbour is not None:
             neighbour.kill()
             neighbour.wait()
-    return {"policy": policy, "busy_neighbour": busy, **json.loads(done.stdout.strip().splitlines()[-1])}
+    return {"case": case, "busy_neighbour": busy, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
 def _spread(values: list[float]) -> str:
@@ -83,19 +98,20 @@ def _spread(values: list[float]) -> str:
 
 def table(rows: pd.DataFrame) -> pd.DataFrame:
     out = []
-    for (policy, busy), group in rows.groupby(["policy", "busy_neighbour"], sort=False):
-        out.append({"OMP_WAIT_POLICY": policy, "neighbour": "one busy process" if busy else "none",
+    for (case, busy), group in rows.groupby(["case", "busy_neighbour"], sort=False):
+        out.append({"threads setting": case, "neighbour": "one busy torch process" if busy else "none",
                     "runs": len(group), "prefill tokens/s": _spread(group["prefill_tok_s"].tolist()),
                     "decode tokens/s": _spread(group["decode_tok_s"].tolist()),
-                    "decode median": round(statistics.median(group["decode_tok_s"]), 1)})
+                    "decode_median": round(float(statistics.median(group["decode_tok_s"])), 1)})
     return pd.DataFrame(out)
 
 
 def run(model_dir: Path, out: Path, args) -> pd.DataFrame:
     rows = []
+    cases = [(case, busy) for busy in (False, True) for case in CASES]
     for r in range(args.rounds):
-        for policy, busy in CASES if r % 2 == 0 else CASES[::-1]:
-            rows.append({"round": r, **measure(model_dir, policy, busy, args)})
+        for case, busy in cases if r % 2 == 0 else cases[::-1]:
+            rows.append({"round": r, **measure(model_dir, case, busy, args)})
     rows = pd.DataFrame(rows)
     rows.to_csv(out / "threads.csv", index=False)
     summary = table(rows)
