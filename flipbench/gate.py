@@ -4,7 +4,9 @@
 interval (the upper bound of flips, lost and KL, the lower bound of delta_acc), so a pass says the limit holds
 with 95% confidence, not just on this sample. A value that cannot be measured (NaN, e.g. KL of a diverged
 model, or an interval with ``eval.bootstrap=0``) fails a threshold set on it: a gate that cannot see the
-damage must not pass it.
+damage must not pass it. Token KL from a top-k baseline reference (``eval.token_kl_topk``) is a lower bound
+of the exact KL; under ``upper_ci`` the KL check adds the reference's truncation slack (``kl_mean_upper`` minus
+``kl_mean``, 0 when the reference was exact) to the interval's upper end, so the pessimistic end stays one.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ def limits_for(task: str, gate: GateConfig) -> dict[str, float]:
     return limits
 
 
+def _truncation_slack(row) -> float:
+    """How far the exact mean token KL may lie above the reported one (top-k reference); 0 when exact or unknown."""
+    slack = float(row.get("kl_mean_upper", math.nan)) - float(row.get("kl_mean", math.nan))
+    return slack if slack > 0 else 0.0
+
+
 def evaluate_gate(summary: pd.DataFrame, gate: GateConfig) -> dict:
     """{"verdict": PASS | FAIL | "not set", "on": point | upper_ci, "tasks": [{task, verdict, checks: [...]}, ...]}."""
     headline = summary[summary["headline"] & (summary["group"] == "all")]
@@ -38,6 +46,9 @@ def evaluate_gate(summary: pd.DataFrame, gate: GateConfig) -> dict:
             column, sign, bound = CHECKS[key]
             column = bound if gate.on == "upper_ci" else column
             value = sign * float(row.get(column, math.nan))
+            if key == "max_kl_mean" and gate.on == "upper_ci":
+                value += _truncation_slack(row)
+                column = f"{column} + (kl_mean_upper - kl_mean)" if _truncation_slack(row) > 0 else column
             ok = not math.isnan(value) and value <= limit
             checks.append({"check": key, "column": column, "value": value, "limit": float(limit), "pass": ok})
         any_limit |= bool(limits)

@@ -69,3 +69,15 @@ def test_upper_ci_checks_the_pessimistic_bound(key, limit, point, upper):
 def test_upper_ci_without_intervals_fails():
     result = evaluate_gate(summary(), GateConfig(max_flips=0.5, on="upper_ci"))
     assert result["verdict"] == "FAIL"
+
+
+def test_upper_ci_adds_the_top_k_truncation_slack_to_token_kl():
+    # task a: kl 0.01, interval up to 0.03; a top-k reference puts the exact mean KL at most at 0.025, so the
+    # pessimistic end is 0.03 + (0.025 - 0.01) = 0.045
+    rows = summary_with_intervals().assign(kl_mean_upper=[0.025, math.nan, math.nan, math.nan])
+    check = evaluate_gate(rows, GateConfig(max_kl_mean=0.04, on="upper_ci"))["tasks"][0]["checks"][0]
+    assert check["value"] == pytest.approx(0.045) and not check["pass"]
+    assert evaluate_gate(rows, GateConfig(max_kl_mean=0.05, on="upper_ci"))["tasks"][0]["verdict"] == "PASS"
+    assert evaluate_gate(rows, GateConfig(max_kl_mean=0.02))["tasks"][0]["checks"][0]["value"] == 0.01  # point: as is
+    exact = summary_with_intervals().assign(kl_mean_upper=[0.01, math.nan, math.nan, math.nan])  # exact reference
+    assert evaluate_gate(exact, GateConfig(max_kl_mean=0.04, on="upper_ci"))["tasks"][0]["checks"][0]["value"] == 0.03
