@@ -7,7 +7,8 @@ tasks (MMLU 5-shot with dev shots, ARC-Challenge, HellaSwag, Winogrande; docs pe
 cold and cached time against two plain lm-eval runs on the same tasks (:mod:`benchmarks.plain_lm_eval`),
 interleaved (:mod:`benchmarks.overhead`); evaluation tokens/s against the fp32 matmul peak measured in the same
 run; generation tokens/s and the thread-policy cases of :mod:`benchmarks.bench_threads`; the token-KL
-reference's size and error per top-k (:mod:`benchmarks.bench_tokenkl`). Writes real_overhead.csv,
+reference's size and error per top-k (:mod:`benchmarks.bench_tokenkl`); each side's request rendering and
+encoding on full MMLU, with and without reuse (:mod:`benchmarks.bench_requests`). Writes real_overhead.csv,
 real_rounds.csv, real_throughput.csv, threads.csv, tokenkl.csv and real.md.
 """
 
@@ -80,13 +81,17 @@ def _bench(args, model: Path, data: Path, work: Path) -> int:
     from benchmarks import bench_tokenkl
 
     bench_tokenkl.main(["--model", str(model), "--out", str(args.out)])
+    from benchmarks import bench_requests
+
+    bench_requests.main(["--real", str(args.real), "--out", str(args.out)])
     sizes = (f"MMLU {args.subjects} subjects x {args.mmlu_docs} (5-shot), ARC-Challenge {args.arc_docs}, "
              f"HellaSwag {args.hellaswag_docs}, Winogrande {args.winogrande_docs} docs; batch {args.batch_size}")
     (args.out / "real.md").write_text(
         f"# Real model: SmolLM2-135M-Instruct vs its RTN w4 copy\n\n{sizes}\n\n## Overhead (median, min-max over "
         f"{args.rounds} interleaved rounds)\n\n{markdown_table(over.drop(columns='ratio_median'))}\n\n## Evaluation "
         f"throughput\n\n{markdown_table(thr)}\n\n## Generation\n\n{(args.out / 'threads.md').read_text()}\n"
-        f"## Token-KL reference size and error\n\n{(args.out / 'tokenkl.md').read_text()}")
+        f"## Token-KL reference size and error\n\n{(args.out / 'tokenkl.md').read_text()}\n"
+        f"## Per-side cost before the model runs\n\n{(args.out / 'requests.md').read_text()}")
     print((args.out / "real.md").read_text())
     return 0
 
