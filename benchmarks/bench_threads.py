@@ -6,10 +6,10 @@ Greedy decoding through transformers' ``generate`` (KV cache on, as lm-eval's HF
 prompts (``--shots`` worked examples from the bundled synth_gsm8k task, then a question), a batch of
 ``--batch`` left-padded prompts, exactly ``--new-tokens`` new tokens per row. Each measurement is its own
 process, because OpenMP reads its settings once, when torch loads. Cases (:data:`CASES`): the OpenMP runtime's
-default, ``OMP_WAIT_POLICY=PASSIVE`` and ``GOMP_SPINCOUNT=10000``, each alone and beside one busy torch process
-(a 256x256 matmul loop on its default threads, as a second evaluation on the same cores would be). The cases run
-interleaved, rounds alternating their order; the table gives the median and min-max per case. Writes
-threads.csv and threads.md.
+default, ``OMP_WAIT_POLICY=PASSIVE``, ``OMP_WAIT_POLICY=ACTIVE`` and ``GOMP_SPINCOUNT=10000``, each alone and
+beside one busy torch process (a 256x256 matmul loop on its default threads, as a second evaluation on the same
+cores would be). The cases run interleaved, rounds alternating their order; the table gives the median and
+min-max per case. Writes threads.csv and threads.md.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from flipbench.tasks import BUNDLED_TASKS
 
 PROMPTS = BUNDLED_TASKS / "synth" / "data"
 # Environment per case: the OpenMP runtime's default (waiting threads spin a while before they sleep), flipbench's
-# CLI default (they sleep at once), and a short spin before sleeping.
+# CLI default (they sleep at once), spinning only, and a short spin before sleeping.
 CASES = {"default": {}, "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
-         "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"}}
+         "OMP_WAIT_POLICY=ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"}, "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"}}
 
 
 def prompts(shots: int, batch: int) -> list[str]:
