@@ -2,8 +2,8 @@
 
     python -m benchmarks.bench_threads --model <model dir> --out results/bench [--rounds 2]
 
-Greedy decoding through transformers' ``generate`` (KV cache on, as lm-eval's HFLM calls it) on GSM8k-style
-prompts (``--shots`` worked examples from the bundled synth_gsm8k task, then a question), a batch of
+Greedy decoding one token per row and step through the KV cache (as transformers' ``generate`` steps when lm-eval's
+HFLM calls it), timed apart from the prompt's forward pass, on GSM8k-style prompts (``--shots`` worked examples from the bundled synth_gsm8k task, then a question), a batch of
 ``--batch`` left-padded prompts, exactly ``--new-tokens`` new tokens per row. Each measurement is its own
 process, because OpenMP reads its settings once, when torch loads. Cases (:data:`CASES`): the OpenMP runtime's
 default, ``OMP_WAIT_POLICY=PASSIVE``, ``OMP_WAIT_POLICY=ACTIVE`` and ``GOMP_SPINCOUNT=10000``, each alone and
