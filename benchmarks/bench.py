@@ -98,7 +98,8 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
 
 
 def throughput(run_dir: Path, peak: float) -> dict:
-    """Tokens scored per second in the compressed evaluation and the FLOP/s that implies (2 · params · tokens)."""
+    """Tokens the model forwarded per second in the compressed evaluation and the FLOP/s that implies
+    (2 · params · tokens); tokens counted with the model's tokenizer as lm-eval batches them (see below)."""
     from transformers import AutoConfig
 
     samples = pd.read_parquet(run_dir / "samples.parquet")
@@ -116,8 +117,13 @@ def throughput(run_dir: Path, peak: float) -> dict:
     tokens = 0
     for _, row in samples.drop_duplicates(["task", "group", "doc_id"]).iterrows():
         n_prompt = len(tok(row["prompt"], add_special_tokens=False)["input_ids"])
-        conts = list(row["choices"]) or [row["response_comp"]]
-        tokens += sum(n_prompt + len(tok(" " + str(c), add_special_tokens=False)["input_ids"]) for c in conts)
+        if row["output_type"] != "multiple_choice":  # the prompt's forward pass, then one step per generated token
+            tokens += n_prompt + len(tok(str(row["response_comp"]), add_special_tokens=False)["input_ids"])
+            continue
+        lengths = [len(tok(" " + str(c), add_special_tokens=False)["input_ids"]) for c in row["choices"]]
+        # lm-eval forwards context + continuation minus its last token; choices of one token share one forward
+        # pass (HFLM's logits cache groups them), as MMLU's " A".." D" do
+        tokens += n_prompt if all(n == 1 for n in lengths) else sum(n_prompt + n - 1 for n in lengths)
     seconds = manifest["stage_seconds"]["evaluate_compressed"]
     flops = 2 * params * tokens / seconds
     return {"params": params, "tokens": tokens, "seconds": seconds, "tokens_per_s": round(tokens / seconds, 1),
