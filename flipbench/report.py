@@ -156,8 +156,18 @@ def plain(text) -> str:
     return html.escape(str(text).translate(_BIDI_TABLE))
 
 
+# Markdown syntax in a table cell that could make user text act: a backslash first (so the escapes below stay
+# escapes), the "](" that closes a link or image's text ([text](url), ![alt](url)), the cell separator and line
+# breaks. Brackets elsewhere stay as they are (the tables' own intervals read "[8.5, 75.5]").
+_MD_CELL = str.maketrans({"\\": "\\\\", "|": "\\|", "\n": " "})
+
+
+def _md_cell(value) -> str:
+    return plain(value).translate(_MD_CELL).replace("](", "\\](")
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
-    cells = [[plain(v).replace("|", "\\|").replace("\n", " ") for v in row] for row in frame.itertuples(index=False)]
+    cells = [[_md_cell(v) for v in row] for row in frame.itertuples(index=False)]
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 

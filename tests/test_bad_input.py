@@ -282,6 +282,7 @@ def test_report_tables_escape_user_text_and_show_bidi_controls(tmp_path):
     samples = fixture_samples()
     samples["prompt"] = [f"{HOSTILE[i % 4]} {HOSTILE[(i + 1) % 4]} {i}" for i in range(len(samples))]
     samples["choices"] = [[HOSTILE[0], HOSTILE[1] + HOSTILE[2]]] * len(samples)
+    samples["prompt"] += " [claim your prize](https://evil.example) ![x](https://evil.example/t.png)"
     annotate(samples).to_parquet(run_dir / "samples.parquet", index=False)
     report.build(run_dir, cfg)
     page, md = (run_dir / "report.html").read_text(), (run_dir / "report.md").read_text()
@@ -291,3 +292,6 @@ def test_report_tables_escape_user_text_and_show_bidi_controls(tmp_path):
         assert "&lt;script&gt;" in text
         assert "$x$ costs $5" in text
     assert "&lt;U+202E&gt;" in page and "&lt;U+202E&gt;" in md  # the control shown as its code point
+    # Markdown link and image syntax in user text stays text: brackets escaped in report.md, no anchor in HTML
+    assert "[claim your prize](" not in md and "[claim your prize\\](https://evil.example)" in md
+    assert "![x](" not in md and "![x\\](https://evil.example/t.png)" in md and '<a href="https://evil' not in page and "[claim your prize](https://evil.example)" in page
