@@ -21,8 +21,9 @@ from flipbench import metrics, plots, scoring
 from flipbench.config import FlipbenchConfig
 
 KL_NOTE = ("KL is KL(baseline ‖ compressed) in nats: choice-level (softmax over the answer choices' scores under the "
-           "row's metric, one value per doc, statistics over docs) for multiple-choice tasks; token-level (full "
-           "vocabulary, teacher-forced on the baseline's answer, statistics over all answer tokens, token-weighted) for "
+           "row's metric, one value per doc, statistics over docs) for multiple-choice tasks; token-level (over the "
+           "vocabulary, teacher-forced on the baseline's answer, statistics over all answer tokens, token-weighted; "
+           "from a top-k baseline reference it is the lower end of the stated interval) for "
            "generative tasks. The two scopes are on different scales and are never ranked or plotted on one axis.")
 # noise-floor columns carried into summary.csv as noise_<name> (full table: noise_summary.csv)
 NOISE_COLUMNS = ["flips", "flips_ci_low", "flips_ci_high", "lost", "gained", "kl_mean", "kl_mean_ci_low",
