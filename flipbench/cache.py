@@ -32,14 +32,14 @@ def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def _stable(value) -> str:
+def stable_repr(value) -> str:
     """Functions (process_docs, custom metrics) by qualified name: their default repr holds a memory address."""
     if callable(value) and hasattr(value, "__qualname__"):
         return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
     return repr(value)
 
 
-def _data_files_digest(config: dict) -> str:
+def data_files_digest(config: dict) -> str:
     """Local data files by content: a file edited in place must not reuse a baseline computed from its old rows."""
     files = (config.get("dataset_kwargs") or {}).get("data_files") or {}
     files = files if isinstance(files, dict) else {"": files}
@@ -59,7 +59,7 @@ def task_fingerprint(tasks: dict) -> dict[str, str]:
     out = {}
     for name, task in sorted(tasks.items()):
         config = task.dump_config()
-        dumped = json.dumps(config, sort_keys=True, default=_stable) + _data_files_digest(config)
+        dumped = json.dumps(config, sort_keys=True, default=stable_repr) + data_files_digest(config)
         out[name] = hashlib.sha256(dumped.encode()).hexdigest()[:16]
     return out
 

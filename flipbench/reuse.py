@@ -9,7 +9,10 @@ weights, so the baseline's are reused for the compressed side (and for the noise
   few-shot seed hands out fresh copies (empty responses) of the instances it built the first time;
 - :class:`MemoHFLM`: lm-eval's HFLM whose ``_encode_pair`` remembers its results per tokenizer object.
 
-What is remembered lives as long as the task or tokenizer object it belongs to (one run).
+What is remembered is keyed by content, not by object, so the members of a sweep run in one process and the trials
+of a search reuse it too: requests by the task's name, config, local data files' bytes, few-shot seed and
+arguments (one build per task name is kept); encodings by the tokenizer's serialized definition (at most
+:data:`MAX_MEMO_TOKENS` tokens in all).
 """
 
 from __future__ import annotations
@@ -52,19 +55,35 @@ class _Encodings:
         self.tokens += len(continuation_enc)
 
 
-_ENCODINGS: "weakref.WeakKeyDictionary[object, _Encodings]" = weakref.WeakKeyDictionary()
-_REQUESTS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+_ENCODINGS: dict[str, _Encodings] = {}  # tokenizer fingerprint -> its memo
+_FINGERPRINTS: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
+_REQUESTS: dict[str, tuple[tuple, list]] = {}  # task name -> (key, instances of its last build)
+
+
+def tokenizer_fingerprint(tokenizer) -> str | None:
+    """What makes two tokenizer objects encode alike: class, the fast tokenizer's full serialized definition
+    (vocabulary, merges, normalizer, pre-tokenizer, post-processor) and its Python-side settings. None for a
+    tokenizer without a serialized definition (no memo then)."""
+    try:
+        known = _FINGERPRINTS.get(tokenizer)
+    except TypeError:
+        return None
+    if known is None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        settings = repr(sorted((k, repr(v)) for k, v in getattr(tokenizer, "init_kwargs", {}).items()))
+        digest = hashlib.sha256(f"{type(tokenizer).__name__}\0{backend.to_str()}\0{settings}".encode())
+        known = _FINGERPRINTS[tokenizer] = digest.hexdigest()
+    return known
 
 
 def encodings(tokenizer) -> _Encodings | None:
-    """The memo of ``tokenizer`` (created on first use); None for an object that cannot be weakly referenced."""
-    try:
-        memo = _ENCODINGS.get(tokenizer)
-        if memo is None:
-            memo = _ENCODINGS[tokenizer] = _Encodings()
-        return memo
-    except TypeError:
+    """The memo of every tokenizer that encodes like ``tokenizer`` (created on first use); None when unknown."""
+    key = tokenizer_fingerprint(tokenizer)
+    if key is None:
         return None
+    return _ENCODINGS.setdefault(key, _Encodings())
 
 
 def memo_lm_class():
@@ -92,11 +111,14 @@ _MEMO_HFLM = None
 
 
 def _config_digest(task) -> str:
-    """The task's settings that shape its requests (few-shot count, prompts, generation budget, data). An unset
-    few-shot count is 0, as build_all_requests reads it (simple_evaluate writes the 0 in before building)."""
+    """The task's settings that shape its requests (few-shot count, prompts, generation budget, data files) and
+    its local data files' bytes (a file rewritten in place between two runs is new data). An unset few-shot
+    count is 0, as build_all_requests reads it (simple_evaluate writes the 0 in before building)."""
+    from flipbench.cache import data_files_digest, stable_repr
+
     config = task.dump_config()
     config["num_fewshot"] = config.get("num_fewshot") or 0
-    dumped = json.dumps(config, sort_keys=True, default=repr)
+    dumped = json.dumps(config, sort_keys=True, default=stable_repr) + data_files_digest(config)
     return hashlib.sha256(dumped.encode()).hexdigest()
 
 
@@ -113,25 +135,23 @@ def _fresh(instances: list) -> list:
 
 @contextmanager
 def requests_once(tasks: dict, seed: int):
-    """While active, each task builds its requests once per (arguments, config, few-shot seed); later calls with
-    the same key get fresh copies of the first build's instances. ``seed``: the few-shot seed lm-eval sets on the
+    """While active, each task builds its requests once per (name, config and data, few-shot seed, arguments);
+    later calls with the same key, from this task object or another one (the next sweep member's), get fresh
+    copies of that build's instances. ``seed``: the few-shot seed lm-eval sets on the
     tasks before building (part of the key, as the few-shot draw depends on it)."""
     patched = []
     for task in tasks.values():
-        try:
-            built = _REQUESTS.setdefault(task, {})
-        except TypeError:
-            continue
         original = task.build_all_requests
 
-        def build(*, _task=task, _original=original, _built=built, **kwargs):
+        def build(*, _task=task, _original=original, **kwargs):
+            name = str(_task.config.task)
             key = (seed, _config_digest(_task), _arguments(kwargs))
-            if key in _built:
-                _task._instances = _fresh(_built[key])
+            stored = _REQUESTS.get(name)
+            if stored is not None and stored[0] == key:
+                _task._instances = _fresh(stored[1])
                 return
             _original(**kwargs)
-            _built.clear()  # keep one build per task: a search's next rung asks for other docs
-            _built[key] = _fresh(_task.instances)
+            _REQUESTS[name] = (key, _fresh(_task.instances))  # one build per task: a search's next rung asks for other docs
 
         task.build_all_requests = build
         patched.append(task)

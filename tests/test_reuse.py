@@ -9,10 +9,13 @@ from tests.conftest import compose, mini_overrides
 
 @pytest.fixture(scope="module")
 def side(random_llama, mini_tasks, tmp_path_factory):
-    """(cfg, plan, task objects, tokenizer, model) for the mini tasks on the random model, no run folder."""
-    from flipbench import models, pipeline
+    """(cfg, plan, task objects, tokenizer, model) for the mini tasks on the random model, no run folder. The
+    process-wide memos start empty (earlier tests may have filled them with these very tasks)."""
+    from flipbench import models, pipeline, reuse
     from flipbench.config import to_typed
 
+    reuse._REQUESTS.clear()
+    reuse._ENCODINGS.clear()
     cfg = to_typed(compose(mini_overrides(random_llama, mini_tasks, tmp_path_factory.mktemp("reuse"))))
     plan = pipeline.preflight(cfg)
     task_objs, tokenizer, _ = pipeline.prepare(cfg, plan)
@@ -98,7 +101,47 @@ def test_the_context_check_renders_only_the_docs_that_will_be_evaluated(random_l
     cfg = to_typed(compose(overrides))
     plan = pipeline.preflight(cfg)
     task_objs, _, _ = pipeline.prepare(cfg, plan)
-    built = {leaf: next(iter(reuse._REQUESTS[task].values())) for leaf, task in task_objs.items()}
+    built = {leaf: reuse._REQUESTS[leaf][1] for leaf in task_objs}
     assert sorted({inst.doc_id for inst in built["mini_mc"]}) == [0, 1, 2]  # 3 of its 12 docs, 4 choices each
     assert len(built["mini_mc"]) == 12
     assert sorted({inst.doc_id for inst in built["mini_gen"]}) == list(range(6))  # no limit: all 6
+
+
+def test_a_second_run_in_the_process_reuses_what_the_first_built_until_its_data_changes(random_llama, mini_tasks,
+                                                                                         tmp_path, monkeypatch):
+    """A sweep's next member (or a search trial) builds new task and tokenizer objects from the same config: it
+    renders and encodes nothing again, and scores the same; a data file rewritten in place is rendered again."""
+    import shutil
+
+    from lm_eval.api.task import ConfigurableTask
+
+    from flipbench import models, pipeline, reuse
+    from flipbench.config import to_typed
+
+    folder = tmp_path / "tasks"
+    shutil.copytree(mini_tasks, folder)
+    monkeypatch.setattr(reuse, "_REQUESTS", {})
+    monkeypatch.setattr(reuse, "_ENCODINGS", {})
+
+    def member():
+        cfg = to_typed(compose(mini_overrides(random_llama, folder, tmp_path / "results")))
+        plan = pipeline.preflight(cfg)
+        task_objs, tokenizer, _ = pipeline.prepare(cfg, plan)
+        model, tokenizer = models.load_model(cfg.model, tokenizer=tokenizer)
+        return task_objs, tokenizer, pipeline.evaluate_side(model, tokenizer, task_objs, plan, cfg)
+
+    first_tasks, first_tok, first = member()
+    builds = _counting(monkeypatch, ConfigurableTask, "build_all_requests")
+    encodes = _counting(monkeypatch, type(first_tok), "encode")
+    second_tasks, second_tok, second = member()
+    assert second_tok is not first_tok and set(map(id, second_tasks.values())).isdisjoint(map(id, first_tasks.values()))
+    assert builds == []
+    generative = int((second["output_type"] == "generate_until").sum())
+    assert len(encodes) <= generative  # only the generation prompts' batch encoding is left
+    assert second["prompt"].tolist() == first["prompt"].tolist() and second["ll"].tolist() == first["ll"].tolist()
+
+    data = folder / "data" / "mc_test.jsonl"
+    data.write_text(data.read_text().replace("what colour", "which colour"))
+    _, _, third = member()
+    assert sorted(set(builds)) == [None] and len(builds) >= 1  # mini_mc rendered again (its data changed)
+    assert any("which colour" in p for p in third["prompt"]) and not any("which colour" in p for p in first["prompt"])
