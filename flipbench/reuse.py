@@ -1,18 +1,16 @@
-"""Work lm-eval repeats identically for every side, done once per run instead.
+"""Work lm-eval repeats identically for every model it evaluates, done once per process instead.
 
-``simple_evaluate`` rebuilds every task's requests (few-shot sampling, prompt rendering: ~15 s for the 56,168
-requests of full MMLU on a 2-core CPU) and HFLM tokenizes every (context, continuation) pair again (~28 s there)
-for each model it evaluates. Both depend only on the task objects, the seed and the tokenizer, never on the
-weights, so the baseline's are reused for the compressed side (and for the noise floor and search trials):
+``simple_evaluate`` rebuilds every task's requests (few-shot sampling, Jinja prompts: 90 s for the 56,168 5-shot
+requests of full MMLU on a 2-core CPU) and HFLM tokenizes every (context, continuation) pair again (156 s there)
+for each model. Both depend on the tasks, their data, the seed and the tokenizer, never on the weights, so the
+first side's are reused by the compressed side, the noise floor, later sweep members in the same process and
+search trials (``python -m benchmarks.bench_requests``):
 
-- :func:`requests_once`: while it is active, a task's ``build_all_requests`` with the same arguments, config and
-  few-shot seed hands out fresh copies (empty responses) of the instances it built the first time;
-- :class:`MemoHFLM`: lm-eval's HFLM whose ``_encode_pair`` remembers its results per tokenizer object.
-
-What is remembered is keyed by content, not by object, so the members of a sweep run in one process and the trials
-of a search reuse it too: requests by the task's name, config, local data files' bytes, few-shot seed and
-arguments (one build per task name is kept); encodings by the tokenizer's serialized definition (at most
-:data:`MAX_MEMO_TOKENS` tokens in all).
+- :func:`requests_once`: while it is active, ``build_all_requests`` with the same task name, config, local data
+  bytes, few-shot seed and arguments hands out fresh copies (empty responses) of the last such build's
+  instances (one build per task name is kept);
+- :func:`memo_lm_class`: lm-eval's HFLM whose ``_encode_pair`` remembers its results per tokenizer definition
+  (the serialized fast tokenizer and its settings), at most :data:`MAX_MEMO_TOKENS` tokens per tokenizer.
 """
 
 from __future__ import annotations
