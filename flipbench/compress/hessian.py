@@ -4,8 +4,8 @@
   batch by batch, and :func:`inverse_cholesky`, the damped upper Cholesky factor of H⁻¹ that both GPTQ and
   SparseGPT sweep columns with.
 - :class:`ColumnNorms`: only the squared input norms ||X_j||² (cols,), what Wanda scores weights with.
-- :func:`solve_layer`: collect H for each weight of one decoder layer (true-sequential) and replace the weight
-  by what a solver makes of it: GPTQ's and SparseGPT's shared layer loop.
+- :func:`solve_layer`: collect H (or the column norms) for each weight of one decoder layer (true-sequential)
+  and replace the weight by what a solver makes of it: the layer loop of GPTQ, SparseGPT and Wanda.
 """
 
 from __future__ import annotations
@@ -127,12 +127,12 @@ def solve_layer(
     layer: nn.Module,
     inputs: LayerInputs,
     true_sequential: bool,
-    make: Callable[[int, torch.device], Hessian],
-    solve: Callable[[str, Hessian, torch.Tensor], tuple[torch.Tensor, int]],
+    make: Callable[[int, torch.device], Hessian | ColumnNorms],
+    solve: Callable[[str, Hessian | ColumnNorms, torch.Tensor], tuple[torch.Tensor, int]],
     without_data: Callable[[str, torch.Tensor], torch.Tensor],
 ) -> tuple[dict[str, int], list[str]]:
     """Replace each quantizable weight W (out, in) of one decoder layer, in place, by solve(relative name, its
-    collected Hessian, W) -> (Ŵ, damp retries), or by without_data(name, W) where no calibration token reached
+    collected statistics (H, or ||X_j||² for Wanda), W) -> (Ŵ, damp retries), or by without_data(name, W) where no calibration token reached
     it (an expert the router never picked). Returns (retries, unreached names), relative to the layer.
 
     True-sequential: group k is solved before group k+1's Hessians are collected, so later weights see the

@@ -13,9 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from flipbench.compress.families import block_linears, in_features, weight_matrix
-from flipbench.compress.hessian import ColumnNorms
-from flipbench.compress.layerwise import collect_inputs, layer_by_layer, run_layer, sequential_groups
+from flipbench.compress.hessian import ColumnNorms, solve_layer
+from flipbench.compress.layerwise import layer_by_layer
 from flipbench.compress.prune.masks import Pattern, mask_for
 
 
@@ -33,16 +32,15 @@ def wanda_model(
     true_sequential: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> None:
-    """Wanda on every decoder linear, in place; calib (n_samples, seq_len) token ids."""
+    """Wanda on every decoder linear, in place; calib (n_samples, seq_len) token ids. The layer loop is the
+    Hessian methods' (:func:`solve_layer`) with ||X_j||₂² collected in place of H."""
+
+    def solve(name: str, norms: ColumnNorms, W: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return W.masked_fill(mask_for(wanda_scores(W, norms.sq_norms), sparsity, pattern), 0), 0
+
+    def without_data(name: str, W: torch.Tensor) -> torch.Tensor:
+        # an expert no calibration token reached has no norms: its magnitudes decide alone
+        return W.masked_fill(mask_for(W.abs(), sparsity, pattern), 0)
+
     for _, layer, _, inputs in layer_by_layer(model, calib, device, progress, "wanda layer"):
-        targets = block_linears(layer)
-        for names in sequential_groups(layer, inputs) if true_sequential else [list(targets)]:
-            norms = {name: ColumnNorms(in_features(targets[name]), weight_matrix(targets[name]).device)
-                     for name in names}
-            with collect_inputs(layer, names, lambda name, X: norms[name].add_batch(X)):
-                run_layer(layer, inputs)
-            for name in names:
-                W = weight_matrix(targets[name])  # view (out, in) of the stored weight
-                # an expert no calibration token reached has no norms: its magnitudes decide alone
-                score = wanda_scores(W, norms[name].sq_norms) if norms[name].nsamples else W.abs()
-                W.masked_fill_(mask_for(score, sparsity, pattern), 0)
+        solve_layer(layer, inputs, true_sequential, ColumnNorms, solve, without_data)
