@@ -98,20 +98,19 @@ def check_context(task_objs: dict, reported: dict[str, str], tokenizer, max_leng
     one note per task whose multiple-choice prompts lm-eval will shorten from the left (it drops the earliest
     few-shot text and says so in a warning: the question and its choices stay whole, so the run goes on)."""
     from flipbench.config import ConfigError
-
     from flipbench.reuse import requests_once
 
     cut: dict[str, tuple[int, int, int]] = {}  # task -> (requests cut, longest total, shots)
-    for leaf, task in task_objs.items():
-        with requests_once({leaf: task}, seed):  # the evaluation's first side reuses this build
+    with requests_once(task_objs, seed):  # the evaluation's first side reuses these builds
+        for leaf, task in task_objs.items():
             ll, gen = measure(task, tokenizer, max_length, leaf, limit, samples, seed)
-        name, shots = reported.get(leaf, leaf), task.config.num_fewshot or 0
-        found = problem(name, ll, gen, max_length, shots)
-        if found:
-            raise ConfigError(found)
-        if ll.over:
-            over, total, _ = cut.get(name, (0, 0, 0))
-            cut[name] = (over + ll.over, max(total, ll.total), shots)
+            name, shots = reported.get(leaf, leaf), task.config.num_fewshot or 0
+            found = problem(name, ll, gen, max_length, shots)
+            if found:
+                raise ConfigError(found)
+            if ll.over:
+                over, total, _ = cut.get(name, (0, 0, 0))
+                cut[name] = (over + ll.over, max(total, ll.total), shots)
     return [f"task {name}: {over} prompt(s) with their answer choice reach up to {total} tokens, beyond the model's "
             f"context of {max_length}; lm-eval keeps their last {max_length} tokens"
             + (f" (fewer shots: ++suite.num_fewshot.{name}=0; now {shots})" if shots else "")

@@ -46,9 +46,10 @@ def evaluate_gate(summary: pd.DataFrame, gate: GateConfig) -> dict:
             column, sign, bound = CHECKS[key]
             column = bound if gate.on == "upper_ci" else column
             value = sign * float(row.get(column, math.nan))
-            if key == "max_kl_mean" and gate.on == "upper_ci":
-                value += _truncation_slack(row)
-                column = f"{column} + (kl_mean_upper - kl_mean)" if _truncation_slack(row) > 0 else column
+            slack = _truncation_slack(row) if key == "max_kl_mean" and gate.on == "upper_ci" else 0.0
+            if slack > 0:
+                value += slack
+                column = f"{column} + (kl_mean_upper - kl_mean)"
             ok = not math.isnan(value) and value <= limit
             checks.append({"check": key, "column": column, "value": value, "limit": float(limit), "pass": ok})
         any_limit |= bool(limits)
