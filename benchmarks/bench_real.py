@@ -34,12 +34,7 @@ def parse(argv):
     parser.add_argument("--real", type=Path, default=Path("results/real"))
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--subjects", type=int, default=3)
-    parser.add_argument("--mmlu-docs", type=int, default=2)
-    parser.add_argument("--arc-docs", type=int, default=8)
-    parser.add_argument("--hellaswag-docs", type=int, default=8)
-    parser.add_argument("--winogrande-docs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=4)
+    real.add_slice_arguments(parser, subjects=3, arc=8, hellaswag=8, winogrande=8)
     parser.add_argument("--thread-rounds", type=int, default=2)
     return parser.parse_args(argv)
 

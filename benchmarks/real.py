@@ -37,6 +37,17 @@ def mmlu_subset(data: Path, out: Path, n: int) -> Path:
     return out
 
 
+def add_slice_arguments(parser: argparse.ArgumentParser, subjects: int, arc: int, hellaswag: int, winogrande: int) -> None:
+    """The slice's sizes, which :func:`suite_overrides` reads (MMLU test questions per subject, docs per task), and
+    the batch size: long MMLU prompts x a 49k vocabulary, so lm-eval's (batch, length, V) logits stay small."""
+    parser.add_argument("--subjects", type=int, default=subjects)
+    parser.add_argument("--mmlu-docs", type=int, default=2)
+    parser.add_argument("--arc-docs", type=int, default=arc)
+    parser.add_argument("--hellaswag-docs", type=int, default=hellaswag)
+    parser.add_argument("--winogrande-docs", type=int, default=winogrande)
+    parser.add_argument("--batch-size", type=int, default=4)
+
+
 def suite_overrides(data: Path, mmlu: Path, args) -> list[str]:
     """The tier's tasks, data files and docs per task (shared with the real-model bench)."""
     return [
@@ -65,14 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scratch", type=Path, default=Path("results/real"))
     parser.add_argument("--model-dir", type=Path, default=None)
-    parser.add_argument("--subjects", type=int, default=6)
-    parser.add_argument("--mmlu-docs", type=int, default=2)
-    parser.add_argument("--arc-docs", type=int, default=15)
-    parser.add_argument("--hellaswag-docs", type=int, default=10)
-    parser.add_argument("--winogrande-docs", type=int, default=20)
+    add_slice_arguments(parser, subjects=6, arc=15, hellaswag=10, winogrande=20)
     parser.add_argument("--calib-samples", type=int, default=16)
     parser.add_argument("--calib-len", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=4)  # long MMLU prompts x 49k vocab: keeps logits small
     parser.add_argument("--methods", default="rtn,gptq,tacq")
     parser.add_argument("--bits", default="4,3")
     parser.add_argument("--jobs", type=int, default=2)
