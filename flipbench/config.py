@@ -125,6 +125,29 @@ class GateConfig:
 
 
 @dataclass
+class EngineConfig:
+    """What runs the model for lm-eval (flipbench/engines.py). Scoring is lm-eval's own on every engine."""
+
+    name: str = "hf"  # hf: lm-eval's HF model in this process | vllm: lm-eval's vLLM model | server: an endpoint
+    # vllm (model.dtype is the engine's dtype)
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: Optional[float] = None  # None: 0.9 on a GPU, 0.2 of host memory on vLLM's CPU backend
+    max_model_len: Optional[int] = None
+    max_num_seqs: Optional[int] = None
+    enforce_eager: bool = False
+    max_logprobs: int = 20  # top-k log-probs per token the engine returns (token-KL reference on vllm/server)
+    # server: an OpenAI-compatible completions endpoint (a vLLM server, or the endpoint that will ship)
+    base_url: Optional[str] = None  # e.g. http://127.0.0.1:8000/v1/completions
+    served_model: Optional[str] = None  # the model id the server serves; default: the one it reports
+    num_concurrent: int = 1
+    max_retries: int = 3
+    timeout_s: float = 300.0
+    # A compressed side made in this process is saved and served from there: dense (the fake-quantized
+    # weights in the baseline's dtype) | packed (compressed-tensors: the kernels that will serve it)
+    serve_format: str = "dense"
+
+
+@dataclass
 class OutputConfig:
     root: str = "results"
     run_id: Optional[str] = None  # default: UTC timestamp + model/method/bits tag
@@ -132,6 +155,11 @@ class OutputConfig:
     redo: bool = False  # re-run a sweep member whose directory already holds a complete run
     plots: bool = True
     save_model: bool = False  # write the compressed model into <run>/model (packed for RTN/GPTQ, dense for TACQ)
+    # flipbench collect: the side's artifact folder (a shard goes into <artifact>/shard-I-of-N)
+    artifact: Optional[str] = None
+    # flipbench collect side=compressed: the baseline's artifact, whose answers the compressed side scores for
+    # token KL (without it compare reports token KL as not available)
+    baseline_artifact: Optional[str] = None
 
 
 @dataclass
@@ -143,6 +171,9 @@ class FlipbenchConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    side: Optional[str] = None  # flipbench collect: baseline | compressed
+    shard: Optional[str] = None  # flipbench collect: I/N, the I-th (0-based) of N shards of every task's docs
 
 
 def register() -> None:
@@ -156,6 +187,22 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 NOISE_FLOORS = ("off", "batch", "dtype", "batch_dtype")
 GATE_ON = ("point", "upper_ci")
 GATE_KEYS = ("max_flips", "max_lost", "max_acc_drop", "max_kl_mean")
+ENGINES = ("hf", "vllm", "server")
+SIDES = ("baseline", "compressed")
+SERVE_FORMATS = ("dense", "packed")
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``I/N`` -> (I, N) with 0 <= I < N; None when unsharded. A bad value is a ConfigError naming the form."""
+    if text in (None, ""):
+        return None
+    parts = str(text).split("/")
+    try:
+        index, count = (int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"shard={text!r} is not I/N; give the 0-based shard index and the shard count, e.g. shard=0/4") from None
+    _check(count >= 1 and 0 <= index < count, f"shard={text} is out of range; I runs from 0 to N-1, e.g. shard=0/{max(count, 1)}")
+    return index, count
 
 
 def to_typed(cfg: DictConfig | FlipbenchConfig) -> FlipbenchConfig:
@@ -275,6 +322,7 @@ def validate(cfg: FlipbenchConfig) -> None:
     for task, shots in cfg.suite.num_fewshot.items():
         _check(shots >= 0, f"suite.num_fewshot.{task}={shots} must be >= 0")
     _check(cfg.gate.on in GATE_ON, f"gate.on={cfg.gate.on!r} is unknown; use point or upper_ci")
+    _validate_engine(cfg)
     if cfg.output.save_model:
         _check(comp.method in ("rtn", "gptq", "tacq"), f"output.save_model=true saves a model quantized here; "
                f"compression={comp.method} has none to save (use compression=rtn, gptq or tacq)")
@@ -291,6 +339,23 @@ def validate(cfg: FlipbenchConfig) -> None:
         limits += [(f"per_task.{task}.{key}", value) for key, value in task_limits.items()]
     for key, value in limits:
         check_gate_limit(key, value)
+
+
+def _validate_engine(cfg: FlipbenchConfig) -> None:
+    engine = cfg.engine
+    _check(engine.name in ENGINES, f"engine.name={engine.name!r} is unknown; use one of {', '.join(ENGINES)} (engine=vllm)")
+    _check(engine.serve_format in SERVE_FORMATS,
+           f"engine.serve_format={engine.serve_format!r} is unknown; use dense or packed")
+    _check(engine.tensor_parallel_size >= 1, f"engine.tensor_parallel_size={engine.tensor_parallel_size} must be >= 1")
+    _check(engine.gpu_memory_utilization is None or 0 < engine.gpu_memory_utilization <= 1,
+           f"engine.gpu_memory_utilization={engine.gpu_memory_utilization} is outside (0, 1], e.g. 0.9")
+    _check(engine.max_logprobs >= 1, f"engine.max_logprobs={engine.max_logprobs} must be >= 1, e.g. 20")
+    _check(engine.num_concurrent >= 1, f"engine.num_concurrent={engine.num_concurrent} must be >= 1")
+    if engine.name == "server":
+        _check(bool(engine.base_url), "engine=server needs engine.base_url=http://HOST:PORT/v1/completions (the "
+               "OpenAI-compatible completions endpoint)")
+    _check(cfg.side in (None, *SIDES), f"side={cfg.side!r} is unknown; use side=baseline or side=compressed")
+    parse_shard(cfg.shard)
 
 
 def check_gate_limit(key: str, value: float | None) -> None:
