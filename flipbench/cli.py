@@ -48,6 +48,8 @@ def _app(cfg: DictConfig) -> None:
     if not logging.getLogger().handlers:  # a sweep member in a worker process: the same quiet console
         console.setup(os.environ.get("FLIPBENCH_LOG", "INFO"))
     sweeping = HydraConfig.get().mode.name == "MULTIRUN"
+    if os.environ.get(COLLECT_ENV):
+        return _collect(cfg)
     if sweeping:
         cfg.output.run_dir = HydraConfig.get().runtime.output_dir
     try:
@@ -62,6 +64,41 @@ def _app(cfg: DictConfig) -> None:
     print(f"flipbench: run complete: {run_dir}  gate: {gate.get('verdict', 'not set')}")
     if gate.get("verdict") == "FAIL" and not sweeping:
         sys.exit(EXIT_GATE_FAILED)
+
+
+COLLECT_ENV = "FLIPBENCH_COLLECT"  # set by `flipbench collect`: each (multirun) job collects one side or shard
+
+
+def _collect(cfg: DictConfig) -> None:
+    from flipbench.collect import collect
+
+    try:
+        folder = collect(cfg)
+    except user_error_types() as err:
+        print(f"flipbench: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        interrupted("collect", None)
+    print(f"flipbench: collect complete: {folder}")
+
+
+def compare_main(argv: list[str]) -> int:
+    """`flipbench compare BASE COMP [gate...]`: no Hydra, no model; exit 0 / 2 bad input / 3 gate failed."""
+    from flipbench import console
+    from flipbench.compare import compare
+
+    console.setup(os.environ.get("FLIPBENCH_LOG", "INFO"))
+    if any(a in ("-h", "--help") for a in argv):
+        print(compare.__doc__ or "")
+        return 0
+    try:
+        run_dir = compare(argv)
+    except user_error_types() as err:
+        print(f"flipbench: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    gate = json.loads((run_dir / "manifest.json").read_text()).get("gate") or {}
+    print(f"flipbench: compare complete: {run_dir}  gate: {gate.get('verdict', 'not set')}")
+    return EXIT_GATE_FAILED if gate.get("verdict") == "FAIL" else 0
 
 
 def interrupted(stage: str, run_dir) -> None:
@@ -170,6 +207,13 @@ def main() -> None:
         from flipbench.search.__main__ import main as search_main
 
         sys.exit(search_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["compare"]:  # `flipbench compare BASE COMP ...`: two artifacts, no model
+        sys.exit(compare_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["collect"]:  # `flipbench collect side=... [shard=I/N]`: one side into an artifact
+        del sys.argv[1]
+        os.environ[COLLECT_ENV] = "1"
+        if any(a in ("-m", "--multirun") for a in sys.argv[1:]):  # shards as jobs: no sweep summary to write
+            sys.argv.append("~hydra.callbacks.sweep_summary")
     from flipbench import console
 
     for flag in ("-v", "--verbose"):  # ours, not Hydra's: lm-eval's and datasets' own output on the console too

@@ -83,20 +83,29 @@ def build_requests(task, leaf: str, limit: int | None, samples: dict | None, see
 
 
 def run_lm_eval(lm, tasks: dict, plan: TaskPlan, *, limit: int | None, num_fewshot: dict[str, int], seed: int,
-                task_limits: dict[str, int] | None = None) -> dict:
+                task_limits: dict[str, int] | None = None, shard_ids: dict[str, list[int]] | None = None) -> dict:
     """``simple_evaluate`` with per-sample logging. Few-shot counts are set per task on the Task objects;
-    per-task limits become lm-eval's ``samples`` (see :func:`lm_eval_docs`)."""
+    per-task limits become lm-eval's ``samples`` (see :func:`lm_eval_docs`). ``shard_ids`` (leaf -> doc ids,
+    :func:`flipbench.shards.assign`) evaluates only those docs, with the prompts the whole run would give them."""
     import lm_eval
 
+    from flipbench import shards
     from flipbench.reuse import requests_once
 
     configure(tasks, plan, num_fewshot)
     limit, samples = lm_eval_docs(tasks, plan, limit, task_limits)
+    run_limit, run_samples, run_tasks = limit, samples, tasks
+    if shard_ids is not None:
+        run_limit, run_samples = None, shards.lm_eval_samples(shard_ids)
+        run_tasks = {leaf: task for leaf, task in tasks.items() if leaf in shard_ids}
+        if not run_tasks:
+            return {"samples": {}}
     # Passing our TaskManager spares simple_evaluate from indexing every lm-eval task again (seconds per side);
     # requests_once spares it from rendering the same requests again for every side.
-    with requests_once(tasks, seed):
+    with requests_once(tasks, seed), shards.only(run_tasks, shard_ids, limit, samples):
         return lm_eval.simple_evaluate(
-            lm, tasks=list(tasks.values()), task_manager=plan.manager, limit=limit, samples=samples, log_samples=True,
+            lm, tasks=list(run_tasks.values()), task_manager=plan.manager, limit=run_limit, samples=run_samples,
+            log_samples=True,
             bootstrap_iters=0,
             random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         )
@@ -174,6 +183,10 @@ def samples_frame(results: dict, tasks: dict, plan: TaskPlan, metrics_cfg: dict[
                 filter=sample["filter"], output_type=output_type,
                 metric=metric, doc_hash=sample["doc_hash"], prompt_hash=sample["prompt_hash"], **body, _leaf=leaf,
             ))
+    if not rows:  # a shard that holds no doc of any task
+        from flipbench.schema import SIDE_COLUMNS
+
+        return pd.DataFrame(columns=list(SIDE_COLUMNS))
     frame = pd.DataFrame(rows)
     # Filters in the task YAML's order, so the first one listed (GSM8k's strict-match) is the headline.
     frame["_rank"] = [filter_rank(tasks, leaf_of, name) for leaf_of, name in zip(frame.pop("_leaf"), frame["filter"])]

@@ -11,10 +11,11 @@ import logging
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from flipbench import cache, console, evaluate, models, rundir, scoring, tasks
+from flipbench import cache, console, engines, evaluate, models, rundir, scoring, tasks
 from flipbench.config import PRUNE_METHODS, QUANT_METHODS, ConfigError, FlipbenchConfig, check_gate_tasks, to_typed
 from flipbench.pairing import pair
 
@@ -40,6 +41,7 @@ def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
     if cfg.output.run_dir:
         checks.check_output_folder(cfg.output.run_dir, "output.run_dir")
     checks.check_task_yamls(cfg.suite.include_path)
+    engines.check(cfg)
     plan = tasks.resolve(cfg.suite)
     names = sorted(set(plan.reported.values()))
     check_gate_tasks(cfg.gate, names)
@@ -123,12 +125,20 @@ def estimate_work(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig) -> co
 
 
 def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch_size: int | None = None,
-                  label: str = "side", work: console.Work | None = None) -> pd.DataFrame:
-    lm = evaluate.build_lm(model, tokenizer, batch_size or cfg.eval.batch_size)
+                  label: str = "side", work: console.Work | None = None, *, path: str | None = None,
+                  shard_ids: dict | None = None) -> pd.DataFrame:
+    """One side through lm-eval on the configured engine: ``model`` (hf) or the folder ``path`` (vllm; server
+    models are named by the endpoint). ``shard_ids``: leaf -> doc ids of this shard (:func:`flipbench.shards.assign`)."""
+    from flipbench import engines
+
+    lm = engines.build_lm(cfg, model=model, tokenizer=tokenizer, path=path, batch_size=batch_size or cfg.eval.batch_size)
     docs, requests = (work.docs, work.requests) if work else (0, 0)
-    with console.side_progress(label, docs, requests):
-        raw = evaluate.run_lm_eval(lm, task_objs, plan, limit=cfg.suite.limit, num_fewshot=dict(cfg.suite.num_fewshot),
-                                   seed=cfg.eval.seed, task_limits=dict(cfg.suite.task_limits))
+    try:
+        with console.side_progress(label, docs, requests):
+            raw = evaluate.run_lm_eval(lm, task_objs, plan, limit=cfg.suite.limit, num_fewshot=dict(cfg.suite.num_fewshot),
+                                       seed=cfg.eval.seed, task_limits=dict(cfg.suite.task_limits), shard_ids=shard_ids)
+    finally:
+        engines.release(lm)
     return evaluate.samples_frame(raw, task_objs, plan, dict(cfg.suite.metrics), cfg.suite.subject_field)
 
 
@@ -249,27 +259,41 @@ def token_kl_stage(paired: pd.DataFrame, comp_model, tokenizer, cfg: FlipbenchCo
     The baseline side comes from ``reference`` (:func:`kl_reference`) where it covers every row, else from
     ``base_model`` (the loaded baseline, where compression left it unchanged), else from a fresh load.
     """
-    gen = paired.index[paired["output_type"] == "generate_until"]
-    if not cfg.eval.token_kl or len(gen) == 0:
+    if not cfg.eval.token_kl or not (paired["output_type"] == "generate_until").any():
         return
-    from flipbench.tokenkl import TOKEN_COLUMNS, token_kl
+    fill_token_kl(paired, token_kl_rows(_kl_rows(paired), "response_base", comp_model, tokenizer, cfg, reference,
+                                        base_model))
 
-    rows = _kl_rows(paired)
-    keys = _row_keys(rows, "response_base")
+
+def token_kl_rows(rows: pd.DataFrame, response: str, comp_model, tokenizer, cfg: FlipbenchConfig, reference,
+                  base_model) -> pd.DataFrame:
+    """Token KL of ``comp_model`` on the baseline's answers (column ``response`` of ``rows``, one row per generative
+    doc): (task, group, doc_id, kl, same_top, n_tokens, per-token lists)."""
+    from flipbench.tokenkl import token_kl
+
+    keys = _row_keys(rows, response)
     if reference is not None and all(k in reference for k in keys):
         base = [reference[k] for k in keys]
     else:
         base = base_model if base_model is not None else models.load_model(cfg.model)[0]
-    stats = token_kl(base, comp_model, tokenizer, rows["prompt"].tolist(), rows["response_base"].tolist(),
+    stats = token_kl(base, comp_model, tokenizer, rows["prompt"].tolist(), rows[response].tolist(),
                      batch_size=cfg.eval.batch_size, device=models.input_device(comp_model))
     stats.index = rows.index
-    keyed = pd.concat([rows[["task", "group", "doc_id"]], stats], axis=1)
+    return pd.concat([rows[["task", "group", "doc_id"]], stats], axis=1).reset_index(drop=True)
+
+
+def fill_token_kl(paired: pd.DataFrame, keyed: pd.DataFrame) -> None:
+    """Copy per-doc token-KL statistics (:func:`token_kl_rows`) into the generative rows of ``paired`` (every filter
+    row of a doc gets its doc's values); MC rows get empty per-token lists."""
+    from flipbench.tokenkl import TOKEN_COLUMNS
+
+    gen = paired.index[paired["output_type"] == "generate_until"]
     filled = paired.loc[gen, ["task", "group", "doc_id"]].merge(keyed, on=["task", "group", "doc_id"], how="left")
     for column in ("kl", "same_top", "n_tokens"):
         paired.loc[gen, column] = filled[column].to_numpy()
     for column in TOKEN_COLUMNS:  # per-token lists: empty for MC rows
         cells = pd.Series([[] for _ in range(len(paired))], index=paired.index, dtype=object)
-        cells.loc[gen] = [v if isinstance(v, list) else [] for v in filled[column]]
+        cells.loc[gen] = [list(v) if isinstance(v, (list, np.ndarray)) else [] for v in filled[column]]
         paired[column] = cells
 
 

@@ -129,8 +129,8 @@ def detach_log(handler: logging.Handler) -> None:
 class Manifest:
     """manifest.json, rewritten atomically after every stage."""
 
-    def __init__(self, run_dir: Path, seed: int, device: str):
-        self.path = run_dir / "manifest.json"
+    def __init__(self, run_dir: Path, seed: int, device: str, name: str = "manifest.json"):
+        self.path = run_dir / name
         self.data = {"status": "running", "pid": os.getpid(), "host": socket.gethostname(), "versions": versions(),
                      "git_sha": git_sha(), "device": device, "seed": seed,
                      "started": datetime.now(timezone.utc).isoformat(), "stage_seconds": {}}

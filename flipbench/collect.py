@@ -1,0 +1,189 @@
+"""``flipbench collect``: evaluate one side (or one shard of it) on any machine and engine, into an artifact.
+
+    flipbench collect side=baseline  output.artifact=art/base  [shard=I/N] [model=hf model.path=...] [engine=vllm]
+    flipbench collect side=compressed output.artifact=art/rtn4 compression=rtn compression.bits=4 \\
+        output.baseline_artifact=art/base          # optional: token KL against the baseline's answers
+    flipbench compare art/base art/rtn4            # CPU only, no model
+
+The same overrides as a run. Every check runs before the artifact folder is made; a complete artifact is not
+collected again unless ``output.redo=true``. See :mod:`flipbench.artifact` for the folder's contents.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from flipbench import artifact, cache, engines, models, pipeline, rundir, shards
+from flipbench.config import ConfigError, FlipbenchConfig, parse_shard, to_typed
+
+log = logging.getLogger("flipbench")
+
+
+def default_folder(cfg: FlipbenchConfig) -> Path:
+    tag = cfg.model.name if cfg.side == "baseline" else rundir.run_tag(cfg.model.name, cfg.compression.method,
+                                                                           cfg.compression.bits)
+    return Path(cfg.output.root) / "artifacts" / f"{tag}-{cfg.side}"
+
+
+def side_config(cfg: FlipbenchConfig) -> FlipbenchConfig:
+    """The baseline side compresses nothing, whatever compression is selected."""
+    if cfg.side == "baseline":
+        return replace(cfg, compression=replace(cfg.compression, method="none"))
+    return cfg
+
+
+def identity(cfg: FlipbenchConfig, task_objs: dict, tokenizer) -> dict:
+    """The manifest fields every shard of a side shares and compare checks (see artifact.SIDE_IDENTITY)."""
+    from importlib.metadata import version
+
+    from flipbench.reuse import tokenizer_fingerprint
+
+    suite = asdict(cfg.suite)
+    suite["tasks"] = list(suite["tasks"])
+    return {
+        "side": cfg.side, "model": {"name": cfg.model.name, "path": cfg.model.path, "revision": cfg.model.revision,
+                                    "gguf_file": cfg.model.gguf_file, "dtype": cfg.model.dtype},
+        "engine": engines.identity(cfg), "tasks": cache.task_fingerprint(task_objs),
+        "tokenizer": tokenizer_fingerprint(tokenizer), "suite": suite, "lm_eval": version("lm_eval"),
+        "compression_settings": asdict(cfg.compression) if cfg.side == "compressed" else None,
+    }
+
+
+def check_baseline_artifact(cfg: FlipbenchConfig) -> artifact.Side | None:
+    """output.baseline_artifact, read before any weight: its answers are what token KL scores."""
+    if cfg.side != "compressed" or not cfg.output.baseline_artifact:
+        return None
+    side = artifact.load_side([cfg.output.baseline_artifact], "output.baseline_artifact")
+    if side.references is None and (side.samples["output_type"] == "generate_until").any():
+        raise ConfigError(f"output.baseline_artifact {side.label} holds no token-KL reference (collected with "
+                          "eval.token_kl=false?); collect the baseline with eval.token_kl=true or leave it out")
+    return side
+
+
+def collect(cfg) -> Path:
+    """Evaluate one side (or shard) and write its artifact; returns the artifact folder."""
+    cfg = to_typed(cfg)
+    if cfg.side is None:
+        raise ConfigError("flipbench collect needs side=baseline or side=compressed")
+    cfg = side_config(cfg)
+    shard = parse_shard(cfg.shard)
+    plan = pipeline.preflight(cfg)
+    folder = artifact.shard_folder(Path(cfg.output.artifact) if cfg.output.artifact else default_folder(cfg), shard)
+    if artifact.is_complete(folder) and not cfg.output.redo:
+        log.info("%s is already complete; skipping it (output.redo=true collects it again)", folder)
+        return folder
+    baseline = check_baseline_artifact(cfg)
+    task_objs, tokenizer, calibration = pipeline.prepare(cfg, plan)
+    limits = pipeline.limits(task_objs, plan, cfg)
+    ids = shards.assign(task_objs, limits, cfg.shard, cfg.suite.subject_field)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in (artifact.SAMPLES, artifact.TOKEN_KL, f"{artifact.REFERENCE_KEY}.kl.pt",
+                  f"{artifact.REFERENCE_KEY}.kl.json"):
+        (folder / stale).unlink(missing_ok=True)  # a redo never mixes with an earlier collect's files
+    docs = {leaf: len(ids[leaf]) if ids is not None else _evaluated(task_objs[leaf], limits[leaf])
+            for leaf in task_objs if ids is None or leaf in ids}
+    device = models.pick_device(cfg.model.device)
+    manifest = rundir.Manifest(folder, cfg.eval.seed, str(device), name=artifact.MANIFEST)
+    manifest.update(format=artifact.FORMAT, **identity(cfg, task_objs, tokenizer), shard=list(shard) if shard else None,
+                    docs=docs, docs_total={leaf: _evaluated(task_objs[leaf], limits[leaf]) for leaf in task_objs},
+                    eval={"batch_size": cfg.eval.batch_size, "token_kl": cfg.eval.token_kl,
+                          "token_kl_topk": cfg.eval.token_kl_topk},
+                    config=_plain_config(cfg), data_notes=plan.notes, host=socket.gethostname())
+    log_file = rundir.attach_log(folder / "collect.log")
+    log.info("artifact: %s (side %s%s)", folder, cfg.side, f", shard {cfg.shard}" if shard else "")
+    try:
+        _collect(cfg, plan, (task_objs, tokenizer, calibration), ids, folder, manifest, baseline)
+    except BaseException as err:
+        manifest.fail(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        raise
+    finally:
+        rundir.detach_log(log_file)
+    return folder
+
+
+def _evaluated(task, limit: int | None) -> int:
+    n = len(task.eval_docs)
+    return min(limit or n, n)
+
+
+def _plain_config(cfg: FlipbenchConfig) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+def _collect(cfg: FlipbenchConfig, plan, prepared, ids, folder: Path, manifest, baseline) -> None:
+    task_objs, tokenizer, calibration = prepared
+    hf = cfg.engine.name == "hf"
+    method = cfg.compression.method
+    needs_model = hf or method not in ("none", "checkpoint") or (cfg.side == "baseline" and _generates(task_objs)
+                                                                and cfg.eval.token_kl) or baseline is not None
+    model, path = None, _served_path(cfg)
+    if needs_model:
+        with manifest.stage("load_model", log):
+            model, tokenizer = models.load_model(cfg.model, tokenizer=tokenizer)
+            if cfg.side == "baseline":
+                manifest.update(fingerprint=models.fingerprint(model))
+    details = {"method": "none"}
+    if cfg.side == "compressed":
+        with manifest.stage("compress", log):
+            grids = {} if cfg.engine.serve_format == "packed" and not hf else None
+            model, tokenizer, details = pipeline.compress(model, tokenizer, calibration, cfg, grids)
+            if not hf and method not in ("none", "checkpoint"):
+                path = str(engines.save_served(model, tokenizer, folder / "served", cfg, grids))
+        manifest.update(compression=details)
+    elif model is not None:
+        details = {"method": "none", "avg_bits": pipeline._native_bits(model)}
+        manifest.update(compression=details)
+    with manifest.stage(f"evaluate_{cfg.side}", log):
+        frame = pipeline.evaluate_side(model, tokenizer, task_objs, plan, cfg, label=cfg.side, path=path,
+                                       shard_ids=ids)
+    if cfg.side == "baseline" and cfg.eval.token_kl and model is not None:
+        with manifest.stage("token_kl_reference", log):
+            store = cache.BaselineCache(folder)
+            reference = pipeline.kl_reference(frame, model, tokenizer, replace(cfg, eval=replace(cfg.eval, cache=False)),
+                                              store, artifact.REFERENCE_KEY)
+            if reference is not None:
+                store.store_reference(artifact.REFERENCE_KEY, reference, topk=cfg.eval.token_kl_topk)
+    if baseline is not None and cfg.eval.token_kl:
+        with manifest.stage("token_kl", log):
+            rows = _baseline_rows(baseline, frame)
+            if len(rows):
+                keyed = pipeline.token_kl_rows(rows, "response", model, tokenizer, cfg, baseline.references, None)
+                keyed.to_parquet(folder / artifact.TOKEN_KL, index=False)
+                manifest.update(baseline_artifact={"folders": [str(f) for f in baseline.folders],
+                                                   "fingerprint": baseline.manifest.get("fingerprint")})
+    frame.to_parquet(folder / artifact.SAMPLES, index=False)
+    manifest.complete(finished_host=socket.gethostname(), finished_at=datetime.now(timezone.utc).isoformat())
+    log.info("collect complete: %s", folder)
+
+
+def _generates(task_objs: dict) -> bool:
+    return any(task.get_config("output_type") == "generate_until" for task in task_objs.values())
+
+
+def _served_path(cfg: FlipbenchConfig) -> str | None:
+    """The folder an engine that loads from disk serves for this side (before any compression made here)."""
+    if cfg.engine.name == "hf":
+        return None
+    if cfg.side == "compressed" and cfg.compression.method == "checkpoint":
+        return models.resolve_path(cfg.compression.path or cfg.model.path)
+    return models.resolve_path(cfg.model.path)
+
+
+def _baseline_rows(baseline: artifact.Side, frame: pd.DataFrame) -> pd.DataFrame:
+    """The baseline's generative rows for the docs this side evaluated (one per doc), for token KL."""
+    base = pipeline._kl_rows(baseline.samples)
+    mine = pipeline._kl_rows(frame)[["task", "group", "doc_id", "prompt_hash"]]
+    rows = base.merge(mine, on=["task", "group", "doc_id"], how="inner", suffixes=("", "_mine"))
+    bad = rows[rows["prompt_hash"] != rows["prompt_hash_mine"]]
+    if len(bad):
+        raise ConfigError(f"output.baseline_artifact: {len(bad)} prompts differ from this side's (e.g. "
+                          f"{bad.iloc[0]['task']} doc {bad.iloc[0]['doc_id']}); collect both sides with the same suite")
+    return rows.drop(columns="prompt_hash_mine").reset_index(drop=True)

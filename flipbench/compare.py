@@ -1,0 +1,124 @@
+"""``flipbench compare BASE COMP [overrides]``: pair two sides' artifacts and write a run folder, with no model.
+
+BASE and COMP are artifact folders written by ``flipbench collect`` (or folders of their shards; several folders for
+one side may be joined with commas). The run folder is the one ``make eval`` writes (samples.parquet, summary.csv,
+reports, plots, manifest with the gate verdict); the exit code is the gate's. Overrides may set ``gate.*``,
+``output.*``, ``eval.bootstrap`` and ``model.name``: everything else was fixed when the sides were collected.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from flipbench import artifact, rundir
+from flipbench.config import ConfigError, FlipbenchConfig, check_gate_tasks, check_keys, validate
+
+log = logging.getLogger("flipbench")
+
+ALLOWED = ("gate.", "output.", "eval.bootstrap", "model.name")
+
+
+def parse_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(side arguments, overrides): words with '=' are overrides, the others name sides."""
+    sides = [a for a in argv if "=" not in a]
+    overrides = [a for a in argv if "=" in a]
+    if len(sides) < 2:
+        raise ConfigError("flipbench compare needs two sides: flipbench compare BASE_ARTIFACT COMP_ARTIFACT "
+                          "[gate.max_flips=0.05 ...]")
+    for override in overrides:
+        key = override.lstrip("+").split("=", 1)[0]
+        if not key.startswith(ALLOWED):
+            raise ConfigError(f"{key} cannot change after collect; compare takes gate.*, output.*, eval.bootstrap "
+                              "and model.name (collect the sides again to change the rest)")
+    return sides, overrides
+
+
+def run_config(comp: artifact.Side, overrides: list[str]) -> FlipbenchConfig:
+    """The compressed side's collect config with compare's overrides (gate, output) over it."""
+    stored = OmegaConf.create(comp.manifest.get("config") or {})
+    for key in ("side", "shard"):
+        stored.pop(key, None)
+    stored.get("output", {}).pop("artifact", None) if "output" in stored else None
+    dotlist = OmegaConf.from_dotlist([o.lstrip("+") for o in overrides])
+    merged = OmegaConf.merge(stored, dotlist)
+    check_keys(merged)
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FlipbenchConfig), merged))
+    cfg.side, cfg.shard = None, None
+    cfg.output.artifact = cfg.output.baseline_artifact = None
+    cfg.suite.data_files = {t: p for t, p in cfg.suite.data_files.items() if p}
+    cfg.suite.max_gen_toks = {t: n for t, n in cfg.suite.max_gen_toks.items() if n is not None}
+    validate(cfg)
+    return cfg
+
+
+def compare(argv: list[str]) -> Path:
+    """Pair the sides named in ``argv`` and write the run folder; returns it."""
+    from flipbench import metrics, report, scoring
+    from flipbench.pairing import pair
+    from flipbench.pipeline import fill_token_kl
+
+    sides, overrides = parse_args(argv)
+    if len(sides) > 2:
+        raise ConfigError("flipbench compare takes one baseline and one compressed side; join the shard folders of "
+                          "one side with commas (BASE1,BASE2) or give the folder that holds them")
+    base = artifact.load_side(sides[0].split(","), "baseline")
+    comp = artifact.load_side(sides[1].split(","), "compressed side")
+    artifact.check_compatible(base, comp)
+    cfg = run_config(comp, overrides)
+    tasks = sorted(set(base.samples["task"]))
+    check_gate_tasks(cfg.gate, tasks)
+    paired = metrics.annotate(pair(base.samples, comp.samples))  # PairingError: exit 2, nothing written yet
+    token_kl_note = _token_kl(paired, base, comp, fill_token_kl)
+    root = Path(cfg.output.root)
+    compression = comp.manifest.get("compression") or {"method": cfg.compression.method}
+    run_id = cfg.output.run_id or rundir.new_run_id(cfg.model.name, compression.get("method", "none"),
+                                                   cfg.compression.bits)
+    run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else root / "runs" / run_id
+    if rundir.in_use(run_dir):
+        raise ConfigError(f"{run_dir} is being written by a running process; pick another output.run_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.save_config(run_dir, cfg)
+    manifest = rundir.Manifest(run_dir, cfg.eval.seed, "cpu")
+    log_file = rundir.attach_log(run_dir / "run.log")
+    try:
+        with manifest.stage("metrics", log):
+            mismatches = scoring.count_mismatches(paired)
+            paired.to_parquet(run_dir / "samples.parquet", index=False)
+        manifest.update(compared={"baseline": _describe(base), "compressed": _describe(comp)},
+                        compression=compression, n_pred_mismatch=mismatches, token_kl=token_kl_note,
+                        baseline_fingerprint=base.manifest.get("fingerprint"),
+                        data_notes=comp.manifest.get("data_notes") or [])
+        with manifest.stage("report", log):
+            verdict = report.build(run_dir, cfg)
+        manifest.complete(gate=verdict)
+    except BaseException as err:
+        manifest.fail(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        raise
+    finally:
+        rundir.detach_log(log_file)
+    rundir.point_latest(root, run_dir)
+    return run_dir
+
+
+def _describe(side: artifact.Side) -> dict:
+    m = side.manifest
+    return {"folders": [str(f) for f in side.folders], "model": m.get("model"), "engine": m.get("engine"),
+            "shards": m.get("shards"), "fingerprint": m.get("fingerprint"), "versions": m.get("versions"),
+            "host": m.get("host"), "device": m.get("device"), "stage_seconds": m.get("stage_seconds")}
+
+
+def _token_kl(paired, base: artifact.Side, comp: artifact.Side, fill) -> str:
+    """Fill token KL from the compressed side's statistics when they were computed against this baseline."""
+    if not (paired["output_type"] == "generate_until").any():
+        return "no generative task"
+    if comp.token_kl is None:
+        return ("not available: the compressed side was collected without output.baseline_artifact (token KL needs "
+                "the baseline's answers)")
+    recorded = (comp.manifest.get("baseline_artifact") or {}).get("fingerprint")
+    if recorded != base.manifest.get("fingerprint"):
+        return "not available: the compressed side's token KL was computed against another baseline"
+    fill(paired, comp.token_kl)
+    return "from the compressed side's collect, against this baseline's answers"
