@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 # Bump when the per-sample frame's layout or order changes, so entries written by older code are not reused.
-FORMAT = 3
+FORMAT = 4
 # Bump when the token-KL reference's layout changes (2: tokenkl.Reference tuples, full or top-k).
 REFERENCE_LAYOUT = 2
 
@@ -91,6 +91,27 @@ class BaselineCache:
             path.unlink(missing_ok=True)  # while still holding it: a new opener then creates a fresh file
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
+
+    def changed_libraries(self, model: str, weights: str, parts: dict) -> list[str]:
+        """What differs (torch, transformers, lm-eval, engine, tokenizer) between ``parts`` and the cached entries of
+        the same model and weights: the reason a baseline is evaluated again after an upgrade."""
+        watched = ("lm_eval", "torch", "transformers", "engine", "tokenizer")
+        changed: set[str] = set()
+        found_same = False
+        for meta_path in self.root.glob("*.json") if self.root.is_dir() else []:
+            if meta_path.name.endswith(".kl.json"):
+                continue
+            try:
+                key = json.loads(meta_path.read_text()).get("key") or {}
+            except (OSError, ValueError):
+                continue
+            if key.get("format") != parts.get("format") or key.get("model") != model or key.get("weights") != weights:
+                continue
+            diff = [name for name in watched if key.get(name) != parts.get(name)]
+            if not diff:
+                found_same = True
+            changed.update(diff)
+        return [] if found_same else sorted(changed)
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.root / f"{key}.parquet", self.root / f"{key}.json"

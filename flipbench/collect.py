@@ -141,8 +141,9 @@ def _collect(cfg: FlipbenchConfig, plan, prepared, ids, folder: Path, manifest, 
     elif model is not None:
         details = {"method": "none", "avg_bits": pipeline._native_bits(model)}
         manifest.update(compression=details)
+    work = _work(model, tokenizer, task_objs, plan, cfg, ids)
     with manifest.stage(f"evaluate_{cfg.side}", log):
-        frame = pipeline.evaluate_side(model, tokenizer, task_objs, plan, cfg, label=cfg.side, path=path,
+        frame = pipeline.evaluate_side(model, tokenizer, task_objs, plan, cfg, label=cfg.side, work=work, path=path,
                                        shard_ids=ids)
     if cfg.side == "baseline" and cfg.eval.token_kl and model is not None:
         with manifest.stage("token_kl_reference", log):
@@ -162,6 +163,23 @@ def _collect(cfg: FlipbenchConfig, plan, prepared, ids, folder: Path, manifest, 
     frame.to_parquet(folder / artifact.SAMPLES, index=False)
     manifest.complete(finished_host=socket.gethostname(), finished_at=datetime.now(timezone.utc).isoformat())
     log.info("collect complete: %s", folder)
+
+
+def _work(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, ids):
+    """The side's work line and progress bar; a shard's share of it."""
+    from flipbench import console
+
+    if model is None:  # an engine that loads its own copy: docs and requests, no timed probe
+        limits = pipeline.limits(task_objs, plan, cfg)
+        docs = sum(len(v) for v in ids.values()) if ids is not None else sum(
+            _evaluated(task_objs[leaf], limits[leaf]) for leaf in task_objs)
+        return console.Work(docs=docs, requests=0, tokens=0, seconds=0.0)
+    work = pipeline.estimate_work(model, tokenizer, task_objs, plan, cfg)
+    if ids is None or not work.docs:
+        return work
+    share = sum(len(v) for v in ids.values()) / work.docs
+    return console.Work(docs=sum(len(v) for v in ids.values()), requests=round(work.requests * share),
+                        tokens=round(work.tokens * share), seconds=work.seconds * share)
 
 
 def _generates(task_objs: dict) -> bool:

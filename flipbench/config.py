@@ -354,6 +354,8 @@ def _validate_engine(cfg: FlipbenchConfig) -> None:
     if engine.name == "server":
         _check(bool(engine.base_url), "engine=server needs engine.base_url=http://HOST:PORT/v1/completions (the "
                "OpenAI-compatible completions endpoint)")
+    _check(engine.name == "hf" or cfg.eval.noise_floor == "off",
+           f"eval.noise_floor={cfg.eval.noise_floor} measures the HF evaluator against itself; use engine=hf with it")
     _check(cfg.side in (None, *SIDES), f"side={cfg.side!r} is unknown; use side=baseline or side=compressed")
     parse_shard(cfg.shard)
 

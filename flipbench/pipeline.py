@@ -17,7 +17,7 @@ import torch
 
 from flipbench import cache, console, engines, evaluate, models, rundir, scoring, tasks
 from flipbench.config import PRUNE_METHODS, QUANT_METHODS, ConfigError, FlipbenchConfig, check_gate_tasks, to_typed
-from flipbench.pairing import pair
+from flipbench.pairing import PairingError, pair
 
 log = logging.getLogger("flipbench")
 
@@ -108,11 +108,18 @@ def _needs_calibration(cfg: FlipbenchConfig) -> bool:
     return cfg.compression.method in QUANT_METHODS + PRUNE_METHODS and needs_data(quant_config(cfg))
 
 
-def baseline_key(cfg: FlipbenchConfig, fingerprint: str, task_objs: dict, device: str) -> dict:
+def baseline_key(cfg: FlipbenchConfig, fingerprint: str, task_objs: dict, device: str, tokenizer=None) -> dict:
+    """Everything that can change the baseline's per-sample results: weights, task configs and data, tokenizer
+    definition, engine, the libraries that compute them (lm-eval, torch, transformers) and the run settings."""
     from importlib.metadata import version
 
+    from flipbench.reuse import tokenizer_fingerprint
+
     return {"format": cache.FORMAT, "model": cfg.model.path, "revision": cfg.model.revision, "weights": fingerprint,
-            "tasks": cache.task_fingerprint(task_objs), "lm_eval": version("lm_eval"), "batch_size": cfg.eval.batch_size,
+            "tasks": cache.task_fingerprint(task_objs), "lm_eval": version("lm_eval"), "torch": version("torch"),
+            "transformers": version("transformers"), "engine": engines.identity(cfg),
+            "tokenizer": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
+            "batch_size": cfg.eval.batch_size,
             "dtype": cfg.model.dtype, "device": device, "limit": cfg.suite.limit, "task_limits": dict(cfg.suite.task_limits), "num_fewshot": dict(cfg.suite.num_fewshot),
             "seed": cfg.eval.seed, "metrics": dict(cfg.suite.metrics), "subject_field": cfg.suite.subject_field}
 
@@ -201,6 +208,16 @@ def compress(model, tokenizer, calibration, cfg: FlipbenchConfig, grids: dict | 
     details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=device,
                                    progress=logging.getLogger("flipbench.compress").info, grids=grids)  # run.log only
     return model, tokenizer, details
+
+
+def _engine_path(cfg: FlipbenchConfig, side: str) -> str | None:
+    """The folder an engine that loads from disk serves for ``side`` (None for hf; a compressed side made in this
+    process is saved first, see ``save_served``)."""
+    if not engines.needs_folder(cfg):
+        return None
+    if side == "compressed" and cfg.compression.method == "checkpoint":
+        return models.resolve_path(cfg.compression.path or cfg.model.path)
+    return models.resolve_path(cfg.model.path)
 
 
 def _native_bits(model) -> float:
@@ -394,15 +411,20 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         weights = models.fingerprint(model)
         work = estimate_work(model, tokenizer, task_objs, plan, cfg)
     store = cache.BaselineCache(root / "cache")
-    key_parts = baseline_key(cfg, weights, task_objs, str(device))
+    key_parts = baseline_key(cfg, weights, task_objs, str(device), tokenizer)
     key = cache.cache_key(key_parts)
+    changed = store.changed_libraries(cfg.model.path, weights, key_parts) if cfg.eval.cache else []
+    if changed:
+        log.info("baseline cache: %s changed since the cached baseline of this model; evaluating it again",
+                 ", ".join(changed))
     with store.lock(key):
         # Under the lock, parallel sweep members wait for one baseline evaluation instead of each running it.
         with manifest.stage("evaluate_baseline", log):
             base = store.load(key) if cfg.eval.cache else None
             hit = base is not None
             if not hit:
-                base = evaluate_side(model, tokenizer, task_objs, plan, cfg, label="baseline", work=work)
+                base = evaluate_side(model, tokenizer, task_objs, plan, cfg, label="baseline", work=work,
+                                     path=_engine_path(cfg, "baseline"))
                 store.store(key, base, key_parts)
         with manifest.stage("token_kl_reference", log):
             reference = kl_reference(base, model, tokenizer, cfg, store, key)
@@ -416,10 +438,20 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
     with manifest.stage("compress", log):
         comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg, grids)
     manifest.update(compression=details)
+    path = _engine_path(cfg, "compressed")
+    if engines.needs_folder(cfg) and cfg.compression.method not in ("none", "checkpoint"):
+        with manifest.stage("save_served", log):  # the engine serves the compressed weights from the run folder
+            path = str(engines.save_served(comp_model, comp_tok, run_dir / "served", cfg, grids))
     with manifest.stage("evaluate_compressed", log):
-        comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg, label="compressed", work=work)
+        comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg, label="compressed", work=work, path=path)
     with manifest.stage("metrics", log):
-        paired = metrics.annotate(pair(base, comp))
+        try:
+            paired = metrics.annotate(pair(base, comp))
+        except PairingError as err:  # both sides ran: keep them, and this is no input error (exit 1, not 2)
+            base.to_parquet(run_dir / "baseline_samples.parquet", index=False)
+            comp.to_parquet(run_dir / "compressed_samples.parquet", index=False)
+            raise RuntimeError(f"the two sides could not be paired after both were evaluated ({err}); both sides' "
+                               f"samples are kept in {run_dir}") from None
         mismatches = scoring.count_mismatches(paired)
         if mismatches:
             log.warning("%d predictions recomputed from the log-likelihoods disagree with lm-eval's logged "

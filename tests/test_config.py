@@ -14,7 +14,8 @@ from tests.conftest import CONF_DIR, compose
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF_DIR).iterdir()
           if g.is_dir() and g.name != "search_space"}
 REQUIRED = {"model": {"hf": ["model.path=org/name"], "gguf": ["model.gguf_file=some.gguf"]}, "compression": {"checkpoint": ["compression.path=some/dir"]},
-            "calibration": {"text": ["calibration.path=calib.txt"]}}
+            "calibration": {"text": ["calibration.path=calib.txt"]},
+            "engine": {"server": ["engine.base_url=http://127.0.0.1:9/v1/completions"]}}
 CASES = [(group, option) for group, options in GROUPS.items() for option in options]
 
 
