@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from flipbench import artifact, cache, engines, models, pipeline, rundir, shards
+from flipbench import answerkl, artifact, cache, engines, models, rundir, shards
+from flipbench import side  # the stages of one side, as the one-process run uses them
 from flipbench.config import ConfigError, FlipbenchConfig, parse_shard, to_typed
 
 log = logging.getLogger("flipbench")
@@ -59,11 +60,11 @@ def check_baseline_artifact(cfg: FlipbenchConfig) -> artifact.Side | None:
     """output.baseline_artifact, read before any weight: its answers are what token KL scores."""
     if cfg.side != "compressed" or not cfg.output.baseline_artifact:
         return None
-    side = artifact.load_side([cfg.output.baseline_artifact], "output.baseline_artifact")
-    if side.references is None and (side.samples["output_type"] == "generate_until").any():
-        raise ConfigError(f"output.baseline_artifact {side.label} holds no token-KL reference (collected with "
+    base = artifact.load_side([cfg.output.baseline_artifact], "output.baseline_artifact")
+    if base.references is None and (base.samples["output_type"] == "generate_until").any():
+        raise ConfigError(f"output.baseline_artifact {base.label} holds no token-KL reference (collected with "
                           "eval.token_kl=false?); collect the baseline with eval.token_kl=true or leave it out")
-    return side
+    return base
 
 
 def collect(cfg) -> Path:
@@ -73,14 +74,14 @@ def collect(cfg) -> Path:
         raise ConfigError("flipbench collect needs side=baseline or side=compressed")
     cfg = side_config(cfg)
     shard = parse_shard(cfg.shard)
-    plan = pipeline.preflight(cfg)
+    plan = side.preflight(cfg)
     folder = artifact.shard_folder(Path(cfg.output.artifact) if cfg.output.artifact else default_folder(cfg), shard)
     if artifact.is_complete(folder) and not cfg.output.redo:
         log.info("%s is already complete; skipping it (output.redo=true collects it again)", folder)
         return folder
     baseline = check_baseline_artifact(cfg)
-    task_objs, tokenizer, calibration = pipeline.prepare(cfg, plan)
-    limits = pipeline.limits(task_objs, plan, cfg)
+    task_objs, tokenizer, calibration = side.prepare(cfg, plan)
+    limits = side.limits(task_objs, plan, cfg)
     ids = shards.assign(task_objs, limits, cfg.shard, cfg.suite.subject_field)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in (artifact.SAMPLES, artifact.TOKEN_KL, f"{artifact.REFERENCE_KEY}.kl.pt",
@@ -124,7 +125,7 @@ def _collect(cfg: FlipbenchConfig, plan, prepared, ids, folder: Path, manifest, 
     method = cfg.compression.method
     needs_model = hf or method not in ("none", "checkpoint") or (cfg.side == "baseline" and _generates(task_objs)
                                                                 and cfg.eval.token_kl) or baseline is not None
-    model, path = None, _served_path(cfg)
+    model, path = None, side._engine_path(cfg, cfg.side)
     if needs_model:
         with manifest.stage("load_model", log):
             model, tokenizer = models.load_model(cfg.model, tokenizer=tokenizer)
@@ -134,21 +135,21 @@ def _collect(cfg: FlipbenchConfig, plan, prepared, ids, folder: Path, manifest, 
     if cfg.side == "compressed":
         with manifest.stage("compress", log):
             grids = {} if cfg.engine.serve_format == "packed" and not hf else None
-            model, tokenizer, details = pipeline.compress(model, tokenizer, calibration, cfg, grids)
+            model, tokenizer, details = side.compress(model, tokenizer, calibration, cfg, grids)
             if not hf and method not in ("none", "checkpoint"):
                 path = str(engines.save_served(model, tokenizer, folder / "served", cfg, grids))
         manifest.update(compression=details)
     elif model is not None:
-        details = {"method": "none", "avg_bits": pipeline._native_bits(model)}
+        details = {"method": "none", "avg_bits": side._native_bits(model)}
         manifest.update(compression=details)
     work = _work(model, tokenizer, task_objs, plan, cfg, ids)
     with manifest.stage(f"evaluate_{cfg.side}", log):
-        frame = pipeline.evaluate_side(model, tokenizer, task_objs, plan, cfg, label=cfg.side, work=work, path=path,
+        frame = side.evaluate_side(model, tokenizer, task_objs, plan, cfg, label=cfg.side, work=work, path=path,
                                        shard_ids=ids)
     if cfg.side == "baseline" and cfg.eval.token_kl and model is not None:
         with manifest.stage("token_kl_reference", log):
             store = cache.BaselineCache(folder)
-            reference = pipeline.kl_reference(frame, model, tokenizer, replace(cfg, eval=replace(cfg.eval, cache=False)),
+            reference = answerkl.kl_reference(frame, model, tokenizer, replace(cfg, eval=replace(cfg.eval, cache=False)),
                                               store, artifact.REFERENCE_KEY)
             if reference is not None:
                 store.store_reference(artifact.REFERENCE_KEY, reference, topk=cfg.eval.token_kl_topk)
@@ -156,7 +157,7 @@ def _collect(cfg: FlipbenchConfig, plan, prepared, ids, folder: Path, manifest, 
         with manifest.stage("token_kl", log):
             rows = _baseline_rows(baseline, frame)
             if len(rows):
-                keyed = pipeline.token_kl_rows(rows, "response", model, tokenizer, cfg, baseline.references, None)
+                keyed = answerkl.token_kl_rows(rows, "response", model, tokenizer, cfg, baseline.references, None)
                 keyed.to_parquet(folder / artifact.TOKEN_KL, index=False)
                 manifest.update(baseline_artifact={"folders": [str(f) for f in baseline.folders],
                                                    "fingerprint": baseline.manifest.get("fingerprint")})
@@ -170,11 +171,11 @@ def _work(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, ids):
     from flipbench import console
 
     if model is None:  # an engine that loads its own copy: docs and requests, no timed probe
-        limits = pipeline.limits(task_objs, plan, cfg)
+        limits = side.limits(task_objs, plan, cfg)
         docs = sum(len(v) for v in ids.values()) if ids is not None else sum(
             _evaluated(task_objs[leaf], limits[leaf]) for leaf in task_objs)
         return console.Work(docs=docs, requests=0, tokens=0, seconds=0.0)
-    work = pipeline.estimate_work(model, tokenizer, task_objs, plan, cfg)
+    work = side.estimate_work(model, tokenizer, task_objs, plan, cfg)
     if ids is None or not work.docs:
         return work
     share = sum(len(v) for v in ids.values()) / work.docs
@@ -186,19 +187,10 @@ def _generates(task_objs: dict) -> bool:
     return any(task.get_config("output_type") == "generate_until" for task in task_objs.values())
 
 
-def _served_path(cfg: FlipbenchConfig) -> str | None:
-    """The folder an engine that loads from disk serves for this side (before any compression made here)."""
-    if cfg.engine.name == "hf":
-        return None
-    if cfg.side == "compressed" and cfg.compression.method == "checkpoint":
-        return models.resolve_path(cfg.compression.path or cfg.model.path)
-    return models.resolve_path(cfg.model.path)
-
-
 def _baseline_rows(baseline: artifact.Side, frame: pd.DataFrame) -> pd.DataFrame:
     """The baseline's generative rows for the docs this side evaluated (one per doc), for token KL."""
-    base = pipeline._kl_rows(baseline.samples)
-    mine = pipeline._kl_rows(frame)[["task", "group", "doc_id", "prompt_hash"]]
+    base = answerkl._kl_rows(baseline.samples)
+    mine = answerkl._kl_rows(frame)[["task", "group", "doc_id", "prompt_hash"]]
     rows = base.merge(mine, on=["task", "group", "doc_id"], how="inner", suffixes=("", "_mine"))
     bad = rows[rows["prompt_hash"] != rows["prompt_hash_mine"]]
     if len(bad):

@@ -58,7 +58,7 @@ def compare(argv: list[str]) -> Path:
     """Pair the sides named in ``argv`` and write the run folder; returns it."""
     from flipbench import metrics, report, scoring
     from flipbench.pairing import pair
-    from flipbench.pipeline import fill_token_kl
+    from flipbench.answerkl import fill_token_kl
 
     sides, overrides = parse_args(argv)
     if len(sides) > 2:

@@ -1,0 +1,195 @@
+"""One side, from the config to its per-sample frame: checks, data, compression and evaluation on an engine.
+
+The one-process run (:mod:`flipbench.pipeline`) and ``flipbench collect`` (:mod:`flipbench.collect`) both go through
+these functions, so a side collected on its own is evaluated exactly as in a run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+
+import pandas as pd
+
+from flipbench import console, engines, evaluate, models, tasks
+from flipbench.config import PRUNE_METHODS, QUANT_METHODS, ConfigError, FlipbenchConfig, check_gate_tasks
+
+log = logging.getLogger("flipbench")
+
+
+def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
+    """Everything checkable from the config, config.json and tokenizer files, data files and task YAML; no
+    dataset download, no weight. A sweep runs it for every member before the first member starts."""
+    from flipbench import preflight as checks
+
+    checks.check_device(cfg.model.device)
+    checks.check_output_folder(cfg.output.root)
+    if cfg.output.run_dir:
+        checks.check_output_folder(cfg.output.run_dir, "output.run_dir")
+    checks.check_task_yamls(cfg.suite.include_path)
+    engines.check(cfg)
+    plan = tasks.resolve(cfg.suite)
+    names = sorted(set(plan.reported.values()))
+    check_gate_tasks(cfg.gate, names)
+    checks.check_generation_budgets(cfg.suite.max_gen_toks, plan)
+    m, comp = cfg.model, cfg.compression
+    base_config = models.check_model(m.path, m.revision, m.trust_remote_code, gguf_file=m.gguf_file)
+    models.check_placement(m, base_config)
+    if comp.method == "checkpoint":
+        comp_config = models.check_model(comp.path or m.path, None, m.trust_remote_code, what="compression.path",
+                                         gguf_file=comp.gguf_file)
+        checks.check_same_vocabulary(base_config, comp_config, m.path, comp.path or m.path)
+    if cfg.compression.method in QUANT_METHODS + PRUNE_METHODS:
+        checks.check_quant_shapes(base_config, quant_config(cfg), cfg.model.trust_remote_code)
+    cal, method = cfg.calibration, cfg.compression.method
+    if cal.source == "text" and _needs_calibration(cfg) or cal.gradient_source == "text" and method == "tacq":
+        checks.check_text_file(cal.path)
+    return plan
+
+
+def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
+    """Reads the datasets and the tokenizer, still no weight: (task objects, tokenizer, calibration ids).
+
+    Checks that the tasks' prompts, choices and generation budgets fit the model's context, and draws the
+    calibration data (refusing docs that are also evaluated)."""
+
+    from flipbench import budget
+
+    tokenizer = models.load_tokenizer(cfg.model)
+    task_objs = evaluate.load_tasks(plan)
+    evaluate.configure(task_objs, plan, dict(cfg.suite.num_fewshot), dict(cfg.suite.max_gen_toks))
+    config = models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code,
+                                gguf_file=cfg.model.gguf_file)
+    limit, samples = evaluate.lm_eval_docs(task_objs, plan, cfg.suite.limit, dict(cfg.suite.task_limits))
+    for note in budget.check_context(task_objs, plan.reported, tokenizer, budget.context_length(config, tokenizer),
+                                     limit, samples, cfg.eval.seed):
+        log.warning(note)
+    if cfg.compression.method == "checkpoint":
+        from flipbench.preflight import check_tokenizers_agree
+
+        comp = cfg.compression
+        comp_tok = models.load_tokenizer(cfg.model, comp.path or cfg.model.path, comp.gguf_file)
+        check_tokenizers_agree(tokenizer, comp_tok, comp.path or comp.gguf_file)
+    try:
+        calibration = calibration_ids(cfg, tokenizer, task_objs, limits(task_objs, plan, cfg))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return task_objs, tokenizer, calibration
+
+
+def quant_config(cfg: FlipbenchConfig):
+    """The compressor's settings: a QuantConfig or a PruneConfig, whichever the method takes."""
+    from flipbench.compress import settings_type
+
+    settings = settings_type(cfg.compression.method)
+    fields = {k: v for k, v in asdict(cfg.compression).items() if k in settings.__dataclass_fields__}
+    if cfg.compression.method in PRUNE_METHODS and cfg.compression.method != "sparsegpt":
+        fields["bits"] = None  # only SparseGPT quantizes while it prunes
+    return settings(**fields)
+
+
+def _needs_calibration(cfg: FlipbenchConfig) -> bool:
+    from flipbench.compress import needs_data
+
+    return cfg.compression.method in QUANT_METHODS + PRUNE_METHODS and needs_data(quant_config(cfg))
+
+
+def estimate_work(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig) -> console.Work:
+    """The one line a person reads before evaluating: docs, requests, tokens and minutes per side."""
+    work = console.estimate(task_objs, limits(task_objs, plan, cfg), model, tokenizer, cfg.eval.seed)
+    log.info(work.line())
+    return work
+
+
+def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch_size: int | None = None,
+                  label: str = "side", work: console.Work | None = None, *, path: str | None = None,
+                  shard_ids: dict | None = None) -> pd.DataFrame:
+    """One side through lm-eval on the configured engine: ``model`` (hf) or the folder ``path`` (vllm; server
+    models are named by the endpoint). ``shard_ids``: leaf -> doc ids of this shard (:func:`flipbench.shards.assign`)."""
+    from flipbench import engines
+
+    lm = engines.build_lm(cfg, model=model, tokenizer=tokenizer, path=path, batch_size=batch_size or cfg.eval.batch_size)
+    docs, requests = (work.docs, work.requests) if work else (0, 0)
+    try:
+        with console.side_progress(label, docs, requests):
+            raw = evaluate.run_lm_eval(lm, task_objs, plan, limit=cfg.suite.limit, num_fewshot=dict(cfg.suite.num_fewshot),
+                                       seed=cfg.eval.seed, task_limits=dict(cfg.suite.task_limits), shard_ids=shard_ids)
+    finally:
+        engines.release(lm)
+    return evaluate.samples_frame(raw, task_objs, plan, dict(cfg.suite.metrics), cfg.suite.subject_field)
+
+
+def limits(task_objs: dict, plan, cfg: FlipbenchConfig) -> dict:
+    return evaluate.doc_limits(task_objs, plan, cfg.suite.limit, dict(cfg.suite.task_limits))
+
+
+def eval_doc_hashes(task_objs: dict, limits: dict) -> set[str]:
+    """lm-eval's doc hashes of every doc that will be evaluated (calibration must not contain them).
+
+    ``limits``: leaf -> docs evaluated (None: all)."""
+    from flipbench.compress.calibration import doc_hash
+
+    hashes = set()
+    for leaf, task in task_objs.items():
+        docs = list(task.eval_docs)
+        hashes.update(doc_hash(doc) for doc in docs[: limits.get(leaf) or len(docs)])
+    return hashes
+
+
+def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict, evaluated: dict | None = None):
+    """(calib, task_calib) token-id tensors for GPTQ Hessians and TACQ gradients; None for data-free methods."""
+    from flipbench.compress import calibration as calib
+
+    cal = cfg.calibration
+    if not _needs_calibration(cfg):
+        return None, None
+
+    def texts(source: str) -> list[str]:
+        if source == "text":
+            return calib.text_file_calibration_texts(cal.path)
+        return calib.task_calibration_texts(task_objs, cal.n_samples, cfg.eval.seed, eval_doc_hashes(
+            task_objs, evaluated if evaluated is not None else dict.fromkeys(task_objs, cfg.suite.limit)))
+
+    ids = calib.tokenize_calibration(tokenizer, texts(cal.source), cal.n_samples, cal.seq_len, cfg.eval.seed)
+    grad_ids = None
+    if cfg.compression.method == "tacq":
+        grad_ids = ids if cal.gradient_source == cal.source else calib.tokenize_calibration(
+            tokenizer, texts(cal.gradient_source), cal.n_samples, cal.seq_len, cfg.eval.seed)
+    return ids, grad_ids
+
+
+def compress(model, tokenizer, calibration, cfg: FlipbenchConfig, grids: dict | None = None):
+    """Returns (compressed model, tokenizer, details for the manifest). Quantization and pruning work in place.
+
+    ``calibration`` is the (calib, task_calib) pair from :func:`calibration_ids`, built before any evaluation;
+    ``grids`` (for output.save_model) receives what the quantizer fitted per linear.
+    """
+    method = cfg.compression.method
+    if method == "none":
+        return model, tokenizer, {"method": "none", "avg_bits": _native_bits(model)}
+    if method == "checkpoint":
+        comp, comp_tok = models.load_model(cfg.model, cfg.compression.path or cfg.model.path,
+                                             gguf_file=cfg.compression.gguf_file)
+        return comp, comp_tok, {"method": "checkpoint", "path": cfg.compression.path, "avg_bits": _native_bits(comp)}
+    from flipbench import compress as compressors
+
+    calib, task_calib = calibration
+    device = models.pick_device(cfg.compression.device)  # one decoder block at a time goes there
+    details = compressors.compress(model, quant_config(cfg), calib=calib, task_calib=task_calib, device=device,
+                                   progress=logging.getLogger("flipbench.compress").info, grids=grids)  # run.log only
+    return model, tokenizer, details
+
+
+def _engine_path(cfg: FlipbenchConfig, side: str) -> str | None:
+    """The folder an engine that loads from disk serves for ``side`` (None for hf; a compressed side made in this
+    process is saved first, see ``save_served``)."""
+    if not engines.needs_folder(cfg):
+        return None
+    if side == "compressed" and cfg.compression.method == "checkpoint":
+        return models.resolve_path(cfg.compression.path or cfg.model.path)
+    return models.resolve_path(cfg.model.path)
+
+
+def _native_bits(model) -> float:
+    param = next(model.parameters())
+    return float(param.element_size() * 8)
