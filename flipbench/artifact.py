@@ -7,6 +7,7 @@ Folder layout (written by :func:`flipbench.collect.collect`):
   answer-token log-probs (the baseline cache's layout);
 - ``tokenkl.parquet`` (compressed, collected with ``output.baseline_artifact``): token-KL statistics of this side
   against that baseline's answers, per generative row;
+- a baseline cache entry (``results/cache/<key>/``) has this layout too, so it can be compared directly;
 - ``artifact.json``: everything pairing checks (task configs, tokenizer, doc sets, suite settings, lm-eval version),
   the model's identity and fingerprint, the engine, versions, compression details, the shard, the resolved config;
   ``"status": "complete"`` is written last.
@@ -30,7 +31,7 @@ FORMAT = 1
 MANIFEST = "artifact.json"
 SAMPLES = "samples.parquet"
 TOKEN_KL = "tokenkl.parquet"
-REFERENCE_KEY = "side"  # <folder>/side.kl.pt, as cache.BaselineCache names a reference
+REFERENCE_KEY = "side"  # <folder>/side.kl.pt (cache.REFERENCE_NAME)
 
 # Manifest fields that every shard of one side must share (the side's identity).
 SIDE_IDENTITY = ("side", "model", "engine", "tasks", "tokenizer", "suite", "lm_eval", "compression_settings")
@@ -171,14 +172,14 @@ def load_side(paths: list[str | Path], what: str) -> Side:
 
 def load_references(folders: list[Path], manifest: dict) -> dict | None:
     """The token-KL references of every shard, merged; None where a shard has none."""
-    from flipbench.cache import BaselineCache
+    from flipbench.cache import ArtifactFolder
 
     topk = (manifest.get("eval") or {}).get("token_kl_topk", 0)
     merged: dict = {}
     for folder in folders:
         if not (folder / f"{REFERENCE_KEY}.kl.json").is_file():
             return None
-        part = BaselineCache(folder).load_reference(REFERENCE_KEY, topk=topk)
+        part = ArtifactFolder(folder).load_reference(REFERENCE_KEY, topk=topk)
         if part is None:
             return None
         merged.update(part)

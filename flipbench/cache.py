@@ -1,9 +1,11 @@
 """Baseline cache: per-sample baseline results keyed by everything that could change them.
 
 lm-eval's own ``use_cache`` keys requests without the model, so it cannot tell two models apart; this key
-includes the weights' fingerprint. Entries are written to a temp file and renamed, with a sidecar holding
-the parquet's sha256, so a torn or corrupt entry is detected and recomputed, and two writers cannot
-interleave their bytes.
+includes the weights' fingerprint. Each entry is a folder ``<root>/<key>/`` laid out as a side's artifact
+(:mod:`flipbench.artifact`: ``samples.parquet``, ``artifact.json``, the token-KL reference ``side.kl.pt``), so
+``flipbench compare results/cache/<key> <compressed artifact>`` reads it as it reads a collected baseline. Files
+are written to a temp file and renamed, ``artifact.json`` (holding the parquet's sha256) last, so a torn or
+corrupt entry is detected and recomputed, and two writers cannot interleave their bytes.
 """
 
 from __future__ import annotations
@@ -64,9 +66,16 @@ def task_fingerprint(tasks: dict) -> dict[str, str]:
     return out
 
 
+ENTRY_SAMPLES, ENTRY_MANIFEST, REFERENCE_NAME = "samples.parquet", "artifact.json", "side"
+
+
 class BaselineCache:
     def __init__(self, root: Path):
         self.root = Path(root)
+
+    def entry(self, key: str) -> Path:
+        """The folder of one entry (an artifact folder)."""
+        return self.root / key
 
     @contextmanager
     def lock(self, key: str):
@@ -98,9 +107,7 @@ class BaselineCache:
         watched = ("lm_eval", "torch", "transformers", "engine", "tokenizer")
         changed: set[str] = set()
         found_same = False
-        for meta_path in self.root.glob("*.json") if self.root.is_dir() else []:
-            if meta_path.name.endswith(".kl.json"):
-                continue
+        for meta_path in self.root.glob(f"*/{ENTRY_MANIFEST}") if self.root.is_dir() else []:
             try:
                 key = json.loads(meta_path.read_text()).get("key") or {}
             except (OSError, ValueError):
@@ -114,7 +121,7 @@ class BaselineCache:
         return [] if found_same else sorted(changed)
 
     def _paths(self, key: str) -> tuple[Path, Path]:
-        return self.root / f"{key}.parquet", self.root / f"{key}.json"
+        return self.entry(key) / ENTRY_SAMPLES, self.entry(key) / ENTRY_MANIFEST
 
     def load(self, key: str) -> pd.DataFrame | None:
         data_path, meta_path = self._paths(key)
@@ -133,8 +140,10 @@ class BaselineCache:
             log.warning("baseline cache entry %s is corrupt or partial (%s); recomputing it", key, err)
             return None
 
-    def store(self, key: str, frame: pd.DataFrame, parts: dict) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+    def store(self, key: str, frame: pd.DataFrame, parts: dict, fields: dict | None = None) -> None:
+        """Write the entry: ``parts`` is its key's content, ``fields`` the artifact manifest's (side identity, docs,
+        config; :func:`flipbench.collect.artifact_fields`)."""
+        self.entry(key).mkdir(parents=True, exist_ok=True)
         self.drop_reference(key)  # computed from the samples being replaced
         data_path, meta_path = self._paths(key)
         buffer = io.BytesIO()
@@ -143,8 +152,11 @@ class BaselineCache:
         suffix = f".tmp{os.getpid()}"
         data_tmp, meta_tmp = data_path.with_suffix(suffix + ".parquet"), meta_path.with_suffix(suffix + ".json")
         data_tmp.write_bytes(blob)
-        meta_tmp.write_text(json.dumps({"sha256": hashlib.sha256(blob).hexdigest(), "rows": len(frame), "key": parts},
-                                       default=str, indent=1))
+        from flipbench.artifact import FORMAT as ARTIFACT_FORMAT
+
+        meta = {**(fields or {}), "format": ARTIFACT_FORMAT, "sha256": hashlib.sha256(blob).hexdigest(),
+                "rows": len(frame), "key": parts, "status": "complete"}
+        meta_tmp.write_text(json.dumps(meta, default=str, indent=1))
         # Data first, then its sidecar: a reader that sees the new sidecar also sees the matching data.
         os.replace(data_tmp, data_path)
         os.replace(meta_tmp, meta_path)
@@ -157,7 +169,7 @@ class BaselineCache:
     # built with (a reference for another k, or written in an older layout, is recomputed, never misread).
 
     def _reference_paths(self, key: str) -> tuple[Path, Path]:
-        return self.root / f"{key}.kl.pt", self.root / f"{key}.kl.json"
+        return self.entry(key) / f"{REFERENCE_NAME}.kl.pt", self.entry(key) / f"{REFERENCE_NAME}.kl.json"
 
     def drop_reference(self, key: str) -> None:
         for path in self._reference_paths(key):
@@ -195,7 +207,7 @@ class BaselineCache:
         """Store {row key: tokenkl.Reference} built with eval.token_kl_topk = ``topk``."""
         import torch
 
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.entry(key).mkdir(parents=True, exist_ok=True)
         data_path, meta_path = self._reference_paths(key)
         suffix = f".tmp{os.getpid()}"
         data_tmp, meta_tmp = data_path.with_suffix(suffix + ".pt"), meta_path.with_suffix(suffix + ".json")
@@ -205,6 +217,13 @@ class BaselineCache:
                                         "rows": [list(r) for r in reference]}))
         os.replace(data_tmp, data_path)
         os.replace(meta_tmp, meta_path)
+
+
+class ArtifactFolder(BaselineCache):
+    """One artifact folder read and written with the cache's checked formats (the key is ignored)."""
+
+    def entry(self, key: str) -> Path:
+        return self.root
 
 
 def _file_sha256(path: Path) -> str:

@@ -87,15 +87,9 @@ def collect(cfg) -> Path:
     for stale in (artifact.SAMPLES, artifact.TOKEN_KL, f"{artifact.REFERENCE_KEY}.kl.pt",
                   f"{artifact.REFERENCE_KEY}.kl.json"):
         (folder / stale).unlink(missing_ok=True)  # a redo never mixes with an earlier collect's files
-    docs = {leaf: len(ids[leaf]) if ids is not None else _evaluated(task_objs[leaf], limits[leaf])
-            for leaf in task_objs if ids is None or leaf in ids}
     device = models.pick_device(cfg.model.device)
     manifest = rundir.Manifest(folder, cfg.eval.seed, str(device), name=artifact.MANIFEST)
-    manifest.update(format=artifact.FORMAT, **identity(cfg, task_objs, tokenizer), shard=list(shard) if shard else None,
-                    docs=docs, docs_total={leaf: _evaluated(task_objs[leaf], limits[leaf]) for leaf in task_objs},
-                    eval={"batch_size": cfg.eval.batch_size, "token_kl": cfg.eval.token_kl,
-                          "token_kl_topk": cfg.eval.token_kl_topk},
-                    config=_plain_config(cfg), data_notes=plan.notes, host=socket.gethostname())
+    manifest.update(**artifact_fields(cfg, plan, task_objs, tokenizer, limits, ids), host=socket.gethostname())
     log_file = rundir.attach_log(folder / "collect.log")
     log.info("artifact: %s (side %s%s)", folder, cfg.side, f", shard {cfg.shard}" if shard else "")
     try:
@@ -106,6 +100,19 @@ def collect(cfg) -> Path:
     finally:
         rundir.detach_log(log_file)
     return folder
+
+
+def artifact_fields(cfg: FlipbenchConfig, plan, task_objs: dict, tokenizer, limits: dict, ids: dict | None) -> dict:
+    """The artifact manifest's fields (besides status and stage times): identity, shard, docs, eval settings,
+    config. The one-process run writes them with its cached baseline too."""
+    shard = parse_shard(cfg.shard)
+    docs = {leaf: len(ids[leaf]) if ids is not None else _evaluated(task_objs[leaf], limits[leaf])
+            for leaf in task_objs if ids is None or leaf in ids}
+    return dict(format=artifact.FORMAT, **identity(cfg, task_objs, tokenizer), shard=list(shard) if shard else None,
+                docs=docs, docs_total={leaf: _evaluated(task_objs[leaf], limits[leaf]) for leaf in task_objs},
+                eval={"batch_size": cfg.eval.batch_size, "token_kl": cfg.eval.token_kl,
+                      "token_kl_topk": cfg.eval.token_kl_topk},
+                config=_plain_config(cfg), data_notes=plan.notes)
 
 
 def _evaluated(task, limit: int | None) -> int:
@@ -148,7 +155,7 @@ def _collect(cfg: FlipbenchConfig, plan, prepared, ids, folder: Path, manifest, 
                                        shard_ids=ids)
     if cfg.side == "baseline" and cfg.eval.token_kl and model is not None:
         with manifest.stage("token_kl_reference", log):
-            store = cache.BaselineCache(folder)
+            store = cache.ArtifactFolder(folder)
             reference = answerkl.kl_reference(frame, model, tokenizer, replace(cfg, eval=replace(cfg.eval, cache=False)),
                                               store, artifact.REFERENCE_KEY)
             if reference is not None:

@@ -106,6 +106,18 @@ def run(cfg) -> Path:
     return run_dir
 
 
+def _baseline_fields(cfg: FlipbenchConfig, plan, task_objs: dict, tokenizer, key_parts: dict) -> dict:
+    """The cached baseline's artifact manifest, as ``flipbench collect side=baseline`` writes it (task configs as
+    fingerprinted before the evaluation, as collect does)."""
+    from dataclasses import replace
+
+    from flipbench.collect import artifact_fields, side_config
+
+    base_cfg = side_config(replace(cfg, side="baseline", shard=None))
+    return {**artifact_fields(base_cfg, plan, task_objs, tokenizer, limits(task_objs, plan, cfg), None),
+            "tasks": key_parts["tasks"], "fingerprint": key_parts["weights"]}
+
+
 def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, device) -> None:
     from flipbench import metrics, report
 
@@ -130,7 +142,7 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
             if not hit:
                 base = evaluate_side(model, tokenizer, task_objs, plan, cfg, label="baseline", work=work,
                                      path=_engine_path(cfg, "baseline"))
-                store.store(key, base, key_parts)
+                store.store(key, base, key_parts, _baseline_fields(cfg, plan, task_objs, tokenizer, key_parts))
         with manifest.stage("token_kl_reference", log):
             reference = kl_reference(base, model, tokenizer, cfg, store, key)
     manifest.update(baseline_cache_hit=hit, baseline_cache_key=key, baseline_fingerprint=weights)

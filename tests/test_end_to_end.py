@@ -106,7 +106,7 @@ def test_token_kl_is_the_same_from_stored_cached_or_reloaded_baseline(rtn2_run, 
         manifest = json.loads((run_dir / "manifest.json").read_text())
         assert manifest["baseline_cache_hit"] is (case in ("cached", "top16"))
         if case == "cached":  # the reference was stored with the baseline and read back
-            assert len(list(cache_dir.glob("*.kl.pt"))) == 1
+            assert len(list(cache_dir.glob("*/side.kl.pt"))) == 1
         gen = pd.read_parquet(run_dir / "samples.parquet").query("output_type == 'generate_until'").set_index(["doc_id", "filter"])
         kl[case] = gen["kl"].sort_index()
         upper[case] = gen["tok_kl_upper"].map(np.mean).sort_index()

@@ -28,7 +28,7 @@ def test_cache_round_trip_and_corrupt_entry_is_recomputed(tmp_path, caplog):
     cache = BaselineCache(tmp_path)
     cache.store("k", frame(), {"model": "m"})
     assert same(cache.load("k"), frame())
-    data = tmp_path / "k.parquet"
+    data = tmp_path / "k" / "samples.parquet"
     data.write_bytes(data.read_bytes()[:-20] + b"x" * 20)
     with caplog.at_level(logging.WARNING):
         assert cache.load("k") is None
@@ -38,7 +38,7 @@ def test_cache_round_trip_and_corrupt_entry_is_recomputed(tmp_path, caplog):
 def test_cache_entry_without_its_sidecar_is_partial(tmp_path):
     cache = BaselineCache(tmp_path)
     cache.store("k", frame(), {})
-    (tmp_path / "k.json").unlink()
+    (tmp_path / "k" / "artifact.json").unlink()
     assert cache.load("k") is None
 
 
@@ -51,7 +51,7 @@ def test_two_processes_writing_one_entry_leave_a_valid_entry(tmp_path):
         p.join(60)
     assert all(p.exitcode == 0 for p in procs)
     assert same(BaselineCache(tmp_path).load("k"), frame(50))
-    assert not list(tmp_path.glob("*.tmp*"))
+    assert not list(tmp_path.rglob("*.tmp*"))
 
 
 def test_interrupted_run_is_marked_failed_and_not_latest(mini_run_overrides, monkeypatch, tmp_path):
@@ -215,14 +215,14 @@ def test_token_kl_reference_round_trip_and_torn_file_is_recomputed(tmp_path, cap
     full = {("gsm", "gsm", 0, "ab"): Reference(torch.randn(3, 5), None, torch.randn(3), torch.full((3,), float("-inf")))}
     cache.store_reference("k", full, topk=0)
     assert loaded is not None and cache.load_reference("k", topk=0)[("gsm", "gsm", 0, "ab")].ids is None
-    path = tmp_path / "k.kl.pt"
+    path = tmp_path / "k" / "side.kl.pt"
     path.write_bytes(path.read_bytes()[:-16])  # torn write
     with caplog.at_level("WARNING"):
         assert cache.load_reference("k", topk=0) is None
     assert "recomputing" in caplog.text
     cache.store_reference("k", reference, topk=2)
     assert cache.load_reference("k", topk=2) is not None
-    meta = tmp_path / "k.kl.json"
+    meta = tmp_path / "k" / "side.kl.json"
     meta.write_text(meta.read_text().replace('"layout": 2', '"layout": 1'))  # an older layout is never misread
     assert cache.load_reference("k", topk=2) is None
     cache.store("k", frame(), {})  # new baseline samples: the reference computed from the old ones goes

@@ -35,7 +35,7 @@ def two_phase(random_llama, mini_tasks, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("two_phase")
     common = mini_overrides(random_llama, mini_tasks, root / "results") + FEWSHOT + ["compression=rtn", "compression.bits=3"]
-    one = run(compose(common + [f"output.run_dir={root}/one", "eval.cache=false"]))
+    one = run(compose(common + [f"output.run_dir={root}/one"]))
     art = root / "art"
     for i in (1, 0):  # any order
         _collect(common + ["side=baseline", f"shard={i}/2", f"output.artifact={art}/base"])
@@ -60,6 +60,17 @@ def test_two_shards_per_side_reproduce_the_one_process_run_exactly(two_phase):
     manifest = json.loads((two / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["compared"]["baseline"]["shards"] == [[0, 2], [1, 2]]
     assert manifest["compression"]["method"] == "rtn"
+
+
+def test_the_cached_baseline_is_an_artifact_compare_reads(two_phase, tmp_path):
+    from flipbench.compare import compare
+
+    one, _, art = two_phase
+    key = json.loads((one / "manifest.json").read_text())["baseline_cache_key"]
+    entry = one.parent / "results" / "cache" / key
+    assert artifact.is_complete(entry)
+    out = compare([str(entry), str(art / "comp"), f"output.run_dir={tmp_path}/from-cache"])
+    pd.testing.assert_frame_equal(pd.read_csv(one / "summary.csv"), pd.read_csv(out / "summary.csv"), check_exact=True)
 
 
 def test_each_shard_holds_half_of_every_task_and_subject(two_phase):
