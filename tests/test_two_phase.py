@@ -165,3 +165,21 @@ def test_compare_cli_exit_codes(two_phase, tmp_path, capsys):
     expected = 3 if (summary.loc[summary["group"] == "all", "flips"] > 0).any() else 0
     assert done.returncode == expected, done.stderr[-2000:]
     assert "compare complete" in done.stdout
+
+
+def test_an_upgraded_library_evaluates_the_baseline_again_and_says_which(random_llama, mini_tasks, tmp_path, monkeypatch,
+                                                                         caplog):
+    import importlib.metadata
+
+    from flipbench.pipeline import run
+
+    overrides = mini_overrides(random_llama, mini_tasks, tmp_path / "results") + ["compression=none", "suite.limit=2",
+                                                                                 "eval.token_kl=false", "output.plots=false"]
+    first = run(compose(overrides))
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "99.0" if name == "transformers" else real(name))
+    with caplog.at_level("INFO", logger="flipbench"):
+        second = run(compose(overrides))
+    hits = [json.loads((d / "manifest.json").read_text())["baseline_cache_hit"] for d in (first, second)]
+    assert hits == [False, False]
+    assert "baseline cache: transformers changed since the cached baseline" in caplog.text
