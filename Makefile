@@ -20,9 +20,10 @@ PRUNERS = magnitude wanda sparsegpt layerdrop
 comma := ,
 SWEEP_BITS = $(if $(or $(BITS),$(filter-out $(PRUNERS),$(subst $(comma), ,$(METHODS)))),compression.bits=$(or $(BITS),2$(comma)3$(comma)4))
 
-# MODEL alone means "this model on the standard suite" unless the overrides name a suite themselves.
+# MODEL alone means "this model on the standard suite" unless the overrides name a suite themselves (the CLI does the
+# same for model=hf / model.path=...; the search has its own config root).
 SUITE_DEFAULT = $(if $(MODEL),$(if $(findstring suite=,$(ARGS)),,suite=standard))
-OVERRIDES = $(if $(MODEL),model=hf model.path=$(MODEL)) $(SUITE_DEFAULT) \
+OVERRIDES = $(if $(MODEL),model=hf model.path=$(MODEL)) \
 	$(if $(METHOD),compression=$(METHOD)) $(if $(BITS),compression.bits=$(BITS)) \
 	$(if $(TASKS),'suite.tasks=[$(TASKS)]') $(if $(LIMIT),suite.limit=$(LIMIT)) $(ARGS)
 TEST_ENV = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -38,11 +39,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# Guards: a variable the target does not read is refused (exit 2), never ignored.
+given = $(filter command line environment,$(origin $(1)))
+QUANTIZERS = rtn gptq tacq
+METHOD_LIST = $(subst $(comma), ,$(METHODS))
+
 eval: $(STAMP)
+	@$(if $(call given,METHODS),echo "make eval: METHODS is for make sweep; give one method with METHOD=..." >&2; exit 2)
 	HF_DATASETS_OFFLINE=$${HF_DATASETS_OFFLINE:-0} $(BIN)/flipbench $(OVERRIDES)
 
 sweep: $(STAMP)
-	$(BIN)/flipbench -m $(if $(MODEL),model=hf model.path=$(MODEL)) $(SUITE_DEFAULT) compression=$(METHODS) \
+	@$(if $(call given,METHOD),echo "make sweep: METHOD is for make eval; sweep methods with METHODS=rtn$(comma)gptq" >&2; exit 2)
+	@$(if $(and $(filter $(QUANTIZERS),$(METHOD_LIST)),$(filter $(PRUNERS),$(METHOD_LIST))),echo "make sweep: METHODS \
+	mixes quantizers and pruners and the bit widths would reach the pruners; sweep them separately" >&2; exit 2)
+	$(BIN)/flipbench -m $(if $(MODEL),model=hf model.path=$(MODEL)) compression=$(METHODS) \
 		$(SWEEP_BITS) $(if $(TASKS),'suite.tasks=[$(TASKS)]') $(if $(LIMIT),suite.limit=$(LIMIT)) $(ARGS)
 
 # Budget search (conf/search.yaml): e.g. make search ARGS="search.max_avg_bits=4 gate.max_flips=0.1"

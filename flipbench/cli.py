@@ -192,6 +192,42 @@ def _one_line(err: BaseException) -> str:
     return f"{text[0]}{hint}; run `flipbench --help` for the config groups"
 
 
+def default_suite(argv: list[str]) -> list[str]:
+    """A model of the user's own (``model=hf``/``gguf`` or a ``model.path``) runs the standard suite unless a suite is
+    named: the synthetic tasks are the bundled model's, as ``make eval MODEL=...`` has it."""
+    words = [a.lstrip("+") for a in argv]
+    own = any(w in ("model=hf", "model=gguf") or (w.startswith("model.path=") and w != "model.path=bundled:tiny")
+              for w in words)
+    if own and not any(w.startswith("suite=") for w in words):
+        return [*argv, "suite=standard"]
+    return argv
+
+
+def check_method_keys(argv: list[str]) -> str | None:
+    """A compression key that the selected method does not read is refused, naming the methods that read it
+    (``compression=rtn compression.sparsity=0.7`` would otherwise be dropped silently). Sweeps are left alone: a
+    multirun crosses every method with every swept key."""
+    from flipbench.config import METHOD_KEYS
+
+    if any(a in ("-m", "--multirun") for a in argv):
+        return None
+    words = [a.lstrip("+") for a in argv]
+    method = next((w.split("=", 1)[1] for w in reversed(words) if w.startswith(("compression=", "compression.method="))),
+                  "rtn")
+    if method not in METHOD_KEYS:
+        return None
+    for word in words:
+        if word.startswith("compression.") and "=" in word:
+            key = word.split("=", 1)[0].removeprefix("compression.")
+            if key == "method" or key in METHOD_KEYS[method]:
+                continue
+            owners = [m for m, keys in METHOD_KEYS.items() if key in keys]
+            if owners:
+                return (f"compression.{key} is not a setting of compression={method}; it belongs to "
+                        f"{', '.join(owners)} (drop it, or pick one of those methods)")
+    return None
+
+
 def calm_threads() -> None:
     """OpenMP threads that spin while they wait turn a CPU shared with one other busy process into a queue: each
     small torch op waits for a scheduler slice (a 576-wide matmul at batch 8 took 16 ms instead of 0.1 ms on two
@@ -221,8 +257,14 @@ def main() -> None:
             sys.argv.remove(flag)
             os.environ[console.VERBOSE_ENV] = "1"
     console.setup(os.environ.get("FLIPBENCH_LOG", "INFO"))
+    if sys.argv[1:] in (["--help"], ["-h"]):  # every key from the typed schema; Hydra's own: --hydra-help
+        from flipbench.help import text
+
+        print(text())
+        sys.exit(0)
+    sys.argv[1:] = default_suite(sys.argv[1:])
     try:
-        error = precheck(sys.argv[1:])
+        error = check_method_keys(sys.argv[1:]) or precheck(sys.argv[1:])
         if error:
             print(f"flipbench: error: {error}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)

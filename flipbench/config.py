@@ -27,15 +27,15 @@ STANDARD_TASKS = ("mmlu", "hellaswag", "arc_easy", "arc_challenge", "gsm8k")
 class ModelConfig:
     name: str = "tiny"  # short tag used in run ids and reports
     path: str = MISSING  # hub id, local directory, or "bundled:tiny"
-    revision: Optional[str] = None
+    revision: Optional[str] = None  # hub revision (branch, tag or commit) of model.path
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto picks CUDA when present
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # let transformers run the model repository's own code
     # Placement by accelerate (from_pretrained): auto | balanced | sequential | cpu | {module: device}; None: the
     # whole model on model.device. max_memory: {device: size} ("0": 20GiB, cpu: 60GiB); offload_folder: disk offload.
     device_map: Optional[Any] = None
-    max_memory: Dict[str, str] = field(default_factory=dict)
-    offload_folder: Optional[str] = None
+    max_memory: Dict[str, str] = field(default_factory=dict)  # with device_map: {device: size}, e.g. {"0": 20GiB, cpu: 60GiB}
+    offload_folder: Optional[str] = None  # with device_map: a folder for weights offloaded to disk
     gguf_file: Optional[str] = None  # a GGUF file (path, or name inside model.path), dequantized on load
 
 
@@ -44,15 +44,15 @@ class CompressionConfig:
     method: str = "rtn"  # none | rtn | gptq | tacq | magnitude | wanda | sparsegpt | layerdrop | checkpoint
     bits: Optional[int] = 4  # sparsegpt: null prunes only, 2-8 also quantizes the surviving weights
     group_size: int = -1  # -1: one grid per output channel
-    sym: bool = False
-    mse: bool = False
+    sym: bool = False  # symmetric grid (no zero point)
+    mse: bool = False  # search the grid's shrink factor for the least error (mse_norm)
     mse_norm: float = 2.4  # MSE search error Σ|q − w|^mse_norm; 2.4 as reference GPTQ/TACQ, 2 = squared error
-    act_order: bool = False
-    static_groups: bool = False
-    damp: float = 0.01
-    block_size: int = 128
-    keep_fraction: float = 0.0035
-    true_sequential: bool = True
+    act_order: bool = False  # GPTQ/TACQ: quantize columns in order of decreasing Hessian diagonal
+    static_groups: bool = False  # with act_order and groups: grids fitted before the sweep, in column order
+    damp: float = 0.01  # GPTQ/TACQ/SparseGPT: fraction of mean(diag H) added to H's diagonal
+    block_size: int = 128  # GPTQ/TACQ/SparseGPT: columns per block of the column sweep
+    keep_fraction: float = 0.0035  # TACQ: share of quantized weights kept in 16-bit, in [0, 0.5]
+    true_sequential: bool = True  # later linears of a block see the earlier ones already compressed
     path: Optional[str] = None  # checkpoint: the compressed model's directory or hub id
     gguf_file: Optional[str] = None  # checkpoint: a GGUF file (path, or name inside compression.path)
     device: str = "auto"  # where GPTQ/TACQ work on one decoder block at a time; auto picks CUDA when present
@@ -70,8 +70,8 @@ class CompressionConfig:
 class CalibrationConfig:
     source: str = "task"  # task: the evaluated tasks' own non-evaluation docs | text: a text file
     path: Optional[str] = None  # text file for source=text
-    n_samples: int = 64
-    seq_len: int = 256
+    n_samples: int = 64  # calibration sequences
+    seq_len: int = 256  # tokens per calibration sequence
     gradient_source: str = "task"  # TACQ saliency gradients: task | text (the paper's ablation)
 
 
@@ -96,8 +96,8 @@ class SuiteConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 16
-    seed: int = 1234
+    batch_size: int = 16  # lm-eval batch size, the same on both sides
+    seed: int = 1234  # few-shot draws, calibration draws, bootstrap
     bootstrap: int = 1000  # paired-bootstrap resamples for the confidence intervals
     token_kl: bool = True  # token-level KL for generative tasks (one extra forward pass per side)
     # The baseline's answer-token log-probs are kept (and cached with the baseline) up to this size; above it
@@ -109,7 +109,7 @@ class EvalConfig:
     # Noise floor: the baseline against itself under a perturbation that exists in practice. off | batch
     # (noise_batch_size) | dtype (a second copy loaded in noise_dtype) | batch_dtype (both at once).
     noise_floor: str = "off"
-    noise_batch_size: int = 1
+    noise_batch_size: int = 1  # the noise floor's other batch size (batch, batch_dtype)
     noise_dtype: str = "auto"  # auto: bfloat16 when the baseline runs in float32, else float32
     cache: bool = True  # reuse cached baseline samples
 
@@ -132,16 +132,16 @@ class EngineConfig:
     # vllm (model.dtype is the engine's dtype)
     tensor_parallel_size: int = 1
     gpu_memory_utilization: Optional[float] = None  # None: 0.9 on a GPU, 0.2 of host memory on vLLM's CPU backend
-    max_model_len: Optional[int] = None
-    max_num_seqs: Optional[int] = None
-    enforce_eager: bool = False
+    max_model_len: Optional[int] = None  # vLLM context length; None: the model's
+    max_num_seqs: Optional[int] = None  # vLLM sequences per step; None: vLLM's default
+    enforce_eager: bool = False  # vLLM: no CUDA graphs (less memory, slower)
     max_logprobs: int = 20  # top-k log-probs per token the engine returns (token-KL reference on vllm/server)
     # server: an OpenAI-compatible completions endpoint (a vLLM server, or the endpoint that will ship)
     base_url: Optional[str] = None  # e.g. http://127.0.0.1:8000/v1/completions
     served_model: Optional[str] = None  # the model id the server serves; default: the one it reports
-    num_concurrent: int = 1
-    max_retries: int = 3
-    timeout_s: float = 300.0
+    num_concurrent: int = 1  # requests in flight to the server
+    max_retries: int = 3  # retries of a failed request
+    timeout_s: float = 300.0  # seconds one request may take
     # A compressed side made in this process is saved and served from there: dense (the fake-quantized
     # weights in the baseline's dtype) | packed (compressed-tensors: the kernels that will serve it)
     serve_format: str = "dense"
@@ -149,11 +149,11 @@ class EngineConfig:
 
 @dataclass
 class OutputConfig:
-    root: str = "results"
+    root: str = "results"  # where runs, sweeps, artifacts and the baseline cache go
     run_id: Optional[str] = None  # default: UTC timestamp + model/method/bits tag
     run_dir: Optional[str] = None  # set by sweeps: the member's directory inside the sweep
     redo: bool = False  # re-run a sweep member whose directory already holds a complete run
-    plots: bool = True
+    plots: bool = True  # write plots/*.png and embed them in the reports
     save_model: bool = False  # write the compressed model into <run>/model (packed for RTN/GPTQ, dense for TACQ)
     # flipbench collect: the side's artifact folder (a shard goes into <artifact>/shard-I-of-N)
     artifact: Optional[str] = None
@@ -187,6 +187,21 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 NOISE_FLOORS = ("off", "batch", "dtype", "batch_dtype")
 GATE_ON = ("point", "upper_ci")
 GATE_KEYS = ("max_flips", "max_lost", "max_acc_drop", "max_kl_mean")
+# The compression keys each method reads (flipbench/compress: QuantConfig for the quantizers, PruneConfig for the
+# pruners); another method's key given to it is refused by the CLI (flipbench.cli.check_method_keys).
+_QUANT_KEYS = ("bits", "group_size", "sym", "mse", "mse_norm", "act_order", "static_groups", "damp", "block_size",
+               "true_sequential", "device")
+METHOD_KEYS = {
+    "none": (),
+    "rtn": ("bits", "group_size", "sym", "mse", "mse_norm", "device"),
+    "gptq": _QUANT_KEYS,
+    "tacq": (*_QUANT_KEYS, "keep_fraction", "grad_dtype", "gradient_checkpointing"),
+    "magnitude": ("sparsity", "pattern", "scope", "device"),
+    "wanda": ("sparsity", "pattern", "true_sequential", "device"),
+    "sparsegpt": ("sparsity", "pattern", "bits", "sym", "block_size", "damp", "true_sequential", "device"),
+    "layerdrop": ("n_layers", "select", "device"),
+    "checkpoint": ("path", "gguf_file"),
+}
 ENGINES = ("hf", "vllm", "server")
 SIDES = ("baseline", "compressed")
 SERVE_FORMATS = ("dense", "packed")

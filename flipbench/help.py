@@ -1,0 +1,92 @@
+"""``flipbench --help``: every config key with its type, default and meaning, read from the typed schema.
+
+The meaning is the comment on the field's line in flipbench/config.py (or the comment lines right above it), so the
+help and the schema cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import io
+import tokenize
+import typing
+
+from flipbench import config
+
+USAGE = """usage: flipbench [KEY=VALUE ...] [-m sweep] [-v]     one comparison (make eval)
+       flipbench collect side=baseline|compressed [shard=I/N] output.artifact=DIR [KEY=VALUE ...]
+       flipbench compare BASE_ARTIFACT COMP_ARTIFACT [gate.*=... output.*=...]
+       flipbench search [KEY=VALUE ...]                   budget search (flipbench search --help)
+
+Config groups (select with GROUP=OPTION): model=tiny|hf|gguf, compression=none|rtn|gptq|tacq|magnitude|wanda|
+sparsegpt|layerdrop|checkpoint, calibration=task|text, suite=tiny|standard, engine=hf|vllm|server.
+A key that holds a mapping (suite.num_fewshot, gate.per_task, ...) takes a new entry with a leading '+'
+(+suite.num_fewshot.mmlu=5); '++' sets a key whether or not it exists. Exit codes: 0 done, 2 bad input,
+3 gate failed, 130 interrupted, 1 other error.
+"""
+
+
+def field_comments(module=config) -> dict[str, str]:
+    """'Class.field' -> the comment on the field's line, or the comment block right above it."""
+    source = inspect.getsource(module)
+    comments: dict[int, str] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+    lines = source.splitlines()
+    out: dict[str, str] = {}
+    current = None
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if line.startswith("class "):
+            current = stripped[len("class "):].split("(")[0].split(":")[0]
+            continue
+        if current and line.startswith("    ") and not line.startswith("     ") and ":" in stripped \
+                and not stripped.startswith(("#", '"', "def ", "@")):
+            name = stripped.split(":")[0].strip()
+            if not name.isidentifier():
+                continue
+            text = comments.get(number)
+            if text is None:  # the comment lines right above
+                above, k = [], number - 1
+                while k in comments and lines[k - 1].strip().startswith("#"):
+                    above.insert(0, comments[k])
+                    k -= 1
+                text = " ".join(above)
+            out[f"{current}.{name}"] = text
+    return out
+
+
+def _type_name(hint) -> str:
+    text = str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", text) if not getattr(hint, "__args__", None) else text
+
+
+def rows(schema=config.FlipbenchConfig, prefix: str = "", comments: dict | None = None) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, meaning) for every key of the schema."""
+    comments = field_comments() if comments is None else comments
+    out = []
+    hints = typing.get_type_hints(schema)
+    for field in dataclasses.fields(schema):
+        hint = hints[field.name]
+        if dataclasses.is_dataclass(hint):
+            out += rows(hint, f"{prefix}{field.name}.", comments)
+            continue
+        if field.default is not dataclasses.MISSING:
+            default = repr(field.default)
+        elif field.default_factory is not dataclasses.MISSING:
+            default = repr(field.default_factory())
+        else:
+            default = "(required)"
+        default = "(required)" if default == "'???'" else default
+        out.append((f"{prefix}{field.name}", _type_name(hint), default, comments.get(f"{schema.__name__}.{field.name}", "")))
+    return out
+
+
+def text() -> str:
+    table = rows()
+    width = max(len(k) for k, *_ in table)
+    body = "\n".join(f"  {key:<{width}}  {kind} = {default}" + (f"\n  {'':<{width}}    {meaning}" if meaning else "")
+                     for key, kind, default, meaning in table)
+    return f"{USAGE}\nKeys (type = default, then what it means):\n{body}\n"
