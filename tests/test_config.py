@@ -82,9 +82,14 @@ def make_dry_run(*variables: str) -> str:
 
 def test_make_variables_map_onto_overrides():
     line = make_dry_run("MODEL=org/model", "METHOD=gptq", "BITS=3", "TASKS=mmlu,gsm8k", "LIMIT=20", "ARGS=eval.seed=7")
-    for part in ("model=hf", "model.path=org/model", "suite=standard", "compression=gptq", "compression.bits=3",
+    for part in ("model=hf", "model.path=org/model", "compression=gptq", "compression.bits=3",
                  "'suite.tasks=[mmlu,gsm8k]'", "suite.limit=20", "eval.seed=7"):
         assert part in line
+    import shlex
+
+    from flipbench.cli import default_suite
+
+    assert "suite=standard" in default_suite(shlex.split(line)[1:])  # the CLI picks the standard suite, as for make
 
 
 def test_make_without_model_keeps_the_bundled_defaults():
