@@ -64,6 +64,10 @@ class CompressionConfig:
     scope: str = "row"  # magnitude: row | global
     n_layers: int = 1  # layerdrop: decoder blocks removed
     select: str = "last"  # layerdrop: last | angular
+    # Compression noise (flipbench/replicas.py): compress K times with calibration seeds calibration.seed + r, each
+    # replica evaluated on the same docs; replica 0 is the run's compressed side.
+    replicas: int = 1
+    replica_threads: List[int] = field(default_factory=list)  # torch threads per replica (cycled), e.g. [1, 2]
 
 
 @dataclass
@@ -73,6 +77,7 @@ class CalibrationConfig:
     n_samples: int = 64  # calibration sequences
     seq_len: int = 256  # tokens per calibration sequence
     gradient_source: str = "task"  # TACQ saliency gradients: task | text (the paper's ablation)
+    seed: Optional[int] = None  # calibration draws; None: eval.seed (replica r draws with seed + r)
 
 
 @dataclass
@@ -194,12 +199,13 @@ _QUANT_KEYS = ("bits", "group_size", "sym", "mse", "mse_norm", "act_order", "sta
 METHOD_KEYS = {
     "none": (),
     "rtn": ("bits", "group_size", "sym", "mse", "mse_norm", "device"),
-    "gptq": _QUANT_KEYS,
-    "tacq": (*_QUANT_KEYS, "keep_fraction", "grad_dtype", "gradient_checkpointing"),
+    "gptq": (*_QUANT_KEYS, "replicas", "replica_threads"),
+    "tacq": (*_QUANT_KEYS, "keep_fraction", "grad_dtype", "gradient_checkpointing", "replicas", "replica_threads"),
     "magnitude": ("sparsity", "pattern", "scope", "device"),
-    "wanda": ("sparsity", "pattern", "true_sequential", "device"),
-    "sparsegpt": ("sparsity", "pattern", "bits", "sym", "block_size", "damp", "true_sequential", "device"),
-    "layerdrop": ("n_layers", "select", "device"),
+    "wanda": ("sparsity", "pattern", "true_sequential", "device", "replicas", "replica_threads"),
+    "sparsegpt": ("sparsity", "pattern", "bits", "sym", "block_size", "damp", "true_sequential", "device", "replicas",
+                  "replica_threads"),
+    "layerdrop": ("n_layers", "select", "device", "replicas", "replica_threads"),
     "checkpoint": ("path", "gguf_file"),
 }
 ENGINES = ("hf", "vllm", "server")
@@ -305,6 +311,14 @@ def validate(cfg: FlipbenchConfig) -> None:
         _check(comp.block_size > 0, f"compression.block_size={comp.block_size} must be positive, e.g. 128")
     if comp.method in PRUNE_METHODS:
         _check_pruning(comp)
+    _check(comp.replicas >= 1, f"compression.replicas={comp.replicas} must be >= 1")
+    _check(all(t >= 1 for t in comp.replica_threads), f"compression.replica_threads={comp.replica_threads} must list "
+           "positive thread counts, e.g. [1,2]")
+    if comp.replicas > 1 or comp.replica_threads:
+        data_free = comp.method in ("none", "rtn", "magnitude", "checkpoint") or (
+            comp.method == "layerdrop" and comp.select == "last")
+        _check(not data_free, f"compression={comp.method} draws no calibration data: its replicas are identical by "
+               "construction; drop compression.replicas (replicas measure GPTQ, TACQ, Wanda, SparseGPT)")
     if comp.method == "checkpoint":
         _check(bool(comp.path) or bool(comp.gguf_file),
                "compression=checkpoint needs compression.path=<model directory or hub id> (or compression.gguf_file)")

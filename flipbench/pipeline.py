@@ -8,8 +8,12 @@ before the first model weight is read; results already written are never removed
 
 from __future__ import annotations
 
+import copy
 import logging
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 from flipbench import cache, engines, models, rundir, scoring
 from flipbench.answerkl import fill_token_kl, kl_reference, token_kl_rows, token_kl_stage  # noqa: F401  (re-exported)
@@ -118,6 +122,57 @@ def _baseline_fields(cfg: FlipbenchConfig, plan, task_objs: dict, tokenizer, key
             "tasks": key_parts["tasks"], "fingerprint": key_parts["weights"]}
 
 
+@contextmanager
+def replica_threads(cfg: FlipbenchConfig, replica: int):
+    """torch's thread count for one compression replica (compression.replica_threads, cycled); unchanged when unset."""
+    threads = cfg.compression.replica_threads
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads[replica % len(threads)])
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def compression_replicas(paired, pristine, base, tokenizer, tasks_plan, cfg: FlipbenchConfig, run_dir: Path, work):
+    """Replicas 1..K-1 (replica 0 is ``paired``): each compresses a copy of the baseline with its own calibration
+    draw (and threads), is evaluated on the same docs and paired with the baseline. Adds ``flip_count`` to
+    ``paired``, writes ``replica_summary.csv`` and returns the manifest's per-replica details."""
+    from flipbench import metrics, replicas
+
+    task_objs, plan = tasks_plan
+    k = max(cfg.compression.replicas, 1)
+    frames, details = [paired], [_replica_detail(cfg, 0, paired)]
+    evaluated = limits(task_objs, plan, cfg)
+    for r in range(1, k):
+        model = pristine if r == k - 1 else copy.deepcopy(pristine)
+        calibration = calibration_ids(cfg, tokenizer, task_objs, evaluated, replica=r)
+        with replica_threads(cfg, r):
+            model, comp_tok, _ = compress(model, tokenizer, calibration, cfg)
+        side = evaluate_side(model, comp_tok, task_objs, plan, cfg, label=f"replica {r}", work=work)
+        frames.append(metrics.annotate(pair(base, side)))
+        details.append(_replica_detail(cfg, r, frames[-1]))
+        del model
+    paired["flip_count"] = replicas.flip_count(frames)
+    rows = metrics.summarize(paired, metrics_by_task=dict(cfg.suite.metrics), n_resamples=0, seed=cfg.eval.seed,
+                             margin_bins=None)
+    replicas.summary(frames, rows).to_csv(run_dir / "replica_summary.csv", index=False)
+    return details
+
+
+def _replica_detail(cfg: FlipbenchConfig, replica: int, frame) -> dict:
+    from flipbench.side import calibration_seed
+
+    threads = cfg.compression.replica_threads
+    flips = (frame["correct_base"] != frame["correct_comp"]).groupby([frame["task"], frame["filter"]]).mean()
+    return {"replica": replica, "calibration_seed": calibration_seed(cfg, replica),
+            "threads": threads[replica % len(threads)] if threads else torch.get_num_threads(),
+            "flips": {f"{task}/{flt}": round(float(v), 6) for (task, flt), v in flips.items()}}
+
+
 def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, device) -> None:
     from flipbench import metrics, report
 
@@ -152,7 +207,9 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
             noise.to_parquet(run_dir / "noise_samples.parquet", index=False)
         manifest.update(noise_floor=noise_details)
     grids = {} if cfg.output.save_model else None
-    with manifest.stage("compress", log):
+    n_replicas = cfg.compression.replicas
+    pristine = copy.deepcopy(model) if n_replicas > 1 else None  # replicas compress copies of the baseline
+    with manifest.stage("compress", log), replica_threads(cfg, 0):
         comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg, grids)
     manifest.update(compression=details)
     path = _engine_path(cfg, "compressed")
@@ -175,7 +232,13 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
                         "correctness; correctness follows lm-eval (n_pred_mismatch in summary.csv)", mismatches)
         manifest.update(n_pred_mismatch=mismatches)
         untouched = cfg.compression.method in ("none", "checkpoint")  # the loaded baseline is still the baseline
-        token_kl_stage(paired, comp_model, tokenizer, cfg, reference, model if untouched else None)
+        token_kl_stage(paired, comp_model, tokenizer, cfg, reference, model if untouched else pristine)
+    if n_replicas > 1:
+        with manifest.stage("compression_replicas", log):
+            manifest.update(replicas=compression_replicas(paired, pristine, base, tokenizer, (task_objs, plan), cfg,
+                                                          run_dir, work))
+        del pristine
+    with manifest.stage("samples", log):
         paired.to_parquet(run_dir / "samples.parquet", index=False)
     if cfg.output.save_model:  # last use of the compressed model: packing rewrites its linears in place
         with manifest.stage("save_model", log):

@@ -75,6 +75,11 @@ def build_summary(samples: pd.DataFrame, cfg: FlipbenchConfig, compression: dict
         noise = noise[keys + NOISE_COLUMNS].rename(columns={c: f"noise_{c}" for c in NOISE_COLUMNS})
         summary = summary.merge(noise, on=keys, how="left")
         summary["flips_excess"] = summary["flips"] - summary["noise_flips"]
+    replica_path = run_dir / "replica_summary.csv"  # compression.replicas (flipbench/replicas.py)
+    if replica_path.exists():
+        keys = ["task", "group", "metric", "filter"]
+        replica = pd.read_csv(replica_path, keep_default_na=False, na_values=[""]).astype({"group": str})
+        summary = summary.merge(replica, on=keys, how="left")
     return summary
 
 
@@ -284,6 +289,17 @@ def noise_lines(manifest: dict, summary: pd.DataFrame) -> list[str]:
     return lines
 
 
+def replica_lines(summary: pd.DataFrame) -> list[str]:
+    """The compression noise, beside the evaluation noise floor: flips over K compressions of the same baseline."""
+    if "flips_rep_min" not in summary:
+        return []
+    rows = summary[(summary["group"] == "all") & summary["headline"]].drop_duplicates("task")
+    return [f"- compression noise ({int(r['replicas'])} replicas, other calibration draws): {r['task']} flips "
+            f"{100 * r['flips_rep_min']:.1f}–{100 * r['flips_rep_max']:.1f}% (median {100 * r['flips_rep_median']:.1f}%); "
+            f"{100 * r['flips_robust']:.1f}% of docs flip in every replica, {100 * r['flips_unstable']:.1f}% in some"
+            for _, r in rows.iterrows() if not np.isnan(r["flips_rep_min"])]
+
+
 def token_kl_bound_lines(summary: pd.DataFrame, topk: int) -> list[str]:
     """Per generative task whose token KL came from a top-k baseline reference, the interval holding the exact
     mean KL (none when it is exact: full reference, or the baseline model itself)."""
@@ -314,7 +330,8 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
         head.insert(1, f"**DIVERGED: the compressed model produced non-finite log-likelihoods on {diverged} docs**; "
                        "accuracy and flips count them as scored by lm-eval, KL statistics use the finite docs only.")
     head += [f"- note: {note}" for note in manifest.get("data_notes") or []]
-    head += gate_lines(verdict) + noise_lines(manifest, summary) + token_kl_bound_lines(summary, cfg.eval.token_kl_topk)
+    head += gate_lines(verdict) + noise_lines(manifest, summary) + replica_lines(summary)
+    head += token_kl_bound_lines(summary, cfg.eval.token_kl_topk)
     title = f"flipbench: {tag} vs baseline"
     parts = sections(summary, samples)
     write_markdown(run_dir / "report.md", title, head, parts, figures)

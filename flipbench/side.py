@@ -136,25 +136,33 @@ def eval_doc_hashes(task_objs: dict, limits: dict) -> set[str]:
     return hashes
 
 
-def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict, evaluated: dict | None = None):
-    """(calib, task_calib) token-id tensors for GPTQ Hessians and TACQ gradients; None for data-free methods."""
+def calibration_seed(cfg: FlipbenchConfig, replica: int = 0) -> int:
+    """The calibration draw's seed: calibration.seed (default eval.seed) plus the replica's index."""
+    base = cfg.calibration.seed if cfg.calibration.seed is not None else cfg.eval.seed
+    return base + replica
+
+
+def calibration_ids(cfg: FlipbenchConfig, tokenizer, task_objs: dict, evaluated: dict | None = None, replica: int = 0):
+    """(calib, task_calib) token-id tensors for GPTQ Hessians and TACQ gradients; None for data-free methods.
+    ``replica``: the compression replica whose draw this is (flipbench/replicas.py)."""
     from flipbench.compress import calibration as calib
 
     cal = cfg.calibration
+    seed = calibration_seed(cfg, replica)
     if not _needs_calibration(cfg):
         return None, None
 
     def texts(source: str) -> list[str]:
         if source == "text":
             return calib.text_file_calibration_texts(cal.path)
-        return calib.task_calibration_texts(task_objs, cal.n_samples, cfg.eval.seed, eval_doc_hashes(
+        return calib.task_calibration_texts(task_objs, cal.n_samples, seed, eval_doc_hashes(
             task_objs, evaluated if evaluated is not None else dict.fromkeys(task_objs, cfg.suite.limit)))
 
-    ids = calib.tokenize_calibration(tokenizer, texts(cal.source), cal.n_samples, cal.seq_len, cfg.eval.seed)
+    ids = calib.tokenize_calibration(tokenizer, texts(cal.source), cal.n_samples, cal.seq_len, seed)
     grad_ids = None
     if cfg.compression.method == "tacq":
         grad_ids = ids if cal.gradient_source == cal.source else calib.tokenize_calibration(
-            tokenizer, texts(cal.gradient_source), cal.n_samples, cal.seq_len, cfg.eval.seed)
+            tokenizer, texts(cal.gradient_source), cal.n_samples, cal.seq_len, seed)
     return ids, grad_ids
 
 
