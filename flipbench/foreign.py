@@ -277,8 +277,11 @@ def _side(files: list[Path], frame: pd.DataFrame, form: str, *, tasks: dict, lm_
 
 
 def check_compatible(base: artifact.Side, comp: artifact.Side) -> None:
-    """Refuse (ConfigError, one line) two sides that are not the same form, were scored with different metrics,
-    hold different docs, or differ in the task configs and lm-eval version (artifact.check_compatible)."""
+    """Refuse (ConfigError, one line) two sides of which one at least was not collected by flipbench, when they are
+    not of one form, were scored with different metrics or hold different docs. Called first by
+    artifact.check_compatible, which then compares the task configs and lm-eval versions; a no-op for artifacts."""
+    if not (base.manifest.get("foreign") or comp.manifest.get("foreign")):
+        return
     forms = [s.manifest.get("foreign") or "flipbench artifact" for s in (base, comp)]
     if forms[0] != forms[1]:
         raise ConfigError(f"the baseline is a {forms[0]} and the compressed side a {forms[1]}; give both in one form")
@@ -301,7 +304,6 @@ def check_compatible(base: artifact.Side, comp: artifact.Side) -> None:
         where = task if group == task else f"{task} ({group})"
         raise ConfigError(f"the two sides hold different docs: {where} doc {doc} is on the {side} only "
                           f"({len(keys[0] ^ keys[1])} docs differ); give files of the same docs")
-    artifact.check_compatible(base, comp)
 
 
 def _logged(samples: pd.DataFrame, task: str) -> set[str]:

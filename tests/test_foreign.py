@@ -24,20 +24,18 @@ SIDE_ONLY = ["method", "bits", "avg_bits", "sparsity", "params_kept"]  # what th
 
 @pytest.fixture
 def hooked(monkeypatch):
-    """artifact.load_side / check_compatible with the foreign hook in front, as the lead wires it."""
+    """artifact.load_side and artifact.check_compatible with the foreign hook in front, as the lead wires it."""
     load, check = artifact.load_side, artifact.check_compatible
 
     def load_side(paths, what):
         return foreign.load_foreign(paths, what) or load(paths, what)
 
     def check_compatible(base, comp):
-        if base.manifest.get("foreign") or comp.manifest.get("foreign"):
-            return foreign.check_compatible(base, comp)
-        return check(base, comp)
+        foreign.check_compatible(base, comp)
+        check(base, comp)
 
     monkeypatch.setattr(artifact, "load_side", load_side)
     monkeypatch.setattr(artifact, "check_compatible", check_compatible)
-    monkeypatch.setattr(foreign.artifact, "check_compatible", check)
 
 
 def _compare(argv: list[str]) -> Path:
@@ -102,3 +100,132 @@ def test_real_lm_eval_logs_equal_the_in_process_run(real_logs, hooked, tmp_path)
     assert manifest["status"] == "complete" and manifest["compared"]["compressed"]["model"] == "tiny"
     heads = b[b["headline"] & (b["group"] == "all")].set_index("task")
     assert heads["flips"].sum() > 0 and heads.loc["synth_arc", "kl_mean"] > 0  # not a vacuous equality
+
+
+# ---------------------------------------------------------------- hand-built lm-eval logs
+
+DATE = "2026-01-02T03-04-05.000001"
+LN2 = math.log(2)
+# toy_mc: 3 choices, gold index per doc; choice log-likelihoods ln p, so softmax(ll) = p exactly
+MC_GOLD = [0, 1, 2, 0]
+MC_P = {"base": [[.5, .25, .25], [.5, .25, .25], [.25, .25, .5], [.25, .5, .25]],
+        "comp": [[.25, .5, .25], [.25, .5, .25], [.25, .25, .5], [.25, .25, .5]]}
+# toy_gen (filter strict-match): the filtered answer and lm-eval's exact_match per doc
+GEN = {"base": [("5", 1.0), ("3", 0.0)], "comp": [("[invalid]", 0.0), ("3", 0.0)]}
+
+
+def _mc_sample(doc_id: int, p: list[float], metrics=("acc",)) -> dict:
+    ll = [math.log(v) for v in p]
+    doc = {"question": f"q{doc_id}", "choices": ["red", "green", "blue"], "answer": MC_GOLD[doc_id]}
+    pred = int(np.argmax(ll))
+    sample = {"doc_id": doc_id, "doc": doc, "target": str(MC_GOLD[doc_id]),
+              "arguments": {f"gen_args_{k}": {"arg_0": f"Q: q{doc_id}\nA:", "arg_1": f" {c}"}
+                            for k, c in enumerate(doc["choices"])},
+              "resps": [[[str(v), "False"]] for v in ll], "filtered_resps": [[str(v), "False"] for v in ll],
+              "filter": "none", "metrics": list(metrics), "doc_hash": f"d{doc_id}", "prompt_hash": f"p{doc_id}",
+              "target_hash": "t"}
+    sample.update({m: float(pred == MC_GOLD[doc_id]) for m in metrics})
+    return sample
+
+
+def _gen_sample(doc_id: int, answer: str, em: float) -> dict:
+    return {"doc_id": doc_id, "doc": {"question": f"g{doc_id}"}, "target": f"#### {5 if doc_id == 0 else 4}",
+            "arguments": {"gen_args_0": {"arg_0": f"Q: g{doc_id}\nA:", "arg_1": {"until": ["\n"]}}},
+            "resps": [[f" it is {answer}"]], "filtered_resps": [answer], "filter": "strict-match",
+            "metrics": ["exact_match"], "doc_hash": f"gd{doc_id}", "prompt_hash": f"gp{doc_id}", "target_hash": "t",
+            "exact_match": em}
+
+
+def write_log(folder: Path, side: str, *, nshot: int = 0, version: str = "0.4.13", mc_metrics=("acc",),
+              docs=range(4), nested: str | None = "org__model") -> Path:
+    """An lm-eval --output_path folder (nested one level by model name, as the CLI writes it)."""
+    where = folder / nested if nested else folder
+    where.mkdir(parents=True)
+    mc = [_mc_sample(i, MC_P[side][i], mc_metrics) for i in docs]
+    gen = [_gen_sample(i, *GEN[side][i]) for i in range(2)]
+    configs = {"toy_mc": {"task": "toy_mc", "output_type": "multiple_choice", "target_delimiter": " ",
+                          "num_fewshot": nshot, "metric_list": [{"metric": m} for m in mc_metrics]},
+               "toy_gen": {"task": "toy_gen", "output_type": "generate_until", "target_delimiter": " ",
+                           "num_fewshot": 0, "filter_list": [{"name": "strict-match", "filter": []}]}}
+    results = {"results": {}, "group_subtasks": {"toy_mc": [], "toy_gen": []}, "configs": configs,
+               "versions": {"toy_mc": 1.0, "toy_gen": 1.0}, "n-shot": {"toy_mc": nshot, "toy_gen": 0},
+               "config": {"model": "hf"}, "model_name": f"org/{side}-model", "lm_eval_version": version}
+    (where / f"results_{DATE}.json").write_text(json.dumps(results))
+    for task, rows in (("toy_mc", mc), ("toy_gen", gen)):
+        (where / f"samples_{task}_{DATE}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+@pytest.fixture
+def logs(tmp_path):
+    return write_log(tmp_path / "base", "base"), write_log(tmp_path / "comp", "comp")
+
+
+def _heads(run_dir: Path) -> pd.DataFrame:
+    summary = pd.read_csv(run_dir / "summary.csv")
+    return summary[summary["headline"] & (summary["group"] == "all")].set_index("task")
+
+
+def test_hand_built_lm_eval_logs_pin_every_number(logs, hooked, tmp_path):
+    run_dir = _compare([str(logs[0]), str(logs[1]), f"output.run_dir={tmp_path / 'run'}", "output.plots=false",
+                        "gate.max_flips=0.3"])
+    heads = _heads(run_dir)
+    mc = heads.loc["toy_mc"]
+    # doc 0 right -> wrong, doc 1 wrong -> right, doc 2 right both, doc 3 wrong -> another wrong answer
+    assert (mc["metric"], mc["n"], mc["acc_base"], mc["acc_comp"]) == ("acc", 4, 0.5, 0.5)
+    assert (mc["flips"], mc["lost"], mc["gained"], mc["label_loyalty"]) == (0.5, 0.25, 0.25, 0.25)
+    # KL(p_b || p_c): doc 0 and 1: .5 ln(.5/.25) + .25 ln(.25/.5) = .25 ln 2; doc 2: 0; doc 3: .25 ln 2
+    assert mc["kl_mean"] == pytest.approx(0.75 * LN2 / 4, abs=1e-12) and mc["kl_scope"] == "choice"
+    assert mc["kl_max"] == pytest.approx(0.25 * LN2, abs=1e-12)
+    gen = heads.loc["toy_gen"]
+    assert (gen["metric"], gen["filter"], gen["n"], gen["acc_base"], gen["acc_comp"]) == ("exact_match", "strict-match", 2, 0.5, 0.0)
+    assert (gen["flips"], gen["lost"], gen["flips_to_invalid"], gen["answer_agreement"]) == (0.5, 0.5, 0.5, 0.5)
+    samples = pd.read_parquet(run_dir / "samples.parquet")
+    assert samples.loc[samples["task"] == "toy_mc", "choices"].map(list).tolist()[0] == ["red", "green", "blue"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["gate"]["verdict"] == "FAIL" and manifest["compression"]["method"] == "comp-model"
+
+
+def test_one_samples_file_reads_its_results_json_beside_it(logs):
+    folder = logs[0] / "org__model"
+    side = foreign.load_foreign([str(folder / f"samples_toy_mc_{DATE}.jsonl")], "baseline")
+    assert side.manifest["tasks"]["toy_mc"]["num_fewshot"] == 0 and side.manifest["lm_eval"] == "0.4.13"
+    assert side.samples["pred"].tolist() == ["0", "0", "2", "1"] and side.samples["correct"].tolist() == [1, 0, 1, 0]
+
+
+def test_flipbench_artifacts_fall_through(tmp_path):
+    (tmp_path / "art").mkdir()
+    (tmp_path / "art" / artifact.MANIFEST).write_text("{}")
+    assert foreign.load_foreign([str(tmp_path / "art")], "baseline") is None
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(nshot=5), "toy_mc.num_fewshot (0 vs 5)"),
+    (dict(version="0.4.9"), "different lm-eval versions ('0.4.13' vs '0.4.9')"),
+    (dict(mc_metrics=("acc", "acc_norm")), "toy_mc: acc_norm is logged on the compressed side only"),
+    (dict(docs=range(3)), "toy_mc doc 3 is on the baseline only (1 docs differ)"),
+])
+def test_lm_eval_logs_that_differ_are_refused_in_one_line(tmp_path, hooked, capsys, change, message):
+    from flipbench.cli import compare_main
+
+    base, comp = write_log(tmp_path / "base", "base"), write_log(tmp_path / "comp", "comp", **change)
+    assert compare_main([str(base), str(comp), f"output.run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_bad_lm_eval_input_is_refused(tmp_path, logs, hooked):
+    empty = tmp_path / "samples_toy_mc_2026-01-01T00-00-00.0.jsonl"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="is empty"):
+        foreign.load_foreign([str(empty)], "baseline")
+    items = tmp_path / "items.jsonl"
+    items.write_text(json.dumps({"doc_id": 0, "pred": "A", "gold": "A"}) + "\n")
+    with pytest.raises(ConfigError, match=r"baseline: the paths mix formats \(lm-eval log and per-item file\)"):
+        foreign.load_foreign([str(logs[0]), str(items)], "baseline")
+    with pytest.raises(ConfigError, match="does not exist"):
+        foreign.load_foreign([str(tmp_path / "nothing")], "baseline")
+    twice = write_log(tmp_path / "twice", "base", nested=None)
+    (twice / "samples_toy_mc_2026-02-03T00-00-00.5.jsonl").write_text((twice / f"samples_toy_mc_{DATE}.jsonl").read_text())
+    with pytest.raises(ConfigError, match="holds 2 runs"):
+        foreign.load_foreign([str(twice)], "baseline")
