@@ -304,6 +304,16 @@ def check_compatible(base: artifact.Side, comp: artifact.Side) -> None:
         where = task if group == task else f"{task} ({group})"
         raise ConfigError(f"the two sides hold different docs: {where} doc {doc} is on the {side} only "
                           f"({len(keys[0] ^ keys[1])} docs differ); give files of the same docs")
+    if forms[0] == ITEMS:
+        key = ["task", "group", "doc_id"]
+        both = base.samples[key + ["target", "choices"]].merge(comp.samples[key + ["target", "choices"]], on=key)
+        gold = [(c[int(t)] if c is not None and len(c) else t) for t, c in zip(both["target_x"], both["choices_x"])]
+        other = [(c[int(t)] if c is not None and len(c) else t) for t, c in zip(both["target_y"], both["choices_y"])]
+        bad = [i for i, (a, b) in enumerate(zip(gold, other)) if a != b]
+        if bad:
+            row = both.iloc[bad[0]]
+            raise ConfigError(f"{row['task']} doc {row['doc_id']}: the two sides give different gold answers "
+                              f"({gold[bad[0]]!r} vs {other[bad[0]]!r}); give both the same items file")
 
 
 def _logged(samples: pd.DataFrame, task: str) -> set[str]:

@@ -229,3 +229,124 @@ def test_bad_lm_eval_input_is_refused(tmp_path, logs, hooked):
     (twice / "samples_toy_mc_2026-02-03T00-00-00.5.jsonl").write_text((twice / f"samples_toy_mc_{DATE}.jsonl").read_text())
     with pytest.raises(ConfigError, match="holds 2 runs"):
         foreign.load_foreign([str(twice)], "baseline")
+
+
+# ---------------------------------------------------------------- per-item files
+
+ITEM_P = {"base": [("A", [.7, .2, .1]), ("B", [.4, .6, 0.0]), ("C", [.1, .1, .8])],
+          "comp": [("B", [.3, .6, .1]), ("A", [.55, .45, 0.0]), ("C", [.2, .2, .6])]}
+ITEM_GOLD = ["A", "A", "C"]
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _items(tmp_path: Path, side: str, **extra) -> Path:
+    return _jsonl(tmp_path / f"{side}.jsonl", [{"doc_id": i, "pred": pred, "gold": ITEM_GOLD[i], "probs": p, **extra}
+                                                for i, (pred, p) in enumerate(ITEM_P[side])])
+
+
+def test_per_item_files_with_probs_give_choice_kl_by_hand(tmp_path, hooked):
+    run_dir = _compare([str(_items(tmp_path, "base")), str(_items(tmp_path, "comp")),
+                        f"output.run_dir={tmp_path / 'run'}", "output.plots=false"])
+    row = _heads(run_dir).loc["items"]
+    # doc 0 right -> wrong (A -> B), doc 1 wrong -> right (B -> A), doc 2 right both (C)
+    assert (row["n"], row["acc_base"], row["acc_comp"], row["flips"], row["lost"], row["gained"]) == (
+        3, 2 / 3, 2 / 3, 2 / 3, 1 / 3, 1 / 3)
+    assert row["label_loyalty"] == pytest.approx(1 / 3) and row["kl_scope"] == "choice"
+    kl = [.7 * math.log(.7 / .3) + .2 * math.log(.2 / .6),  # + .1 ln(.1/.1) = 0
+          .4 * math.log(.4 / .55) + .6 * math.log(.6 / .45),  # + 0 ln(0/0) = 0
+          2 * .1 * math.log(.1 / .2) + .8 * math.log(.8 / .6)]
+    assert row["kl_mean"] == pytest.approx(sum(kl) / 3, abs=1e-12) and row["kl_max"] == pytest.approx(kl[0], abs=1e-12)
+    samples = pd.read_parquet(run_dir / "samples.parquet")
+    assert samples["choices"].map(list).iloc[0] == ["A", "B", "C"] and samples["prompt"].eq("").all()
+    notes = json.loads((run_dir / "manifest.json").read_text())["data_notes"]
+    assert any("prompts are not checked" in n for n in notes)
+
+
+def _csv(path: Path, rows: list[tuple]) -> Path:
+    path.write_text("task,group,doc_id,pred\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+def test_per_item_csv_with_an_items_file_of_gold_answers_and_no_probs(tmp_path, hooked):
+    gold = _jsonl(tmp_path / "gold.jsonl", [{"task": "quiz", "doc_id": i, "gold": g} for i, g in enumerate("ABCD")])
+    base = _csv(tmp_path / "base.csv", [("quiz", "x", 0, "A"), ("quiz", "x", 1, "B"), ("quiz", "y", 2, "D"),
+                                        ("quiz", "y", 3, "D")])
+    comp = _csv(tmp_path / "comp.csv", [("quiz", "x", 0, "A"), ("quiz", "x", 1, "C"), ("quiz", "y", 2, "C"),
+                                        ("quiz", "y", 3, "A")])
+    run_dir = _compare([f"{base},{gold}", f"{comp},{gold}", f"output.run_dir={tmp_path / 'run'}", "output.plots=false"])
+    summary = pd.read_csv(run_dir / "summary.csv").set_index(["task", "group"])
+    whole = summary.loc[("quiz", "all")]
+    # base right on 0, 1, 3; comp right on 0, 2: lost 1 and 3, gained 2; answers agree on doc 0 only
+    assert (whole["n"], whole["acc_base"], whole["acc_comp"], whole["flips"], whole["lost"], whole["gained"]) == (
+        4, 0.75, 0.5, 0.75, 0.5, 0.25)
+    assert whole["label_loyalty"] == 0.25 and math.isnan(whole["kl_mean"])
+    assert summary.loc[("quiz", "x"), "flips"] == 0.5 and summary.loc[("quiz", "y"), "flips"] == 1.0
+    report = (run_dir / "report.md").read_text()
+    assert "choice KL is not available" in report
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([], "is empty"),
+    ([{"doc_id": 0, "pred": "A"}], "items doc 0 has no gold answer"),
+    ([{"doc_id": 0, "pred": "E", "gold": "A", "probs": [.5, .5]}], "pred 'E' is not among the choices"),
+    ([{"doc_id": 0, "pred": "A", "gold": "A"}] * 2, "items doc 0 appears twice"),
+    ([{"doc_id": 0, "pred": "A", "gold": "A", "probs": [1, 0]}, {"doc_id": 1, "pred": "A", "gold": "A"}],
+     "gives probs on some rows only"),
+])
+def test_bad_per_item_files_are_refused(tmp_path, rows, message):
+    with pytest.raises(ConfigError, match=message):
+        foreign.load_foreign([str(_jsonl(tmp_path / "side.jsonl", rows))], "baseline")
+
+
+def test_per_item_sides_that_differ_are_refused(tmp_path, hooked):
+    from flipbench.cli import compare_main
+
+    base = _items(tmp_path, "base")
+    fewer = _jsonl(tmp_path / "fewer.jsonl", [json.loads(line) for line in _items(tmp_path, "comp").read_text().splitlines()[:2]])
+    no_probs = _jsonl(tmp_path / "noprobs.jsonl", [{"doc_id": i, "pred": "A", "gold": g} for i, g in enumerate(ITEM_GOLD)])
+    other_gold = _jsonl(tmp_path / "gold.jsonl", [{**json.loads(line), "gold": "B"} if i == 2 else json.loads(line)
+                                                  for i, line in enumerate(_items(tmp_path, "comp").read_text().splitlines())])
+    for comp, message in ((fewer, "items doc 2 is on the baseline only"),
+                          (no_probs, r"choice probabilities \(probs\) are given on the baseline only"),
+                          (other_gold, r"items doc 2: the two sides give different gold answers \('C' vs 'B'\)"),
+                          (tmp_path / "gone.jsonl", "does not exist")):
+        with pytest.raises(ConfigError, match=message):
+            _compare([str(base), str(comp), f"output.run_dir={tmp_path / 'run'}"])
+    assert compare_main([str(base), str(fewer), f"output.run_dir={tmp_path / 'run'}"]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- several compressed sides: the sweep view
+
+
+def test_compare_many_writes_the_sweep_tables_of_its_members(tmp_path, hooked):
+    from flipbench.compare_many import compare_many, verdicts
+
+    base, comp = _items(tmp_path, "base"), _items(tmp_path, "comp")
+    same = _jsonl(tmp_path / "same.jsonl", [json.loads(line) for line in base.read_text().splitlines()])
+    sweep_dir, runs = compare_many(str(base), [str(comp), str(same)],
+                                   [f"output.run_dir={tmp_path / 'sweep'}", "output.plots=false", "gate.max_flips=0.5"])
+    assert [r.name for r in runs] == ["0-comp", "1-same"] and sweep_dir == tmp_path / "sweep"
+    table = pd.read_csv(sweep_dir / "sweep_summary.csv").set_index("run")
+    assert table.loc["0-comp", "flips"] == pytest.approx(2 / 3) and table.loc["1-same", "flips"] == 0
+    assert list(table["method"]) == ["comp", "same"]
+    overlap = pd.read_csv(sweep_dir / "sweep_overlap.csv").iloc[0]
+    # comp flips docs 0 and 1, same flips none; between them: comp right & same wrong on doc 1, the reverse on doc 0
+    assert (overlap["n"], overlap["flips_a"], overlap["flips_b"], overlap["flips_both"]) == (3, 2, 0, 0)
+    assert (overlap["a_right_b_wrong"], overlap["a_wrong_b_right"]) == (1, 1)
+    assert (sweep_dir / "sweep_correlation.csv").is_file() and (sweep_dir / "sweep_report.md").is_file()
+    assert verdicts(runs) == {"0-comp": "FAIL", "1-same": "PASS"}
+
+
+def test_compare_many_checks_every_side_before_writing(tmp_path, hooked):
+    from flipbench.compare_many import compare_many
+
+    base = _items(tmp_path, "base")
+    fewer = _jsonl(tmp_path / "fewer.jsonl", [json.loads(line) for line in base.read_text().splitlines()[:2]])
+    with pytest.raises(ConfigError, match="items doc 2 is on the baseline only"):
+        compare_many(str(base), [str(base), str(fewer)], [f"output.run_dir={tmp_path / 'sweep'}"])
+    assert not (tmp_path / "sweep").exists()
