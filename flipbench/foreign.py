@@ -240,6 +240,9 @@ def _lm_eval_side(files: list[Path], what: str) -> artifact.Side:
                          "version": (results.get("versions") or {}).get(leaf),
                          **{k: configs.get(leaf, {}).get(k) for k in TASK_FIELDS}} for leaf in by_task}
     notes = [] if results else [f"{what}: no results JSON beside the samples; task configs were not compared"]
+    notes += [f"{task}: token KL is not available from lm-eval logs (they hold the answers, not per-token "
+              "distributions); flips, answers and intervals are" for task in
+              sorted(set(frame.loc[frame["output_type"] == "generate_until", "task"]))]
     model = results.get("model_name") or (results.get("config") or {}).get("model") or files[0].stem
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(model).rstrip("/").split("/")[-1])[-40:] or "lm-eval"
     return _side(files, frame, LM_EVAL, tasks=task_facts, lm_eval=results.get("lm_eval_version"), name=name,
@@ -270,6 +273,7 @@ def _side(files: list[Path], frame: pd.DataFrame, form: str, *, tasks: dict, lm_
     manifest = {
         "foreign": form, "model": name, "tasks": tasks, "lm_eval": lm_eval, "tokenizer": None, "suite": suite,
         "docs": docs, "compression": {"method": name, "source": form}, "data_notes": notes,
+        "token_kl_note": f"not available: a {form} holds answers, not the per-token distributions token KL needs",
         "config": {"model": {"name": name, "path": str(files[0])}, "compression": {"method": "none"},
                    "suite": {"name": form, **suite}},
     }

@@ -184,6 +184,7 @@ def test_hand_built_lm_eval_logs_pin_every_number(logs, hooked, tmp_path):
     assert samples.loc[samples["task"] == "toy_mc", "choices"].map(list).tolist()[0] == ["red", "green", "blue"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["gate"]["verdict"] == "FAIL" and manifest["compression"]["method"] == "comp-model"
+    assert "toy_gen: token KL is not available from lm-eval logs" in (run_dir / "report.md").read_text()
 
 
 def test_one_samples_file_reads_its_results_json_beside_it(logs):
