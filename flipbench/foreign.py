@@ -109,9 +109,9 @@ def _run_files(files: list[Path], what: str) -> tuple[dict[str, Path], dict]:
         if task in by_task:
             raise ConfigError(f"{what}: task {task} is given twice ({by_task[task]} and {f}); keep one")
         by_task[task] = f
-    results = [f for f in expanded if f.name == f"results_{dates[0]}.json"]
-    if not results:  # a samples file given alone: its run's results JSON beside it
-        results = [p for f in samples for p in [f.with_name(f"results_{dates[0]}.json")] if p.is_file()][:1]
+    # results_<date>.json, or <name>_<date>.json where --output_path named a .json file; beside the samples if
+    # they were given alone
+    results = sorted({p for f in samples for p in f.parent.glob(f"*_{dates[0]}.json")})
     try:
         config = json.loads(results[0].read_text()) if results else {}
     except ValueError as err:
@@ -182,9 +182,9 @@ def _restore(sample: dict, task: _LoggedTask, leaf: str, delimiter: str, what: s
     if task.get_config("output_type") != "multiple_choice":
         return restored
     conts = [a[1] for a in args]
-    contexts = {a[0] for a in args}
+    # acc_mutual_info: K conditional requests, then K unconditional ones ("", choice)
     k = len(args) // 2 if "acc_mutual_info" in sample.get("metrics", []) else len(args)
-    if len({a[0] for a in args[:k]}) > 1 or (len(contexts) > 1 and k == len(args)):
+    if len({a[0] for a in args[:k]}) > 1:
         raise ConfigError(f"{what}: {leaf} is a multiple-input task (one context per choice, e.g. Winogrande); "
                           "flipbench reads those only from its own runs")
     task.choices[id(sample["doc"])] = [c[len(delimiter):] if c.startswith(delimiter) else c for c in conts[:k]]

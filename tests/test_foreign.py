@@ -351,3 +351,19 @@ def test_compare_many_checks_every_side_before_writing(tmp_path, hooked):
     with pytest.raises(ConfigError, match="items doc 2 is on the baseline only"):
         compare_many(str(base), [str(base), str(fewer)], [f"output.run_dir={tmp_path / 'sweep'}"])
     assert not (tmp_path / "sweep").exists()
+
+
+def test_subjects_of_a_subject_group_are_reported_as_one_task(tmp_path):
+    """MMLU-like: leaves under mmlu -> mmlu_stem are reported as task mmlu, group = subject, category = alias."""
+    where = tmp_path / "run"
+    where.mkdir()
+    results = {"group_subtasks": {"mmlu": ["mmlu_stem"], "mmlu_stem": ["mmlu_astronomy"]},
+               "groups": {"mmlu": {"alias": "mmlu"}, "mmlu_stem": {"alias": " - stem"}},
+               "configs": {"mmlu_astronomy": {"output_type": "multiple_choice", "target_delimiter": " "}},
+               "n-shot": {"mmlu_astronomy": 5}, "versions": {"mmlu_astronomy": 1.0}, "lm_eval_version": "0.4.13"}
+    (where / f"results_{DATE}.json").write_text(json.dumps(results))
+    rows = [_mc_sample(i, MC_P["base"][i]) for i in range(2)]
+    (where / f"samples_mmlu_astronomy_{DATE}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    side = foreign.load_foreign([str(where)], "baseline")
+    assert side.samples[["task", "group", "category"]].drop_duplicates().values.tolist() == [["mmlu", "astronomy", "stem"]]
+    assert side.manifest["suite"]["num_fewshot"] == {"mmlu": 5} and side.manifest["docs"] == {"mmlu": 2}
