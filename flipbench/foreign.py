@@ -288,7 +288,8 @@ def check_compatible(base: artifact.Side, comp: artifact.Side) -> None:
         return
     forms = [s.manifest.get("foreign") or "flipbench artifact" for s in (base, comp)]
     if forms[0] != forms[1]:
-        raise ConfigError(f"the baseline is a {forms[0]} and the compressed side a {forms[1]}; give both in one form")
+        raise ConfigError(f"the baseline was given as {forms[0]} and the compressed side as {forms[1]}; give both "
+                          "sides in one form")
     for task in sorted(set(base.samples["task"]) & set(comp.samples["task"])):
         kinds = [set(s.samples.loc[s.samples["task"] == task, "output_type"]) for s in (base, comp)]
         if kinds[0] != kinds[1]:

@@ -317,6 +317,8 @@ def test_per_item_sides_that_differ_are_refused(tmp_path, hooked):
                           (tmp_path / "gone.jsonl", "does not exist")):
         with pytest.raises(ConfigError, match=message):
             _compare([str(base), str(comp), f"output.run_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="baseline was given as per-item file and the compressed side as lm-eval log"):
+        _compare([str(base), str(write_log(tmp_path / "log", "comp")), f"output.run_dir={tmp_path / 'run'}"])
     assert compare_main([str(base), str(fewer), f"output.run_dir={tmp_path / 'run'}"]) == 2
     assert not (tmp_path / "run").exists()
 
