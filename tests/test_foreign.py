@@ -44,6 +44,13 @@ def _compare(argv: list[str]) -> Path:
     return compare(argv)
 
 
+@pytest.fixture(autouse=True)
+def results_root(tmp_path, monkeypatch):
+    """Runs made here point tmp_path/results/latest at themselves, not the checkout's results/latest."""
+    (tmp_path / "results").mkdir()
+    monkeypatch.chdir(tmp_path)
+
+
 # ---------------------------------------------------------------- real lm-eval output from the bundled model
 
 LIMIT, BATCH = 4, 4
