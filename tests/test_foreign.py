@@ -376,3 +376,26 @@ def test_subjects_of_a_subject_group_are_reported_as_one_task(tmp_path):
     side = foreign.load_foreign([str(where)], "baseline")
     assert side.samples[["task", "group", "category"]].drop_duplicates().values.tolist() == [["mmlu", "astronomy", "stem"]]
     assert side.manifest["suite"]["num_fewshot"] == {"mmlu": 5} and side.manifest["docs"] == {"mmlu": 2}
+
+
+@pytest.mark.parametrize("config, results, expected", [
+    ({"target_delimiter": " "}, {}, " "),
+    ({"target_delimiter": " "}, {"chat_template_sha": "abc"}, ""),  # lm-eval drops it under a chat template
+    ({"target_delimiter": " ", "gen_prefix": "Answer:"}, {"chat_template": "t"}, " "),  # unless a gen_prefix needs it
+    ({"target_delimiter": " ", "gen_prefix": "Answer: "}, {"chat_template": "t"}, ""),
+])
+def test_choices_are_the_continuations_without_lm_evals_delimiter(config, results, expected):
+    assert foreign._delimiter(config, results) == expected
+
+
+def test_acc_mutual_info_keeps_the_unconditional_log_likelihoods(tmp_path):
+    sample = _mc_sample(0, [.5, .25, .25], metrics=("acc", "acc_mutual_info"))
+    uncond = [math.log(v) for v in (.25, .5, .25)]
+    sample["arguments"].update({f"gen_args_{3 + k}": {"arg_0": "", "arg_1": f" {c}"}
+                                for k, c in enumerate(["red", "green", "blue"])})
+    sample["filtered_resps"] += [[str(v), "False"] for v in uncond]
+    path = tmp_path / f"samples_toy_mc_{DATE}.jsonl"
+    path.write_text(json.dumps(sample) + "\n")
+    row = foreign.load_foreign([str(path)], "baseline").samples.iloc[0]
+    assert list(row["choices"]) == ["red", "green", "blue"] and row["ll_uncond"] == pytest.approx(uncond)
+    assert row["ll"] == pytest.approx([math.log(v) for v in (.5, .25, .25)]) and row["metric"] == "acc"
