@@ -149,7 +149,13 @@ def order_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_side(paths: list[str | Path], what: str) -> Side:
-    """One side from artifact folders (or folders of shards); shards checked and merged."""
+    """One side from artifact folders (or folders of shards); shards checked and merged. lm-eval sample logs and
+    per-item prediction files are read by :mod:`flipbench.foreign`."""
+    from flipbench import foreign  # lm-eval logs and per-item files
+
+    side = foreign.load_foreign(paths, what)
+    if side is not None:
+        return side
     folders = expand(paths)
     manifests = [read_manifest(f) for f in folders]
     check_shards(folders, manifests, what)
@@ -189,6 +195,9 @@ def load_references(folders: list[Path], manifest: dict) -> dict | None:
 def check_compatible(base: Side, comp: Side) -> None:
     """Refuse (ConfigError, one line) two sides evaluated on different task configs, tokenizers, doc sets or suite
     settings: their answers would differ for reasons other than the compression."""
+    from flipbench import foreign
+
+    foreign.check_compatible(base, comp)
     for key, name in PAIRED.items():
         a, b = base.manifest.get(key), comp.manifest.get(key)
         if a != b:

@@ -92,6 +92,14 @@ def compare_main(argv: list[str]) -> int:
         print(compare.__doc__ or "")
         return 0
     try:
+        sides = [a for a in argv if "=" not in a]
+        if len(sides) > 2:  # one baseline, several compressed sides: a run each and the sweep's tables
+            from flipbench.compare_many import compare_many, verdicts
+
+            sweep_dir, runs = compare_many(sides[0], sides[1:], [a for a in argv if "=" in a])
+            failed = [name for name, verdict in verdicts(runs).items() if verdict == "FAIL"]
+            print(f"flipbench: compare complete: {sweep_dir}  members: {len(runs)}  gate failed: {', '.join(failed) or 'none'}")
+            return EXIT_GATE_FAILED if failed else 0
         run_dir = compare(argv)
     except user_error_types() as err:
         print(f"flipbench: error: {err}", file=sys.stderr)

@@ -62,8 +62,8 @@ def compare(argv: list[str]) -> Path:
 
     sides, overrides = parse_args(argv)
     if len(sides) > 2:
-        raise ConfigError("flipbench compare takes one baseline and one compressed side; join the shard folders of "
-                          "one side with commas (BASE1,BASE2) or give the folder that holds them")
+        raise ConfigError("flipbench compare takes one baseline and one compressed side here; several compressed "
+                          "sides go through flipbench.compare_many (the CLI routes them there)")
     base = artifact.load_side(sides[0].split(","), "baseline")
     comp = artifact.load_side(sides[1].split(","), "compressed side")
     artifact.check_compatible(base, comp)
@@ -99,6 +99,7 @@ def compare(argv: list[str]) -> Path:
         raise
     finally:
         rundir.detach_log(log_file)
+    root.mkdir(parents=True, exist_ok=True)
     rundir.point_latest(root, run_dir)
     return run_dir
 
@@ -114,6 +115,8 @@ def _token_kl(paired, base: artifact.Side, comp: artifact.Side, fill) -> str:
     """Fill token KL from the compressed side's statistics when they were computed against this baseline."""
     if not (paired["output_type"] == "generate_until").any():
         return "no generative task"
+    if comp.manifest.get("token_kl_note"):
+        return comp.manifest["token_kl_note"]
     if comp.token_kl is None:
         return ("not available: the compressed side was collected without output.baseline_artifact (token KL needs "
                 "the baseline's answers)")

@@ -114,7 +114,7 @@ def test_shards_that_do_not_tile_are_refused_naming_the_shard(two_phase, tmp_pat
     shutil.copytree(art / "comp" / "shard-0-of-2", twice / "b")
     with pytest.raises(ConfigError, match=r"shard 0/2 is given twice"):
         compare([str(art / "base"), f"{twice / 'a'},{twice / 'b'}"])
-    with pytest.raises(ConfigError, match=r"not a flipbench artifact"):
+    with pytest.raises(ConfigError, match=r"holds neither a flipbench artifact nor lm-eval output"):
         compare([str(art / "base"), str(tmp_path)])
     with pytest.raises(ConfigError, match=r"suite.limit cannot change after collect"):
         compare([str(art / "base"), str(art / "comp"), "suite.limit=3"])
