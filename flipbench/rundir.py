@@ -61,6 +61,29 @@ def versions() -> dict:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
+def compute() -> dict:
+    """What results may depend on beyond versions: torch's threads, the CPU, the BLAS torch was built with, the
+    deterministic-algorithms switch and the CUDA device. Same machine and threads: identical compression; otherwise
+    within the compression noise (compression.replicas)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    config = torch.__config__.show()
+    blas = config.split("BLAS_INFO=", 1)[1].split(",", 1)[0].strip() if "BLAS_INFO=" in config else None
+    return {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "blas": blas, "mkldnn": torch.backends.mkldnn.is_available(),
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
 def git_sha() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -132,7 +155,7 @@ class Manifest:
     def __init__(self, run_dir: Path, seed: int, device: str, name: str = "manifest.json"):
         self.path = run_dir / name
         self.data = {"status": "running", "pid": os.getpid(), "host": socket.gethostname(), "versions": versions(),
-                     "git_sha": git_sha(), "device": device, "seed": seed,
+                     "git_sha": git_sha(), "device": device, "seed": seed, "compute": compute(),
                      "started": datetime.now(timezone.utc).isoformat(), "stage_seconds": {}}
         self.current: str | None = None  # the stage under way (named when a run is interrupted)
         self.flush()
