@@ -58,6 +58,9 @@ class CompressionConfig:
     device: str = "auto"  # where GPTQ/TACQ work on one decoder block at a time; auto picks CUDA when present
     grad_dtype: str = "float32"  # TACQ's backward pass (the official code runs it in fp32)
     gradient_checkpointing: bool = True  # TACQ gradients one block on the device at a time (recomputed)
+    # GPTQ/TACQ: H summed and factored in float64 (the column sweep stays float32): the weights then do not depend on
+    # the thread count (docs/compression-noise.md); float32 halves H's memory
+    hessian_dtype: str = "float64"
     # pruning (magnitude, wanda, sparsegpt; see flipbench/compress/prune/)
     sparsity: float = 0.5  # share of each pruned linear's weights set to 0, in [0, 1)
     pattern: str = "unstructured"  # unstructured | N:M (N kept in every M input columns, e.g. 2:4, 4:8)
@@ -195,7 +198,7 @@ GATE_KEYS = ("max_flips", "max_lost", "max_acc_drop", "max_kl_mean")
 # The compression keys each method reads (flipbench/compress: QuantConfig for the quantizers, PruneConfig for the
 # pruners); another method's key given to it is refused by the CLI (flipbench.cli.check_method_keys).
 _QUANT_KEYS = ("bits", "group_size", "sym", "mse", "mse_norm", "act_order", "static_groups", "damp", "block_size",
-               "true_sequential", "device")
+               "true_sequential", "device", "hessian_dtype")
 METHOD_KEYS = {
     "none": (),
     "rtn": ("bits", "group_size", "sym", "mse", "mse_norm", "device"),
@@ -311,6 +314,8 @@ def validate(cfg: FlipbenchConfig) -> None:
         _check(comp.block_size > 0, f"compression.block_size={comp.block_size} must be positive, e.g. 128")
     if comp.method in PRUNE_METHODS:
         _check_pruning(comp)
+    _check(comp.hessian_dtype in ("float32", "float64"),
+           f"compression.hessian_dtype={comp.hessian_dtype!r} is unknown; use float64 or float32")
     _check(comp.replicas >= 1, f"compression.replicas={comp.replicas} must be >= 1")
     _check(all(t >= 1 for t in comp.replica_threads), f"compression.replica_threads={comp.replica_threads} must list "
            "positive thread counts, e.g. [1,2]")

@@ -69,3 +69,26 @@ def test_gptq_replicas_end_to_end(random_llama, mini_tasks, tmp_path):
     manifest = json.loads((three / "manifest.json").read_text())
     assert [(r["calibration_seed"], r["threads"]) for r in manifest["replicas"]] == [(1234, 1), (1235, 2), (1236, 1)]
     assert "compression noise (3 replicas" in (three / "report.md").read_text()
+
+
+def test_the_hessian_is_summed_in_float64_by_default():
+    """H = 2/N Σ x xᵀ over batches: in float64 it equals the exact sum to float64 precision, where float32's running
+    rescale-and-add loses ~1e-7 relative (those last bits follow the summation order, i.e. the thread count:
+    benchmarks/gptq_threads.py measures the effect on the bundled model)."""
+    import torch
+
+    from flipbench.compress.quant.config import QuantConfig
+    from flipbench.compress.quant.gptq import GPTQ
+
+    assert QuantConfig(method="gptq").gptq.hessian_dtype == "float64"
+    torch.manual_seed(0)
+    X = torch.randn(3000, 48) * torch.linspace(0.1, 30.0, 48)
+    exact = 2 / 3000 * X.double().t() @ X.double()
+    errors = {}
+    for dtype in (torch.float32, torch.float64):
+        solver = GPTQ(48, "cpu", dtype)
+        for chunk in X.split(7):  # many small batches, as calibration arrives
+            solver.add_batch(chunk)
+        assert solver.H.dtype == dtype
+        errors[dtype] = ((solver.H.double() - exact).abs().max() / exact.abs().max()).item()
+    assert errors[torch.float64] < 1e-13 < 1e-8 < errors[torch.float32]

@@ -23,15 +23,16 @@ MAX_DAMP_RETRIES = 6  # damp × 10 per retry: 0.01·mean(diag H) reaches 10⁴·
 
 
 class Hessian:
-    """H (cols, cols) = 2/N Σ x xᵀ over every input row x seen by add_batch."""
+    """H (cols, cols) = 2/N Σ x xᵀ over every input row x seen by add_batch, summed in ``dtype`` (float64 makes the
+    sum's last bits, and with them GPTQ's rounding decisions, independent of the thread count)."""
 
-    def __init__(self, columns: int, device: torch.device | str = "cpu"):
-        self.H = torch.zeros(columns, columns, dtype=torch.float32, device=device)  # (cols, cols)
+    def __init__(self, columns: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.H = torch.zeros(columns, columns, dtype=dtype, device=device)  # (cols, cols)
         self.nsamples = 0
 
     def add_batch(self, X: torch.Tensor) -> None:
         """X (..., cols): one batch of inputs; H stays the running 2/N Σ x xᵀ."""
-        X = X.reshape(-1, X.shape[-1]).to(self.H.device, torch.float32)  # (n, cols)
+        X = X.reshape(-1, X.shape[-1]).to(self.H.device, self.H.dtype)  # (n, cols)
         n = X.shape[0]
         if n == 0:  # an expert no token of this batch was routed to
             return

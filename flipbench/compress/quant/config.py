@@ -31,6 +31,7 @@ class QuantConfig:
     true_sequential: bool = True
     grad_dtype: str = "float32"  # TACQ: dtype of the backward pass (the official code runs it in fp32)
     gradient_checkpointing: bool = True  # TACQ: gradients with one decoder block on the device at a time
+    hessian_dtype: str = "float64"  # GPTQ/TACQ: H summed and factored in it (float64: independent of thread count)
 
     @property
     def gradients(self) -> GradientSettings:
@@ -49,6 +50,7 @@ class QuantConfig:
             static_groups=self.static_groups,
             damp=self.damp,
             block_size=self.block_size,
+            hessian_dtype=self.hessian_dtype,
         )
 
 

@@ -27,14 +27,15 @@ class GPTQSettings:
     static_groups: bool = False
     damp: float = 0.01
     block_size: int = 128
+    hessian_dtype: str = "float64"  # H summed and factored in it; the column sweep runs in float32
 
 
 class GPTQ(Hessian):
     """Collect H from a linear layer's inputs with add_batch (hessian.Hessian), then quantize its weights
     with solve."""
 
-    def __init__(self, columns: int, device: torch.device | str = "cpu"):
-        super().__init__(columns, device)
+    def __init__(self, columns: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        super().__init__(columns, device, dtype)
         self._factor = None  # (key of H and settings, column order, H⁻¹ upper Cholesky, damp retries)
         self.grid = None  # the last solve's grids (see grid_record), for a packed export
 
@@ -76,7 +77,8 @@ class GPTQ(Hessian):
                 H = H.clone()
                 H[dead, dead] = 1
                 H = H[perm][:, perm] if s.act_order else H
-            self._factor = (key, perm, *inverse_cholesky(H, s.damp))
+            U, retries = inverse_cholesky(H, s.damp)
+            self._factor = (key, perm, U.to(torch.float32), retries)
             del H
         _, perm, Hinv, retries = self._factor  # Hinv: (cols, cols), upper triangular
         if s.act_order:
@@ -146,7 +148,10 @@ def gptq_layer(
             grids[name] = rtn_grid_record(W, settings.grid, settings.group_size, mask(name))
         return rtn(W, settings.grid, settings.group_size, mask(name))
 
-    return solve_layer(layer, inputs, true_sequential, GPTQ, solve, without_data)
+    def make(columns: int, device) -> GPTQ:
+        return GPTQ(columns, device, getattr(torch, settings.hessian_dtype))
+
+    return solve_layer(layer, inputs, true_sequential, make, solve, without_data)
 
 
 def gptq_model(
