@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from flipbench.config import ConfigError, GateConfig
+from flipbench.gate import MISSING_VIOLATION
 from flipbench.search import outputs, settings, space, study
 from tests.conftest import CONF_DIR
 
@@ -69,7 +70,8 @@ def test_fidelities(full, fraction, eta, rungs):
 
 
 def _rows(**columns):
-    base = {"task": ["a", "b"], "flips": [0.10, 0.30], "flips_ci_high": [0.20, 0.45], "lost": [0.05, 0.2],
+    base = {"task": ["a", "b"], "group": "all", "metric": "acc", "headline": True, "n": 100, "n_nonfinite": 0,
+            "kl_scope": "choice", "flips": [0.10, 0.30], "flips_ci_high": [0.20, 0.45], "lost": [0.05, 0.2],
             "delta_acc": [-0.01, -0.05], "delta_acc_ci_low": [-0.04, -0.12], "kl_mean": [0.1, 0.2],
             "kl_mean_ci_high": [0.15, 0.3]}
     return pd.DataFrame(base | columns)
@@ -84,7 +86,7 @@ def test_judge_point_and_upper_bound():
     assert not passes and violation == pytest.approx(0.01 / 0.031)
     assert study.judge(_rows(), GateConfig(), upper=True) == (True, 0.0)
     nan = _rows(kl_mean=[float("nan"), 0.1])
-    assert study.judge(nan, GateConfig(max_kl_mean=1.0), upper=False) == (False, study.MISSING_VIOLATION)
+    assert study.judge(nan, GateConfig(max_choice_kl_mean=1.0), upper=False) == (False, MISSING_VIOLATION)
 
 
 def test_pareto_front():

@@ -51,7 +51,7 @@ def trials_table(ctx: Context, study) -> pd.DataFrame:
                 continue
             tasks = headline(run_dir)
             full = int(docs) == ctx.rungs[-1]
-            passes, violation = judge(tasks, ctx.gate, ctx.upper_bound and full)
+            passes, violation = judge(tasks, ctx.gate, ctx.upper(full))
             for _, task in tasks.iterrows():
                 rows.append(head | {"fidelity": int(docs), "full_fidelity": full} | task[METRIC_COLUMNS].to_dict()
                             | {"passes": passes, "violation": violation,
