@@ -71,6 +71,7 @@ def _value(row, key: str, on: str) -> tuple[float, str]:
         return share, "n_nonfinite / n"
     column = check.bound if on == "upper_ci" else check.column
     value = check.sign * float(row.get(column, math.nan))
+    column = f"-{column}" if check.sign < 0 else column  # what the value is: the drop, -delta_acc
     if check.scope == "token" and _truncation_slack(row) > 0:
         if on == "upper_ci":
             return value + _truncation_slack(row), f"{column} + (kl_mean_upper - kl_mean)"

@@ -38,7 +38,7 @@ TABLE_COLUMNS = ["task", "metric", "filter", "n", "acc_base", "acc_comp", "delta
 TOKEN_TABLE = [("KL mean ± SE", "kl_mean", "kl_se"), ("KL p99", "kl_p99", None), ("KL max", "kl_max", None),
                ("KL median", "kl_median", None), ("same top ± SE", "same_top", "same_top_se"), ("mean Δp", "dp_mean", None),
                ("RMS Δp", "dp_rms", None), ("ln(PPL_c/PPL_b) ± SE", "ln_ppl_ratio", "ln_ppl_ratio_se")]
-INTERVALS_NOTE = ("95% intervals: exact Clopper-Pearson for flips (and lost, gained in summary.csv); Tango's score "
+INTERVALS_NOTE = ("95% intervals: exact Clopper-Pearson for flips (and lost, gained in summary.csv); the Tango score "
                   "interval for the paired difference Δacc (correct coverage at small n and with no changed answer); "
                   "paired bootstrap over docs for label loyalty and mean KL. Δacc is in percentage points (pp). "
                   "mcnemar_p_holm: Holm-adjusted across the tasks' headline rows (per subject within a task in "
@@ -270,7 +270,7 @@ def write_html(path: Path, title: str, head: list[str], parts: list, figures: li
 
 def gate_lines(verdict: dict) -> list[str]:
     on = {"point": "point estimates (token KL from a top-k reference: the upper end of its interval)",
-          "upper_ci": "the pessimistic end of each 95% interval (Δacc: Tango's score interval)"}[verdict.get("on", "point")]
+          "upper_ci": "the pessimistic end of each 95% interval (Δacc: the Tango score interval)"}[verdict.get("on", "point")]
     lines = [f"Gate checked on {on} (gate.on={verdict.get('on', 'point')})."] if verdict["verdict"] != "not set" else []
     for task in verdict["tasks"]:
         for check in task["checks"]:
@@ -307,7 +307,7 @@ def token_kl_bound_lines(summary: pd.DataFrame, topk: int) -> list[str]:
             continue
         bound = float(r.get("kl_mean_ci_high", np.nan))
         upper_ci = (f"; under gate.on=upper_ci it judges {bound + r['kl_mean_upper'] - r['kl_mean']:.4g}, the bootstrap "
-                    "bound plus the interval's width") if np.isfinite(bound) else ""
+                    "bound plus the width of the top-k interval") if np.isfinite(bound) else ""
         lines.append(f"- {r['task']}: token KL from a top-{topk} baseline reference: the exact mean KL lies in "
                      f"[{r['kl_mean']:.4g}, {r['kl_mean_upper']:.4g}] nats (point estimate kl_mean, the lower end; the "
                      f"gate judges the upper end{upper_ci}).")
