@@ -399,21 +399,24 @@ def flip_rate_by_margin(
     bins: Sequence[float] = DEFAULT_MARGIN_BINS,
     *,
     metrics_by_task: dict[str, list[str]] | None = None,
+    correct_if: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """Flip rate of MC docs binned by the baseline's margin (p_b top-1 - top-2): where do flips happen?
 
     One row per (task, metric, filter, bin) with columns MARGIN_COLUMNS; flips counts docs whose
     correctness changed, flip_rate = flips / n (NaN for an empty bin). Bins are (low, high], the first
-    closed on the left. Metrics as in ``summarize``; generative rows are ignored.
+    closed on the left. Metrics and ``correct_if`` as in ``summarize``; generative rows are ignored.
     """
     mc = samples[samples["output_type"] == MULTIPLE_CHOICE]
     if len(mc) == 0:
         return pd.DataFrame(columns=MARGIN_COLUMNS)
     tables = []
+    rules = {task: parse_correct_if(rule, f"suite.correct_if.{task}") for task, rule in (correct_if or {}).items()}
     for task, frame in mc.groupby("task", sort=False):
-        for metric, filter_name in _metric_specs(task, frame, metrics_by_task)[1]:
+        for position, (metric, filter_name) in enumerate(_metric_specs(task, frame, metrics_by_task)[1]):
             rows = annotate(frame[frame["filter"] == filter_name], metric)
-            flipped = predictions(rows, "base", metric)[1] != predictions(rows, "comp", metric)[1]
+            rule = rules.get(task) if position == 0 else None
+            flipped = _side_predictions(rows, "base", metric, rule)[1] != _side_predictions(rows, "comp", metric, rule)[1]
             table = _bin_flips(rows["margin_base"].to_numpy(), flipped, bins)
             table.insert(0, "task", task)
             table.insert(1, "metric", metric)

@@ -191,7 +191,8 @@ def headline_text(summary: pd.DataFrame, verdict: dict) -> list[str]:
     return lines
 
 
-def make_plots(run_dir: Path, samples: pd.DataFrame, summary: pd.DataFrame, method: str, tag: str) -> list[Path]:
+def make_plots(run_dir: Path, samples: pd.DataFrame, summary: pd.DataFrame, method: str, tag: str,
+               correct_if: dict[str, str] | None = None) -> list[Path]:
     out = run_dir / "plots"
     made = plots.accuracy_vs_flips(summary, method, f"Accuracy hides flips — {tag}", out / "accuracy_vs_flips")
     made += plots.transition_matrices(samples, f"Right/wrong transitions — {tag}", out / "transitions")
@@ -199,7 +200,7 @@ def make_plots(run_dir: Path, samples: pd.DataFrame, summary: pd.DataFrame, meth
     made += plots.kl_vs_flips(heads, f"KL vs flips — {tag}", out / "kl_vs_flips")
     mc = samples[samples["output_type"] == "multiple_choice"]
     if len(mc):
-        made += plots.flips_by_margin(metrics.flip_rate_by_margin(mc), method, f"Where flips happen — {tag}",
+        made += plots.flips_by_margin(metrics.flip_rate_by_margin(mc, correct_if=correct_if), method, f"Where flips happen — {tag}",
                                       out / "flips_by_margin")
     for task in summary.loc[summary["level"] == "group", "task"].unique():
         made += plots.subject_flips(summary, task, method, f"Flips per subject: {task} — {tag}", out / f"subjects_{task}")
@@ -326,7 +327,7 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
     method = compression.get("method", cfg.compression.method)
     bits = "" if np.isnan(compressed_bits(cfg)) else f" w{cfg.compression.bits}"
     tag = f"{cfg.model.name} · {method}{bits}{pruning_label(compression)}"
-    figures = make_plots(run_dir, samples, summary, method, tag) if cfg.output.plots else []
+    figures = make_plots(run_dir, samples, summary, method, tag, dict(cfg.suite.correct_if)) if cfg.output.plots else []
     head = headline_text(summary, verdict)
     diverged = diverged_rows(summary)
     if diverged:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from flipbench import evaluate, scoring
-from flipbench.metrics import summarize
+from flipbench.metrics import flip_rate_by_margin, summarize
 
 from .tables import gen_row, mc_row, table
 
@@ -63,6 +63,8 @@ def test_a_lower_is_better_mc_metric_follows_its_rule():
                                                                                       {"brier_score": 0.6}))]
     out = summarize(table(rows), n_resamples=0, correct_if={"mc": "<=0.25"}).iloc[0]
     assert (out["acc_base"], out["acc_comp"], out["lost"]) == (1.0, 0.0, 1.0)
+    by_margin = flip_rate_by_margin(table(rows), correct_if={"mc": "<=0.25"})
+    assert by_margin["flips"].sum() == 1
     with pytest.raises(scoring.MetricError, match="'brier_score' is not 0/1"):
         summarize(table(rows), n_resamples=0)
 
