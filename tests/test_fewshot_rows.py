@@ -10,11 +10,11 @@ import pytest
 
 from flipbench import tasks
 from flipbench.config import ConfigError, SuiteConfig
-from tests.test_standard_tasks import GSM8K, shared_index, write  # noqa: F401
+from tests.test_standard_tasks import GSM8K, write
 
 
 @pytest.mark.parametrize("rows, shots, refused", [(1, 5, True), (5, 5, True), (6, 5, False), (1, 0, False)])
-def test_one_gsm8k_file_needs_shots_plus_one_rows(shared_index, tmp_path, rows, shots, refused):
+def test_one_gsm8k_file_needs_shots_plus_one_rows(tmp_path, rows, shots, refused):
     path = write(GSM8K[:rows], tmp_path / "gsm8k.jsonl")
     suite = SuiteConfig(name="standard", tasks=["gsm8k"], data_files={"gsm8k": str(path)}, num_fewshot={"gsm8k": shots})
     if not refused:
@@ -26,7 +26,7 @@ def test_one_gsm8k_file_needs_shots_plus_one_rows(shared_index, tmp_path, rows, 
     assert "\n" not in str(err.value)
 
 
-def test_train_split_needs_only_the_shots(shared_index, tmp_path):
+def test_train_split_needs_only_the_shots(tmp_path):
     """From a separate train split lm-eval draws exactly the shots: five rows serve 5-shot."""
     spec = {"train": str(write(GSM8K[:5], tmp_path / "train.jsonl")), "test": str(write(GSM8K, tmp_path / "test.jsonl"))}
     assert tasks.resolve(SuiteConfig(name="standard", tasks=["gsm8k"], data_files={"gsm8k": spec},
