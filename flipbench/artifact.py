@@ -37,7 +37,8 @@ REFERENCE_KEY = "side"  # <folder>/side.kl.pt (cache.REFERENCE_NAME)
 SIDE_IDENTITY = ("side", "model", "engine", "tasks", "tokenizer", "suite", "lm_eval", "compression_settings")
 # Fields both sides must share to be compared.
 PAIRED = {"tasks": "task configs", "tokenizer": "tokenizers", "lm_eval": "lm-eval versions"}
-SUITE_PAIRED = ("tasks", "limit", "task_limits", "num_fewshot", "seed", "metrics", "subject_field", "max_gen_toks")
+SUITE_PAIRED = ("tasks", "limit", "task_limits", "num_fewshot", "seed", "metrics", "correct_if", "subject_field",
+                "max_gen_toks")
 
 
 def shard_folder(root: Path, shard: tuple[int, int] | None) -> Path:

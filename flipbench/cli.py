@@ -23,7 +23,8 @@ EXIT_BAD_INPUT = 2
 EXIT_GATE_FAILED = 3
 EXIT_INTERRUPTED = 130
 # Config fields that are mappings from a task name: a new entry needs Hydra's '+'.
-MAPPING_KEYS = ("suite.num_fewshot", "suite.metrics", "suite.data_files", "suite.max_gen_toks", "gate.per_task")
+MAPPING_KEYS = ("suite.num_fewshot", "suite.metrics", "suite.data_files", "suite.max_gen_toks", "suite.correct_if",
+                "gate.per_task")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 register()
@@ -60,6 +61,12 @@ def _app(cfg: DictConfig) -> None:
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt as err:
         interrupted(getattr(err, "stage", "start-up"), getattr(err, "run_dir", None))
+    except Exception as err:  # noqa: BLE001  a sweep goes on: the member's folder is marked failed, the report lists it
+        if not sweeping:
+            raise
+        first = str(err).splitlines()[0] if str(err) else ""
+        logging.getLogger("flipbench").error("sweep member %s failed: %s: %s", cfg.output.run_dir, type(err).__name__, first)
+        return
     gate = json.loads((run_dir / "manifest.json").read_text()).get("gate") or {}
     print(f"flipbench: run complete: {run_dir}  gate: {gate.get('verdict', 'not set')}")
     if gate.get("verdict") == "FAIL" and not sweeping:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -98,6 +99,9 @@ class SuiteConfig:
     # task -> generation budget in tokens (lm-eval's max_gen_toks) for generative tasks, e.g. to fit a short context.
     max_gen_toks: Dict[str, Optional[int]] = field(default_factory=lambda: dict.fromkeys(STANDARD_TASKS))
     metrics: Dict[str, List[str]] = field(default_factory=dict)  # task -> metrics, first is the headline
+    # task -> when a doc counts as correct under a continuous headline metric: a comparison and a threshold,
+    # e.g. ">=0.5" (F1), "<=0.25" (brier_score, lower is better). 0/1 metrics (acc, exact_match, ...) need none.
+    correct_if: Dict[str, str] = field(default_factory=dict)
     subject_groups: List[str] = field(default_factory=lambda: ["mmlu"])  # groups reported as one task
     subject_field: str = "subject"  # doc field that names a task's groups (synth_mmlu)
 
@@ -127,9 +131,14 @@ class GateConfig:
     max_flips: Optional[float] = None
     max_lost: Optional[float] = None
     max_acc_drop: Optional[float] = None
-    max_kl_mean: Optional[float] = None
+    max_choice_kl_mean: Optional[float] = None  # nats; multiple-choice tasks (choice KL over raw log-likelihoods)
+    max_token_kl_mean: Optional[float] = None  # nats; generative tasks (token KL over the vocabulary)
+    # share of docs with a non-finite log-prob on either side; None: none allowed once any limit is set
+    max_nonfinite: Optional[float] = None
     on: str = "point"  # point: estimates meet the limits | upper_ci: the pessimistic 95% bound meets them
     per_task: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    # retired: one KL limit cannot serve two scales; kept in the schema only to refuse it with the new names
+    max_kl_mean: Optional[float] = None
 
 
 @dataclass
@@ -194,7 +203,11 @@ METHODS = ("none", *QUANT_METHODS, *PRUNE_METHODS, "checkpoint")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 NOISE_FLOORS = ("off", "batch", "dtype", "batch_dtype")
 GATE_ON = ("point", "upper_ci")
-GATE_KEYS = ("max_flips", "max_lost", "max_acc_drop", "max_kl_mean")
+GATE_KEYS = ("max_flips", "max_lost", "max_acc_drop", "max_choice_kl_mean", "max_token_kl_mean", "max_nonfinite")
+RETIRED_GATE_KEYS = {"max_kl_mean": "KL has one scale per kind: use gate.max_choice_kl_mean (multiple-choice tasks) "
+                                    "and/or gate.max_token_kl_mean (generative tasks), both in nats"}
+# suite.correct_if.<task>: a comparison and a number, e.g. ">=0.5"
+CORRECT_IF = r"\s*(>=|<=|>|<)\s*([-+]?(?:[0-9]*\.)?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
 # The compression keys each method reads (flipbench/compress: QuantConfig for the quantizers, PruneConfig for the
 # pruners); another method's key given to it is refused by the CLI (flipbench.cli.check_method_keys).
 _QUANT_KEYS = ("bits", "group_size", "sym", "mse", "mse_norm", "act_order", "static_groups", "damp", "block_size",
@@ -363,9 +376,27 @@ def validate(cfg: FlipbenchConfig) -> None:
         _check(not (comp.act_order and comp.group_size != -1 and not comp.static_groups and comp.method != "tacq"),
                "output.save_model with compression.act_order=true and groups needs compression.static_groups=true "
                "(compressed-tensors stores groups in column order, without g_idx)")
-    limits = [(key, getattr(cfg.gate, key)) for key in GATE_KEYS]
-    for task, task_limits in cfg.gate.per_task.items():
+    _validate_gate(cfg.gate)
+    for task, rule in cfg.suite.correct_if.items():
+        parse_correct_if(rule, f"suite.correct_if.{task}")
+
+
+def parse_correct_if(rule: str, key: str = "suite.correct_if") -> tuple[str, float]:
+    """``">=0.5"`` -> (">=", 0.5); anything else is a ConfigError naming the form."""
+    match = re.fullmatch(CORRECT_IF, str(rule))
+    _check(match is not None, f"{key}={rule!r} is not a comparison and a threshold; write e.g. '>=0.5' (higher is "
+           "better) or '<=0.25' (lower is better)")
+    return match.group(1), float(match.group(2))
+
+
+def _validate_gate(gate: GateConfig) -> None:
+    for key, why in RETIRED_GATE_KEYS.items():
+        _check(getattr(gate, key) is None, f"gate.{key} is retired; {why}")
+    limits = [(key, getattr(gate, key)) for key in GATE_KEYS]
+    for task, task_limits in gate.per_task.items():
         for key in task_limits:
+            if key in RETIRED_GATE_KEYS:
+                raise ConfigError(f"gate.per_task.{task}.{key} is retired; {RETIRED_GATE_KEYS[key]}")
             if key not in GATE_KEYS:
                 close = difflib.get_close_matches(key, GATE_KEYS, n=1, cutoff=0.6)
                 hint = f"did you mean {close[0]}? " if close else ""
@@ -399,7 +430,7 @@ def check_gate_limit(key: str, value: float | None) -> None:
     met (or never fail), so it is a typo, refused before any evaluation."""
     if value is None:
         return
-    if key.endswith("max_kl_mean"):
+    if key.endswith("kl_mean"):
         _check(value >= 0, f"gate.{key}={value} must be >= 0 (nats), e.g. 0.05")
     else:
         _check(0 <= value <= 1, f"gate.{key}={value} is outside [0, 1]; give a fraction, e.g. 0.05 for 5%")

@@ -191,11 +191,10 @@ def used_splits(cfg: dict) -> list[str]:
 def needed_splits(cfg: dict, shots: int) -> dict[str, str]:
     """{split: role} the task cannot run without: the evaluated split, and the few-shot split when shots > 0
     (lm-eval's order: fewshot_split, else train, else validation)."""
-    evaluated = cfg.get("test_split") or cfg.get("validation_split")
-    need = {evaluated: "the evaluated split"}
-    if shots > 0 and not (cfg.get("fewshot_config") or {}).get("samples"):
-        fewshot = cfg.get("fewshot_split") or cfg.get("training_split") or cfg.get("validation_split") or evaluated
-        need.setdefault(fewshot, f"the few-shot examples ({shots}-shot)")
+    need = {cfg.get("test_split") or cfg.get("validation_split"): "the evaluated split"}
+    shots_from = fewshot_split(cfg, shots)
+    if shots_from:
+        need.setdefault(shots_from, f"the few-shot examples ({shots}-shot)")
     return need
 
 
@@ -256,10 +255,22 @@ def _sources(task: str, cfg: dict, spec) -> tuple[dict[str, Path], bool, str | N
     return sources, False, note
 
 
-def _check_rows(task: str, table: pd.DataFrame, split: str, role: str, shots: int, subject: str | None) -> None:
-    if role.startswith("the few-shot") and len(table) < shots:
-        raise ConfigError(f"suite.data_files.{task}: split {split!r} has {len(table)} rows"
-                          f"{f' for {subject}' if subject else ''}, fewer than the {shots} shots; "
+def fewshot_split(cfg: dict, shots: int) -> str | None:
+    """The split lm-eval draws the few-shot examples from (its order: fewshot_split, else train, else
+    validation, else the evaluated split); None without shots or with fixed few-shot samples in the YAML."""
+    if shots <= 0 or (cfg.get("fewshot_config") or {}).get("samples"):
+        return None
+    evaluated = cfg.get("test_split") or cfg.get("validation_split")
+    return cfg.get("fewshot_split") or cfg.get("training_split") or cfg.get("validation_split") or evaluated
+
+
+def _check_rows(task: str, table: pd.DataFrame, split: str, shots: int, evaluated: bool, subject: str | None) -> None:
+    """Enough rows for the few-shot draw: ``shots``, one more when the few-shot split is the test split (lm-eval
+    then draws shots + 1 and drops the asked doc; with fewer it fails with 'Sample larger than population')."""
+    if len(table) < (shots + 1 if evaluated else shots):
+        plus = " plus the asked doc (lm-eval leaves it out of its own context)" if evaluated else ""
+        raise ConfigError(f"suite.data_files.{task}: split {split!r} has {len(table)} row{'s' if len(table) != 1 else ''}"
+                          f"{f' for {subject}' if subject else ''}, fewer than the {shots} shots{plus}; "
                           f"give the full {split} split or lower suite.num_fewshot.{task}")
 
 
@@ -281,14 +292,15 @@ def apply_local_data(cfg: dict, spec, task: str, shots: int) -> tuple[dict | Non
     used = [split for split in [*need, *used_splits(cfg)] if split in sources]
     sources = {split: sources[split] for split in dict.fromkeys(used)}  # the evaluated split first
     subject = cfg.get("dataset_name") if dataset_path == "cais/mmlu" and not descended else None
+    evaluated, shots_from = next(iter(need)), fewshot_split(cfg, shots)
     for split, path in sources.items():
         table = check_file(task, dataset_path, path, "" if single else f".{split}")
         if subject:
             table = table[table["subject"] == subject]
-            if split == next(iter(need)) and table.empty:
+            if split == evaluated and table.empty:
                 return None, note
-        if not single:
-            _check_rows(task, table, split, need.get(split, ""), shots, subject)
+        if split == shots_from:
+            _check_rows(task, table, split, shots, split == cfg.get("test_split"), subject)
     if subject:
         cfg["process_docs"] = SubjectFilter(subject)
     for key in SPLIT_KEYS:

@@ -112,15 +112,26 @@ def run_lm_eval(lm, tasks: dict, plan: TaskPlan, *, limit: int | None, num_fewsh
 
 
 def headline_metric(task: str, sample: dict, metrics_cfg: dict[str, list[str]]) -> str:
-    """The configured first metric, else acc_norm where lm-eval scored it (HellaSwag, ARC), else acc / exact_match."""
+    """The configured first metric, else acc_norm where lm-eval scored it (HellaSwag, ARC), else acc / exact_match.
+
+    A configured metric must be one lm-eval logged for the sample (a multiple-choice one may also be a decision
+    rule flipbench recomputes from the log-likelihoods, :data:`flipbench.scoring.RULES`); anything else is a
+    :class:`flipbench.scoring.MetricError` naming the metrics the task has, never a silent 0."""
+    available = list(sample.get("metrics", []))
     configured = metrics_cfg.get(task)
     if configured:
-        return configured[0]
-    available = sample.get("metrics", [])
+        metric = configured[0]
+        multiple_choice = bool(sample.get("filtered_resps")) and isinstance(sample["filtered_resps"][0], (list, tuple))
+        if metric not in available and not (multiple_choice and metric in scoring.RULES and metric != "acc_mutual_info"):
+            raise scoring.MetricError(f"suite.metrics.{task}: {metric!r} is not a metric of {task}; it has "
+                                      f"{', '.join(available) or 'none logged'}")
+        return metric
     for name in ("acc_norm", "acc", "exact_match"):
         if name in available:
             return name
-    return available[0] if available else "acc"
+    if not available:
+        raise scoring.MetricError(f"task {task}: lm-eval logged no per-sample metric; name one in suite.metrics.{task}")
+    return available[0]
 
 
 def _gold(sample: dict, task_obj, choices: list[str]) -> list[int]:
@@ -136,7 +147,7 @@ def _gold(sample: dict, task_obj, choices: list[str]) -> list[int]:
     return out
 
 
-def _mc_row(sample: dict, task_obj, metric: str) -> dict:
+def _mc_row(sample: dict, task_obj, metric: str, rule: tuple[str, float] | None = None) -> dict:
     choices = [str(c) for c in task_obj.doc_to_choice(sample["doc"])]
     k = len(choices)
     ll = np.array([float(r[0]) for r in sample["filtered_resps"]], dtype=np.float64)
@@ -149,34 +160,47 @@ def _mc_row(sample: dict, task_obj, metric: str) -> dict:
                                        ll_uncond[None] if ll_uncond.size else None)
     pred = int(np.argmax(scores[0]))
     gold = _gold(sample, task_obj, choices)
+    if metric not in logged and metric not in scoring.RULES:
+        raise scoring.MetricError(f"metric {metric!r} is missing from lm-eval's logged sample; it logged "
+                                  f"{', '.join(logged) or 'none'}")
     correct = logged.get(metric, float(pred in gold))  # lm-eval's own value; the rule only where it logged none
     return dict(
         prompt=sample["arguments"][0][0], target=scoring.format_gold(gold), choices=choices,
         choice_len=lengths.astype(int).tolist(), ll=ll.tolist(), ll_uncond=ll_uncond.tolist(), pred=str(pred),
-        correct=int(correct > 0), lm_correct=json.dumps(logged, sort_keys=True), response="",
+        correct=scoring.binary_correct(correct, metric, rule), lm_correct=json.dumps(logged, sort_keys=True), response="",
     )
 
 
-def _gen_row(sample: dict, metric: str) -> dict:
+def _gen_row(sample: dict, metric: str, rule: tuple[str, float] | None = None) -> dict:
+    if metric not in sample:
+        raise scoring.MetricError(f"metric {metric!r} is missing from lm-eval's logged sample (doc {sample.get('doc_id')}); "
+                                  f"it logged {', '.join(sample.get('metrics', [])) or 'none'}")
     filtered = sample["filtered_resps"]
     pred = filtered[0] if isinstance(filtered, list) else filtered
     raw = sample["resps"][0][0] if sample["resps"] and sample["resps"][0] else ""
     return dict(
         prompt=sample["arguments"][0][0], target=str(sample["target"]), choices=[], choice_len=[], ll=[], ll_uncond=[],
-        pred=str(pred), correct=int(float(sample.get(metric, 0.0)) > 0),
+        pred=str(pred), correct=scoring.binary_correct(sample[metric], metric, rule),
         lm_correct=json.dumps(scoring.logged_metrics(sample), sort_keys=True), response=str(raw),
     )
 
 
-def samples_frame(results: dict, tasks: dict, plan: TaskPlan, metrics_cfg: dict[str, list[str]], subject_field: str) -> pd.DataFrame:
-    """Flatten lm-eval's logged samples: one row per (task, group, doc_id, filter)."""
+def samples_frame(results: dict, tasks: dict, plan: TaskPlan, metrics_cfg: dict[str, list[str]], subject_field: str,
+                  correct_if: dict[str, str] | None = None) -> pd.DataFrame:
+    """Flatten lm-eval's logged samples: one row per (task, group, doc_id, filter). ``correct_if``: task -> the rule
+    that makes a continuous headline metric 0/1 (``suite.correct_if``)."""
+    from flipbench.config import parse_correct_if
+
+    rules = {task: parse_correct_if(rule, f"suite.correct_if.{task}") for task, rule in (correct_if or {}).items()}
     rows = []
     for leaf, samples in results["samples"].items():
         task_obj, task = tasks[leaf], plan.reported.get(leaf, leaf)
         output_type = task_obj.get_config("output_type")
         for sample in samples:
             metric = headline_metric(task, sample, metrics_cfg)
-            body = _mc_row(sample, task_obj, metric) if output_type == "multiple_choice" else _gen_row(sample, metric)
+            rule = rules.get(task) if metric == (metrics_cfg.get(task) or [metric])[0] else None
+            body = (_mc_row(sample, task_obj, metric, rule) if output_type == "multiple_choice"
+                    else _gen_row(sample, metric, rule))
             group = leaf.removeprefix(f"{task}_") if task != leaf else str(sample["doc"].get(subject_field, leaf))
             rows.append(dict(
                 task=task, group=group, category=plan.categories.get(leaf, ""), doc_id=int(sample["doc_id"]),

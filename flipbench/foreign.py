@@ -20,7 +20,6 @@ import ast
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 

@@ -6,11 +6,12 @@ stores per row; from a top-k baseline reference ``tok_kl`` is the lower bound of
 ``kl_mean_upper`` the mean of the upper bounds, so the true token-weighted mean KL lies in [kl_mean, kl_mean_upper].
 Choice scope (multiple choice): the same KL statistics over docs (one choice-level KL per doc); the token-only
 ones stay NaN. Definitions (llama.cpp tools/perplexity/perplexity.cpp, ``kl_divergence``):
-mean ± SE with SE = sqrt((<x²> - <x>²) / (n - 1)); percentiles by linear interpolation at fraction·(n - 1)
-(numpy's default); same-top rate p ± sqrt(p (1 - p) / (n - 1)); Δp = p_c(t) - p_b(t) of the baseline's
-answer token t, its mean and RMS sqrt(<Δp²>); ln(PPL_c / PPL_b) = <ln p_b(t) - ln p_c(t)> with the paired
-SE of that mean (sqrt(var_c + var_b - 2 cov), the SE of the per-token differences). Unlike llama.cpp we give
-an SE from two values on (it reports 0 below eleven) and need no minimum count. Only finite values count.
+mean, percentiles by linear interpolation at fraction·(n - 1) (numpy's default); same-top rate; Δp = p_c(t) -
+p_b(t) of the baseline's answer token t, its mean and RMS sqrt(<Δp²>); ln(PPL_c / PPL_b) = <ln p_b(t) - ln p_c(t)>
+(the paired difference per token). Standard errors differ from llama.cpp's on purpose: the tokens of one answer
+are correlated (one wrong turn shifts every token after it), so the SEs of token statistics (kl_se, same_top_se,
+ln_ppl_ratio_se) are cluster-robust with the doc as cluster (:func:`flipbench.stats.clustered_mean_and_se`); the
+choice scope, one value per doc, keeps sqrt((<x²> - <x>²) / (n - 1)). Only finite values count.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from flipbench.scoring import floats
-from flipbench.stats import mean_and_se
+from flipbench.stats import clustered_mean_and_se, mean_and_se
 
 # fraction -> column; median is the 0.5 percentile
 PERCENTILES = {0.999: "kl_p999", 0.99: "kl_p99", 0.95: "kl_p95", 0.9: "kl_p90", 0.5: "kl_median",
@@ -29,22 +30,34 @@ TOKEN_ONLY = ["kl_mean_upper", "same_top", "same_top_se", "dp_mean", "dp_rms", "
 COLUMNS = KL_COLUMNS + TOKEN_ONLY
 
 
-def kl_distribution(kl) -> dict[str, float]:
-    """mean, SE, max, the PERCENTILES and min of the finite values of ``kl`` (all NaN when there are none)."""
+def kl_distribution(kl, clusters=None) -> dict[str, float]:
+    """mean, SE, max, the PERCENTILES and min of the finite values of ``kl`` (all NaN when there are none); with
+    ``clusters`` (the doc of each value) the SE is cluster-robust."""
     kl = np.asarray(kl, dtype=float)
-    kl = kl[np.isfinite(kl)]
+    finite = np.isfinite(kl)
+    kl = kl[finite]
     if kl.size == 0:
         return dict.fromkeys(KL_COLUMNS, np.nan)
-    mean, se = mean_and_se(kl)
+    mean, se = mean_and_se(kl) if clusters is None else clustered_mean_and_se(kl, np.asarray(clusters)[finite])
     out = {"kl_mean": mean, "kl_se": se, "kl_max": float(kl.max()), "kl_min": float(kl.min())}
     out.update(zip(PERCENTILES.values(), np.percentile(kl, [100 * f for f in PERCENTILES]).tolist()))
     return out
 
 
+def _is_list(cell) -> bool:
+    return isinstance(cell, (list, tuple, np.ndarray)) and len(cell) > 0
+
+
 def _concat(cells: pd.Series) -> np.ndarray:
     """The per-row lists of one column, end to end (parquet gives None for a NaN inside a list)."""
-    parts = [floats(cell) for cell in cells if isinstance(cell, (list, tuple, np.ndarray)) and len(cell)]
+    parts = [floats(cell) for cell in cells if _is_list(cell)]
     return np.concatenate(parts) if parts else np.empty(0)
+
+
+def _docs(cells: pd.Series) -> np.ndarray:
+    """The row (doc) each value of :func:`_concat` comes from: the clusters of the token statistics' SEs."""
+    parts = [np.full(len(cell), i) for i, cell in enumerate(cells) if _is_list(cell)]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=int)
 
 
 def token_stats(rows: pd.DataFrame) -> dict[str, float]:
@@ -52,16 +65,19 @@ def token_stats(rows: pd.DataFrame) -> dict[str, float]:
     if "tok_kl" not in rows:
         return dict.fromkeys(COLUMNS, np.nan)
     kl = _concat(rows["tok_kl"])
-    out = kl_distribution(kl)
+    out = kl_distribution(kl, _docs(rows["tok_kl"]))
     out["kl_mean_upper"] = _upper_mean(rows, np.isfinite(kl))
-    same = _concat(rows["tok_same_top"])
-    p_top, p_se = mean_and_se(same[np.isfinite(same)])  # on 0/1 values this SE is sqrt(p (1 - p) / (n - 1))
+    same, same_docs = _concat(rows["tok_same_top"]), _docs(rows["tok_same_top"])
+    kept = np.isfinite(same)
+    p_top, p_se = clustered_mean_and_se(same[kept], same_docs[kept])
     logp_b, logp_c = _concat(rows["tok_logp_base"]), _concat(rows["tok_logp_comp"])
     with np.errstate(invalid="ignore", over="ignore"):
         dp = np.exp(logp_c) - np.exp(logp_b)  # a ruled-out token has p = exp(-inf) = 0: finite Δp
         d_nll = logp_b - logp_c  # per-token ln PPL_c - ln PPL_b contribution
     dp = dp[np.isfinite(dp)]
-    ratio, ratio_se = mean_and_se(d_nll[np.isfinite(d_nll)])
+    kept = np.isfinite(d_nll)
+    docs = _docs(rows["tok_logp_base"])
+    ratio, ratio_se = clustered_mean_and_se(d_nll[kept], docs[kept]) if docs.shape == d_nll.shape else (np.nan, np.nan)
     out.update({"same_top": p_top, "same_top_se": p_se,
                 "dp_mean": float(dp.mean()) if dp.size else np.nan,
                 "dp_rms": float(np.sqrt(np.mean(dp * dp))) if dp.size else np.nan,

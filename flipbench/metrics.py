@@ -19,9 +19,10 @@ from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr, softmax
 
 from flipbench import klstats, scoring
+from flipbench.config import parse_correct_if
 from flipbench.schema import INVALID
 from flipbench.stats import (benjamini_hochberg, clopper_pearson, cohen_kappa, holm, mcnemar_exact, nanmean_last,
-                             paired_bootstrap)
+                             paired_bootstrap, tango_interval)
 
 MULTIPLE_CHOICE, GENERATIVE = "multiple_choice", "generate_until"
 MC_METRICS = tuple(scoring.RULES)
@@ -51,11 +52,12 @@ MARGIN_COLUMNS = ["task", "metric", "filter", "bin", "bin_low", "bin_high", "n",
 _P_FLOOR = np.finfo(float).tiny
 
 # Statistics bootstrapped per summary row; each maps (R, N) resampled columns to (R,). flips, lost and
-# gained get exact Clopper-Pearson intervals instead (a percentile bootstrap gives [0, 0] for 0 flips).
+# gained get exact Clopper-Pearson intervals instead, delta_acc Tango's paired score interval (a percentile
+# bootstrap gives [0, 0] when no answer changed, and is too narrow at small n).
 # kl_mean is sum(KL) / count over the resampled docs: per doc, one choice KL (count 1) or its answer tokens'
 # KL sum and count, so the token-weighted mean is resampled by whole docs.
+DELTA_ACC_INTERVAL = "Tango's score interval for paired proportions"
 _BOOTSTRAP = {
-    "delta_acc": lambda s: (s["correct_comp"] - s["correct_base"]).mean(axis=-1),
     "label_loyalty": lambda s: s["agree"].mean(axis=-1),
     "kl_mean": lambda s: _ratio(np.nansum(s["kl_sum"], axis=-1), s["kl_count"].sum(axis=-1)),
 }
@@ -98,20 +100,23 @@ def _float_column(frame: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def annotate(paired: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
-    """Return a copy of the paired table with p_base, p_comp, kl, js, margin_base filled for MC rows.
+    """Return a copy of the paired table with p_base, p_comp, kl, kl_norm, js, margin_base filled for MC rows.
 
-    Multiple-choice rows get choice distributions p = softmax(normalised scores) and choice-level divergences,
-    the scores being those the prediction under ``metric`` uses (default: each row's own ``metric``;
-    :mod:`flipbench.scoring`: ll for acc, ll / characters for acc_norm, ll / bytes for acc_bytes,
-    ll - unconditional ll for acc_mutual_info). Rows may have different numbers of choices.
-    Generative rows keep their token-level ``kl``, ``same_top`` and ``n_tokens`` (NaN where absent) and
-    get empty p lists and NaN js / margin_base; MC rows get NaN same_top / n_tokens.
+    Choice KL has one scale whatever the metric: p = softmax of the raw choice log-likelihoods, and kl, js come
+    from it on every multiple-choice row. ``kl_norm`` is the same KL over the scores the prediction under
+    ``metric`` takes the argmax of (default: each row's own ``metric``; :mod:`flipbench.scoring`: ll for acc,
+    ll / characters for acc_norm, ll / bytes for acc_bytes, ll - unconditional ll for acc_mutual_info), kept
+    beside it, and margin_base (top-1 minus top-2 probability) is read from those scores too, since they decide
+    the answer. Rows may have different numbers of choices. Generative rows keep their token-level ``kl``,
+    ``same_top`` and ``n_tokens`` (NaN where absent) and get empty p lists and NaN js / kl_norm / margin_base;
+    MC rows get NaN same_top / n_tokens.
     """
     out = paired.copy()
     n = len(out)
     mc = (out["output_type"] == MULTIPLE_CHOICE).to_numpy()
     p_base, p_comp = [[] for _ in range(n)], [[] for _ in range(n)]
     kl, js, margin = _float_column(out, "kl"), np.full(n, np.nan), np.full(n, np.nan)
+    kl_norm = np.full(n, np.nan)
     same_top, n_tokens = _float_column(out, "same_top"), _float_column(out, "n_tokens")
     kl[mc] = same_top[mc] = n_tokens[mc] = np.nan
 
@@ -119,16 +124,18 @@ def annotate(paired: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
     for name in rule[mc].unique():
         mc_rows = np.flatnonzero(mc & (rule == name).to_numpy())
         mc_frame = out.iloc[mc_rows]
-        for (pos, s_b), (_, s_c) in zip(scoring.side_scores(mc_frame, "base", name),
-                                        scoring.side_scores(mc_frame, "comp", name)):
+        raw = zip(scoring.side_scores(mc_frame, "base", "acc"), scoring.side_scores(mc_frame, "comp", "acc"))
+        normalised = zip(scoring.side_scores(mc_frame, "base", name), scoring.side_scores(mc_frame, "comp", name))
+        for ((pos, ll_b), (_, ll_c)), ((_, s_b), (_, s_c)) in zip(raw, normalised):
             rows = mc_rows[pos]
             with np.errstate(invalid="ignore", over="ignore"):  # diverged (non-finite) scores -> NaN rows
-                dist_b, dist_c = choice_distribution(s_b), choice_distribution(s_c)
-                kl[rows], js[rows], margin[rows] = choice_divergence(dist_b, dist_c)
+                dist_b, dist_c = choice_distribution(ll_b), choice_distribution(ll_c)
+                kl[rows], js[rows], _ = choice_divergence(dist_b, dist_c)
+                kl_norm[rows], _, margin[rows] = choice_divergence(choice_distribution(s_b), choice_distribution(s_c))
             for row, p_b, p_c in zip(rows, dist_b.tolist(), dist_c.tolist()):
                 p_base[row], p_comp[row] = p_b, p_c
     out["p_base"], out["p_comp"] = p_base, p_comp
-    out["kl"], out["js"], out["margin_base"] = kl, js, margin
+    out["kl"], out["kl_norm"], out["js"], out["margin_base"] = kl, kl_norm, js, margin
     out["same_top"], out["n_tokens"] = same_top, n_tokens
     return out
 
@@ -144,9 +151,11 @@ def predictions(df: pd.DataFrame, side: str, metric: str) -> tuple[np.ndarray, n
     return pred, correct
 
 
-def _side_predictions(df: pd.DataFrame, side: str, metric: str) -> tuple[np.ndarray, np.ndarray, int]:
+def _side_predictions(df: pd.DataFrame, side: str, metric: str,
+                      rule: tuple[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """:func:`predictions` plus the number of MC rows whose recomputed prediction contradicts lm-eval's
-    logged correctness (from the same rescoring, so the summary does not score the rows twice)."""
+    logged correctness (from the same rescoring, so the summary does not score the rows twice). With ``rule``
+    (a continuous metric's ``suite.correct_if``), correctness is lm-eval's logged value compared with it."""
     if side not in ("base", "comp"):
         raise ValueError(f"side must be 'base' or 'comp', got {side!r}")
     pred = df[f"pred_{side}"].to_numpy(dtype=object).copy()
@@ -154,10 +163,13 @@ def _side_predictions(df: pd.DataFrame, side: str, metric: str) -> tuple[np.ndar
     mc_rows = np.flatnonzero((df["output_type"] == MULTIPLE_CHOICE).to_numpy())
     mismatches = 0
     if mc_rows.size:
-        chosen, lm_correct, mismatch = scoring.mc_predictions(df.iloc[mc_rows], side, metric)
+        chosen, lm_correct, mismatch = scoring.mc_predictions(df.iloc[mc_rows], side, metric, binary=rule is None)
         pred[mc_rows] = chosen.astype(str).astype(object)
         correct[mc_rows] = lm_correct
-        mismatches = int(mismatch.sum())
+        mismatches = int(mismatch.sum()) if rule is None else 0
+    if rule is not None:
+        correct = scoring.apply_rule(df[f"lm_correct_{side}"] if f"lm_correct_{side}" in df else
+                                     pd.Series([None] * len(df)), metric, rule).astype(float)
     if not np.isin(correct, (0, 1)).all():
         raise ValueError(f"correct_{side} must be 0/1 on every generative row")
     return pred, correct.astype(int), mismatches
@@ -194,15 +206,22 @@ def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if len(values) else np.nan
 
 
-def _n_nonfinite(rows: pd.DataFrame, kind: str) -> int:
-    """Rows whose scores diverged: MC with a non-finite ll on either side; generative with a token KL
-    that was computed (n_tokens > 0) but is not finite."""
-    if kind == MULTIPLE_CHOICE:
-        bad = [not (np.isfinite(b).all() and np.isfinite(c).all())
-               for b, c in zip(rows["ll_base"].map(scoring.floats), rows["ll_comp"].map(scoring.floats))]
-        return int(np.sum(bad))
+def _row_has_nonfinite(row_values) -> bool:
+    return any(isinstance(cell, (list, tuple, np.ndarray)) and len(cell) and not np.isfinite(scoring.floats(cell)).all()
+               for cell in row_values)
+
+
+def _n_nonfinite(rows: pd.DataFrame) -> int:
+    """Docs with a non-finite log-prob on either side, whatever the task type: a choice log-likelihood
+    (conditional or unconditional), an answer token's log-prob, or a token KL that was computed but is not finite."""
+    columns = [c for c in ("ll_base", "ll_comp", "ll_uncond_base", "ll_uncond_comp", "tok_logp_base",
+                           "tok_logp_comp", "tok_kl") if c in rows]
+    bad = np.array([_row_has_nonfinite(values) for values in zip(*(rows[c] for c in columns))], dtype=bool) \
+        if columns and len(rows) else np.zeros(len(rows), dtype=bool)
+    generative = (rows["output_type"] == GENERATIVE).to_numpy()
     scored = np.nan_to_num(_float_column(rows, "n_tokens")) > 0
-    return int((scored & ~np.isfinite(_float_column(rows, "kl"))).sum())
+    bad |= generative & scored & ~np.isfinite(_float_column(rows, "kl"))
+    return int(bad.sum())
 
 
 def _generative_extras(rows: pd.DataFrame, pred_b: np.ndarray, pred_c: np.ndarray, lost: np.ndarray) -> dict:
@@ -233,10 +252,11 @@ def _kl_record(rows: pd.DataFrame, kind: str, kl: np.ndarray) -> tuple[dict, np.
 
 
 def _summary_row(rows: pd.DataFrame, kind: str, metric: str, n_resamples: int, seed: int,
-                 margin_bins: Sequence[float] | None) -> dict:
+                 margin_bins: Sequence[float] | None, rule: tuple[str, float] | None = None,
+                 confidence: float = 0.95) -> dict:
     """All summary statistics of one set of paired rows under one metric (rows share one filter)."""
-    pred_b, correct_b, mismatch_b = _side_predictions(rows, "base", metric)
-    pred_c, correct_c, mismatch_c = _side_predictions(rows, "comp", metric)
+    pred_b, correct_b, mismatch_b = _side_predictions(rows, "base", metric, rule)
+    pred_c, correct_c, mismatch_c = _side_predictions(rows, "comp", metric, rule)
     agree = pred_b == pred_c
     lost_n = int(((correct_b == 1) & (correct_c == 0)).sum())
     gained_n = int(((correct_b == 0) & (correct_c == 1)).sum())
@@ -244,6 +264,7 @@ def _summary_row(rows: pd.DataFrame, kind: str, metric: str, n_resamples: int, s
     kl = _float_column(rows, "kl")
     kl_record, kl_sum, kl_count = _kl_record(rows, kind, kl)
     js = _float_column(rows, "js")
+    kl_norm = _float_column(rows, "kl_norm")
     record = {
         "n": n, "acc_base": _mean(correct_b), "acc_comp": _mean(correct_c),
         "delta_acc": _mean(correct_c - correct_b),
@@ -253,15 +274,16 @@ def _summary_row(rows: pd.DataFrame, kind: str, metric: str, n_resamples: int, s
         "prob_loyalty": 1 - float(nanmean_last(js)) if kind == MULTIPLE_CHOICE and n else np.nan,
         **kl_record,
         "kl_scope": "choice" if kind == MULTIPLE_CHOICE else "token",
+        "kl_norm_mean": _mean(kl_norm[np.isfinite(kl_norm)]) if kind == MULTIPLE_CHOICE else np.nan,
         "kappa": cohen_kappa(pred_b, pred_c), "mcnemar_p": mcnemar_exact(lost_n, gained_n),
-        "kl_unit": KL_UNIT, "n_kl": int(np.isfinite(kl).sum()), "n_nonfinite": _n_nonfinite(rows, kind),
+        "kl_unit": KL_UNIT, "n_kl": int(np.isfinite(kl).sum()), "n_nonfinite": _n_nonfinite(rows),
         "n_pred_mismatch": mismatch_b + mismatch_c,
     }
     for name, count in (("flips", lost_n + gained_n), ("lost", lost_n), ("gained", gained_n)):
-        record[f"{name}_ci_low"], record[f"{name}_ci_high"] = clopper_pearson(count, n)
-    columns = {"correct_base": correct_b.astype(np.int8), "correct_comp": correct_c.astype(np.int8),
-               "agree": agree.astype(np.int8), "kl_sum": kl_sum, "kl_count": kl_count}
-    for name, (low, high) in paired_bootstrap(columns, _BOOTSTRAP, n_resamples, seed).items():
+        record[f"{name}_ci_low"], record[f"{name}_ci_high"] = clopper_pearson(count, n, confidence)
+    record["delta_acc_ci_low"], record["delta_acc_ci_high"] = tango_interval(gained_n, lost_n, n, confidence)
+    columns = {"agree": agree.astype(np.int8), "kl_sum": kl_sum, "kl_count": kl_count}
+    for name, (low, high) in paired_bootstrap(columns, _BOOTSTRAP, n_resamples, seed, confidence).items():
         record[f"{name}_ci_low"], record[f"{name}_ci_high"] = low, high
     if kind == GENERATIVE:
         record.update(_generative_extras(rows, pred_b, pred_c, (correct_b == 1) & (correct_c == 0)))
@@ -330,6 +352,8 @@ def summarize(
     n_resamples: int = 1000,
     seed: int = 0,
     margin_bins: Sequence[float] | None = DEFAULT_MARGIN_BINS,
+    correct_if: dict[str, str] | None = None,
+    confidence: float = 0.95,
 ) -> pd.DataFrame:
     """Per-task (and per-group) summary of the paired samples table; columns start with SUMMARY_COLUMNS.
 
@@ -338,10 +362,13 @@ def summarize(
     each, one row per (metric, filter): metrics from ``metrics_by_task[task]`` (default: the rows'
     ``metric`` value), filters in order of appearance. The first (metric, filter) is the headline:
     ``headline`` is True on its rows at every level, so ``headline & (group == "all")`` is one row per task.
-    MC KL is recomputed from the log-likelihoods (choice-level); generative KL is the stored token-level
-    ``kl`` (NaN until computed). KL statistics use finite values only (``n_kl`` rows; ``n_nonfinite`` counts
-    diverged rows); generative rows use the token-weighted statistics of flipbench.klstats and keep the
-    per-doc mean as ``kl_doc_mean``. CIs, 95%: exact Clopper-Pearson for flips, lost, gained; paired
+    MC KL is recomputed from the raw log-likelihoods (choice-level, one scale for every metric; ``kl_norm_mean``
+    beside it over the metric's own scores); generative KL is the stored token-level ``kl`` (NaN until
+    computed). KL statistics use finite values only (``n_kl`` rows; ``n_nonfinite`` counts docs with a
+    non-finite log-prob on either side, any task type); generative rows use the token-weighted statistics of
+    flipbench.klstats and keep the per-doc mean as ``kl_doc_mean``. ``correct_if`` (task -> ">=0.5"-style rule)
+    defines correctness of a continuous headline metric from lm-eval's logged value. CIs at ``confidence``
+    (95%): exact Clopper-Pearson for flips, lost, gained; Tango's score interval for delta_acc; paired
     percentile bootstrap over docs for the rest, same seed for every row (``n_resamples=0`` leaves those NaN).
     ``mcnemar_p_holm`` / ``mcnemar_q_bh`` adjust ``mcnemar_p`` within families (see ``_adjust_p_values``). A (group, filter) without rows gets n = 0 and NaN statistics. With ``margin_bins``,
     MC rows also get ``flip_rate_margin_<low>_<high>`` columns (see ``flip_rate_by_margin``).
@@ -349,6 +376,7 @@ def summarize(
     if len(samples) == 0:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     records = []
+    rules = {task: parse_correct_if(rule, f"suite.correct_if.{task}") for task, rule in (correct_if or {}).items()}
     for task, frame in samples.groupby("task", sort=False):
         kind, specs = _metric_specs(task, frame, metrics_by_task)
         # choice distributions, KL and margins under each reported metric's own scores
@@ -358,7 +386,8 @@ def summarize(
                 rows = scored[metric].loc[subset.index[subset["filter"] == filter_name]]
                 record = {"task": task, "group": group, "level": level, "metric": metric, "filter": filter_name,
                           "headline": position == 0}
-                record.update(_summary_row(rows, kind, metric, n_resamples, seed, margin_bins))
+                rule = rules.get(task) if position == 0 else None  # the rule is the headline metric's
+                record.update(_summary_row(rows, kind, metric, n_resamples, seed, margin_bins, rule, confidence))
                 records.append(record)
     summary = _adjust_p_values(pd.DataFrame.from_records(records))
     extra = [c for c in summary.columns if c not in SUMMARY_COLUMNS]
@@ -370,21 +399,24 @@ def flip_rate_by_margin(
     bins: Sequence[float] = DEFAULT_MARGIN_BINS,
     *,
     metrics_by_task: dict[str, list[str]] | None = None,
+    correct_if: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """Flip rate of MC docs binned by the baseline's margin (p_b top-1 - top-2): where do flips happen?
 
     One row per (task, metric, filter, bin) with columns MARGIN_COLUMNS; flips counts docs whose
     correctness changed, flip_rate = flips / n (NaN for an empty bin). Bins are (low, high], the first
-    closed on the left. Metrics as in ``summarize``; generative rows are ignored.
+    closed on the left. Metrics and ``correct_if`` as in ``summarize``; generative rows are ignored.
     """
     mc = samples[samples["output_type"] == MULTIPLE_CHOICE]
     if len(mc) == 0:
         return pd.DataFrame(columns=MARGIN_COLUMNS)
     tables = []
+    rules = {task: parse_correct_if(rule, f"suite.correct_if.{task}") for task, rule in (correct_if or {}).items()}
     for task, frame in mc.groupby("task", sort=False):
-        for metric, filter_name in _metric_specs(task, frame, metrics_by_task)[1]:
+        for position, (metric, filter_name) in enumerate(_metric_specs(task, frame, metrics_by_task)[1]):
             rows = annotate(frame[frame["filter"] == filter_name], metric)
-            flipped = predictions(rows, "base", metric)[1] != predictions(rows, "comp", metric)[1]
+            rule = rules.get(task) if position == 0 else None
+            flipped = _side_predictions(rows, "base", metric, rule)[1] != _side_predictions(rows, "comp", metric, rule)[1]
             table = _bin_flips(rows["margin_base"].to_numpy(), flipped, bins)
             table.insert(0, "task", task)
             table.insert(1, "metric", metric)

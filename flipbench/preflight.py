@@ -177,3 +177,64 @@ def check_quant_shapes(config, quant_cfg, trust_remote_code: bool) -> None:
         compressors.validate(skeleton, quant_cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+# Metrics whose per-doc value is 0 or 1, so a doc is right or wrong as it stands; any other needs suite.correct_if.
+BINARY_METRICS = ("acc", "acc_norm", "acc_bytes", "acc_mutual_info", "exact_match", "em")
+
+
+def _task_metrics(task) -> dict[str, bool]:
+    """metric -> higher is better, for the metrics lm-eval computes per sample for one Task object."""
+    try:
+        better = dict(task.higher_is_better() or {})
+    except Exception:  # noqa: BLE001  a task without the method (a custom class): fall back on its metric list
+        better = {}
+    for entry in getattr(task.config, "metric_list", None) or []:
+        name = entry.get("metric") if isinstance(entry, dict) else None
+        if isinstance(name, str):
+            better.setdefault(name, bool(entry.get("higher_is_better", True)))
+    return better
+
+
+def check_headline_metrics(task_objs: dict, reported: dict[str, str], metrics: dict[str, list[str]],
+                           correct_if: dict[str, str]) -> None:
+    """Each task's headline metric (``suite.metrics.<task>``, else the default lm-eval logs first) is one the task
+    computes, and is 0/1 per doc or has a ``suite.correct_if.<task>`` rule whose direction matches the metric's
+    (``>=`` for higher-is-better, ``<=`` for lower-is-better, from the task's ``higher_is_better``). Runs on the
+    loaded Task objects (``evaluate.load_tasks``), before any model loads; one ConfigError line names the metrics
+    the task has."""
+    from flipbench.config import parse_correct_if
+    from flipbench.scoring import RULES
+
+    names = set(reported.values()) | set(reported)
+    for key, setting in (("suite.metrics", metrics), ("suite.correct_if", correct_if)):
+        for task in setting:
+            if task not in names:
+                raise ConfigError(f"{key}.{task}: {task!r} is not a task of this run ({', '.join(sorted(set(reported.values())))})")
+    for leaf, task_obj in task_objs.items():
+        task = reported.get(leaf, leaf)
+        available = _task_metrics(task_obj)
+        multiple_choice = task_obj.get_config("output_type") == "multiple_choice"
+        recomputed = [m for m in RULES if m != "acc_mutual_info"] if multiple_choice else []
+        configured = list(metrics.get(task) or metrics.get(leaf) or [])
+        for metric in configured:
+            if metric not in available and metric not in recomputed:
+                raise ConfigError(f"suite.metrics.{task}: {metric!r} is not a metric of {task}; it has "
+                                  f"{', '.join(available) or 'none'}")
+        headline = configured[0] if configured else next(
+            (m for m in ("acc_norm", "acc", "exact_match") if m in available), next(iter(available), None))
+        if headline is None:
+            raise ConfigError(f"task {task} computes no metric lm-eval logs per doc; give it a metric_list")
+        rule = correct_if.get(task) or correct_if.get(leaf)
+        if rule is None:
+            if headline not in BINARY_METRICS:
+                raise ConfigError(f"{task}'s headline metric {headline!r} is not 0/1 per doc; flips need a binary "
+                                  f"correctness: add +suite.correct_if.{task}='{'>=' if available.get(headline, True) else '<='}X' "
+                                  f"with a threshold X, or pick one of {', '.join(available)}")
+            continue
+        op, threshold = parse_correct_if(rule, f"suite.correct_if.{task}")
+        higher = available.get(headline, True)
+        if higher != op.startswith(">"):
+            raise ConfigError(f"suite.correct_if.{task}={rule!r} counts {'low' if higher else 'high'} values of "
+                              f"{headline} as correct, but {headline} is {'higher' if higher else 'lower'}-is-better; "
+                              f"write '{'>=' if higher else '<='}{threshold:g}'")

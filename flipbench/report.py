@@ -20,24 +20,29 @@ from flipbench import gate as gate_mod
 from flipbench import metrics, plots, scoring
 from flipbench.config import FlipbenchConfig
 
-KL_NOTE = ("KL is KL(baseline ‖ compressed) in nats: choice-level (softmax over the answer choices' scores under the "
-           "row's metric, one value per doc, statistics over docs) for multiple-choice tasks; token-level (over the "
-           "vocabulary, teacher-forced on the baseline's answer, statistics over all answer tokens, token-weighted; "
-           "from a top-k baseline reference it is the lower end of the stated interval) for "
-           "generative tasks. The two scopes are on different scales and are never ranked or plotted on one axis.")
+KL_NOTE = ("KL is KL(baseline ‖ compressed) in nats: choice-level (softmax over the answer choices' raw "
+           "log-likelihoods whatever the metric, one value per doc, statistics over docs; kl_norm_mean in summary.csv "
+           "is the same over the metric's normalised scores) for multiple-choice tasks, gated by "
+           "gate.max_choice_kl_mean; token-level (over the vocabulary, teacher-forced on the baseline's answer, "
+           "statistics over all answer tokens, token-weighted, SEs clustered by doc; from a top-k baseline reference "
+           "known only to an interval, whose upper end the gate judges) for generative tasks, gated by "
+           "gate.max_token_kl_mean. The two scopes are on different scales and are never ranked or plotted on one axis.")
 # noise-floor columns carried into summary.csv as noise_<name> (full table: noise_summary.csv)
 NOISE_COLUMNS = ["flips", "flips_ci_low", "flips_ci_high", "lost", "gained", "kl_mean", "kl_mean_ci_low",
                  "kl_mean_ci_high", "kl_scope"]
 TABLE_COLUMNS = ["task", "metric", "filter", "n", "acc_base", "acc_comp", "delta_acc", "delta_acc_ci", "flips",
                  "flips_ci", "lost", "gained", "lost_to_invalid", "lost_to_wrong", "label_loyalty", "kl_scope",
-                 "kl_mean", "kl_p99", "kappa", "mcnemar_p", "mcnemar_p_holm", "noise_flips", "flips_excess"]
+                 "kl_mean", "kl_mean_upper", "kl_p99", "kappa", "mcnemar_p", "mcnemar_p_holm", "n_nonfinite",
+                 "noise_flips", "flips_excess"]
 # token-level statistics (generative tasks), as llama.cpp's --kl-divergence prints them
 TOKEN_TABLE = [("KL mean ± SE", "kl_mean", "kl_se"), ("KL p99", "kl_p99", None), ("KL max", "kl_max", None),
                ("KL median", "kl_median", None), ("same top ± SE", "same_top", "same_top_se"), ("mean Δp", "dp_mean", None),
                ("RMS Δp", "dp_rms", None), ("ln(PPL_c/PPL_b) ± SE", "ln_ppl_ratio", "ln_ppl_ratio_se")]
-INTERVALS_NOTE = ("95% intervals: exact Clopper-Pearson for flips (and lost, gained in summary.csv), paired bootstrap "
-                  "over docs for Δacc, label loyalty and mean KL. Δacc is in percentage points (pp). mcnemar_p_holm: "
-                  "Holm-adjusted across the tasks' headline rows (per subject within a task in summary.csv).")
+INTERVALS_NOTE = ("95% intervals: exact Clopper-Pearson for flips (and lost, gained in summary.csv); the Tango score "
+                  "interval for the paired difference Δacc (correct coverage at small n and with no changed answer); "
+                  "paired bootstrap over docs for label loyalty and mean KL. Δacc is in percentage points (pp). "
+                  "mcnemar_p_holm: Holm-adjusted across the tasks' headline rows (per subject within a task in "
+                  "summary.csv). n_nonfinite: docs with a non-finite log-prob on either side.")
 
 
 def compressed_bits(cfg: FlipbenchConfig) -> float:
@@ -59,7 +64,7 @@ def pruning_label(compression: dict) -> str:
 
 def build_summary(samples: pd.DataFrame, cfg: FlipbenchConfig, compression: dict, run_dir: Path) -> pd.DataFrame:
     summary = metrics.summarize(samples, metrics_by_task=dict(cfg.suite.metrics), n_resamples=cfg.eval.bootstrap,
-                                seed=cfg.eval.seed)
+                                seed=cfg.eval.seed, correct_if=dict(cfg.suite.correct_if))
     summary.insert(0, "method", compression.get("method", cfg.compression.method))
     summary.insert(1, "bits", compressed_bits(cfg))
     summary.insert(2, "avg_bits", compression.get("avg_bits", np.nan))
@@ -69,7 +74,7 @@ def build_summary(samples: pd.DataFrame, cfg: FlipbenchConfig, compression: dict
     noise_path = run_dir / "noise_samples.parquet"
     if noise_path.exists():
         noise = metrics.summarize(pd.read_parquet(noise_path), metrics_by_task=dict(cfg.suite.metrics),
-                                  n_resamples=cfg.eval.bootstrap, seed=cfg.eval.seed)
+                                  n_resamples=cfg.eval.bootstrap, seed=cfg.eval.seed, correct_if=dict(cfg.suite.correct_if))
         noise.to_csv(run_dir / "noise_summary.csv", index=False)
         keys = ["task", "group", "metric", "filter"]
         noise = noise[keys + NOISE_COLUMNS].rename(columns={c: f"noise_{c}" for c in NOISE_COLUMNS})
@@ -83,9 +88,11 @@ def build_summary(samples: pd.DataFrame, cfg: FlipbenchConfig, compression: dict
     return summary
 
 
-def diverged_rows(samples: pd.DataFrame) -> int:
-    """Docs where the compressed model's choice log-likelihoods are NaN or infinite (a diverged model)."""
-    return int(sum(not np.isfinite(np.asarray(ll, dtype=float)).all() for ll in samples["ll_comp"] if len(ll)))
+def diverged_rows(summary: pd.DataFrame) -> dict[str, int]:
+    """Task -> docs with a non-finite log-prob on either side (choice log-likelihoods, answer-token log-probs or
+    token KL), from each task's headline whole-task row; tasks without any are left out."""
+    rows = plots.headline_rows(summary)
+    return {r["task"]: int(r["n_nonfinite"]) for _, r in rows.iterrows() if r.get("n_nonfinite", 0) > 0}
 
 
 def worst_flips(samples: pd.DataFrame, output_type: str, n: int = 10) -> pd.DataFrame:
@@ -118,7 +125,7 @@ def _fmt(value, column: str) -> str:
         return value
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "n/a"
-    if column in ("n",):
+    if column in ("n", "n_nonfinite"):
         return str(int(value))
     if column.startswith("mcnemar"):
         return f"{value:.3g}"
@@ -134,7 +141,8 @@ def task_table(summary: pd.DataFrame) -> pd.DataFrame:
     pct = lambda lo, hi: f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" if np.isfinite([lo, hi]).all() else "n/a"  # noqa: E731
     rows["delta_acc_ci"] = [pct(a, b) + " pp" for a, b in zip(rows["delta_acc_ci_low"], rows["delta_acc_ci_high"])]
     rows["flips_ci"] = [pct(a, b).replace("+", "") + " %" for a, b in zip(rows["flips_ci_low"], rows["flips_ci_high"])]
-    cols = [c for c in TABLE_COLUMNS if c in rows and not rows[c].isna().all()]
+    cols = [c for c in TABLE_COLUMNS if c in rows and not rows[c].isna().all()
+            and not (c == "n_nonfinite" and not (rows[c] > 0).any())]
     return pd.DataFrame({c: [_fmt(v, c) for v in rows[c]] for c in cols})
 
 
@@ -188,7 +196,8 @@ def headline_text(summary: pd.DataFrame, verdict: dict) -> list[str]:
     return lines
 
 
-def make_plots(run_dir: Path, samples: pd.DataFrame, summary: pd.DataFrame, method: str, tag: str) -> list[Path]:
+def make_plots(run_dir: Path, samples: pd.DataFrame, summary: pd.DataFrame, method: str, tag: str,
+               correct_if: dict[str, str] | None = None) -> list[Path]:
     out = run_dir / "plots"
     made = plots.accuracy_vs_flips(summary, method, f"Accuracy hides flips — {tag}", out / "accuracy_vs_flips")
     made += plots.transition_matrices(samples, f"Right/wrong transitions — {tag}", out / "transitions")
@@ -196,7 +205,7 @@ def make_plots(run_dir: Path, samples: pd.DataFrame, summary: pd.DataFrame, meth
     made += plots.kl_vs_flips(heads, f"KL vs flips — {tag}", out / "kl_vs_flips")
     mc = samples[samples["output_type"] == "multiple_choice"]
     if len(mc):
-        made += plots.flips_by_margin(metrics.flip_rate_by_margin(mc), method, f"Where flips happen — {tag}",
+        made += plots.flips_by_margin(metrics.flip_rate_by_margin(mc, correct_if=correct_if), method, f"Where flips happen — {tag}",
                                       out / "flips_by_margin")
     for task in summary.loc[summary["level"] == "group", "task"].unique():
         made += plots.subject_flips(summary, task, method, f"Flips per subject: {task} — {tag}", out / f"subjects_{task}")
@@ -266,12 +275,15 @@ def write_html(path: Path, title: str, head: list[str], parts: list, figures: li
 
 
 def gate_lines(verdict: dict) -> list[str]:
-    on = {"point": "point estimates", "upper_ci": "the pessimistic end of each 95% interval"}[verdict.get("on", "point")]
+    on = {"point": "point estimates (token KL from a top-k reference: the upper end of its interval)",
+          "upper_ci": "the pessimistic end of each 95% interval (Δacc: the Tango score interval)"}[verdict.get("on", "point")]
     lines = [f"Gate checked on {on} (gate.on={verdict.get('on', 'point')})."] if verdict["verdict"] != "not set" else []
     for task in verdict["tasks"]:
         for check in task["checks"]:
             if not check["pass"]:
-                lines.append(f"- FAIL {task['task']}: {check['column']} = {check['value']:.4f} exceeds {check['check']} = {check['limit']}")
+                lines.append(f"- FAIL {task['task']}: {check['column']} = {check['value']:.4f} exceeds {check['check']} = {check['limit']}"
+                             if check["value"] == check["value"] else
+                             f"- FAIL {task['task']}: {check['check']} = {check['limit']} cannot be judged: {check['column']} is not measured")
     return lines
 
 
@@ -302,13 +314,21 @@ def replica_lines(summary: pd.DataFrame) -> list[str]:
 
 def token_kl_bound_lines(summary: pd.DataFrame, topk: int) -> list[str]:
     """Per generative task whose token KL came from a top-k baseline reference, the interval holding the exact
-    mean KL (none when it is exact: full reference, or the baseline model itself)."""
+    mean KL (none when it is exact: full reference, or the baseline model itself), and what the gate judges."""
     if "kl_mean_upper" not in summary:
         return []
     rows = summary[(summary["group"] == "all") & (summary["kl_scope"] == "token")].drop_duplicates("task")
-    return [f"- {r['task']}: token KL from a top-{topk} baseline reference: the exact mean KL lies in "
-            f"[{r['kl_mean']:.4g}, {r['kl_mean_upper']:.4g}] nats (kl_mean is the lower end)."
-            for _, r in rows.iterrows() if r["kl_mean_upper"] > r["kl_mean"]]
+    lines = []
+    for _, r in rows.iterrows():
+        if not r["kl_mean_upper"] > r["kl_mean"]:
+            continue
+        bound = float(r.get("kl_mean_ci_high", np.nan))
+        upper_ci = (f"; under gate.on=upper_ci it judges {bound + r['kl_mean_upper'] - r['kl_mean']:.4g}, the bootstrap "
+                    "bound plus the width of the top-k interval") if np.isfinite(bound) else ""
+        lines.append(f"- {r['task']}: token KL from a top-{topk} baseline reference: the exact mean KL lies in "
+                     f"[{r['kl_mean']:.4g}, {r['kl_mean_upper']:.4g}] nats (point estimate kl_mean, the lower end; the "
+                     f"gate judges the upper end{upper_ci}).")
+    return lines
 
 
 def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
@@ -323,12 +343,14 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
     method = compression.get("method", cfg.compression.method)
     bits = "" if np.isnan(compressed_bits(cfg)) else f" w{cfg.compression.bits}"
     tag = f"{cfg.model.name} · {method}{bits}{pruning_label(compression)}"
-    figures = make_plots(run_dir, samples, summary, method, tag) if cfg.output.plots else []
+    figures = make_plots(run_dir, samples, summary, method, tag, dict(cfg.suite.correct_if)) if cfg.output.plots else []
     head = headline_text(summary, verdict)
-    diverged = diverged_rows(samples)
+    diverged = diverged_rows(summary)
     if diverged:
-        head.insert(1, f"**DIVERGED: the compressed model produced non-finite log-likelihoods on {diverged} docs**; "
-                       "accuracy and flips count them as scored by lm-eval, KL statistics use the finite docs only.")
+        per_task = ", ".join(f"{task}: {n}" for task, n in diverged.items())
+        head.insert(1, f"**DIVERGED: non-finite log-probabilities on {sum(diverged.values())} docs** ({per_task}; "
+                       "either side); accuracy and flips count them as scored by lm-eval, KL statistics use the finite "
+                       "values only, and the gate fails unless gate.max_nonfinite allows them.")
     head += [f"- note: {note}" for note in manifest.get("data_notes") or []]
     head += gate_lines(verdict) + noise_lines(manifest, summary) + replica_lines(summary)
     head += token_kl_bound_lines(summary, cfg.eval.token_kl_topk)
@@ -336,7 +358,7 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
     parts = sections(summary, samples)
     write_markdown(run_dir / "report.md", title, head, parts, figures)
     write_html(run_dir / "report.html", title, head, parts, figures)
-    return {**verdict, "diverged_docs": diverged}
+    return {**verdict, "diverged_docs": sum(diverged.values())}
 
 
 def main(argv: list[str] | None = None) -> int:

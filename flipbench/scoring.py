@@ -103,12 +103,14 @@ def side_scores(rows: pd.DataFrame, side: str, metric: str) -> Iterator[tuple[np
                                      cells.get(f"ll_uncond_{side}"))
 
 
-def mc_predictions(rows: pd.DataFrame, side: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mc_predictions(rows: pd.DataFrame, side: str, metric: str,
+                   binary: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(pred index, lm-eval's correctness, pred_mismatch) per MC row under ``metric``.
 
     Correctness is lm-eval's logged value (``lm_correct_<side>``); where none is stored (tables written by
     hand or by older versions) it is pred ∈ gold. pred_mismatch is True where lm-eval's value exists, the
-    metric's rule is known (:data:`RULES`) and pred ∈ gold disagrees with it.
+    metric's rule is known (:data:`RULES`) and pred ∈ gold disagrees with it. A logged value other than 0 or 1
+    is an error unless ``binary`` is False (the caller applies a ``suite.correct_if`` rule instead).
     """
     n = len(rows)
     pred = np.zeros(n, dtype=int)
@@ -121,9 +123,52 @@ def mc_predictions(rows: pd.DataFrame, side: str, metric: str) -> tuple[np.ndarr
     if metric not in RULES and not has.all():
         raise ValueError(f"multiple-choice rows are scored with {list(RULES)} or a metric lm-eval logged for "
                          f"every row, not {metric!r}")
+    if binary and not np.isin(logged[has], (0.0, 1.0)).all():
+        raise MetricError(continuous_metric_message(metric, logged[has]))
     correct = np.where(has, logged > 0, recomputed).astype(int)
     mismatch = has & (metric in RULES) & ((logged > 0) != recomputed)
     return pred, correct, mismatch
+
+
+class MetricError(ValueError):
+    """A headline metric that is missing from lm-eval's logged sample, or continuous without a correctness rule."""
+
+
+def continuous_metric_message(metric: str, values) -> str:
+    shown = ", ".join(f"{v:.3g}" for v in np.unique(np.asarray(values, dtype=float))[:3])
+    return (f"metric {metric!r} is not 0/1 per doc (values such as {shown}); flips need a binary correctness: set "
+            f"suite.correct_if.<task>='>=0.5' (or '<=x' for a lower-is-better metric), or pick a 0/1 metric")
+
+
+COMPARISONS = {">=": np.greater_equal, "<=": np.less_equal, ">": np.greater, "<": np.less}
+
+
+def apply_rule(cells: pd.Series, metric: str, rule: tuple[str, float]) -> np.ndarray:
+    """0/1 correctness from lm-eval's logged value of ``metric`` in each ``lm_correct`` cell, compared by ``rule``
+    (e.g. (">=", 0.5)). A row without that value is an error, never a 0."""
+    values = np.array([lm_correct(cell, metric) for cell in cells], dtype=float)
+    missing = np.flatnonzero(~np.isfinite(values))
+    if missing.size:
+        raise MetricError(f"metric {metric!r} is missing from lm-eval's logged values of {missing.size} row(s); "
+                          "it cannot be scored by suite.correct_if")
+    op, threshold = rule
+    return COMPARISONS[op](values, threshold).astype(int)
+
+
+def binary_correct(value, metric: str, rule: tuple[str, float] | None = None) -> int:
+    """0/1 correctness of one doc from lm-eval's logged value of ``metric``: by ``rule`` (suite.correct_if) when
+    given, else the value itself, which must then be 0 or 1 (a continuous metric is never binarised silently)."""
+    if isinstance(value, (bool, np.bool_)):
+        value = float(value)
+    if not isinstance(value, (int, float, np.integer, np.floating)):
+        raise MetricError(f"metric {metric!r} logs {type(value).__name__} values, not a number per doc; flips need "
+                          "a per-doc 0/1 or a number with suite.correct_if")
+    value = float(value)
+    if rule is not None:
+        return int(COMPARISONS[rule[0]](value, rule[1]))
+    if value not in (0.0, 1.0):
+        raise MetricError(continuous_metric_message(metric, [value]))
+    return int(value)
 
 
 def logged_metrics(sample: dict) -> dict[str, float]:
@@ -141,5 +186,5 @@ def count_mismatches(paired: pd.DataFrame) -> int:
     mc = paired[paired["output_type"] == MULTIPLE_CHOICE]
     total = 0
     for metric, rows in mc.groupby("metric", sort=False):
-        total += sum(int(mc_predictions(rows, side, metric)[2].sum()) for side in ("base", "comp"))
+        total += sum(int(mc_predictions(rows, side, metric, binary=False)[2].sum()) for side in ("base", "comp"))
     return total

@@ -58,6 +58,11 @@ def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
     tokenizer = models.load_tokenizer(cfg.model)
     task_objs = evaluate.load_tasks(plan)
     evaluate.configure(task_objs, plan, dict(cfg.suite.num_fewshot), dict(cfg.suite.max_gen_toks))
+    from flipbench.preflight import check_headline_metrics
+
+    run = set(plan.reported.values())  # the suite's defaults name metrics for its own tasks, run or not
+    check_headline_metrics(task_objs, plan.reported, {t: m for t, m in cfg.suite.metrics.items() if t in run},
+                           dict(cfg.suite.correct_if))
     config = models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code,
                                 gguf_file=cfg.model.gguf_file)
     limit, samples = evaluate.lm_eval_docs(task_objs, plan, cfg.suite.limit, dict(cfg.suite.task_limits))
@@ -116,7 +121,8 @@ def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch
                                        seed=cfg.eval.seed, task_limits=dict(cfg.suite.task_limits), shard_ids=shard_ids)
     finally:
         engines.release(lm)
-    return evaluate.samples_frame(raw, task_objs, plan, dict(cfg.suite.metrics), cfg.suite.subject_field)
+    return evaluate.samples_frame(raw, task_objs, plan, dict(cfg.suite.metrics), cfg.suite.subject_field,
+                                  dict(cfg.suite.correct_if))
 
 
 def limits(task_objs: dict, plan, cfg: FlipbenchConfig) -> dict:

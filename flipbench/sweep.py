@@ -1,7 +1,9 @@
 """Sweep aggregation: when a Hydra multirun ends, its member runs become one table, plots and a report.
 
 Hydra calls :class:`SweepSummary` (configured in ``conf/config.yaml``) with the sweep directory; the same
-aggregation runs by hand with ``python -m flipbench.sweep <sweep_dir>``.
+aggregation runs by hand with ``python -m flipbench.sweep <sweep_dir>``. The report lists every member: the
+complete ones with their gate verdict, the failed ones with their error, and the ones the sweep's overrides
+expand to that left no folder. A sweep with a gate exits 3 when no member passes it (as one run does).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from hydra.experimental.callback import Callback  # noqa: E402
 
 from flipbench import plots, sweepstats  # noqa: E402
 from flipbench.report import markdown_table  # noqa: E402
-from flipbench.rundir import is_complete  # noqa: E402
+from flipbench.rundir import is_complete, read_manifest, state  # noqa: E402
 
 log = logging.getLogger(__name__)
+EXIT_GATE_FAILED = 3  # as flipbench.cli: the release gate failed
 LEAD = ["method", "bits", "avg_bits", "sparsity", "params_kept", "task", "metric", "filter", "run"]
 X_AXES = {  # sweep plot x axis -> (file name part, label)
     "avg_bits": ("bits", "average bits per compressed weight (bits)"),
@@ -47,6 +50,65 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
     rest = [c for c in table.columns if c not in LEAD and c not in ("group", "headline")]
     order = ["task", "method", "bits", "sparsity", "params_kept"]
     return table[LEAD + rest].sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def expected_members(overrides: list[str] | None) -> int | None:
+    """How many members the sweep's command-line overrides expand to (Hydra's basic sweeper), None if unknown."""
+    if overrides is None:
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+
+
+def saved_overrides(sweep_dir: Path) -> list[str] | None:
+    """The task overrides Hydra saved in the sweep's multirun.yaml (written when a multirun ends), if any."""
+    from omegaconf import OmegaConf
+
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    return list(OmegaConf.select(OmegaConf.load(path), "hydra.overrides.task", default=[]) or [])
+
+
+def members(sweep_dir: Path, expected: int | None = None) -> pd.DataFrame:
+    """One row per member: run (folder), status (complete | failed | running | stale | missing), gate verdict,
+    error. Member folders are named ``<job number>-<tag>``; a job number below ``expected`` without a folder is
+    a member that never wrote one (it crashed before its run started, or never ran)."""
+    rows, numbers = [], set()
+    for run_dir in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.split("-", 1)[0].isdigit()),
+                          key=lambda p: int(p.name.split("-", 1)[0])):
+        numbers.add(int(run_dir.name.split("-", 1)[0]))
+        data = read_manifest(run_dir)
+        status = state(run_dir)
+        verdict = (data.get("gate") or {}).get("verdict", "not set") if status == "complete" else ""
+        error = "" if status == "complete" else data.get("error") or (
+            "no manifest.json: the member stopped before its run started" if status == "missing" else f"run is {status}")
+        rows.append({"run": run_dir.name, "status": status, "gate": verdict, "error": error})
+    for number in sorted(set(range(expected or 0)) - numbers):
+        rows.append({"run": f"{number}-?", "status": "missing", "gate": "",
+                     "error": "no folder: the member never started or failed before writing one"})
+    return pd.DataFrame(rows, columns=["run", "status", "gate", "error"])
+
+
+def gate_outcome(roster: pd.DataFrame) -> tuple[bool, list[str]]:
+    """(a gate was set on the sweep, the members that pass it)."""
+    judged = roster[roster["gate"].isin(["PASS", "FAIL"])]
+    return len(judged) > 0, judged.loc[judged["gate"] == "PASS", "run"].tolist()
+
+
+def members_section(roster: pd.DataFrame) -> str:
+    gated, passing = gate_outcome(roster)
+    failed = roster[roster["status"] != "complete"]
+    lines = ["## Members", ""]
+    if gated:
+        lines += [f"Release gate: {len(passing)} of {len(roster)} members pass" + (f": {', '.join(passing)}." if passing
+                  else "; none passes (exit 3)."), ""]
+    if len(failed):
+        lines += [f"{len(failed)} member(s) did not complete and are left out of every table below.", ""]
+    return "\n".join(lines + [markdown_table(roster) if len(roster) else "No member folder.", ""])
 
 
 def plot_against(table: pd.DataFrame, x: str, column: str, ylabel: str, title: str, stem: Path) -> list[Path]:
@@ -82,12 +144,16 @@ def member_overlap(sweep_dir: Path, table: pd.DataFrame) -> tuple[pd.DataFrame, 
     return sweepstats.overlap(members, table), sweepstats.kl_flips_correlation(table)
 
 
-def aggregate(sweep_dir: Path) -> Path | None:
-    """Write sweep_summary.csv, sweep_overlap.csv, sweep_correlation.csv, plots and sweep_report.md; returns
-    the summary table's path (None if no member finished)."""
+def aggregate(sweep_dir: Path, overrides: list[str] | None = None) -> Path | None:
+    """Write sweep_summary.csv, sweep_overlap.csv, sweep_correlation.csv, sweep_members.csv, plots and
+    sweep_report.md; returns the summary table's path (None if no member finished). ``overrides``: the sweep's
+    task overrides (default: those in its multirun.yaml), to find members that left no folder."""
+    roster = members(sweep_dir, expected_members(overrides if overrides is not None else saved_overrides(sweep_dir)))
+    roster.to_csv(sweep_dir / "sweep_members.csv", index=False)
     table = collect(sweep_dir)
     if table.empty:
         log.warning("sweep %s has no complete member runs; nothing to aggregate", sweep_dir)
+        (sweep_dir / "sweep_report.md").write_text(f"# flipbench sweep {sweep_dir.name}\n\n{members_section(roster)}")
         return None
     out = sweep_dir / "sweep_summary.csv"
     table.to_csv(out, index=False)
@@ -118,10 +184,11 @@ def aggregate(sweep_dir: Path) -> Path | None:
     shown["kl_mean"] = [f"{v:.4f}" for v in shown["kl_mean"]]
     images = [f"![{f.stem}](plots/{f.name})" for f in figures if f.suffix == ".png"]
     (sweep_dir / "sweep_report.md").write_text(
-        f"# flipbench sweep {sweep_dir.name}\n\n{markdown_table(shown)}\n\n"
+        f"# flipbench sweep {sweep_dir.name}\n\n{members_section(roster)}\n{markdown_table(shown)}\n\n"
         "## Do the members flip the same docs?\n\nPer pair of members: flipped docs under each, under both, Jaccard "
         "overlap, and McNemar's exact test between the two members' own answers (a right & b wrong vs a wrong & b "
-        f"right).\n\n{markdown_table(_rounded(pairs))}\n\n"
+        "right); mcnemar_p_holm is Holm-adjusted over the task's pairs (read that one: with many members some raw "
+        f"p-value is small by chance).\n\n{markdown_table(_rounded(pairs))}\n\n"
         "## Does KL rank the members like flips?\n\nSpearman's rho between mean KL and flips across members, 95% "
         "Fisher-z interval (n/a below 4 members or at |rho| = 1).\n\n"
         f"{markdown_table(_rounded(correlation))}\n\n" + "\n".join(images) + "\n")
@@ -132,15 +199,37 @@ def _rounded(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.apply(lambda c: c.map(lambda v: "n/a" if v != v else f"{v:.3g}") if c.dtype.kind == "f" else c)
 
 
+def verdict_line(sweep_dir: Path) -> tuple[str, int]:
+    """(one line on the sweep's gate, exit code): 3 when a gate was set and no member passes it, else 0."""
+    roster = pd.read_csv(sweep_dir / "sweep_members.csv", keep_default_na=False)
+    gated, passing = gate_outcome(roster)
+    if not gated:
+        return "gate: not set", 0
+    if not passing:
+        return f"gate: FAIL, none of the {len(roster)} members passes", EXIT_GATE_FAILED
+    return f"gate: {len(passing)} of {len(roster)} members pass ({', '.join(passing)})", 0
+
+
 class SweepSummary(Callback):
-    """Hydra callback: aggregate when a multirun ends (also after a partial failure of some members)."""
+    """Hydra callback: aggregate when a multirun ends; exit 3 when a gate was set and no member passes it."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
-            path = aggregate(sweep_dir)
-            if path:
-                print(f"flipbench: sweep summary: {path}")
+        if not sweep_dir.is_dir():
+            return
+        from omegaconf import OmegaConf
+
+        path = aggregate(sweep_dir, list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False)))
+        if path:
+            print(f"flipbench: sweep summary: {path}")
+        line, code = verdict_line(sweep_dir)
+        print(f"flipbench: sweep {line}")
+        if code:
+            # Hydra writes multirun.yaml after this callback; keep it for a later `python -m flipbench.sweep`.
+            if not (sweep_dir / "multirun.yaml").exists():
+                OmegaConf.save(config, sweep_dir / "multirun.yaml")
+            # SystemExit passes through Hydra's error handler, so the exit code reaches the shell.
+            sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,8 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m flipbench.sweep <sweep_dir>", file=sys.stderr)
         return 2
     path = aggregate(Path(args[0]))
-    print(json.dumps({"sweep_summary": str(path) if path else None}))
-    return 0 if path else 1
+    line, code = verdict_line(Path(args[0]))
+    print(json.dumps({"sweep_summary": str(path) if path else None, "gate": line}))
+    return code if path else 1
 
 
 if __name__ == "__main__":

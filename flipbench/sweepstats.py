@@ -12,11 +12,11 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from flipbench.stats import mcnemar_exact, spearman_interval
+from flipbench.stats import holm, mcnemar_exact, spearman_interval
 
 DOC = ["group", "doc_id"]
 OVERLAP_COLUMNS = ["task", "member_a", "member_b", "n", "flips_a", "flips_b", "flips_both", "flips_either", "jaccard",
-                   "a_right_b_wrong", "a_wrong_b_right", "mcnemar_p"]
+                   "a_right_b_wrong", "a_wrong_b_right", "mcnemar_p", "mcnemar_p_holm"]
 CORRELATION_COLUMNS = ["task", "members", "spearman_kl_flips", "spearman_ci_low", "spearman_ci_high", "spearman_p"]
 
 
@@ -53,14 +53,19 @@ def pair_overlap(task: str, name_a: str, docs_a: pd.DataFrame, name_b: str, docs
 
 
 def overlap(members: dict[str, pd.DataFrame], headline: pd.DataFrame) -> pd.DataFrame:
-    """Every pair of members, per task: flip-set overlap and McNemar. ``members`` maps a member's name to its
-    samples; ``headline`` has one row per (member ``run``, task) with the headline ``filter``."""
+    """Every pair of members, per task: flip-set overlap and McNemar, its p-values Holm-adjusted over the task's
+    pairs (``mcnemar_p_holm``: k members make k(k-1)/2 comparisons, and the smallest raw p-value among them is no
+    evidence by itself). ``members`` maps a member's name to its samples; ``headline`` has one row per (member
+    ``run``, task) with the headline ``filter``."""
     records = []
     for task, rows in headline.groupby("task", sort=True):
         docs = {run: headline_docs(members[run], task, f) for run, f in zip(rows["run"], rows["filter"]) if run in members}
         for name_a, name_b in combinations(sorted(docs), 2):
             records.append(pair_overlap(task, name_a, docs[name_a], name_b, docs[name_b]))
-    return pd.DataFrame.from_records(records, columns=OVERLAP_COLUMNS)
+    pairs = pd.DataFrame.from_records(records, columns=OVERLAP_COLUMNS)
+    for _, rows in pairs.groupby("task", sort=False):
+        pairs.loc[rows.index, "mcnemar_p_holm"] = holm(rows["mcnemar_p"].to_numpy(dtype=float))
+    return pairs
 
 
 def jaccard_matrix(pairs: pd.DataFrame, task: str) -> pd.DataFrame:

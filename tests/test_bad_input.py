@@ -89,7 +89,9 @@ def cases(tmp: Path, llama: Path, mini_tasks: Path) -> dict[str, tuple[list[str]
         "per_task unknown limit": (["+gate.per_task.mini_mc.max_flip=0.1"], "did you mean max_flips"),
         "negative gate limit": (["gate.max_flips=-0.1"], "outside [0, 1]"),
         "gate fraction above 1": (["+gate.per_task.mini_mc.max_lost=1.5"], "outside [0, 1]"),
-        "negative KL limit": (["gate.max_kl_mean=-1"], "must be >= 0"),
+        "negative KL limit": (["gate.max_choice_kl_mean=-1"], "must be >= 0"),
+        "retired KL key": (["gate.max_kl_mean=0.1"], "gate.max_kl_mean is retired; KL has one scale per kind: use "
+                                                     "gate.max_choice_kl_mean"),
         "bad device": (["model.device=tpu9"], "model.device='tpu9'"),
         "output root is a file": ([f"output.root={output_file}"], "is a file, not a folder"),
         "output root under a file": ([f"output.root={output_file}/results"], "which is a file"),

@@ -81,6 +81,13 @@ def test_quantized_run_flips_and_report_rebuilds_from_disk(rtn2_run):
     assert (mc["kl"] > 0).all()  # 2-bit weights move every choice distribution
     gen = samples[samples["output_type"] == "generate_until"]
     assert gen["n_tokens"].notna().all()
+    # flips counted again from the stored per-doc correctness of each task's headline (metric, filter)
+    for _, head in summary[summary["headline"] & (summary["group"] == "all")].iterrows():
+        rows = samples[(samples["task"] == head["task"]) & (samples["filter"] == head["filter"])]
+        lost = int(((rows["correct_base"] == 1) & (rows["correct_comp"] == 0)).sum())
+        gained = int(((rows["correct_base"] == 0) & (rows["correct_comp"] == 1)).sum())
+        assert head["n"] == len(rows) and (head["lost"], head["gained"]) == (lost / len(rows), gained / len(rows))
+        assert head["flips"] == (lost + gained) / len(rows)
     before = (run_dir / "summary.csv").read_text()
     (run_dir / "summary.csv").unlink()
     assert rebuild([str(run_dir)]) == 0
@@ -129,7 +136,7 @@ def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_cli_gate_failure_exits_3(rtn2_run, tmp_path):
     overrides, _ = rtn2_run  # its output root: the baseline comes from the cache
-    done = run_cli(*overrides, "gate.max_kl_mean=0.0", "output.plots=false", cwd=tmp_path)
+    done = run_cli(*overrides, "gate.max_choice_kl_mean=0.0", "output.plots=false", cwd=tmp_path)
     assert done.returncode == 3, done.stderr[-2000:]
     assert "gate: FAIL" in done.stdout
 

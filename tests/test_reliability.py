@@ -107,10 +107,13 @@ def test_diverged_model_is_reported_not_crashed(mini_run_overrides, random_llama
     AutoTokenizer.from_pretrained(random_llama).save_pretrained(broken)
     run_dir = pipeline.run(compose(mini_run_overrides + ["compression=checkpoint", f"compression.path={broken}"]))
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["gate"]["diverged_docs"] == 12
+    # every doc of both task types: 12 MC docs (non-finite choice ll) and 6 generative ones (non-finite token log-probs)
+    assert manifest["status"] == "complete" and manifest["gate"]["diverged_docs"] == 18
     summary = pd.read_csv(run_dir / "summary.csv")
     mc = summary[(summary["task"] == "mini_mc") & (summary["group"] == "all")].iloc[0]
     assert mc["n"] == 12 and mc["n_nonfinite"] == 12 and np.isfinite(mc["flips"])
+    gen = summary[(summary["task"] == "mini_gen") & (summary["group"] == "all") & summary["headline"]].iloc[0]
+    assert gen["n_nonfinite"] == 6
     assert "DIVERGED" in (run_dir / "report.md").read_text()
 
 

@@ -89,6 +89,8 @@ def test_recommendation_reproduces(small_search, tmp_path):
     folder, _ = small_search
     rec = json.loads((folder / "recommendation.json").read_text())
     run_dir = pipeline.run(compose([*rec["overrides"], f"output.root={tmp_path}"]))
+    # search pass => flipbench's own gate passes the same configuration (issue 23, case 3)
+    assert rec["passes"] and json.loads((run_dir / "manifest.json").read_text())["gate"]["verdict"] == "PASS"
     summary = pd.read_csv(run_dir / "summary.csv")
     rows = summary[summary["headline"] & (summary["group"] == "all")]
     for _, row in rows.iterrows():
@@ -117,7 +119,8 @@ def test_bad_input_exits_2(random_llama, mini_tasks, tmp_path, capsys, extra, wo
 def test_none_passes(random_llama, mini_tasks, tmp_path, capsys):
     # KL(base||comp) is 0 only where the two models' distributions are identical: never at 2 or 3 bits.
     overrides = search_overrides(random_llama, mini_tasks, tmp_path, "+search.space.rtn.bits=[2,3]",
-                                 "gate.max_kl_mean=0", "search.id=none", "search.pruner=none")
+                                 "gate.max_choice_kl_mean=0", "gate.max_token_kl_mean=0", "search.id=none",
+                                 "search.pruner=none")
     assert main(overrides) == 3
     folder = tmp_path / "searches" / "none"
     rec = json.loads((folder / "recommendation.json").read_text())

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from flipbench.config import ConfigError, GateConfig
+from flipbench.gate import MISSING_VIOLATION
 from flipbench.search import outputs, settings, space, study
 from tests.conftest import CONF_DIR
 
@@ -69,7 +70,8 @@ def test_fidelities(full, fraction, eta, rungs):
 
 
 def _rows(**columns):
-    base = {"task": ["a", "b"], "flips": [0.10, 0.30], "flips_ci_high": [0.20, 0.45], "lost": [0.05, 0.2],
+    base = {"task": ["a", "b"], "group": "all", "metric": "acc", "headline": True, "n": 100, "n_nonfinite": 0,
+            "kl_scope": "choice", "flips": [0.10, 0.30], "flips_ci_high": [0.20, 0.45], "lost": [0.05, 0.2],
             "delta_acc": [-0.01, -0.05], "delta_acc_ci_low": [-0.04, -0.12], "kl_mean": [0.1, 0.2],
             "kl_mean_ci_high": [0.15, 0.3]}
     return pd.DataFrame(base | columns)
@@ -84,7 +86,7 @@ def test_judge_point_and_upper_bound():
     assert not passes and violation == pytest.approx(0.01 / 0.031)
     assert study.judge(_rows(), GateConfig(), upper=True) == (True, 0.0)
     nan = _rows(kl_mean=[float("nan"), 0.1])
-    assert study.judge(nan, GateConfig(max_kl_mean=1.0), upper=False) == (False, study.MISSING_VIOLATION)
+    assert study.judge(nan, GateConfig(max_choice_kl_mean=1.0), upper=False) == (False, MISSING_VIOLATION)
 
 
 def test_pareto_front():
@@ -107,3 +109,28 @@ def test_search_config_root_composes(option):
     space.check_space(typed.search.space)
     if option == "default":
         assert len(space.grid(typed.search.space)) == 4 * 2 + 3 * 2 * 2 + 2 * 2  # RTN, GPTQ, TACQ
+
+
+def test_confirm_adjusts_the_bounds_for_the_configurations_compared(tmp_path):
+    """Issue 23, case 8. 0 flips in 100 docs: the exact 95% upper bound 1 - 0.025^(1/100) = 0.0362 passes
+    max_flips=0.05; compared among m = 10 configurations each bound is taken at 1 - 0.05/10 = 99.5%,
+    1 - 0.0025^(1/100) = 0.0582, and the configuration no longer passes. With m = 1 the bound stays 95%."""
+    from flipbench.config import FlipbenchConfig
+    from flipbench.metrics import annotate, summarize
+    from tests.metrics.tables import mc_row, table
+
+    run = tmp_path / "trials" / "rtn-w4" / "docs100"
+    run.mkdir(parents=True)
+    samples = annotate(table([mc_row(i, 0, [0.0, -1.0], [0.0, -1.0]) for i in range(100)]))
+    samples.to_parquet(run / "samples.parquet", index=False)
+    gate = GateConfig(max_flips=0.05, on="upper_ci")
+    summarize(samples, n_resamples=100).to_csv(run / "summary.csv", index=False)
+    ctx = study.Context(tmp_path, [], None, gate, False, {}, {"rtn-w4": {"cost": 4.0}}, [100], None, 2, False)
+    configs = pd.DataFrame({"label": ["rtn-w4"], "run": ["trials/rtn-w4/docs100"], "passes": [True], "violation": [0.0]})
+    cfg = FlipbenchConfig()
+    cfg.eval.bootstrap = 100
+    one = outputs.confirm(ctx, cfg, configs, m=1).iloc[0]
+    assert one["passes"] and one["confidence"] == 0.95 and one["gate_verdict"] == "PASS"
+    ten = outputs.confirm(ctx, cfg, configs, m=10).iloc[0]
+    assert ten["confidence"] == pytest.approx(0.995) and not ten["passes"] and ten["passes_unadjusted"]
+    assert ten["violation"] == pytest.approx((1 - 0.0025 ** (1 / 100) - 0.05) / 0.051, rel=1e-6)

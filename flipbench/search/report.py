@@ -53,14 +53,28 @@ def pareto_plot(ctx, trials: pd.DataFrame, front: pd.DataFrame, rec: dict, cost_
     return plots.save(fig, stem)
 
 
+def judged(rec: dict) -> str:
+    """What a pass means in this search, in words (multiplicity included)."""
+    multiplicity = rec.get("multiplicity") or {}
+    m = multiplicity.get("configurations_compared", 0)
+    if rec.get("judged_on") == "upper_ci":
+        return (f"on the pessimistic end of each interval, adjusted for the {m} configurations compared (Bonferroni: "
+                f"each at {100 * multiplicity.get('confidence', 0.95):.2f}% instead of 95%, so the chance that the "
+                "choice passes only by luck stays under 5% over the whole search), and by flipbench's own gate on "
+                "its full-fidelity run")
+    return (f"on point estimates, as flipbench's gate judges them (gate.on=point), and by that gate on its "
+            f"full-fidelity run; the selection among {m} configurations is not adjusted for multiplicity (point "
+            "estimates have no interval to widen): set search.upper_bound=true for bounds adjusted for it")
+
+
 def _lines(cfg, budget, rec: dict) -> list[str]:
     verdict = (f"**Recommended: {rec['label']}** ({rec['avg_bits']:.3f} avg bits, {rec['model_gb']:.4f} GB), passes "
-               "every limit at full fidelity." if rec["passes"] else
-               "**None passes** every limit at full fidelity." + (
+               f"every limit at full fidelity {judged(rec)}." if rec["passes"] else
+               "**None passes** every limit at full fidelity" + f" {judged(rec)}." + (
                    f" Closest: {rec['label']} (largest relative excess over a limit {rec['violation']:.3g})."
                    if rec.get("label") else ""))
     limits = {k: v for k, v in vars(cfg.gate).items() if v not in (None, {})}
-    bound = "the 95% interval's worse end" if cfg.search.upper_bound else "the point estimates"
+    bound = "the 95% interval's worse end" if rec.get("judged_on") == "upper_ci" else "the point estimates"
     lines = [verdict, "",
              f"Budget: max_avg_bits={budget.max_avg_bits}, max_model_bytes={budget.max_model_bytes}; cost ranked: "
              f"{cfg.search.cost}. Limits: {limits or 'none'}, judged at full fidelity on {bound} (screening rungs on "

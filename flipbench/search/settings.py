@@ -30,7 +30,7 @@ class SearchConfig:
     max_avg_bits: Optional[str] = None  # bits per quantized weight, e.g. 3.5 or "3.5bits"
     max_model_gb: Optional[str] = None  # with a unit: "3GB", "2.5GiB", "800MB"
     cost: str = "avg_bits"  # what "cheapest" means: avg_bits | model_gb
-    upper_bound: bool = False  # judge the limits at full fidelity on the 95% interval's worse end
+    upper_bound: bool = False  # judge the limits at full fidelity on the intervals' worse end, Bonferroni-adjusted
     min_fraction: float = 0.25  # first rung: this share of the docs of every task
     reduction_factor: int = 4  # η: rungs at min_fraction·η^k; successive halving keeps the best 1/η
     pruner: str = "successive_halving"  # successive_halving | hyperband | none

@@ -27,13 +27,10 @@ from pathlib import Path
 import pandas as pd
 
 from flipbench.config import ConfigError, GateConfig
-from flipbench.gate import CHECKS, limits_for
+from flipbench.gate import evaluate_gate, worst_excess
 from flipbench.search.space import Point, Shapes
 
 log = logging.getLogger("flipbench.search")
-
-MISSING_VIOLATION = 1e3  # a value that could not be measured (NaN) fails by this much
-
 
 @dataclass
 class Context:
@@ -55,6 +52,11 @@ class Context:
     def __post_init__(self):
         self.cap = max(c["cost"] for c in self.costs.values()) + 1.0
 
+    def upper(self, final: bool) -> bool:
+        """Judge on the intervals' pessimistic ends? At full fidelity when the search or the gate itself asks for
+        it (so a search pass is never looser than ``flipbench``'s own gate); screening rungs judge the estimates."""
+        return final and (self.upper_bound or self.gate.on == "upper_ci")
+
 
 def headline(run_dir: Path) -> pd.DataFrame:
     """Each task's headline whole-task row of a run's summary.csv."""
@@ -63,18 +65,11 @@ def headline(run_dir: Path) -> pd.DataFrame:
 
 
 def judge(rows: pd.DataFrame, gate: GateConfig, upper: bool) -> tuple[bool, float]:
-    """(passes every limit, violation): violation is the largest excess over a limit, relative to it."""
-    worst = -math.inf
-    for _, row in rows.iterrows():
-        for key, limit in limits_for(row["task"], gate).items():
-            column, sign, bound = CHECKS[key]  # bound: the column of the interval's worse end
-            column = bound if upper else column
-            value = sign * float(row[column])
-            excess = MISSING_VIOLATION if math.isnan(value) else (value - limit) / (abs(limit) + 1e-3)
-            worst = max(worst, excess)
-    if worst == -math.inf:
-        return True, 0.0
-    return worst <= 0, max(worst, 0.0)
+    """(passes every limit, violation), judged by the release gate itself (:func:`flipbench.gate.evaluate_gate`):
+    on the 95% interval's pessimistic end when ``upper``, else on the estimates (the gate's own rule for top-k
+    token KL included). violation: the largest excess over a limit, relative to it (0 when every limit holds)."""
+    verdict = evaluate_gate(rows, gate, on="upper_ci" if upper else "point")
+    return verdict["verdict"] != "FAIL", max(worst_excess(verdict), 0.0)
 
 
 def run_rung(ctx: Context, point: Point, docs: int) -> Path:
@@ -134,7 +129,7 @@ def objective(ctx: Context, space: dict):
             trial.set_user_attr("runs", runs)
             trial.set_user_attr("seconds", seconds)
             # Screening rungs judge the point estimates; full fidelity applies the user's rule (maybe the bound).
-            passes, violation = judge(headline(run_dir), ctx.gate, ctx.upper_bound and final)
+            passes, violation = judge(headline(run_dir), ctx.gate, ctx.upper(final))
             value = cost["cost"] if passes else ctx.cap + violation
             trial.report(value, step=ctx.eta**k)
             if final:

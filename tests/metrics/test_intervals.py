@@ -1,11 +1,17 @@
-"""Exact binomial intervals, Holm / Benjamini-Hochberg adjustment and the Spearman interval, by hand."""
+"""Exact binomial intervals, Tango's paired interval, Holm / Benjamini-Hochberg adjustment and the Spearman
+interval, against hand-worked or independently computed values."""
 
 import math
 
 import numpy as np
 import pytest
 
-from flipbench.stats import benjamini_hochberg, clopper_pearson, holm, mean_and_se, spearman_interval
+from flipbench.config import GateConfig
+from flipbench.gate import evaluate_gate
+from flipbench.metrics import summarize
+from flipbench.stats import benjamini_hochberg, clopper_pearson, holm, mean_and_se, spearman_interval, tango_interval
+
+from .tables import mc_row, table
 
 
 @pytest.mark.parametrize("k, n, low, high", [
@@ -35,6 +41,8 @@ NAN = float("nan")
     ([0.01, NAN, 0.04, 0.03], [0.03, NAN, 0.06, 0.06]),  # NaN is not in the family
     ([0.5, 0.6], [1.0, 1.0]),  # clipped at 1
     ([], []),
+    # statsmodels 0.14 multipletests([.01, .04, .03, .2], method="holm")[1]
+    ([0.01, 0.04, 0.03, 0.2], [0.04, 0.09, 0.09, 0.2]),
 ])
 def test_holm(p, expected):
     assert np.allclose(holm(p), expected, equal_nan=True)
@@ -88,3 +96,38 @@ def test_summary_adjusts_mcnemar_within_a_tasks_subjects_and_across_tasks():
     # whole tasks t (p 0.0625) and u (p 1) form the headline family: Holm 0.125 and 1
     assert out.loc[("t", "all"), "mcnemar_p_holm"] == pytest.approx(0.125)
     assert out.loc[("u", "all"), "mcnemar_p_holm"] == pytest.approx(1.0)
+
+
+# Tango's score interval, reference values from an independent implementation: the nuisance p21 profiled by
+# numerical maximisation of the constrained likelihood (scipy.optimize.minimize_scalar), the score statistic
+# (b - c - nΔ) / sqrt(n (2 p21 + Δ(1 - Δ))) solved for |Z| = 1.959964 with brentq; agrees to 1e-8.
+@pytest.mark.parametrize("b, c, n, low, high", [
+    (0, 0, 20, -0.16112516, 0.16112516),  # closed form at b = c = 0: ±z² / (n + z²) = ±3.8415 / 23.8415
+    (0, 1, 10, -0.40415004, 0.20528608),  # 1 lost in 10 docs
+    (3, 7, 40, -0.26416051, 0.06183754),
+    (12, 5, 200, -0.00600252, 0.08065566),
+])
+def test_tango_interval(b, c, n, low, high):
+    assert tango_interval(b, c, n) == pytest.approx((low, high), abs=2e-8)
+
+
+def test_tango_interval_edges():
+    assert tango_interval(10, 0, 10)[1] == 1.0 and tango_interval(0, 10, 10)[0] == -1.0
+    assert all(math.isnan(v) for v in tango_interval(0, 0, 0))
+    with pytest.raises(ValueError):
+        tango_interval(6, 5, 10)
+
+
+def _docs(lost: int, n: int):
+    """n MC docs, the first ``lost`` of them right on the baseline and wrong on the compressed side."""
+    return table([mc_row(i, 0, [0.0, -1.0], [-1.0, 0.0] if i < lost else [0.0, -1.0]) for i in range(n)])
+
+
+@pytest.mark.parametrize("lost, n, low, high", [(0, 20, -0.16112516, 0.16112516), (1, 10, -0.40415004, 0.20528608)])
+def test_delta_acc_interval_is_tango_and_upper_ci_gate_is_not_fooled(lost, n, low, high):
+    """Issue 23, case 2: the percentile bootstrap gave [0, 0] for 0 changed answers in 20 docs (so max_acc_drop=0
+    passed 'with 95% confidence') and a drop bound near 0.30 for 1 lost in 10."""
+    row = summarize(_docs(lost, n), n_resamples=200).iloc[0]
+    assert (row["delta_acc_ci_low"], row["delta_acc_ci_high"]) == pytest.approx((low, high), abs=2e-8)
+    verdict = evaluate_gate(summarize(_docs(lost, n), n_resamples=200), GateConfig(max_acc_drop=0.0, on="upper_ci"))
+    assert verdict["verdict"] == "FAIL" and verdict["tasks"][0]["checks"][0]["value"] == pytest.approx(-low)

@@ -1,4 +1,5 @@
-"""Token-level KL statistics as llama.cpp's --kl-divergence reports them, on hand-made log-probabilities."""
+"""Token-level KL statistics as llama.cpp's --kl-divergence reports them, on hand-made log-probabilities; their
+standard errors are clustered by doc (the tokens of one answer are not independent)."""
 
 import math
 
@@ -6,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
-from flipbench import klstats  # noqa: E402
-from flipbench.tokenkl import _compare, _summarize  # noqa: E402
+from flipbench import klstats
+from flipbench.tokenkl import _compare, _summarize
 
 LN = math.log
 # Two answer tokens over a 3-token vocabulary (probabilities; 0 = ruled out):
@@ -21,15 +22,18 @@ TARGETS = [1, 0]
 KL = [0.5 * LN(0.5 / 0.25) + 0.5 * LN(0.5 / 0.75), LN(1 / 0.5)]  # 0.143841, 0.693147 nats
 DP = [0.75 - 0.5, 0.5 - 1.0]  # p_c - p_b of the answer token
 D_NLL = [LN(0.5) - LN(0.75), LN(1.0) - LN(0.5)]  # ln p_b - ln p_c
+# Both tokens belong to one answer (one doc): one cluster, so no standard error can be estimated.
 HAND = {
-    "kl_mean": sum(KL) / 2, "kl_se": abs(KL[1] - KL[0]) / 2,  # SE of two values: sqrt(pvar / 1) = |a - b| / 2
+    "kl_mean": sum(KL) / 2, "kl_se": math.nan,
     "kl_max": KL[1], "kl_min": KL[0], "kl_median": sum(KL) / 2,
     "kl_p99": KL[0] + 0.99 * (KL[1] - KL[0]), "kl_p10": KL[0] + 0.1 * (KL[1] - KL[0]),
     "kl_p001": KL[0] + 0.001 * (KL[1] - KL[0]),
-    "same_top": 0.5, "same_top_se": 0.5,  # t1: argmax 0 vs 1 (ties go to the first index); t2: 0 vs 0
+    "same_top": 0.5, "same_top_se": math.nan,  # t1: argmax 0 vs 1 (ties go to the first index); t2: 0 vs 0
     "dp_mean": sum(DP) / 2, "dp_rms": math.sqrt((DP[0] ** 2 + DP[1] ** 2) / 2),
-    "ln_ppl_ratio": sum(D_NLL) / 2, "ln_ppl_ratio_se": abs(D_NLL[1] - D_NLL[0]) / 2,
+    "ln_ppl_ratio": sum(D_NLL) / 2, "ln_ppl_ratio_se": math.nan,
 }
+# The same two tokens as two one-token docs: G = 2 clusters, SE² = G/(G-1) Σ_g (x_g - x̄)² / N² = (a - b)² / 4.
+HAND_TWO_DOCS = {"kl_se": abs(KL[1] - KL[0]) / 2, "same_top_se": 0.5, "ln_ppl_ratio_se": abs(D_NLL[1] - D_NLL[0]) / 2}
 
 
 def logp(p):
@@ -58,7 +62,24 @@ def test_per_token_values_without_nan(per_token):
 @pytest.mark.parametrize("column", sorted(HAND))
 def test_hand_computed_statistics(per_token, column):
     rows = pd.DataFrame({name: [values[0].tolist()] for name, values in per_token.items()})
-    assert klstats.token_stats(rows)[column] == pytest.approx(HAND[column], rel=1e-6, abs=1e-9)
+    assert klstats.token_stats(rows)[column] == pytest.approx(HAND[column], rel=1e-6, abs=1e-9, nan_ok=True)
+
+
+@pytest.mark.parametrize("column", sorted(HAND_TWO_DOCS))
+def test_standard_errors_are_clustered_by_doc(per_token, column):
+    two_docs = pd.DataFrame({name: [values[0][:1].tolist(), values[0][1:].tolist()] for name, values in per_token.items()})
+    assert klstats.token_stats(two_docs)[column] == pytest.approx(HAND_TWO_DOCS[column], rel=1e-6)
+
+
+def test_clustered_se_matches_statsmodels():
+    # 7 token KLs in 3 docs; statsmodels 0.14 OLS(x, 1).fit(cov_type="cluster", groups=doc) gives mean
+    # 0.3642857142857143, SE 0.10564551383716775 (tokens taken as independent, the SE would be 0.1138)
+    rows = pd.DataFrame({"tok_kl": [[0.1, 0.3, 0.2], [0.6], [0.05, 0.9, 0.4]],
+                         "tok_same_top": [[1.0] * 3, [1.0], [1.0] * 3], "tok_logp_base": [[0.0] * 3, [0.0], [0.0] * 3],
+                         "tok_logp_comp": [[0.0] * 3, [0.0], [0.0] * 3]})
+    stats = klstats.token_stats(rows)
+    assert stats["kl_mean"] == pytest.approx(0.3642857142857143, rel=1e-12)
+    assert stats["kl_se"] == pytest.approx(0.10564551383716775, rel=1e-12)
 
 
 def test_compressed_side_ruling_out_a_baseline_token_is_infinite_and_left_out_of_the_statistics():

@@ -13,39 +13,60 @@ from .tables import mc_row, table
 E = np.e
 
 
-@pytest.mark.parametrize("metric, row, pred, p_base, margin, kl", [
-    # acc: scores = ll = (-4, -6): p = (σ(2), σ(-2)), margin tanh(1); comp (-4, -13): q = (σ(9), σ(-9))
+# Choice KL and p have one scale for every metric: softmax of the raw log-likelihoods. The margin and kl_norm
+# come from the scores the metric's prediction uses.
+@pytest.mark.parametrize("metric, row, pred, p_base, margin, kl, kl_norm", [
+    # acc: scores = ll = (-4, -6): p = (σ(2), σ(-2)), margin tanh(1); comp (-4, -13): q = (σ(9), σ(-9));
+    # KL = σ(2) ln(σ(2)/σ(9)) + σ(-2) ln(σ(-2)/σ(-9)) = 0.707616
     ("acc", mc_row(0, 1, [-4.0, -6.0], [-4.0, -13.0], choice_len=[2, 6]),
-     0, [0.880797, 0.119203], 0.761594, 0.707616),
-    # acc_norm: scores = ll / characters = (-2, -1): p = (σ(-1), σ(1)), margin tanh(0.5);
-    # comp (-2, -13/6): q = (σ(1/6), σ(-1/6)); KL = σ(-1) ln(σ(-1)/σ(1/6)) + σ(1) ln(σ(1)/σ(-1/6)) = 0.152922
+     0, [0.880797, 0.119203], 0.761594, 0.707616, 0.707616),
+    # acc_norm: the same ll, so the same p and KL; scores ll / characters = (-2, -1): margin tanh(0.5);
+    # comp (-2, -13/6): kl_norm = σ(-1) ln(σ(-1)/σ(1/6)) + σ(1) ln(σ(1)/σ(-1/6)) = 0.152922
     ("acc_norm", mc_row(0, 1, [-4.0, -6.0], [-4.0, -13.0], choice_len=[2, 6]),
-     1, [0.268941, 0.731059], 0.462117, 0.152922),
+     1, [0.880797, 0.119203], 0.462117, 0.707616, 0.152922),
     # acc_bytes: "é" is 1 character but 2 bytes; ll (-2, -3) / bytes (2, 2) = (-1, -1.5) -> pred 0 (acc_norm would
-    # pick 1: (-2, -1.5)); comp (-3, -2) / 2 = swapped scores: KL = (p1 - p2) ln(p1/p2) = tanh(0.25) * 0.5
+    # pick 1: (-2, -1.5)); raw p = (σ(1), σ(-1)); comp ll swapped: KL = (p1 - p2) ln(p1/p2) = tanh(0.5) * 1;
+    # on the scores (-1, -1.5) vs (-1.5, -1): kl_norm = tanh(0.25) * 0.5
     ("acc_bytes", mc_row(0, 0, [-2.0, -3.0], [-3.0, -2.0], choice_len=[1, 2], choices=["é", "ab"]),
-     0, [0.622459, 0.377541], 0.244919, 0.122459),
-    # acc_mutual_info: ll (-1, -2, -3) - unconditional (-0.5, -3, -2.5) = (-0.5, 1, -0.5) -> pred 1;
-    # p = (e^-.5, e, e^-.5) / (2 e^-.5 + e); comp: ll equal to the unconditional ones, q uniform: KL = ln 3 - H(p)
+     0, [0.731059, 0.268941], 0.244919, 0.462117, 0.122459),
+    # acc_mutual_info: ll (-1, -2, -3) - unconditional (-0.5, -3, -2.5) = (-0.5, 1, -0.5) -> pred 1, margin from
+    # those scores; raw p = softmax(-1, -2, -3), comp's ll equal to the unconditional ones:
+    # KL = Σ p ln(p / softmax(-0.5, -3, -2.5)) = 0.156221 (by hand in floats); kl_norm = ln 3 - H(p_scores)
     ("acc_mutual_info", mc_row(0, 1, [-1.0, -2.0, -3.0], [-0.5, -3.0, -2.5], ll_uncond=[-0.5, -3.0, -2.5]),
-     1, [0.154281, 0.691438, 0.154281], 0.537158, 0.266789),
+     1, [0.665241, 0.244728, 0.090031], 0.537158, 0.156221, 0.266789),
 ])
-def test_p_margin_and_kl_come_from_the_metric_s_scores(metric, row, pred, p_base, margin, kl):
+def test_p_and_kl_come_from_the_raw_log_likelihoods_margin_from_the_metric(metric, row, pred, p_base, margin, kl,
+                                                                          kl_norm):
     samples = table([row])
     out = annotate(samples, metric).iloc[0]
     np.testing.assert_allclose(out["p_base"], p_base, atol=1e-6)
     assert out["margin_base"] == pytest.approx(margin, abs=1e-6)
     assert out["kl"] == pytest.approx(kl, abs=1e-6)
+    assert out["kl_norm"] == pytest.approx(kl_norm, abs=1e-6)
     assert predictions(samples, "base", metric)[0].tolist() == [str(pred)]
     # by default each row is annotated under its own `metric`
     samples["metric"] = metric
-    assert annotate(samples).iloc[0]["kl"] == pytest.approx(kl, abs=1e-6)
+    assert annotate(samples).iloc[0]["kl_norm"] == pytest.approx(kl_norm, abs=1e-6)
 
 
-def test_summary_rows_each_use_their_metric_s_distribution():
+def test_choice_kl_has_one_scale_whatever_the_metric():
+    """Issue 23, case 4: the same log-likelihood change used to give 0.0671 nats under acc (MMLU-style rows) and
+    0.000139 under acc_norm (ARC-style rows, long choices), so one KL limit never bit on ARC. Now both are the
+    KL of softmax(ll): KL between softmax(-1, -3) and softmax(-1.5, -2.5) = 0.067131 (by hand: p = (σ(2), σ(-2)),
+    q = (σ(1), σ(-1)), Σ p ln(p/q)); over ll / 22 characters (the old acc_norm scale) the same change gives
+    p = (σ(1/11), σ(-1/11)), q = (σ(1/22), σ(-1/22)): 0.000258, 260 times less."""
+    rows = [mc_row(i, 0, [-1.0, -3.0], [-1.5, -2.5], choice_len=[22, 22], metric=metric)
+            for i, metric in enumerate(["acc", "acc_norm"])]
+    out = annotate(table(rows))
+    assert out["kl"].tolist() == pytest.approx([0.067131, 0.067131], abs=1e-6)
+    assert out["kl_norm"].tolist() == pytest.approx([0.067131, 0.000258], abs=1e-6)
+
+
+def test_summary_kl_is_raw_with_the_normalised_kl_beside_it():
     samples = table([mc_row(0, 1, [-4.0, -6.0], [-4.0, -13.0], choice_len=[2, 6], metric="acc_norm")])
     out = summarize(samples, metrics_by_task={"mc": ["acc_norm", "acc"]}, n_resamples=0).set_index("metric")
-    assert out.loc["acc_norm", "kl_mean"] == pytest.approx(0.152922, abs=1e-6)
+    assert out.loc["acc_norm", "kl_mean"] == pytest.approx(0.707616, abs=1e-6)
+    assert out.loc["acc_norm", "kl_norm_mean"] == pytest.approx(0.152922, abs=1e-6)
     assert out.loc["acc", "kl_mean"] == pytest.approx(0.707616, abs=1e-6)
 
 

@@ -20,9 +20,23 @@ def test_mcnemar_exact_hand_values(lost, gained, expected):
     assert mcnemar_exact(lost, gained) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("lost, gained, expected", [
+    # statsmodels 0.14 statsmodels.stats.contingency_tables.mcnemar([[a, lost], [gained, d]], exact=True).pvalue
+    (1, 6, 0.125), (3, 0, 0.25), (9, 2, 0.0654296875),
+])
+def test_mcnemar_exact_matches_statsmodels(lost, gained, expected):
+    assert mcnemar_exact(lost, gained) == pytest.approx(expected, rel=1e-12)
+
+
 @pytest.mark.parametrize("lost, gained", [(3, 17), (40, 25), (1, 0), (100, 100)])
-def test_mcnemar_exact_matches_scipy_binomtest(lost, gained):
-    assert mcnemar_exact(lost, gained) == pytest.approx(scipy_stats.binomtest(lost, lost + gained).pvalue)
+def test_mcnemar_exact_matches_the_binomial_sum(lost, gained):
+    """Written out independently: p = min(1, 2 Σ_{k <= min(lost, gained)} C(n, k) / 2^n) in exact fractions."""
+    from fractions import Fraction
+    from math import comb
+
+    n = lost + gained
+    tail = sum(Fraction(comb(n, k), 2**n) for k in range(min(lost, gained) + 1))
+    assert mcnemar_exact(lost, gained) == pytest.approx(float(min(Fraction(1), 2 * tail)), rel=1e-12)
 
 
 def test_mcnemar_rejects_negative_counts():

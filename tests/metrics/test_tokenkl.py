@@ -4,11 +4,11 @@ from a stored full reference (exact) and from a top-k one (an interval around th
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
+import torch  # hard dependencies: their absence must fail these tests, not skip them
+import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from flipbench.tokenkl import TOKEN_COLUMNS, answer_logprobs, bytes_per_token, reference_bytes, token_kl  # noqa: E402
+from flipbench.tokenkl import TOKEN_COLUMNS, answer_logprobs, bytes_per_token, reference_bytes, token_kl
 
 CORPUS = ["question : what is two plus two ? answer : four",
           "question : how many legs has a cat ? answer : four legs",

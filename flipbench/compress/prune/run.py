@@ -37,7 +37,7 @@ def prune(
     if cfg.method == "magnitude":
         magnitude_model(model, cfg.sparsity, pattern, cfg.scope)
     elif cfg.method == "wanda":
-        wanda_model(model, calib, cfg.sparsity, pattern, device, cfg.true_sequential, progress)
+        unreached = wanda_model(model, calib, cfg.sparsity, pattern, device, cfg.true_sequential, progress)
     elif cfg.method == "sparsegpt":
         retries, unreached = sparsegpt_model(model, calib, cfg.sparsegpt, device, cfg.true_sequential, progress)
     else:
@@ -50,11 +50,12 @@ def prune(
     if cfg.method == "magnitude":
         settings["scope"] = cfg.scope
     if cfg.method in ("wanda", "sparsegpt"):
-        settings["true_sequential"] = cfg.true_sequential
+        # an expert no calibration token reached is pruned by magnitude alone: say which, for both methods
+        settings |= {"true_sequential": cfg.true_sequential, "n_unreached_magnitude": len(unreached),
+                     "unreached_magnitude": unreached}
     if cfg.method == "sparsegpt":
         settings |= {"block_size": cfg.block_size, "damp": cfg.damp, "bits": cfg.bits, "sym": cfg.sym,
-                     "damp_retries": int(sum(retries.values())), "damp_retries_by_layer": retries,
-                     "n_unreached_magnitude": len(unreached), "unreached_magnitude": unreached}
+                     "damp_retries": int(sum(retries.values())), "damp_retries_by_layer": retries}
     if cfg.method == "layerdrop":
         settings = {"n_layers": cfg.n_layers, "select": cfg.select, "dropped_layers": dropped}
     bits = cfg.bits if cfg.method == "sparsegpt" else None

@@ -31,9 +31,10 @@ def wanda_model(
     device,
     true_sequential: bool = True,
     progress: Callable[[str], None] | None = None,
-) -> None:
+) -> list[str]:
     """Wanda on every decoder linear, in place; calib (n_samples, seq_len) token ids. The layer loop is the
-    Hessian methods' (:func:`solve_layer`) with ||X_j||₂² collected in place of H."""
+    Hessian methods' (:func:`solve_layer`) with ||X_j||₂² collected in place of H. Returns the full names of the
+    weights no calibration token reached (MoE experts the router never picked), pruned by magnitude instead."""
 
     def solve(name: str, norms: ColumnNorms, W: torch.Tensor) -> tuple[torch.Tensor, int]:
         return W.masked_fill(mask_for(wanda_scores(W, norms.sq_norms), sparsity, pattern), 0), 0
@@ -42,5 +43,8 @@ def wanda_model(
         # an expert no calibration token reached has no norms: its magnitudes decide alone
         return W.masked_fill(mask_for(W.abs(), sparsity, pattern), 0)
 
-    for _, layer, _, inputs in layer_by_layer(model, calib, device, progress, "wanda layer"):
-        solve_layer(layer, inputs, true_sequential, ColumnNorms, solve, without_data)
+    unreached = []
+    for index, layer, family, inputs in layer_by_layer(model, calib, device, progress, "wanda layer"):
+        _, layer_unreached = solve_layer(layer, inputs, true_sequential, ColumnNorms, solve, without_data)
+        unreached += [f"{family.layers}.{index}.{name}" for name in layer_unreached]
+    return unreached
