@@ -17,7 +17,6 @@ already complete rungs are not evaluated again.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 import warnings
@@ -28,7 +27,7 @@ import pandas as pd
 
 from flipbench.config import ConfigError, GateConfig
 from flipbench.gate import evaluate_gate, worst_excess
-from flipbench.search.space import Point, Shapes
+from flipbench.search.space import Point
 
 log = logging.getLogger("flipbench.search")
 
