@@ -186,14 +186,75 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
-def headline_text(summary: pd.DataFrame, verdict: dict) -> list[str]:
-    lines = [f"**Release gate: {verdict['verdict']}**"]
+def _interval(r, low: str, high: str, scale: float = 100, fmt: str = ".1f") -> str:
+    a, b = r.get(low, np.nan), r.get(high, np.nan)
+    return f" [{scale * a:{fmt}}, {scale * b:{fmt}}]" if np.isfinite(a) and np.isfinite(b) else ""
+
+
+def _check_value(column: str, value: float) -> str:
+    """A checked value in the unit a reviewer reads: percent for shares, nats for KL (an accuracy drop is positive)."""
+    if value != value:
+        return "not measured"
+    if "kl" in column:
+        return f"{value:.4g} nats"
+    return f"{100 * value:.1f}%"
+
+
+def failing_checks(verdict: dict) -> list[str]:
+    out = []
+    for task in verdict["tasks"]:
+        for check in task["checks"]:
+            if not check["pass"]:
+                out.append(f"  - {task['task']}: {check['check'].removeprefix('max_').replace('_', ' ')} "
+                           f"{_check_value(check['column'], check['value'])} ({check['column']}) exceeds the limit "
+                           f"{_check_value(check['check'], check['limit'])} ({check['check']})")
+    return out
+
+
+def _gb(n) -> str:
+    return f"{n / 1e9:.3g} GB" if n and n == n else "n/a"
+
+
+def headline_text(summary: pd.DataFrame, verdict: dict, cfg: FlipbenchConfig | None = None,
+                  manifest: dict | None = None, compression: dict | None = None) -> list[str]:
+    """The decision block: verdict and failing checks (in percent, with their limits), what was compared (baseline
+    id and revision, method and settings, average bits and size), then each task's headline with its intervals and
+    the noise floor's excess."""
+    manifest, compression = manifest or {}, compression or {}
+    lines = [f"**Release gate: {verdict['verdict']}**"] + failing_checks(verdict)
+    if cfg is not None:
+        base_bytes, comp_bytes = manifest.get("baseline_bytes"), compression.get("model_bytes")
+        size = (f"; size {_gb(base_bytes)} → {_gb(comp_bytes)} ({_gb(base_bytes - comp_bytes)} saved)"
+                if base_bytes and comp_bytes else "")
+        settings = {k: compression.get(k) for k in ("bits", "group_size", "sym", "keep_fraction", "sparsity", "pattern")
+                    if compression.get(k) not in (None, 0.0, "unstructured") or k == "bits" and compression.get(k)}
+        avg = compression.get("avg_bits")
+        lines.append(f"- baseline: {cfg.model.path} (revision {cfg.model.revision or 'default'}"
+                     + (f", weights sha256 {str(manifest['baseline_fingerprint'])[:12]}…" if manifest.get("baseline_fingerprint") else "")
+                     + ")")
+        lines.append(f"- compressed: {compression.get('method', cfg.compression.method)}"
+                     + (" " + ", ".join(f"{k}={v}" for k, v in settings.items()) if settings else "")
+                     + (f"; {avg:.3f} average bits per weight" if isinstance(avg, (int, float)) and avg == avg else "") + size)
     for _, r in plots.headline_rows(summary).iterrows():
+        excess = (f"; {100 * r['flips_excess']:+.1f} pp over the noise floor" if np.isfinite(r.get("flips_excess", np.nan))
+                  else "")
         lines.append(f"- {r['task']} ({r['metric']}): accuracy {100 * r['acc_base']:.1f}% → {100 * r['acc_comp']:.1f}% "
-                     f"(Δ {100 * r['delta_acc']:+.1f} points) while {100 * r['flips']:.1f}% of answers flipped "
+                     f"(Δ {100 * r['delta_acc']:+.1f} pp{_interval(r, 'delta_acc_ci_low', 'delta_acc_ci_high')}); "
+                     f"{100 * r['flips']:.1f}% of answers flipped{_interval(r, 'flips_ci_low', 'flips_ci_high')} "
                      f"(lost {100 * r['lost']:.1f}%, gained {100 * r['gained']:.1f}%); label loyalty "
-                     f"{100 * r['label_loyalty']:.1f}%.")
+                     f"{100 * r['label_loyalty']:.1f}%{excess}.")
     return lines
+
+
+def provenance_lines(manifest: dict, cfg: FlipbenchConfig) -> list[str]:
+    versions = manifest.get("versions") or {}
+    compute = manifest.get("compute") or {}
+    engine = (manifest.get("compared") or {}).get("compressed", {}).get("engine") or {"name": cfg.engine.name}
+    return [", ".join(f"{k} {v}" for k, v in versions.items()),
+            f"git {manifest.get('git_sha') or 'n/a'}; seed {cfg.eval.seed}; engine {engine.get('name')}; "
+            f"device {manifest.get('device')}; {compute.get('threads', '?')} threads on {compute.get('cpu', '?')}"
+            + (f", {compute['cuda']}" if compute.get("cuda") else "")
+            + f"; started {manifest.get('started', '?')}"]
 
 
 def make_plots(run_dir: Path, samples: pd.DataFrame, summary: pd.DataFrame, method: str, tag: str,
@@ -274,11 +335,11 @@ def write_html(path: Path, title: str, head: list[str], parts: list, figures: li
                     f"{body}<h2>Plots</h2>{imgs}</body></html>\n")
 
 
-def gate_lines(verdict: dict) -> list[str]:
+def gate_lines(verdict: dict, detail: bool = True) -> list[str]:
     on = {"point": "point estimates (token KL from a top-k reference: the upper end of its interval)",
           "upper_ci": "the pessimistic end of each 95% interval (Δacc: the Tango score interval)"}[verdict.get("on", "point")]
     lines = [f"Gate checked on {on} (gate.on={verdict.get('on', 'point')})."] if verdict["verdict"] != "not set" else []
-    for task in verdict["tasks"]:
+    for task in verdict["tasks"] if detail else []:
         for check in task["checks"]:
             if not check["pass"]:
                 lines.append(f"- FAIL {task['task']}: {check['column']} = {check['value']:.4f} exceeds {check['check']} = {check['limit']}"
@@ -344,7 +405,7 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
     bits = "" if np.isnan(compressed_bits(cfg)) else f" w{cfg.compression.bits}"
     tag = f"{cfg.model.name} · {method}{bits}{pruning_label(compression)}"
     figures = make_plots(run_dir, samples, summary, method, tag, dict(cfg.suite.correct_if)) if cfg.output.plots else []
-    head = headline_text(summary, verdict)
+    head = headline_text(summary, verdict, cfg, manifest, compression)
     diverged = diverged_rows(summary)
     if diverged:
         per_task = ", ".join(f"{task}: {n}" for task, n in diverged.items())
@@ -352,10 +413,10 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
                        "either side); accuracy and flips count them as scored by lm-eval, KL statistics use the finite "
                        "values only, and the gate fails unless gate.max_nonfinite allows them.")
     head += [f"- note: {note}" for note in manifest.get("data_notes") or []]
-    head += gate_lines(verdict) + noise_lines(manifest, summary) + replica_lines(summary)
+    head += gate_lines(verdict, detail=False) + noise_lines(manifest, summary) + replica_lines(summary)
     head += token_kl_bound_lines(summary, cfg.eval.token_kl_topk)
     title = f"flipbench: {tag} vs baseline"
-    parts = sections(summary, samples)
+    parts = sections(summary, samples) + [("Provenance", "\n".join(provenance_lines(manifest, cfg)))]
     write_markdown(run_dir / "report.md", title, head, parts, figures)
     write_html(run_dir / "report.html", title, head, parts, figures)
     return {**verdict, "diverged_docs": sum(diverged.values())}

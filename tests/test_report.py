@@ -70,7 +70,7 @@ def test_summary_and_markdown_table_hold_the_hand_counted_numbers(full_report):
     # Δacc in percentage points; flips 3/8 with its exact interval (beta quantiles of 3 in 8: 0.0852, 0.7551)
     assert "| t | acc | none | 8 | 87.5% | 75.0% | -12.5 pp |" in md
     assert "| 37.5% | [8.5, 75.5] % |" in md
-    assert "37.5% of answers flipped (lost 25.0%, gained 12.5%)" in md
+    assert "37.5% of answers flipped [8.5, 75.5] (lost 25.0%, gained 12.5%)" in md
     assert "KL(baseline ‖ compressed) in nats" in md
     for name in ("accuracy_vs_flips", "transitions", "kl_vs_flips", "flips_by_margin", "subjects_t"):
         assert (run_dir / "plots" / f"{name}.png").is_file() and (run_dir / "plots" / f"{name}.svg").is_file()
@@ -110,7 +110,9 @@ def test_gate_on_upper_ci_is_stated_and_checked(tmp_path):
     verdict = report.build(run_dir, cfg)
     assert verdict["verdict"] == "FAIL" and verdict["on"] == "upper_ci"
     md = (run_dir / "report.md").read_text()
-    assert "gate.on=upper_ci" in md and "flips_ci_high = 0.7551" in md
+    assert "gate.on=upper_ci" in md and "t: flips 75.5% (flips_ci_high) exceeds the limit 50.0% (max_flips)" in md
+    # the decision block comes first: verdict, then the failing check, before any table
+    assert md.index("**Release gate: FAIL**") < md.index("exceeds the limit") < md.index("## Per task")
 
 
 def test_most_damaging_flips_are_listed_per_kl_scope(tmp_path):
