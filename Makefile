@@ -28,7 +28,7 @@ OVERRIDES = $(if $(MODEL),model=hf model.path=$(MODEL)) \
 	$(if $(TASKS),'suite.tasks=[$(TASKS)]') $(if $(LIMIT),suite.limit=$(LIMIT)) $(ARGS)
 TEST_ENV = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: eval test test-slow sweep search report bench real tiny-model tasks setup clean
+.PHONY: eval test test-slow sweep search report bench real tiny-model tasks setup docs clean
 
 setup: $(STAMP)
 
@@ -78,6 +78,16 @@ REAL_ARGS ?=
 real: $(STAMP)
 	nice -n 10 $(BIN)/python -m benchmarks.real --scratch results/real $(REAL_ARGS)
 
+# The documentation site (mkdocs.yml, docs/): the `docs` extra goes into .venv on first use; --strict fails on a
+# broken link, anchor or nav entry. Output in site/.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 tasks: $(STAMP)
 	$(BIN)/python -m flipbench.synth.generate
 
@@ -85,4 +95,4 @@ tiny-model: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m flipbench.synth.train
 
 clean:
-	rm -rf $(VENV) results/runs results/sweeps results/cache results/latest
+	rm -rf $(VENV) results/runs results/sweeps results/cache results/latest site

@@ -1,4 +1,4 @@
-"""flipbench against a plain ``lm_eval.simple_evaluate``, per task shape, side by side (the README's table).
+"""flipbench against a plain ``lm_eval.simple_evaluate``, per task shape, side by side (docs/benchmarks.md's table).
 
     python -m benchmarks.agreement
 

@@ -6,7 +6,7 @@ Everything is measured side by side in one run on this machine and written under
 overhead.csv (case, model, rounds, flipbench_s, lm_eval_s, ratio: median and min-max over rounds),
 overhead_rounds.csv (every round), stages.csv, sweep.csv, throughput.csv, memory.csv,
 quant.csv/quant.md (from benchmarks.bench_quant), prune.csv/prune_memory.csv/prune.md (benchmarks.bench_prune),
-search.csv/search.md (from benchmarks.bench_search) and bench.md, the tables the README quotes.
+search.csv/search.md (from benchmarks.bench_search) and bench.md, the tables docs/benchmarks.md quotes.
 
 Overhead compares one flipbench process (baseline and compressed evaluation, pairing, metrics, token KL,
 report) with two ``lm-eval run`` processes on the same two saved model directories, tasks, limit and batch

@@ -246,7 +246,7 @@ def check_method_keys(argv: list[str]) -> str | None:
 def calm_threads() -> None:
     """OpenMP threads that spin while they wait turn a CPU shared with one other busy process into a queue: each
     small torch op waits for a scheduler slice (a 576-wide matmul at batch 8 took 16 ms instead of 0.1 ms on two
-    cores; README "Speed"). Sleeping waiters do not. Only before torch loads, never over the user's own setting."""
+    cores; docs/benchmarks.md). Sleeping waiters do not. Only before torch loads, never over the user's own setting."""
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -128,7 +128,7 @@ def check_file(task: str, dataset_path: str, path: Path, label: str = "") -> pd.
     missing = [name for name in required if name not in table.columns]
     if missing:
         raise ConfigError(f"{key}={path.name} lacks the field(s) {', '.join(missing)} of the "
-                          f"{dataset_path} schema ({', '.join(required)}); see README, 'Air-gapped data'")
+                          f"{dataset_path} schema ({', '.join(required)}); see docs/data.md, 'Air-gapped'")
     flat = [name for name in NESTED_FIELDS.get(dataset_path, []) if isinstance(table[name].iloc[0], str)]
     if flat:
         raise ConfigError(f"{key}={path.name}: field(s) {', '.join(flat)} must be lists or mappings, "
@@ -180,7 +180,7 @@ def check_rows(rows: list[dict], dataset_path: str, task: str, name: str) -> Non
         problem = _row_problem(row, dataset_path)
         if problem:
             raise ConfigError(f"suite.data_files.{task}={name}, row {number}: {problem}; fix that row "
-                              "(see README, 'Air-gapped data')")
+                              "(see docs/data.md, 'Air-gapped')")
 
 
 def used_splits(cfg: dict) -> list[str]:

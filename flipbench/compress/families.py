@@ -28,7 +28,7 @@ from flipbench.compress.experts import ExpertWeight, expert_weights, is_fused_ex
 ROUTER_NAMES = frozenset({"gate", "router", "shared_expert_gate"})
 
 # model_type -> attribute path of the decoder blocks, for a model whose blocks the rules below miss. Empty:
-# every architecture tested (see the README) is found by the rules; a user's exotic model gets a row here.
+# every architecture tested (see docs/quantization.md) is found by the rules; a user's exotic model gets a row here.
 BLOCKS_PATH: dict[str, str] = {}
 
 
