@@ -141,7 +141,25 @@ def member_overlap(sweep_dir: Path, table: pd.DataFrame) -> tuple[pd.DataFrame, 
     members = {run: pd.read_parquet(sweep_dir / run / "samples.parquet", columns=["task", "group", "doc_id", "filter",
                                                                                "correct_base", "correct_comp"])
                for run in table["run"].unique() if (sweep_dir / run / "samples.parquet").is_file()}
-    return sweepstats.overlap(members, table), sweepstats.kl_flips_correlation(table)
+    pairs = sweepstats.overlap(members, table)
+    pairs["distinguished_by_replicas"] = replica_distinguished(pairs, table)
+    return pairs, sweepstats.kl_flips_correlation(table)
+
+
+def replica_distinguished(pairs: pd.DataFrame, table: pd.DataFrame) -> list:
+    """Per pair: do the two members' flip ranges over their compression replicas (compression.replicas) stay apart?
+    False: the compressor's own noise could produce the difference; NaN where a member has no replicas."""
+    from flipbench.replicas import distinguished
+
+    if "flips_rep_min" not in table:
+        return [float("nan")] * len(pairs)
+    ranges = {(r["run"], r["task"]): (r["flips_rep_min"], r["flips_rep_max"]) for _, r in table.iterrows()
+              if r["flips_rep_min"] == r["flips_rep_min"] and r["replicas"] > 1}
+    out = []
+    for _, p in pairs.iterrows():
+        a, b = ranges.get((p["member_a"], p["task"])), ranges.get((p["member_b"], p["task"]))
+        out.append(distinguished(a, b) if a and b else float("nan"))
+    return out
 
 
 def aggregate(sweep_dir: Path, overrides: list[str] | None = None) -> Path | None:
@@ -188,7 +206,9 @@ def aggregate(sweep_dir: Path, overrides: list[str] | None = None) -> Path | Non
         "## Do the members flip the same docs?\n\nPer pair of members: flipped docs under each, under both, Jaccard "
         "overlap, and McNemar's exact test between the two members' own answers (a right & b wrong vs a wrong & b "
         "right); mcnemar_p_holm is Holm-adjusted over the task's pairs (read that one: with many members some raw "
-        f"p-value is small by chance).\n\n{markdown_table(_rounded(pairs))}\n\n"
+        "p-value is small by chance). distinguished_by_replicas (members compressed with compression.replicas): "
+        "whether the two members' flip ranges over their replicas stay apart; False means the compressor's own noise "
+        f"could produce the difference.\n\n{markdown_table(_rounded(pairs))}\n\n"
         "## Does KL rank the members like flips?\n\nSpearman's rho between mean KL and flips across members, 95% "
         "Fisher-z interval (n/a below 4 members or at |rho| = 1).\n\n"
         f"{markdown_table(_rounded(correlation))}\n\n" + "\n".join(images) + "\n")

@@ -92,3 +92,18 @@ def test_the_hessian_is_summed_in_float64_by_default():
         assert solver.H.dtype == dtype
         errors[dtype] = ((solver.H.double() - exact).abs().max() / exact.abs().max()).item()
     assert errors[torch.float64] < 1e-13 < 1e-8 < errors[torch.float32]
+
+
+def test_sweep_pairs_whose_replica_ranges_overlap_are_not_distinguished():
+    from flipbench.sweep import replica_distinguished
+
+    table = pd.DataFrame({"run": ["0-gptq-w2", "1-gptq-w3", "2-rtn-w4"], "task": "t",
+                          "flips_rep_min": [0.20, 0.08, np.nan], "flips_rep_max": [0.26, 0.21, np.nan],
+                          "replicas": [3, 3, np.nan]})
+    pairs = pd.DataFrame({"task": "t", "member_a": ["0-gptq-w2", "0-gptq-w2", "1-gptq-w3"],
+                          "member_b": ["1-gptq-w3", "2-rtn-w4", "2-rtn-w4"]})
+    out = replica_distinguished(pairs, table)
+    assert out[0] is False  # [0.20, 0.26] and [0.08, 0.21] overlap
+    assert np.isnan(out[1]) and np.isnan(out[2])  # RTN has no replicas
+    table.loc[1, "flips_rep_max"] = 0.19
+    assert replica_distinguished(pairs, table)[0] is True
