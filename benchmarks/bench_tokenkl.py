@@ -71,7 +71,7 @@ def measure(model, comp, tokenizer, prompts, answers, ks, batch_size: int, folde
         kl_s = time.perf_counter() - start
         tokens = int(frame["n_tokens"].sum())
         tail = torch.cat([row.log_tail for row in reference]).double().exp()  # baseline mass outside the top-k
-        raw[k] = {"k": k, "reference_bytes": (folder / f"k{k}.kl.pt").stat().st_size, "tokens": tokens,
+        raw[k] = {"k": k, "reference_bytes": store._reference_paths(f"k{k}")[0].stat().st_size, "tokens": tokens,
                   "tail_mass": float(tail.mean()) if len(tail) else 0.0,
                   "build_s": build_s, "kl_s": kl_s,
                   "lower": np.concatenate([np.asarray(v, float) for v in frame["tok_kl"]]),

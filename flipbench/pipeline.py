@@ -233,13 +233,13 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         manifest.update(n_pred_mismatch=mismatches)
         untouched = cfg.compression.method in ("none", "checkpoint")  # the loaded baseline is still the baseline
         token_kl_stage(paired, comp_model, tokenizer, cfg, reference, model if untouched else pristine)
+        paired.to_parquet(run_dir / "samples.parquet", index=False)
     if n_replicas > 1:
         with manifest.stage("compression_replicas", log):
             manifest.update(replicas=compression_replicas(paired, pristine, base, tokenizer, (task_objs, plan), cfg,
                                                           run_dir, work))
+            paired.to_parquet(run_dir / "samples.parquet", index=False)  # with flip_count
         del pristine
-    with manifest.stage("samples", log):
-        paired.to_parquet(run_dir / "samples.parquet", index=False)
     if cfg.output.save_model:  # last use of the compressed model: packing rewrites its linears in place
         with manifest.stage("save_model", log):
             from flipbench.compress.export import save
