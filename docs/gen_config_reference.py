@@ -43,7 +43,7 @@ MEANINGS = {
     "gate.max_lost": "limit on each task's right-to-wrong share (fraction)",
     "gate.max_acc_drop": "limit on each task's accuracy drop, -delta_acc (fraction)",
     "gate.max_kl_mean": "limit on each task's mean KL (nats)",
-    "gate.per_task": "per-task limits over the ones above: +gate.per_task.<task>.<key>=<value>",
+    "gate.per_task": "per-task limits over the ones above: gate.per_task.<task>.<key>=<value>",
     "output.root": "folder for runs/, sweeps/, searches/, cache/ and latest",
     "output.plots": "write plots/*.png and *.svg",
     "engine.max_model_len": "vllm: the engine's context length (default: the model's)",

@@ -218,6 +218,39 @@ def default_suite(argv: list[str]) -> list[str]:
     return argv
 
 
+def mapping_keys() -> list[str]:
+    """Schema keys that hold a mapping (task -> value, device -> size, ...): every entry under them is new."""
+    import dataclasses
+    import typing
+
+    from flipbench.config import FlipbenchConfig
+
+    out = []
+
+    def walk(schema, prefix):
+        for name, hint in typing.get_type_hints(schema).items():
+            if dataclasses.is_dataclass(hint):
+                walk(hint, f"{prefix}{name}.")
+            elif typing.get_origin(hint) in (dict, typing.Dict):
+                out.append(f"{prefix}{name}")
+    walk(FlipbenchConfig, "")
+    return out
+
+
+def force_mapping_overrides(argv: list[str]) -> list[str]:
+    """``suite.task_limits={a: 4}`` and ``suite.num_fewshot.mmlu=5`` set a mapping or one of its entries: Hydra wants
+    '+' for a new entry and '++' to replace a mapping, which depends on what the selected config already holds. Such
+    overrides become '++' (set, whether or not the entry exists), so '+' is needed for nothing."""
+    keys = mapping_keys()
+    out = []
+    for arg in argv:
+        key = arg.lstrip("+").split("=", 1)[0]
+        if "=" in arg and not arg.startswith("~") and any(key == k or key.startswith(k + ".") for k in keys):
+            arg = "++" + arg.lstrip("+")
+        out.append(arg)
+    return out
+
+
 def check_method_keys(argv: list[str]) -> str | None:
     """A compression key that the selected method does not read is refused, naming the methods that read it
     (``compression=rtn compression.sparsity=0.7`` would otherwise be dropped silently). Sweeps are left alone: a
@@ -277,7 +310,7 @@ def main() -> None:
 
         print(text())
         sys.exit(0)
-    sys.argv[1:] = default_suite(sys.argv[1:])
+    sys.argv[1:] = force_mapping_overrides(default_suite(sys.argv[1:]))
     try:
         error = check_method_keys(sys.argv[1:]) or precheck(sys.argv[1:])
         if error:

@@ -21,8 +21,9 @@ USAGE = """usage: flipbench [KEY=VALUE ...] [-m sweep] [-v]     one comparison (
 
 Config groups (select with GROUP=OPTION): model=tiny|hf|gguf, compression=none|rtn|gptq|tacq|magnitude|wanda|
 sparsegpt|layerdrop|checkpoint, calibration=task|text, suite=tiny|standard, engine=hf|vllm|server.
-A key that holds a mapping (suite.num_fewshot, gate.per_task, ...) takes a new entry with a leading '+'
-(+suite.num_fewshot.mmlu=5); '++' sets a key whether or not it exists. Exit codes: 0 done, 2 bad input,
+A key that holds a mapping (suite.num_fewshot, suite.task_limits, gate.per_task, model.max_memory, ...) takes new
+entries and whole mappings without '+' (suite.num_fewshot.mmlu=5, 'suite.task_limits={mmlu: 100}'): flipbench
+passes them to Hydra as '++' (set, whether or not the entry exists); '+' is accepted too. Exit codes: 0 done, 2 bad input,
 3 gate failed, 130 interrupted, 1 other error.
 """
 

@@ -31,6 +31,10 @@ def preflight(cfg: FlipbenchConfig) -> tasks.TaskPlan:
     plan = tasks.resolve(cfg.suite)
     names = sorted(set(plan.reported.values()))
     check_gate_tasks(cfg.gate, names)
+    for task in cfg.suite.task_limits:  # by reported task (synth_arc inside the synth group), or by leaf
+        if task not in names and task not in plan.reported:
+            raise ConfigError(f"suite.task_limits.{task}: {task} is not a task of this run ({', '.join(names)}); "
+                              "name an evaluated task")
     checks.check_generation_budgets(cfg.suite.max_gen_toks, plan)
     m, comp = cfg.model, cfg.compression
     base_config = models.check_model(m.path, m.revision, m.trust_remote_code, gguf_file=m.gguf_file)

@@ -62,3 +62,19 @@ def test_help_lists_every_schema_key_with_its_type_default_and_meaning():
     documented = {key for key, (_, _, meaning) in rows.items() if meaning}
     assert len(documented) >= len(rows) - 7, sorted(set(rows) - documented)
     assert "collect side=baseline|compressed" in help.text()
+
+
+@pytest.mark.parametrize("argv", [
+    ["suite.task_limits={synth_arc: 4}"],          # a whole mapping, no '+' or '++'
+    ["suite.task_limits.synth_arc=4"],             # one new entry, no '+'
+    ["+suite.num_fewshot.synth_arc=2"],            # the old '+' form still works
+    ["model.max_memory={cpu: 2GiB}"],
+])
+def test_mapping_keys_need_no_plus(argv):
+    assert cli.precheck(cli.force_mapping_overrides(argv)) is None
+
+
+def test_mapping_overrides_become_forced_and_others_stay():
+    out = cli.force_mapping_overrides(["suite.task_limits.a=1", "+gate.per_task.a.max_flips=0.1", "eval.seed=3",
+                                       "~suite.metrics"])
+    assert out == ["++suite.task_limits.a=1", "++gate.per_task.a.max_flips=0.1", "eval.seed=3", "~suite.metrics"]

@@ -72,5 +72,8 @@ def test_task_limits_take_the_first_docs_per_task(random_llama, mini_tasks, tmp_
 
     limits = evaluate.doc_limits(dict.fromkeys(Plan.reported), Plan, 7, {"mmlu": 2})
     assert limits == {"mmlu_anatomy": 2, "mmlu_astronomy": 2, "arc_easy": 7}
-    with pytest.raises(ConfigError, match="suite.task_limits.gsm8k: gsm8k is not in suite.tasks"):
-        to_typed(compose(["suite.tasks=[synth]", "+suite.task_limits.gsm8k=3"]))
+    from flipbench.side import preflight
+
+    with pytest.raises(ConfigError, match="suite.task_limits.gsm8k: gsm8k is not a task of this run"):
+        preflight(to_typed(compose(["suite.tasks=[synth]", "+suite.task_limits.gsm8k=3"])))
+    preflight(to_typed(compose(["suite.tasks=[synth]", "+suite.task_limits.synth_arc=3"])))  # a task inside a group
