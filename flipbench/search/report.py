@@ -64,7 +64,7 @@ def judged(rec: dict) -> str:
                 "its full-fidelity run")
     return (f"on point estimates, as flipbench's gate judges them (gate.on=point), and by that gate on its "
             f"full-fidelity run; the selection among {m} configurations is not adjusted for multiplicity (point "
-            "estimates have no interval to widen): set search.upper_bound=true for bounds adjusted for it")
+            "estimates have no interval to widen): set gate.on=upper_ci for bounds adjusted for it")
 
 
 def _lines(cfg, budget, rec: dict) -> list[str]:

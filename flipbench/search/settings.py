@@ -30,7 +30,7 @@ class SearchConfig:
     max_avg_bits: Optional[str] = None  # bits per quantized weight, e.g. 3.5 or "3.5bits"
     max_model_gb: Optional[str] = None  # with a unit: "3GB", "2.5GiB", "800MB"
     cost: str = "avg_bits"  # what "cheapest" means: avg_bits | model_gb
-    upper_bound: bool = False  # judge the limits at full fidelity on the intervals' worse end, Bonferroni-adjusted
+    upper_bound: bool = False  # retired: gate.on=upper_ci is the one switch (runs, sweeps, searches)
     min_fraction: float = 0.25  # first rung: this share of the docs of every task
     reduction_factor: int = 4  # η: rungs at min_fraction·η^k; successive halving keeps the best 1/η
     pruner: str = "successive_halving"  # successive_halving | hyperband | none
@@ -92,6 +92,8 @@ def to_typed(cfg: DictConfig | SearchRootConfig) -> tuple[SearchRootConfig, Budg
     typed.suite.data_files = {task: path for task, path in typed.suite.data_files.items() if path}
     validate(typed)
     s = typed.search
+    _check(not s.upper_bound, "search.upper_bound is retired: gate.on=upper_ci is the one switch for runs, sweeps and "
+           "searches (at full fidelity the search then judges bounds, Bonferroni-adjusted for the configurations compared)")
     _check(s.cost in COSTS, f"search.cost={s.cost!r} is unknown; use one of {', '.join(COSTS)}")
     _check(s.pruner in PRUNERS, f"search.pruner={s.pruner!r} is unknown; use one of {', '.join(PRUNERS)}")
     _check(s.sampler in SAMPLERS, f"search.sampler={s.sampler!r} is unknown; use one of {', '.join(SAMPLERS)}")
