@@ -137,7 +137,7 @@ def _trajectory(paired, cfg: FlipbenchConfig, comp: artifact.Side) -> None:
         return
     try:
         tokenizer = models.load_tokenizer(cfg.model)
-    except ConfigError as err:
-        log.warning("trajectory columns left empty: %s", err)
-        return
+    except ConfigError as err:  # e.g. sides imported from lm-eval logs: string identity only
+        log.warning("trajectory columns other than gen_identical left empty: %s", err)
+        tokenizer = None
     trajectory.annotate(paired, tokenizer, comp.manifest.get("gen_budgets"))

@@ -84,7 +84,8 @@ def doc_values(tokens_b, tokens_c, identical: bool, budget: float = np.nan) -> d
 
 def annotate(paired: pd.DataFrame, tokenizer, max_gen_toks: dict[str, int] | None = None) -> None:
     """Fill the per-doc columns (:data:`DOC_COLUMNS`) into the generative rows of ``paired`` in place (every filter
-    row of a doc gets its doc's values; MC rows NaN). ``max_gen_toks``: task -> budget (:func:`budgets`)."""
+    row of a doc gets its doc's values; MC rows NaN). ``max_gen_toks``: task -> budget (:func:`budgets`).
+    Without a tokenizer (``None``: e.g. sides imported from lm-eval logs) only ``gen_identical`` is filled."""
     for column in DOC_COLUMNS:
         paired[column] = np.nan
     gen = paired["output_type"] == GENERATIVE
@@ -98,6 +99,9 @@ def annotate(paired: pd.DataFrame, tokenizer, max_gen_toks: dict[str, int] | Non
         if key in values:
             continue
         r_b, r_c = "" if r_b is None else str(r_b), "" if r_c is None else str(r_c)
+        if tokenizer is None:
+            values[key] = {**dict.fromkeys(DOC_COLUMNS, np.nan), "gen_identical": float(r_b == r_c)}
+            continue
         tokens_b = answer_tokens(tokenizer, prompt, r_b)
         tokens_c = tokens_b if r_c == r_b else answer_tokens(tokenizer, prompt, r_c)
         values[key] = doc_values(tokens_b, tokens_c, r_b == r_c, max_gen_toks.get(task, np.nan))
@@ -113,8 +117,8 @@ def _column(rows: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def _scored(rows: pd.DataFrame) -> pd.DataFrame:
-    """The rows with trajectory columns (generative rows annotated by :func:`annotate`)."""
-    return rows[np.isfinite(_column(rows, "gen_identical"))]
+    """The rows with token-level trajectory columns (generative rows :func:`annotate` tokenized)."""
+    return rows[np.isfinite(_column(rows, "gen_identical")) & np.isfinite(_column(rows, "gen_len_base"))]
 
 
 def survival(rows: pd.DataFrame, t) -> np.ndarray:
@@ -131,14 +135,16 @@ def survival(rows: pd.DataFrame, t) -> np.ndarray:
 
 def summary_record(rows: pd.DataFrame) -> dict[str, float]:
     """The per-task trajectory columns (:data:`SUMMARY`) over ``rows`` (one filter's rows: one per doc)."""
+    identical = _column(rows, "gen_identical")
+    identical = float(identical[np.isfinite(identical)].mean()) if np.isfinite(identical).any() else np.nan
     rows = _scored(rows)
     if not len(rows):
-        return dict.fromkeys(SUMMARY, np.nan)
+        return {**dict.fromkeys(SUMMARY, np.nan), "gen_identical": identical}
     first = _column(rows, "first_div_token")
     diverged = first[np.isfinite(first)]
     ratio = _column(rows, "len_ratio")
     ratio = ratio[np.isfinite(ratio)]
-    out = {"gen_identical": float(_column(rows, "gen_identical").mean()),
+    out = {"gen_identical": identical,
            "first_div_median": float(np.median(diverged)) if diverged.size else np.nan,
            "prefix_share_mean": float(np.nanmean(_column(rows, "prefix_share"))),
            "len_ratio_median": float(np.median(ratio)) if ratio.size else np.nan}

@@ -218,3 +218,13 @@ def test_random_llama_run_survival_starts_at_100_percent_and_never_rises(random_
     assert head["top1_agree"] == pytest.approx(head["same_top"])
     assert (run_dir / "plots" / "survival.png").is_file()
     assert "Where answers diverge" in (run_dir / "report.md").read_text()
+
+
+def test_without_a_tokenizer_only_string_identity_is_filled():
+    frame = table([gen_row(0, "T", "T", "T"), gen_row(1, "T", "T", "F")])
+    trajectory.annotate(frame, None, {"gen": 6})
+    assert frame["gen_identical"].tolist() == [1.0, 0.0]
+    assert frame[[c for c in trajectory.DOC_COLUMNS if c != "gen_identical"]].isna().all().all()
+    record = trajectory.summary_record(frame)
+    assert record["gen_identical"] == 0.5 and np.isnan(record["div_at_1"]) and np.isnan(record["first_div_median"])
+    assert np.isnan(trajectory.survival(frame, [0])).all()
