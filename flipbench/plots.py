@@ -191,7 +191,10 @@ def survival(samples: pd.DataFrame, title: str, stem: Path) -> list[Path]:
     if gen.empty:
         return []
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.4, 1]})
-    longest = int(np.nanmax(gen[["gen_len_base", "gen_len_comp"]].to_numpy(dtype=float))) if len(gen) else 1
+    lengths = gen[["gen_len_base", "gen_len_comp"]].to_numpy(dtype=float)
+    if not np.isfinite(lengths).any():  # string identity only (no tokenizer): nothing to draw per token
+        return []
+    longest = int(np.nanmax(lengths))
     t = np.arange(0, max(longest, 1) + 1)
     tasks = list(dict.fromkeys(gen["task"]))
     for i, task in enumerate(tasks):
@@ -206,6 +209,9 @@ def survival(samples: pd.DataFrame, title: str, stem: Path) -> list[Path]:
     right.hist(gen["gen_len_base"].to_numpy(dtype=float), bins=bins, color=colour("baseline"), alpha=0.6,
                label="baseline")
     right.hist(gen["gen_len_comp"].to_numpy(dtype=float), bins=bins, color=LOST, alpha=0.45, label="compressed")
+    for budget in sorted(set(gen["max_gen_toks"].dropna())) if "max_gen_toks" in gen else []:
+        right.axvline(budget, color="#555555", linestyle="--", linewidth=1,
+                      label=f"max_gen_toks = {int(budget)}" if budget == gen["max_gen_toks"].max() else None)
     right.set_xlabel("answer length (tokens)")
     right.set_ylabel("answers (count)")
     right.set_title("Answer lengths, both sides", fontsize=9)

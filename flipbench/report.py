@@ -299,11 +299,11 @@ DIVERGE_NOTE = ("Greedy trajectories of the generative tasks (plots/survival.png
 
 def divergence_table(samples: pd.DataFrame, n: int = 5) -> pd.DataFrame | None:
     """The ``n`` generative flips whose generations part earliest (flipbench.trajectory), with the shared prefix and
-    both continuations; None when no generative row carries the trajectory columns."""
+    both continuations; None when no generative row carries the token-level trajectory columns."""
     from flipbench import trajectory
 
-    if "first_div_token" not in samples or not ((samples["output_type"] == "generate_until")
-                                                & samples["gen_identical"].notna()).any():
+    if "gen_len_base" not in samples or not ((samples["output_type"] == "generate_until")
+                                             & samples["gen_len_base"].notna()).any():  # not tokenized
         return None
     rows = trajectory.earliest_divergences(samples, n)
     parts = [trajectory.split_at_divergence(r) for _, r in rows.iterrows()]
