@@ -101,5 +101,6 @@ def fill_token_kl(paired: pd.DataFrame, keyed: pd.DataFrame) -> None:
         paired.loc[gen, column] = filled[column].to_numpy()
     for column in TOKEN_COLUMNS:  # per-token lists: empty for MC rows
         cells = pd.Series([[] for _ in range(len(paired))], index=paired.index, dtype=object)
-        cells.loc[gen] = [list(v) if isinstance(v, (list, np.ndarray)) else [] for v in filled[column]]
+        stored = filled[column] if column in filled else [None] * len(filled)  # older artifacts lack newer lists
+        cells.loc[gen] = [list(v) if isinstance(v, (list, np.ndarray)) else [] for v in stored]
         paired[column] = cells

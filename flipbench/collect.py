@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flipbench import answerkl, artifact, cache, engines, models, rundir, shards
+from flipbench import answerkl, artifact, cache, engines, models, rundir, shards, trajectory
 from flipbench import side  # the stages of one side, as the one-process run uses them
 from flipbench.config import ConfigError, FlipbenchConfig, parse_shard, to_typed
 
@@ -112,7 +112,7 @@ def artifact_fields(cfg: FlipbenchConfig, plan, task_objs: dict, tokenizer, limi
                 docs=docs, docs_total={leaf: _evaluated(task_objs[leaf], limits[leaf]) for leaf in task_objs},
                 eval={"batch_size": cfg.eval.batch_size, "token_kl": cfg.eval.token_kl,
                       "token_kl_topk": cfg.eval.token_kl_topk},
-                config=_plain_config(cfg), data_notes=plan.notes)
+                config=_plain_config(cfg), data_notes=plan.notes, gen_budgets=trajectory.budgets(task_objs, plan))
 
 
 def _evaluated(task, limit: int | None) -> int:

@@ -72,6 +72,7 @@ def compare(argv: list[str]) -> Path:
     check_gate_tasks(cfg.gate, tasks)
     paired = metrics.annotate(pair(base.samples, comp.samples))  # PairingError: exit 2, nothing written yet
     token_kl_note = _token_kl(paired, base, comp, fill_token_kl)
+    _trajectory(paired, cfg, comp)
     root = Path(cfg.output.root)
     compression = comp.manifest.get("compression") or {"method": cfg.compression.method}
     run_id = cfg.output.run_id or rundir.new_run_id(cfg.model.name, compression.get("method", "none"),
@@ -125,3 +126,18 @@ def _token_kl(paired, base: artifact.Side, comp: artifact.Side, fill) -> str:
         return "not available: the compressed side's token KL was computed against another baseline"
     fill(paired, comp.token_kl)
     return "from the compressed side's collect, against this baseline's answers"
+
+
+def _trajectory(paired, cfg: FlipbenchConfig, comp: artifact.Side) -> None:
+    """Per-doc trajectory columns (flipbench.trajectory) with the baseline's tokenizer (no weights read) and the
+    generation budgets collect recorded; left NaN, with a warning, when the tokenizer cannot be loaded here."""
+    from flipbench import models, trajectory
+
+    if not (paired["output_type"] == "generate_until").any():
+        return
+    try:
+        tokenizer = models.load_tokenizer(cfg.model)
+    except ConfigError as err:  # e.g. sides imported from lm-eval logs: string identity only
+        log.warning("trajectory columns other than gen_identical left empty: %s", err)
+        tokenizer = None
+    trajectory.annotate(paired, tokenizer, comp.manifest.get("gen_budgets"))

@@ -28,6 +28,13 @@ PERCENTILES = {0.999: "kl_p999", 0.99: "kl_p99", 0.95: "kl_p95", 0.9: "kl_p90", 
 KL_COLUMNS = ["kl_mean", "kl_se", "kl_max", *PERCENTILES.values(), "kl_min"]
 TOKEN_ONLY = ["kl_mean_upper", "same_top", "same_top_se", "dp_mean", "dp_rms", "ln_ppl_ratio", "ln_ppl_ratio_se"]
 COLUMNS = KL_COLUMNS + TOKEN_ONLY
+# Token agreement on the baseline's answer (generative only), token-weighted with doc-clustered SEs: top-1
+# agreement (the same tokens as same_top), top-5 overlap, reverse KL(comp||base) in nats and the Jensen-Shannon
+# distance (base 2). From a top-k reference: top-1 exact, top-5 exact for k >= 5 (NaN below), reverse KL and JS
+# lower bounds (flipbench.tokenkl._compare).
+AGREEMENT = {"top1_agree": "tok_same_top", "top5_overlap": "tok_top5_overlap", "kl_reverse_mean": "tok_kl_rev",
+             "js_mean": "tok_js"}
+AGREEMENT_COLUMNS = [c for name in AGREEMENT for c in (name, f"{name}_se")]
 
 
 def kl_distribution(kl, clusters=None) -> dict[str, float]:
@@ -111,3 +118,17 @@ def token_sums(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         if values.size:
             sums[i], counts[i] = values.sum(), values.size
     return sums, counts
+
+
+def agreement_stats(rows: pd.DataFrame) -> dict[str, float]:
+    """Token-weighted mean and doc-clustered SE of each :data:`AGREEMENT` list over the answer tokens of ``rows``
+    (finite values only; NaN where the column is absent, e.g. samples written before it existed)."""
+    out = dict.fromkeys(AGREEMENT_COLUMNS, np.nan)
+    for name, column in AGREEMENT.items():
+        if column not in rows:
+            continue
+        values, docs = _concat(rows[column]), _docs(rows[column])
+        kept = np.isfinite(values)
+        if kept.any() and docs.shape == values.shape:
+            out[name], out[f"{name}_se"] = clustered_mean_and_se(values[kept], docs[kept])
+    return out

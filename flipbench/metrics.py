@@ -18,7 +18,7 @@ import pandas as pd
 from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr, softmax
 
-from flipbench import klstats, scoring
+from flipbench import klstats, scoring, trajectory
 from flipbench.config import parse_correct_if
 from flipbench.schema import INVALID
 from flipbench.stats import (benjamini_hochberg, clopper_pearson, cohen_kappa, holm, mcnemar_exact, nanmean_last,
@@ -44,6 +44,8 @@ SUMMARY_COLUMNS = [
     *klstats.TOKEN_ONLY, "answer_agreement", "invalid_base", "invalid_comp", "flips_to_invalid",
     "lost_to_invalid", "lost_to_wrong", "n_tokens",
     "kl_unit", "n_kl", "n_nonfinite", "n_pred_mismatch",
+    # generative only: where the two generations part (flipbench.trajectory) and token agreement (flipbench.klstats)
+    *trajectory.SUMMARY, *klstats.AGREEMENT_COLUMNS,
 ]
 MARGIN_COLUMNS = ["task", "metric", "filter", "bin", "bin_low", "bin_high", "n", "flips", "flip_rate"]
 
@@ -237,6 +239,7 @@ def _generative_extras(rows: pd.DataFrame, pred_b: np.ndarray, pred_c: np.ndarra
         "lost_to_invalid": to_invalid,
         "lost_to_wrong": _mean(lost & ~invalid_c),
         "n_tokens": np.nansum(n_tokens) if np.isfinite(n_tokens).any() else np.nan,
+        **trajectory.summary_record(rows), **klstats.agreement_stats(rows),
     }
 
 

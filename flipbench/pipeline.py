@@ -233,6 +233,9 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         manifest.update(n_pred_mismatch=mismatches)
         untouched = cfg.compression.method in ("none", "checkpoint")  # the loaded baseline is still the baseline
         token_kl_stage(paired, comp_model, tokenizer, cfg, reference, model if untouched else pristine)
+        from flipbench import trajectory  # where the two generations part: per-doc columns, needs the tokenizer
+
+        trajectory.annotate(paired, tokenizer, trajectory.budgets(task_objs, plan))
         paired.to_parquet(run_dir / "samples.parquet", index=False)
     if n_replicas > 1:
         with manifest.stage("compression_replicas", log):

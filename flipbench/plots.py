@@ -176,3 +176,45 @@ def flip_overlap(matrix: pd.DataFrame, title: str, stem: Path) -> list[Path]:
     fig.colorbar(image, ax=ax, label="Jaccard |A ∩ B| / |A ∪ B| of flipped docs")
     ax.set_title(title, fontsize=9)
     return save(fig, stem)
+
+
+def survival(samples: pd.DataFrame, title: str, stem: Path) -> list[Path]:
+    """Left: survival S(t) per generative task, the share of answers whose two greedy generations still agree on
+    their first t tokens (flipbench.trajectory); right: both sides' answer lengths in tokens. Nothing is drawn
+    (no file) when no generative row carries the trajectory columns."""
+    from flipbench.trajectory import GENERATIVE, survival as survival_at
+
+    if "gen_identical" not in samples:
+        return []
+    gen = samples[(samples["output_type"] == GENERATIVE) & samples["gen_identical"].notna()]
+    gen = gen.drop_duplicates(["task", "group", "doc_id"])
+    if gen.empty:
+        return []
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.4, 1]})
+    lengths = gen[["gen_len_base", "gen_len_comp"]].to_numpy(dtype=float)
+    if not np.isfinite(lengths).any():  # string identity only (no tokenizer): nothing to draw per token
+        return []
+    longest = int(np.nanmax(lengths))
+    t = np.arange(0, max(longest, 1) + 1)
+    tasks = list(dict.fromkeys(gen["task"]))
+    for i, task in enumerate(tasks):
+        rows = gen[gen["task"] == task]
+        left.step(t, 100 * survival_at(rows, t), where="post", color=f"C{i}", label=f"{task} (n={len(rows)})")
+    left.set_xlabel("answer tokens generated, t (baseline's tokens)")
+    left.set_ylabel("answers still identical after t tokens (%)")
+    left.set_ylim(-2, 102)
+    left.set_title("Survival of the greedy trajectory", fontsize=9)
+    left.legend(fontsize=7)
+    bins = np.linspace(0, max(longest, 1), min(40, max(longest, 1)) + 1)
+    right.hist(gen["gen_len_base"].to_numpy(dtype=float), bins=bins, color=colour("baseline"), alpha=0.6,
+               label="baseline")
+    right.hist(gen["gen_len_comp"].to_numpy(dtype=float), bins=bins, color=LOST, alpha=0.45, label="compressed")
+    for budget in sorted(set(gen["max_gen_toks"].dropna())) if "max_gen_toks" in gen else []:
+        right.axvline(budget, color="#555555", linestyle="--", linewidth=1,
+                      label=f"max_gen_toks = {int(budget)}" if budget == gen["max_gen_toks"].max() else None)
+    right.set_xlabel("answer length (tokens)")
+    right.set_ylabel("answers (count)")
+    right.set_title("Answer lengths, both sides", fontsize=9)
+    right.legend(fontsize=7)
+    fig.suptitle(title)
+    return save(fig, stem)

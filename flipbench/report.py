@@ -268,6 +268,7 @@ def make_plots(run_dir: Path, samples: pd.DataFrame, summary: pd.DataFrame, meth
     if len(mc):
         made += plots.flips_by_margin(metrics.flip_rate_by_margin(mc, correct_if=correct_if), method, f"Where flips happen — {tag}",
                                       out / "flips_by_margin")
+    made += plots.survival(samples, f"Where answers diverge — {tag}", out / "survival")
     for task in summary.loc[summary["level"] == "group", "task"].unique():
         made += plots.subject_flips(summary, task, method, f"Flips per subject: {task} — {tag}", out / f"subjects_{task}")
     return made
@@ -288,6 +289,36 @@ def flips_table(samples: pd.DataFrame, output_type: str) -> pd.DataFrame:
     })
 
 
+DIVERGE_NOTE = ("Greedy trajectories of the generative tasks (plots/survival.png: the share of answers whose two "
+                "generations still agree after t tokens, and both sides' answer lengths). Below, the five flips "
+                "(correctness changed) whose generations part earliest: the shared prefix, then each side's "
+                "continuation from the first differing character. summary.csv: gen_identical, first_div_median, "
+                "len_ratio_median, div_at_N (share diverged within N tokens), trunc_base/trunc_comp, and token "
+                "agreement on the baseline's answer (top1_agree, top5_overlap, kl_reverse_mean, js_mean).")
+
+
+def divergence_table(samples: pd.DataFrame, n: int = 5) -> pd.DataFrame | None:
+    """The ``n`` generative flips whose generations part earliest (flipbench.trajectory), with the shared prefix and
+    both continuations; None when no generative row carries the token-level trajectory columns."""
+    from flipbench import trajectory
+
+    if "gen_len_base" not in samples or not ((samples["output_type"] == "generate_until")
+                                             & samples["gen_len_base"].notna()).any():  # not tokenized
+        return None
+    rows = trajectory.earliest_divergences(samples, n)
+    parts = [trajectory.split_at_divergence(r) for _, r in rows.iterrows()]
+    clip = lambda text, end=False: (text[:200] + "…" if len(text) > 200 else text) if not end else (  # noqa: E731
+        "…" + text[-120:] if len(text) > 120 else text)
+    return pd.DataFrame({
+        "task": rows["task"].astype(str), "doc": rows["doc_id"].astype(str),
+        "first divergent token": [str(int(v)) for v in rows["first_div_token"]],
+        "baseline / compressed correct": [f"{int(b)} / {int(c)}" for b, c in zip(rows["correct_base"], rows["correct_comp"])],
+        "shared prefix (end)": [clip(p, end=True) for p, _, _ in parts],
+        "baseline continues": [clip(b) for _, b, _ in parts],
+        "compressed continues": [clip(c) for _, _, c in parts],
+    })
+
+
 def sections(summary: pd.DataFrame, samples: pd.DataFrame) -> list[tuple[str, pd.DataFrame | str]]:
     """(heading, table or paragraph) pairs, in report order; both report formats render these."""
     out: list[tuple[str, pd.DataFrame | str]] = [("Per task", task_table(summary)), ("", INTERVALS_NOTE), ("", KL_NOTE)]
@@ -295,6 +326,10 @@ def sections(summary: pd.DataFrame, samples: pd.DataFrame) -> list[tuple[str, pd
     if len(tokens):
         out.append(("Token-level KL(baseline ‖ compressed) on the baseline's answers (nats; as llama.cpp --kl-divergence)",
                     tokens))
+    diverge = divergence_table(samples)
+    if diverge is not None:
+        out.append(("Where answers diverge", DIVERGE_NOTE))
+        out.append(("", diverge if len(diverge) else "No generative flip whose two generations differ."))
     for output_type, scope in SCOPES:
         if (samples["output_type"] == output_type).any():
             flips = flips_table(samples, output_type)
@@ -306,8 +341,11 @@ def sections(summary: pd.DataFrame, samples: pd.DataFrame) -> list[tuple[str, pd
 def write_markdown(path: Path, title: str, head: list[str], parts: list, figures: list[Path]):
     lines = [f"# {plain(title)}", "", *map(plain, head), ""]
     for heading, body in parts:
-        lines += ([f"## {heading}", ""] if heading else []) + [body if isinstance(body, str) else markdown_table(body), ""]
-    lines += ["## Plots", ""] + [f"![{f.stem}](plots/{f.name})" for f in figures if f.suffix == ".png"]
+        text = (body if isinstance(body, str) else f"![{body.stem}](plots/{body.name})" if isinstance(body, Path)
+                else markdown_table(body))
+        lines += ([f"## {heading}", ""] if heading else []) + [text, ""]
+    shown = {body for _, body in parts if isinstance(body, Path)}
+    lines += ["## Plots", ""] + [f"![{f.stem}](plots/{f.name})" for f in figures if f.suffix == ".png" and f not in shown]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -320,11 +358,16 @@ def _html_table(frame: pd.DataFrame) -> str:
 
 def write_html(path: Path, title: str, head: list[str], parts: list, figures: list[Path]):
     """Self-contained: plots inlined as base64 PNG, every piece of text escaped, no external references."""
-    imgs = "".join(f'<figure><img alt="{html.escape(f.stem)}" src="data:image/png;base64,'
-                   f'{base64.b64encode(f.read_bytes()).decode()}"></figure>' for f in figures if f.suffix == ".png")
+    def img(f: Path) -> str:
+        return (f'<figure><img alt="{html.escape(f.stem)}" src="data:image/png;base64,'
+                f'{base64.b64encode(f.read_bytes()).decode()}"></figure>')
+
+    shown = {part for _, part in parts if isinstance(part, Path)}
+    imgs = "".join(img(f) for f in figures if f.suffix == ".png" and f not in shown)
     heads = "".join(f"<p>{plain(line.replace('**', ''))}</p>" for line in head)
     body = "".join((f"<h2>{plain(heading)}</h2>" if heading else "")
-                   + (f"<p>{plain(part)}</p>" if isinstance(part, str) else _html_table(part))
+                   + (f"<p>{plain(part)}</p>" if isinstance(part, str) else img(part) if isinstance(part, Path)
+                      else _html_table(part))
                    for heading, part in parts)
     # wide tables scroll inside their own box instead of running off the page
     style = ("body{font-family:sans-serif;max-width:1400px;margin:auto;padding:0 1em}table{border-collapse:collapse;"
@@ -417,6 +460,10 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
     head += token_kl_bound_lines(summary, cfg.eval.token_kl_topk)
     title = f"flipbench: {tag} vs baseline"
     parts = sections(summary, samples) + [("Provenance", "\n".join(provenance_lines(manifest, cfg)))]
+    survival_png = [f for f in figures if f.name == "survival.png"]
+    at = [i for i, (heading, _) in enumerate(parts) if heading == "Where answers diverge"]
+    if survival_png and at:  # the plot opens its section
+        parts.insert(at[0] + 1, ("", survival_png[0]))
     write_markdown(run_dir / "report.md", title, head, parts, figures)
     write_html(run_dir / "report.html", title, head, parts, figures)
     return {**verdict, "diverged_docs": sum(diverged.values())}

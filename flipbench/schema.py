@@ -57,6 +57,16 @@ SAMPLE_COLUMNS = [
     # exact), 1.0 where both argmax tokens agree, and the answer token's log-prob under each side; summary
     # statistics over tokens (flipbench.klstats) are computed from these, without a model.
     "tok_kl", "tok_kl_upper", "tok_same_top", "tok_logp_base", "tok_logp_comp",
+    # Generative only (empty lists for MC), per answer token as above: |top-5 of base ∩ top-5 of comp| / 5,
+    # KL(comp || base) in nats and the Jensen-Shannon distance (base 2); from a top-k reference the last two are
+    # lower bounds and the overlap is NaN when k < 5 (flipbench.tokenkl._compare).
+    "tok_top5_overlap", "tok_kl_rev", "tok_js",
+    # Generative only (NaN for MC): where the two greedy generations part (flipbench.trajectory): identical
+    # response strings (1/0), first divergent token (index in the baseline's answer tokens; NaN when identical),
+    # common-prefix share of the longer answer, answer lengths in tokens, comp/base length ratio, the task's
+    # max_gen_toks, and 1/0 per side for an answer that used the whole budget (truncated, no stop reached).
+    "gen_identical", "first_div_token", "prefix_share", "gen_len_base", "gen_len_comp", "len_ratio",
+    "max_gen_toks", "trunc_base", "trunc_comp",
 ]
 
 INVALID = "[invalid]"  # lm-eval's marker for an answer the filter could not extract

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from flipbench import klbounds
 
 # Per-token values kept in samples.parquet (one list per generative row), so token statistics need no model.
-TOKEN_COLUMNS = ("tok_kl", "tok_kl_upper", "tok_same_top", "tok_logp_base", "tok_logp_comp")
+TOKEN_COLUMNS = ("tok_kl", "tok_kl_upper", "tok_same_top", "tok_logp_base", "tok_logp_comp",
+                 "tok_top5_overlap", "tok_kl_rev", "tok_js")
+TOP_N = 5  # tok_top5_overlap: |top-5 of base ∩ top-5 of comp| / 5
 
 
 class Reference(NamedTuple):
@@ -120,8 +122,13 @@ def _compare(ref: Reference, logp_c: torch.Tensor, targets: torch.Tensor, counts
 
     Returns {name: [per-row float64 arrays]} for ``tok_kl`` (KL(b || c) in nats: exact from a full reference,
     the lower bound from a top-k one), ``tok_kl_upper`` (the upper bound; equal to tok_kl when exact),
-    ``tok_same_top`` (1.0 where both argmax tokens agree) and ``tok_logp_base`` / ``tok_logp_comp`` (log-prob
-    of the answer token under each side).
+    ``tok_same_top`` (1.0 where both argmax tokens agree), ``tok_logp_base`` / ``tok_logp_comp`` (log-prob
+    of the answer token under each side), ``tok_top5_overlap`` (|top-5 tokens of b ∩ top-5 of c| / 5; exact from
+    a top-k reference with k >= 5, NaN below), ``tok_kl_rev`` (KL(c || b) in nats) and ``tok_js`` (Jensen-Shannon
+    distance, base 2, in [0, 1], as the choice-level ``js``). From a top-k reference the baseline's tail is known
+    only by its mass, so ``tok_kl_rev`` and ``tok_js`` are computed on both distributions coarse-grained to the k
+    stored tokens plus one tail bucket: lower bounds (coarse-graining never raises an f-divergence), exact when
+    the reference is full.
     """
     logp_b = ref.logp.to(logp_c.device)
     if ref.ids is None:
@@ -133,6 +140,8 @@ def _compare(ref: Reference, logp_c: torch.Tensor, targets: torch.Tensor, counts
         terms = torch.where(p_b > 0, p_b * (logp_b - logp_c), torch.zeros_like(p_b))  # (M, V)
         kl = terms.double().sum(dim=-1).clamp_min(0.0)  # (M,); >= 0 up to fp32 rounding, which we clamp away
         kl_upper, top_b = kl, logp_b.argmax(dim=-1)
+        kl_rev, js = _reverse_and_js(logp_b, logp_c)
+        top_n_b = logp_b.topk(min(TOP_N, logp_b.shape[-1]), dim=-1).indices
     else:
         ids = ref.ids.to(logp_c.device)
         if ids.numel() and int(ids.max()) >= logp_c.shape[-1]:
@@ -140,12 +149,55 @@ def _compare(ref: Reference, logp_c: torch.Tensor, targets: torch.Tensor, counts
                              f"{int(ids.max())}, the compressed model has {logp_c.shape[-1]} tokens")
         kl, kl_upper = klbounds.bounds(logp_b, ids, ref.log_tail.to(logp_c.device), logp_c)
         top_b = ids[:, 0].long()  # top-k is sorted: its first token is the baseline's argmax
+        kl_rev, js = _reverse_and_js(*_coarse(logp_b, ids, ref.log_tail.to(logp_c.device), logp_c))
+        # the reference's ids are the baseline's top-k in order: its top 5 are known exactly when k >= 5
+        top_n_b = ids[:, :TOP_N].long() if ids.shape[-1] >= min(TOP_N, logp_c.shape[-1]) else None
     per_token = {"tok_kl": kl, "tok_kl_upper": kl_upper,
                  "tok_same_top": (top_b == logp_c.argmax(dim=-1)).double(),
                  "tok_logp_base": ref.target.double(),
-                 "tok_logp_comp": logp_c.gather(-1, targets.to(logp_c.device)[:, None])[:, 0].double()}
+                 "tok_logp_comp": logp_c.gather(-1, targets.to(logp_c.device)[:, None])[:, 0].double(),
+                 "tok_top5_overlap": _overlap(top_n_b, logp_c) if top_n_b is not None
+                 else torch.full_like(kl, float("nan")),
+                 "tok_kl_rev": kl_rev, "tok_js": js}
     return {name: [part.cpu().numpy() for part in torch.split(values.cpu(), counts)]
             for name, values in per_token.items()}
+
+
+def _coarse(top_b: torch.Tensor, ids: torch.Tensor, log_tail_b: torch.Tensor,
+            logp_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sides' log-probs over the k reference tokens plus one bucket for the rest: (M, k + 1) each."""
+    ids = ids.long()
+    head_c = logp_c.gather(-1, ids)  # (M, k)
+    tail_c = torch.logsumexp(logp_c.scatter(-1, ids, float("-inf")), dim=-1)  # (M,)
+    return torch.cat([top_b, log_tail_b[:, None]], -1), torch.cat([head_c, tail_c[:, None]], -1)
+
+
+def _reverse_and_js(logp_b: torch.Tensor, logp_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of (M, V) log-probs: KL(c || b) in nats and the Jensen-Shannon distance (base 2), both fp64.
+
+    KL(c || b) treats zeros as :func:`_compare` treats them for KL(b || c) (xlogy; infinite where only b rules a
+    token out). JS: 0.5 KL(b || m) + 0.5 KL(c || m), m = (b + c) / 2, in bits, then its square root."""
+    kl_rev, jsd = [], []
+    step = max(1, klbounds._CHUNK_ELEMENTS // max(logp_b.shape[-1], 1))  # a few (rows, V) temporaries at once
+    for lo in range(0, len(logp_b), step):
+        lb, lc = logp_b[lo:lo + step].float(), logp_c[lo:lo + step].float()
+        pb, pc = lb.exp(), lc.exp()
+        kl_rev.append(torch.where(pc > 0, pc * (lc - lb), torch.zeros_like(pc)).double().sum(-1).clamp_min(0.0))
+        lm = torch.logaddexp(lb, lc) - np.log(2.0)
+        half = torch.where(pb > 0, pb * (lb - lm), torch.zeros_like(pb)) + torch.where(pc > 0, pc * (lc - lm),
+                                                                                       torch.zeros_like(pc))
+        jsd.append(0.5 * half.double().sum(-1))
+    if not kl_rev:
+        return torch.empty(0, dtype=torch.float64), torch.empty(0, dtype=torch.float64)
+    jsd = torch.cat(jsd)
+    return torch.cat(kl_rev), (jsd.clamp(0.0, np.log(2.0)) / np.log(2.0)).sqrt()
+
+
+def _overlap(top_n_b: torch.Tensor, logp_c: torch.Tensor) -> torch.Tensor:
+    """|top-n of b ∩ top-n of c| / n per row, n = top_n_b's width (TOP_N, or V when the vocabulary is smaller)."""
+    n = top_n_b.shape[-1]
+    top_n_c = logp_c.topk(n, dim=-1).indices
+    return (top_n_b[:, :, None] == top_n_c[:, None, :]).any(-1).double().sum(-1) / n
 
 
 def _prepare(tokenizer, prompts, answers, batch_size, add_special_tokens):

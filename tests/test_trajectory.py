@@ -1,0 +1,230 @@
+"""Where two greedy generations part (flipbench.trajectory) and token agreement on the baseline's answer
+(flipbench.tokenkl / klstats): a hand-built pair of generations pins every number; agreement statistics are
+checked against a direct computation from full distributions; a run on the random Llama pins S(0) = 100%
+and a survival curve that never rises."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+from flipbench import klstats, metrics, trajectory
+from flipbench.tokenkl import answer_logprobs, token_kl
+from tests.metrics.tables import gen_row, table
+
+
+class WordTokenizer:
+    """One token per whitespace-separated word (ids by first appearance): the answer tokens are the words."""
+
+    def __init__(self):
+        self.vocab: dict[str, int] = {}
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [self.vocab.setdefault(w, len(self.vocab)) for w in text.split()]}
+
+
+# (base response, comp response, correct base, correct comp); prompt "Q<doc>", budget 6 tokens
+PAIRS = [(" a b c d", " a b c d", 1, 1),  # identical
+         (" a b c d", " a b x", 1, 0),  # parts at token 2
+         (" a", " a b c d e f", 0, 0),  # the baseline's answer is a prefix of the other: parts at token 1
+         (" x y z w v u", " q", 0, 1)]  # parts at token 0; the baseline used its whole budget
+
+
+def hand_table() -> pd.DataFrame:
+    rows = []
+    for doc, (b, c, ok_b, ok_c) in enumerate(PAIRS):
+        row = gen_row(doc, "T", "T" if ok_b else "F", "T" if ok_c else "F")
+        row.update(response_base=b, response_comp=c)
+        rows.append(row)
+    frame = table(rows)
+    trajectory.annotate(frame, WordTokenizer(), {"gen": 6})
+    return frame
+
+
+def test_hand_built_pairs_pin_every_per_doc_number():
+    frame = hand_table()
+    expected = {
+        "gen_identical": [1, 0, 0, 0],
+        "first_div_token": [np.nan, 2, 1, 0],
+        "prefix_share": [1, 2 / 4, 1 / 6, 0],
+        "gen_len_base": [4, 4, 1, 6], "gen_len_comp": [4, 3, 6, 1],
+        "len_ratio": [1, 3 / 4, 6, 1 / 6],
+        "max_gen_toks": [6, 6, 6, 6],
+        "trunc_base": [0, 0, 0, 1], "trunc_comp": [0, 0, 1, 0],
+    }
+    for column, values in expected.items():
+        np.testing.assert_allclose(frame[column].to_numpy(dtype=float), values, err_msg=column)
+
+
+def test_hand_built_pairs_pin_survival_and_the_summary():
+    frame = hand_table()
+    np.testing.assert_allclose(trajectory.survival(frame, [0, 1, 2, 3, 4, 1000]), [1, 0.75, 0.5, 0.25, 0.25, 0.25])
+    record = trajectory.summary_record(frame)
+    assert record == pytest.approx({
+        "gen_identical": 0.25, "first_div_median": 1.0, "prefix_share_mean": (1 + 0.5 + 1 / 6 + 0) / 4,
+        "len_ratio_median": (3 / 4 + 1) / 2, "trunc_base": 0.25, "trunc_comp": 0.25,
+        "div_at_1": 0.25, "div_at_8": 0.75, "div_at_32": 0.75, "div_at_128": 0.75})
+    summary = metrics.summarize(frame, n_resamples=0)
+    head = summary.iloc[0]
+    for column, value in record.items():
+        assert head[column] == pytest.approx(value), column
+    # no token lists in the hand table: the agreement columns are NaN, not invented
+    assert all(np.isnan(head[c]) for c in klstats.AGREEMENT_COLUMNS)
+
+
+def test_unknown_budget_leaves_truncation_nan_and_mc_rows_untouched():
+    rows = [gen_row(0, "T", "T", "T")]
+    rows[0].update(response_base=" a b", response_comp=" a b")
+    frame = table(rows)
+    trajectory.annotate(frame, WordTokenizer(), None)
+    assert frame["gen_identical"].iloc[0] == 1 and np.isnan(frame["trunc_base"].iloc[0])
+    assert trajectory.summary_record(frame)["trunc_base"] != trajectory.summary_record(frame)["trunc_base"]  # NaN
+
+
+def test_earliest_divergences_and_the_split_at_the_first_difference():
+    frame = hand_table()
+    flips = trajectory.earliest_divergences(frame)
+    assert flips["doc_id"].tolist() == [3, 1]  # flips only (docs 1 and 3), earliest divergence first
+    assert trajectory.split_at_divergence(flips.iloc[1]) == (" a b ", "c d", "x")
+
+
+def test_report_section_escapes_the_continuations(tmp_path):
+    from flipbench import report
+
+    frame = hand_table()
+    frame.loc[frame["doc_id"] == 1, "response_comp"] = " a b <script>alert(1)</script>"
+    parts = report.sections(metrics.summarize(frame, n_resamples=0), frame)
+    headings = [h for h, _ in parts]
+    assert "Where answers diverge" in headings
+    table_part = parts[headings.index("Where answers diverge") + 1][1]
+    assert table_part["first divergent token"].tolist() == ["0", "2"]
+    report.write_html(tmp_path / "r.html", "t", [], parts, [])
+    text = (tmp_path / "r.html").read_text()
+    assert "<script>" not in text and "&lt;script&gt;" in text
+
+
+# ---- token agreement, against full distributions
+
+CORPUS = ["question : what is two plus two ? answer : four", "the cat sat on the mat and the dog sat on the log",
+          "one two three four five six seven eight nine ten"]
+PROMPTS = ["question : what is two plus two ? answer :", "the cat sat on the", "one two three"]
+ANSWERS = [" four", " mat and the dog sat on the log", " four five six seven"]
+
+
+@pytest.fixture(scope="module")
+def word_level():
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+
+
+def _llama(seed: int, vocab: int):
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def _direct(model_b, model_c, tokenizer) -> dict[str, list[np.ndarray]]:
+    """Per answer token, from both full distributions in float64: top-1, top-5 overlap, KL(c||b), JS distance."""
+    out = {"top1": [], "top5": [], "rev": [], "js": []}
+    for prompt, answer in zip(PROMPTS, ANSWERS):
+        ids = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
+        start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            lb = model_b(torch.tensor([ids])).logits[0].double().log_softmax(-1)[start - 1:len(ids) - 1]
+            lc = model_c(torch.tensor([ids])).logits[0].double().log_softmax(-1)[start - 1:len(ids) - 1]
+        pb, pc = lb.exp(), lc.exp()
+        m = (pb + pc) / 2
+        jsd = 0.5 * (pb * (pb / m).log()).sum(-1) + 0.5 * (pc * (pc / m).log()).sum(-1)
+        out["top1"].append((lb.argmax(-1) == lc.argmax(-1)).double().numpy())
+        top_b, top_c = lb.topk(5, -1).indices, lc.topk(5, -1).indices
+        out["top5"].append(np.array([len(set(b.tolist()) & set(c.tolist())) / 5 for b, c in zip(top_b, top_c)]))
+        out["rev"].append((pc * (lc - lb)).sum(-1).numpy())
+        out["js"].append(np.sqrt(jsd.numpy() / math.log(2)))
+    return out
+
+
+def test_token_agreement_matches_a_direct_computation(word_level):
+    model_b, model_c = _llama(0, len(word_level)), _llama(1, len(word_level))
+    direct = _direct(model_b, model_c, word_level)
+    stats = token_kl(model_b, model_c, word_level, PROMPTS, ANSWERS, batch_size=2)
+    for name, column in (("top1", "tok_same_top"), ("top5", "tok_top5_overlap"), ("rev", "tok_kl_rev"),
+                         ("js", "tok_js")):
+        for row, expected in enumerate(direct[name]):
+            np.testing.assert_allclose(stats[column].iloc[row], expected, rtol=1e-4, atol=1e-6, err_msg=column)
+    # the summary's token-weighted means and doc-clustered SEs
+    record = klstats.agreement_stats(stats)
+    from flipbench.stats import clustered_mean_and_se
+
+    docs = np.concatenate([np.full(len(v), i) for i, v in enumerate(direct["rev"])])
+    for name, key in (("kl_reverse_mean", "rev"), ("js_mean", "js"), ("top5_overlap", "top5"), ("top1_agree", "top1")):
+        mean, se = clustered_mean_and_se(np.concatenate(direct[key]), docs)
+        assert record[name] == pytest.approx(mean, rel=1e-4, abs=1e-7)
+        assert record[f"{name}_se"] == pytest.approx(se, rel=1e-3, abs=1e-7)
+    # from a full stored reference: the same numbers
+    stored = token_kl(answer_logprobs(model_b, word_level, PROMPTS, ANSWERS), model_c, word_level, PROMPTS, ANSWERS)
+    for column in ("tok_top5_overlap", "tok_kl_rev", "tok_js"):
+        for a, b in zip(stored[column], stats[column]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # another batching: fp32 noise
+
+
+def test_a_top_k_reference_keeps_top1_and_top5_exact_and_bounds_reverse_kl_and_js(word_level):
+    model_b, model_c = _llama(0, len(word_level)), _llama(1, len(word_level))
+    exact = token_kl(model_b, model_c, word_level, PROMPTS, ANSWERS)
+    for k, top5_known in ((8, True), (3, False)):
+        ref = answer_logprobs(model_b, word_level, PROMPTS, ANSWERS, topk=k)
+        assert ref[0].ids is not None
+        approx = token_kl(ref, model_c, word_level, PROMPTS, ANSWERS)
+        for row in range(len(PROMPTS)):
+            np.testing.assert_array_equal(approx["tok_same_top"].iloc[row], exact["tok_same_top"].iloc[row])
+            if top5_known:
+                np.testing.assert_allclose(approx["tok_top5_overlap"].iloc[row], exact["tok_top5_overlap"].iloc[row])
+            else:
+                assert np.isnan(approx["tok_top5_overlap"].iloc[row]).all()
+            for column in ("tok_kl_rev", "tok_js"):
+                low, true = np.asarray(approx[column].iloc[row]), np.asarray(exact[column].iloc[row])
+                assert (low <= true + 1e-6).all() and (low >= -1e-9).all(), column
+
+
+# ---- a run on the random Llama
+
+def test_random_llama_run_survival_starts_at_100_percent_and_never_rises(random_llama, mini_tasks, tmp_path):
+    from tests.conftest import compose, mini_overrides
+    from flipbench import pipeline
+
+    overrides = mini_overrides(random_llama, mini_tasks, tmp_path / "results")
+    run_dir = pipeline.run(compose(overrides + ["compression=rtn", "compression.bits=2", "eval.bootstrap=0"]))
+    samples = pd.read_parquet(run_dir / "samples.parquet")
+    gen = samples[samples["output_type"] == "generate_until"]
+    assert gen["gen_identical"].notna().all() and gen["max_gen_toks"].notna().all()
+    assert samples.loc[samples["output_type"] != "generate_until", "gen_identical"].isna().all()
+    diverged = gen["gen_identical"] == 0
+    assert gen.loc[diverged, "first_div_token"].notna().all() and gen.loc[~diverged, "first_div_token"].isna().all()
+    docs = gen.drop_duplicates(["task", "group", "doc_id"])
+    curve = trajectory.survival(docs, np.arange(0, int(docs[["gen_len_base", "gen_len_comp"]].max().max()) + 2))
+    assert curve[0] == 1.0 and (np.diff(curve) <= 0).all()
+    summary = pd.read_csv(run_dir / "summary.csv")
+    head = summary[(summary["task"] == "mini_gen") & summary["headline"] & (summary["group"] == "all")].iloc[0]
+    for column in ("gen_identical", "len_ratio_median", "top1_agree", "top5_overlap", "kl_reverse_mean", "js_mean"):
+        assert np.isfinite(head[column]), column
+    assert head["top1_agree"] == pytest.approx(head["same_top"])
+    assert (run_dir / "plots" / "survival.png").is_file()
+    assert "Where answers diverge" in (run_dir / "report.md").read_text()
+
+
+def test_without_a_tokenizer_only_string_identity_is_filled():
+    frame = table([gen_row(0, "T", "T", "T"), gen_row(1, "T", "T", "F")])
+    trajectory.annotate(frame, None, {"gen": 6})
+    assert frame["gen_identical"].tolist() == [1.0, 0.0]
+    assert frame[[c for c in trajectory.DOC_COLUMNS if c != "gen_identical"]].isna().all().all()
+    record = trajectory.summary_record(frame)
+    assert record["gen_identical"] == 0.5 and np.isnan(record["div_at_1"]) and np.isnan(record["first_div_median"])
+    assert np.isnan(trajectory.survival(frame, [0])).all()
