@@ -41,7 +41,7 @@ def _lengths(tokenizer, texts: list[str]) -> dict[str, int]:
 
 
 def measure(task, tokenizer, max_length: int, leaf: str, limit: int | None, samples: dict | None,
-            seed: int) -> tuple[Longest, Longest]:
+            seed: int, chat: dict | None = None) -> tuple[Longest, Longest]:
     """(loglikelihood, generation) extremes over the requests of one lm-eval task that the evaluation will send
     (``limit`` / ``samples`` as :func:`flipbench.evaluate.lm_eval_docs` gives them)."""
     from lm_eval.models.utils import normalize_gen_kwargs
@@ -49,7 +49,7 @@ def measure(task, tokenizer, max_length: int, leaf: str, limit: int | None, samp
     from flipbench.evaluate import build_requests
 
     with bars_off():  # the console shows stages, not lm-eval's per-task context building
-        build_requests(task, leaf, limit, samples, seed)
+        build_requests(task, leaf, limit, samples, seed, chat, tokenizer)
     pairs, gens = [], []
     for inst in task.instances:
         if inst.request_type == "loglikelihood":
@@ -93,7 +93,7 @@ def problem(name: str, ll: Longest, gen: Longest, max_length: int, shots: int) -
 
 
 def check_context(task_objs: dict, reported: dict[str, str], tokenizer, max_length: int, limit: int | None,
-                  samples: dict | None, seed: int) -> list[str]:
+                  samples: dict | None, seed: int, chat: dict | None = None) -> list[str]:
     """Raise ConfigError for the first task whose requests cannot run or would lose their prompt's end; return
     one note per task whose multiple-choice prompts lm-eval will shorten from the left (it drops the earliest
     few-shot text and says so in a warning: the question and its choices stay whole, so the run goes on)."""
@@ -103,7 +103,7 @@ def check_context(task_objs: dict, reported: dict[str, str], tokenizer, max_leng
     cut: dict[str, tuple[int, int, int]] = {}  # task -> (requests cut, longest total, shots)
     with requests_once(task_objs, seed):  # the evaluation's first side reuses these builds
         for leaf, task in task_objs.items():
-            ll, gen = measure(task, tokenizer, max_length, leaf, limit, samples, seed)
+            ll, gen = measure(task, tokenizer, max_length, leaf, limit, samples, seed, chat)
             name, shots = reported.get(leaf, leaf), task.config.num_fewshot or 0
             found = problem(name, ll, gen, max_length, shots)
             if found:

@@ -101,6 +101,12 @@ class SuiteConfig:
     # task -> when a doc counts as correct under a continuous headline metric: a comparison and a threshold,
     # e.g. ">=0.5" (F1), "<=0.25" (brier_score, lower is better). 0/1 metrics (acc, exact_match, ...) need none.
     correct_if: Dict[str, str] = field(default_factory=dict)
+    # Chat models: prompts through the tokenizer's chat template (lm-eval's apply_chat_template), the same on both
+    # sides: true | false | auto (on when the tokenizer has a template)
+    chat_template: str = "false"
+    system_prompt: Optional[str] = None  # with a chat template: the system message
+    fewshot_as_multiturn: bool = True  # with a chat template: few-shot examples as earlier user/assistant turns
+    think_end: Optional[str] = None  # reasoning models: answers are what follows this marker (e.g. "</think>")
     subject_groups: List[str] = field(default_factory=lambda: ["mmlu"])  # groups reported as one task
     subject_field: str = "subject"  # doc field that names a task's groups (synth_mmlu)
 
@@ -248,6 +254,7 @@ def to_typed(cfg: DictConfig | FlipbenchConfig) -> FlipbenchConfig:
     typed = cfg if isinstance(cfg, FlipbenchConfig) else OmegaConf.to_object(cfg)
     typed.suite.data_files = {task: path for task, path in typed.suite.data_files.items() if path}
     typed.suite.max_gen_toks = {task: n for task, n in typed.suite.max_gen_toks.items() if n is not None}
+    typed.suite.chat_template = str(typed.suite.chat_template).lower()  # YAML's true arrives as "True"
     validate(typed)
     return typed
 
@@ -357,6 +364,8 @@ def validate(cfg: FlipbenchConfig) -> None:
            f"eval.noise_floor={ev.noise_floor!r} is unknown; use one of {', '.join(NOISE_FLOORS)} (e.g. dtype)")
     _check(ev.noise_dtype in DTYPES, f"eval.noise_dtype={ev.noise_dtype!r} is unknown; use one of {', '.join(DTYPES)}")
     _check(ev.bootstrap >= 0, f"eval.bootstrap={ev.bootstrap} must be >= 0 (0 disables the intervals)")
+    _check(str(cfg.suite.chat_template).lower() in ("true", "false", "auto"),
+           f"suite.chat_template={cfg.suite.chat_template!r} is unknown; use true, false or auto")
     _check(len(cfg.suite.tasks) > 0, "suite.tasks is empty; name at least one task, e.g. TASKS=synth_mmlu")
     _check(cfg.suite.limit is None or cfg.suite.limit > 0, f"suite.limit={cfg.suite.limit} must be positive")
     for task, n in cfg.suite.task_limits.items():

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from flipbench import scoring
+from flipbench.config import ConfigError
 from flipbench.tasks import TaskPlan
 
 log = logging.getLogger(__name__)
@@ -69,21 +70,55 @@ def lm_eval_docs(tasks: dict, plan: TaskPlan, limit: int | None, task_limits: di
                   for leaf, task in tasks.items()}
 
 
-def build_requests(task, leaf: str, limit: int | None, samples: dict | None, seed: int) -> None:
-    """Build one task's requests exactly as ``simple_evaluate`` will for flipbench's settings (few-shot seed set
-    first, the same arguments to ``build_all_requests``), so that under :func:`flipbench.reuse.requests_once` the
-    evaluation reuses them instead of rendering them again."""
+def chat_settings(suite, tokenizer, model: str) -> dict:
+    """lm-eval's chat arguments for ``simple_evaluate`` from ``suite.chat_template`` / ``system_prompt`` /
+    ``fewshot_as_multiturn``: the same for both sides. ``true`` without a template in the tokenizer is refused."""
+    has = bool(getattr(tokenizer, "chat_template", None))
+    mode = str(suite.chat_template).lower()
+    if mode == "true" and not has:
+        raise ConfigError(f"suite.chat_template=true, but the tokenizer of {model} has no chat template; use "
+                          "suite.chat_template=false (plain prompts) or a model that ships one")
+    apply = mode == "true" or (mode == "auto" and has)
+    return {"apply_chat_template": apply, "system_instruction": suite.system_prompt if apply else None,
+            "fewshot_as_multiturn": bool(suite.fewshot_as_multiturn) if apply else True}
+
+
+class TokenizerChat:
+    """The chat-template call lm-eval's HFLM makes (``apply_chat_template``), for rendering requests without a model
+    (the context-length pre-check)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                                  continue_final_message=not add_generation_prompt)
+
+    def __repr__(self) -> str:
+        return f"TokenizerChat({self.tokenizer.name_or_path})"
+
+
+def build_requests(task, leaf: str, limit: int | None, samples: dict | None, seed: int, chat: dict | None = None,
+                   tokenizer=None) -> None:
+    """Build one task's requests as ``simple_evaluate`` will for flipbench's settings (few-shot seed set first, the
+    same arguments to ``build_all_requests``; ``chat``: :func:`chat_settings`), so that under
+    :func:`flipbench.reuse.requests_once` the evaluation can reuse them instead of rendering them again."""
     from lm_eval.evaluator_utils import get_sample_size
 
+    chat = chat or {}
+    apply = bool(chat.get("apply_chat_template"))
     task.set_fewshot_seed(seed=seed)
     task.build_all_requests(limit=get_sample_size(task, limit), samples=(samples or {}).get(leaf) if samples is not None
                             else None, rank=0, world_size=1, cache_requests=False, rewrite_requests_cache=False,
-                            system_instruction=None, apply_chat_template=False, fewshot_as_multiturn=True,
-                            chat_template=None, tokenizer_name="")
+                            system_instruction=chat.get("system_instruction"), apply_chat_template=apply,
+                            fewshot_as_multiturn=chat.get("fewshot_as_multiturn", True),
+                            chat_template=TokenizerChat(tokenizer) if apply else None,
+                            tokenizer_name=tokenizer.name_or_path.replace("/", "__") if apply else "")
 
 
 def run_lm_eval(lm, tasks: dict, plan: TaskPlan, *, limit: int | None, num_fewshot: dict[str, int], seed: int,
-                task_limits: dict[str, int] | None = None, shard_ids: dict[str, list[int]] | None = None) -> dict:
+                task_limits: dict[str, int] | None = None, shard_ids: dict[str, list[int]] | None = None,
+                chat: dict | None = None) -> dict:
     """``simple_evaluate`` with per-sample logging. Few-shot counts are set per task on the Task objects;
     per-task limits become lm-eval's ``samples`` (see :func:`lm_eval_docs`). ``shard_ids`` (leaf -> doc ids,
     :func:`flipbench.shards.assign`) evaluates only those docs, with the prompts the whole run would give them."""
@@ -105,7 +140,7 @@ def run_lm_eval(lm, tasks: dict, plan: TaskPlan, *, limit: int | None, num_fewsh
     with requests_once(tasks, seed), shards.only(run_tasks, shard_ids, limit, samples):
         return lm_eval.simple_evaluate(
             lm, tasks=list(run_tasks.values()), task_manager=plan.manager, limit=run_limit, samples=run_samples,
-            log_samples=True,
+            log_samples=True, **(chat or {}),
             bootstrap_iters=0,
             random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         )

@@ -50,7 +50,8 @@ def baseline_key(cfg: FlipbenchConfig, fingerprint: str, task_objs: dict, device
             "tokenizer": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
             "batch_size": cfg.eval.batch_size,
             "dtype": cfg.model.dtype, "device": device, "limit": cfg.suite.limit, "task_limits": dict(cfg.suite.task_limits), "num_fewshot": dict(cfg.suite.num_fewshot),
-            "seed": cfg.eval.seed, "metrics": dict(cfg.suite.metrics), "correct_if": dict(cfg.suite.correct_if), "subject_field": cfg.suite.subject_field}
+            "seed": cfg.eval.seed, "metrics": dict(cfg.suite.metrics), "correct_if": dict(cfg.suite.correct_if),
+            "chat": [cfg.suite.chat_template, cfg.suite.system_prompt, cfg.suite.fewshot_as_multiturn, cfg.suite.think_end], "subject_field": cfg.suite.subject_field}
 
 
 def _by_ctrl_c(err: BaseException) -> bool:

@@ -254,7 +254,12 @@ def provenance_lines(manifest: dict, cfg: FlipbenchConfig) -> list[str]:
             f"git {manifest.get('git_sha') or 'n/a'}; seed {cfg.eval.seed}; engine {engine.get('name')}; "
             f"device {manifest.get('device')}; {compute.get('threads', '?')} threads on {compute.get('cpu', '?')}"
             + (f", {compute['cuda']}" if compute.get("cuda") else "")
-            + f"; started {manifest.get('started', '?')}"]
+            + f"; started {manifest.get('started', '?')}",
+            "prompts: " + (f"chat template ({cfg.suite.chat_template}), system prompt "
+                           f"{'set' if cfg.suite.system_prompt else 'none'}, few-shot "
+                           f"{'as turns' if cfg.suite.fewshot_as_multiturn else 'in one turn'}"
+                           if str(cfg.suite.chat_template).lower() != "false" else "plain (no chat template)")
+            + (f"; answers after {cfg.suite.think_end!r}" if cfg.suite.think_end else "") + "; the same on both sides"]
 
 
 def make_plots(run_dir: Path, samples: pd.DataFrame, summary: pd.DataFrame, method: str, tag: str,

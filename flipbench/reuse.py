@@ -123,7 +123,11 @@ def _config_digest(task) -> str:
 def _arguments(kwargs: dict) -> str:
     """The arguments that shape the instances: lm-eval's on-disk request cache switches change only where they
     come from."""
-    return repr(sorted((k, v) for k, v in kwargs.items() if k not in ("cache_requests", "rewrite_requests_cache")))
+    from flipbench.cache import stable_repr
+
+    # a chat template arrives as the LM's bound method, whose repr holds a memory address
+    return repr(sorted((k, stable_repr(v) if callable(v) and hasattr(v, "__func__") else v)
+                       for k, v in kwargs.items() if k not in ("cache_requests", "rewrite_requests_cache")))
 
 
 def _fresh(instances: list) -> list:

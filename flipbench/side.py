@@ -7,6 +7,7 @@ these functions, so a side collected on its own is evaluated exactly as in a run
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import asdict
 
 import pandas as pd
@@ -70,8 +71,9 @@ def prepare(cfg: FlipbenchConfig, plan: tasks.TaskPlan):
     config = models.check_model(cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code,
                                 gguf_file=cfg.model.gguf_file)
     limit, samples = evaluate.lm_eval_docs(task_objs, plan, cfg.suite.limit, dict(cfg.suite.task_limits))
+    chat = evaluate.chat_settings(cfg.suite, tokenizer, cfg.model.path)  # refused here when asked for and missing
     for note in budget.check_context(task_objs, plan.reported, tokenizer, budget.context_length(config, tokenizer),
-                                     limit, samples, cfg.eval.seed):
+                                     limit, samples, cfg.eval.seed, chat):
         log.warning(note)
     if cfg.compression.method == "checkpoint":
         from flipbench.preflight import check_tokenizers_agree
@@ -118,15 +120,52 @@ def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch
     from flipbench import engines
 
     lm = engines.build_lm(cfg, model=model, tokenizer=tokenizer, path=path, batch_size=batch_size or cfg.eval.batch_size)
+    if cfg.suite.think_end:  # lm-eval's models keep what follows the marker as the answer
+        lm.think_end_token = cfg.suite.think_end
+    chat = evaluate.chat_settings(cfg.suite, tokenizer, cfg.model.path)
     docs, requests = (work.docs, work.requests) if work else (0, 0)
     try:
-        with console.side_progress(label, docs, requests):
+        with console.side_progress(label, docs, requests), think_markers(cfg.suite.think_end, label):
             raw = evaluate.run_lm_eval(lm, task_objs, plan, limit=cfg.suite.limit, num_fewshot=dict(cfg.suite.num_fewshot),
-                                       seed=cfg.eval.seed, task_limits=dict(cfg.suite.task_limits), shard_ids=shard_ids)
+                                       seed=cfg.eval.seed, task_limits=dict(cfg.suite.task_limits), shard_ids=shard_ids,
+                                       chat=chat)
     finally:
         engines.release(lm)
     return evaluate.samples_frame(raw, task_objs, plan, dict(cfg.suite.metrics), cfg.suite.subject_field,
                                   dict(cfg.suite.correct_if))
+
+
+@contextmanager
+def think_markers(marker: str | None, label: str):
+    """Count the generations that hold ``suite.think_end`` (lm-eval keeps what follows it) and warn when none does:
+    a marker the model never writes strips nothing, silently."""
+    if not marker:
+        yield
+        return
+    import importlib
+
+    modules = [importlib.import_module(f"lm_eval.models.{name}") for name in ("huggingface", "openai_completions")]
+    real = modules[0].postprocess_generated_text
+    seen = {"with": 0, "all": 0}
+
+    def counting(generation, stop, think_end_token):
+        seen["all"] += 1
+        seen["with"] += int(marker in str(generation))
+        return real(generation, stop, think_end_token)
+
+    saved = [getattr(m, "postprocess_generated_text") for m in modules]
+    for module in modules:
+        module.postprocess_generated_text = counting
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, saved):
+            module.postprocess_generated_text = original
+    if seen["all"] and not seen["with"]:
+        log.warning("suite.think_end=%r appears in none of the %s side's %d generations: nothing was stripped "
+                    "(check the marker, or whether the model reasons at all)", marker, label, seen["all"])
+    elif seen["all"]:
+        log.info("suite.think_end: %d of %d %s generations held the marker", seen["with"], seen["all"], label)
 
 
 def limits(task_objs: dict, plan, cfg: FlipbenchConfig) -> dict:

@@ -1,0 +1,89 @@
+"""Chat templates and reasoning markers: the same prompts on both sides, stated in the run, refused when missing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from flipbench import evaluate
+from flipbench.config import ConfigError
+from tests.conftest import compose, mini_overrides
+
+TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_llama(random_llama, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("chat_llama")
+    shutil.copytree(random_llama, folder, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("mode,has,apply", [("true", True, True), ("auto", True, True), ("auto", False, False),
+                                            ("false", True, False)])
+def test_chat_settings(mode, has, apply):
+    suite = SimpleNamespace(chat_template=mode, system_prompt="Be brief.", fewshot_as_multiturn=True)
+    tokenizer = SimpleNamespace(chat_template=TEMPLATE if has else None)
+    out = evaluate.chat_settings(suite, tokenizer, "m")
+    assert out["apply_chat_template"] is apply and out["system_instruction"] == ("Be brief." if apply else None)
+
+
+def test_a_chat_template_asked_for_but_missing_is_refused_before_any_evaluation(random_llama, mini_tasks, tmp_path,
+                                                                                monkeypatch):
+    from flipbench import pipeline
+
+    monkeypatch.setattr(pipeline, "evaluate_side", lambda *a, **k: pytest.fail("evaluated"))
+    with pytest.raises(ConfigError, match=r"suite.chat_template=true, but the tokenizer of .* has no chat template"):
+        pipeline.run(compose(mini_overrides(random_llama, mini_tasks, tmp_path / "r") + ["suite.chat_template=true"]))
+
+
+def test_chat_prompts_on_both_sides_and_stated(chat_llama, mini_tasks, tmp_path, caplog):
+    from flipbench.pipeline import run
+
+    overrides = mini_overrides(chat_llama, mini_tasks, tmp_path / "r") + [
+        "suite.chat_template=true", "suite.system_prompt=Answer briefly.", "+suite.num_fewshot.mini_mc=1",
+        "suite.limit=4", "suite.think_end='</think>'", "output.plots=false", "compression.bits=8"]
+    with caplog.at_level(logging.WARNING, logger="flipbench"):
+        run_dir = run(compose(overrides))
+    samples = pd.read_parquet(run_dir / "samples.parquet")
+    # the template's own markers, the system message first, the one-shot example as an earlier turn
+    for prompt in samples["prompt"]:
+        assert prompt.startswith("<|system|>Answer briefly.\n<|user|>") and prompt.endswith("<|assistant|>")
+    mc = samples[samples["task"] == "mini_mc"]["prompt"].iloc[0]
+    assert mc.count("<|user|>") == 2 and mc.count("<|assistant|>") == 2
+    assert "Prompts" not in caplog.text and "appears in none of the baseline side's" in caplog.text
+    report = (run_dir / "report.md").read_text()
+    assert "prompts: chat template (true), system prompt set, few-shot as turns; answers after '</think>'" in report
+    key = json.loads((run_dir / "manifest.json").read_text())["baseline_cache_key"]
+    entry = json.loads((run_dir.parent.parent / "cache" / key / "artifact.json").read_text())
+    assert entry["key"]["chat"] == ["true", "Answer briefly.", True, "</think>"]
+
+
+def test_the_pre_check_renders_what_the_evaluation_sends(chat_llama, mini_tasks, tmp_path):
+    """TokenizerChat (no model) renders the prompts lm-eval's HFLM renders through its apply_chat_template."""
+    from flipbench import side
+    from flipbench.config import to_typed
+
+    cfg = to_typed(compose(mini_overrides(chat_llama, mini_tasks, tmp_path / "r") + [
+        "suite.chat_template=true", "suite.system_prompt=S.", "+suite.num_fewshot.mini_mc=2", "suite.limit=3"]))
+    plan = side.preflight(cfg)
+    task_objs, tokenizer, _ = side.prepare(cfg, plan)
+    chat = evaluate.chat_settings(cfg.suite, tokenizer, "m")
+    evaluate.build_requests(task_objs["mini_mc"], "mini_mc", 3, None, cfg.eval.seed, chat, tokenizer)
+    rendered = sorted({inst.arguments[0] for inst in task_objs["mini_mc"].instances})
+    from flipbench import models
+
+    model, tokenizer = models.load_model(cfg.model, tokenizer=tokenizer)
+    frame = side.evaluate_side(model, tokenizer, task_objs, plan, cfg)
+    assert sorted(set(frame.loc[frame["task"] == "mini_mc", "prompt"])) == rendered
