@@ -4,7 +4,7 @@ It answers what lm-eval's ``local-completions`` model and flipbench's server eng
 OpenAI server does: ``POST /v1/completions`` with a prompt given as text, token ids, or a list of either;
 ``echo`` returns the prompt's own token log-probs (the first is null) before the generated ones;
 ``logprobs=k`` the top-k per token, ``prompt_logprobs=k`` (vLLM's extension) the top-k of every prompt
-position as ``{token_id: {"logprob", "rank", "decoded_token"}}``; greedy generation (temperature 0) stops at
+position as ``{token_id: {"logprob", "rank", "decoded_token"}}`` (-1: every token); greedy generation (temperature 0) stops at
 ``max_tokens``, the EOS token or the first ``stop`` string (cut before it). ``GET /v1/models`` lists the one
 served model id. Binds 127.0.0.1 only; the fixture that starts it stops it.
 """
@@ -88,7 +88,7 @@ class Backend:
             row = logp[t - 1]
             ranks = (row > row[ids[t]]).sum() + 1
             entry = {str(ids[t]): {"logprob": float(row[ids[t]]), "rank": int(ranks), "decoded_token": self.tokenizer.decode([ids[t]])}}
-            values, top = row.topk(k) if k > 0 else (row[:0], row[:0].long())
+            values, top = row.topk(row.numel() if k == -1 else k) if k != 0 else (row[:0], row[:0].long())
             for r, (v, i) in enumerate(zip(values, top), start=1):
                 entry.setdefault(str(int(i)), {"logprob": float(v), "rank": r, "decoded_token": self.tokenizer.decode([int(i)])})
             out.append(entry)

@@ -40,6 +40,24 @@ def random_llama_overrides(model_dir, tasks_dir, limit: int = 8, extra: tuple[st
             "eval.batch_size=4", *extra]
 
 
+def build_random_llama_for_vllm(folder, seed: int = 0):
+    """conftest's tiny random Llama (its trained BPE tokenizer), with head_dim 32: vLLM's CPU attention has no
+    kernel for conftest's head_dim 16."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import build_random_llama
+
+    build_random_llama(folder, seed)
+    small = LlamaConfig.from_pretrained(folder)
+    config = LlamaConfig(vocab_size=small.vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=small.bos_token_id, eos_token_id=small.eos_token_id, pad_token_id=small.pad_token_id)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
 def side(lm, s: Setup) -> pd.DataFrame:
     """One side's per-sample frame through ``lm`` (pipeline.evaluate_side without the progress line)."""
     cfg = s.cfg

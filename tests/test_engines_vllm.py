@@ -1,0 +1,120 @@
+"""engine=vllm (and engine=server against a real vLLM server) give per doc the same answers as engine=hf, on the
+baseline and on its RTN copy saved dense, MC and generative, and the same flips. Run with: make test-vllm
+(the vLLM venv, make setup-vllm). Engines start eager (no torch.compile) and reserve little memory: CI time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+from flipbench.engines import vllm as vllm_engine
+
+pytestmark = [pytest.mark.vllm,
+              pytest.mark.skipif(vllm_engine.distribution() is None, reason="vLLM is not installed: make setup-vllm")]
+
+from flipbench import engines  # noqa: E402
+from tests import engine_runs as er  # noqa: E402
+
+FAST = ("engine=vllm", "engine.enforce_eager=true", "engine.gpu_memory_utilization=0.05")
+# fp32 on both engines; per-token kernels differ (vLLM's attention and matmul blocking), so log-likelihoods agree
+# to ~1e-5, not bit for bit
+LL_TOLERANCE = 1e-3
+
+
+def hf_and_vllm_sides(s, tmp_path, bits: int = 2):
+    """(hf base, vllm base, hf comp, vllm comp): the compressed side is the baseline RTN-quantized in place, saved
+    dense (engines.save_served) for vLLM."""
+    hf = replace(s.cfg, engine=replace(s.cfg.engine, name="hf"))
+    model = er.load(s)
+    base_hf = er.side(engines.build_lm(hf, model=model, tokenizer=s.tokenizer, batch_size=4), s)
+    from flipbench.models import resolve_path
+
+    lm = engines.build_lm(s.cfg, path=resolve_path(s.cfg.model.path), batch_size=4)
+    try:
+        base_vllm = er.side(lm, s)
+    finally:
+        engines.release(lm)
+    er.rtn(model, s, bits=bits)
+    comp_hf = er.side(engines.build_lm(hf, model=model, tokenizer=s.tokenizer, batch_size=4), s)
+    folder = engines.save_served(model, s.tokenizer, tmp_path / "served", s.cfg)
+    lm = engines.build_lm(s.cfg, path=str(folder), batch_size=4)  # a second engine in the same process
+    try:
+        comp_vllm = er.side(lm, s)
+    finally:
+        engines.release(lm)
+    return base_hf, base_vllm, comp_hf, comp_vllm
+
+
+def assert_same(base_hf, base_vllm, comp_hf, comp_vllm):
+    for hf, vl in ((base_hf, base_vllm), (comp_hf, comp_vllm)):
+        agree = er.agreement(hf, vl)
+        assert agree["answers"] == agree["correct"] == agree["rows"], agree
+        assert agree["max_dll"] < LL_TOLERANCE, agree
+        assert set(vl["output_type"]) == {"multiple_choice", "generate_until"}
+    flips_hf, flips_vllm = er.flips(base_hf, comp_hf), er.flips(base_vllm, comp_vllm)
+    assert (flips_hf == flips_vllm).all()
+    return int((flips_hf != 0).sum())
+
+
+def test_vllm_matches_hf_on_the_bundled_model(tmp_path):
+    s = er.setup(er.tiny_overrides(limit=8, extra=FAST))
+    flipped = assert_same(*hf_and_vllm_sides(s, tmp_path))
+    assert flipped > 0  # 2-bit RTN flips some docs: the flips compared are not all zero
+
+
+def test_vllm_matches_hf_on_a_random_llama(mini_tasks, tmp_path):
+    model_dir = er.build_random_llama_for_vllm(tmp_path / "random_llama")
+    s = er.setup(er.random_llama_overrides(model_dir, mini_tasks, limit=12, extra=FAST))
+    assert_same(*hf_and_vllm_sides(s, tmp_path, bits=3))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_server_engine_against_a_real_vllm_server(tmp_path):
+    """`vllm serve` on 127.0.0.1 (vLLM's OpenAI server in a subprocess, stopped after the test) serving the bundled
+    model: engine=server gives engine=hf's answers and log-likelihoods, and its probe matches."""
+    s = er.setup(er.tiny_overrides(limit=6))
+    from flipbench.models import resolve_path
+
+    port, path = free_port(), resolve_path("bundled:tiny")
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", path, "--host", "127.0.0.1",
+                               "--port", str(port), "--served-model-name", "bundled:tiny", "--dtype", "float32",
+                               "--enforce-eager", "--gpu-memory-utilization", "0.05", "--max-logprobs", "-1"],
+                              stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
+    try:
+        cfg = replace(s.cfg, engine=replace(s.cfg.engine, name="server", base_url=f"http://127.0.0.1:{port}/v1"))
+        deadline = time.time() + 300
+        while True:
+            try:
+                engines.check(cfg)
+                break
+            except Exception:
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+                time.sleep(2)
+        served = er.side(engines.build_lm(cfg, tokenizer=s.tokenizer, batch_size=4), replace(s, cfg=cfg))
+        model = er.load(s)
+        hf_lm = engines.build_lm(s.cfg, model=model, tokenizer=s.tokenizer, batch_size=4)
+        agree = er.agreement(er.side(hf_lm, s), served)
+        assert agree["answers"] == agree["correct"] == agree["rows"], agree
+        assert agree["max_dll"] < LL_TOLERANCE, agree
+        server_lm = engines.build_lm(cfg, tokenizer=s.tokenizer, batch_size=1)
+        engines.check_probe(engines.probe(server_lm, s.tokenizer), engines.probe(hf_lm, s.tokenizer), "engine.base_url")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
