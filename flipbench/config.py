@@ -354,6 +354,13 @@ def _validate_engine(cfg: FlipbenchConfig) -> None:
     if engine.name == "server":
         _check(bool(engine.base_url), "engine=server needs engine.base_url=http://HOST:PORT/v1/completions (the "
                "OpenAI-compatible completions endpoint)")
+    comp = cfg.compression
+    if engine.name == "vllm" and engine.serve_format == "packed" and comp.method not in ("none", "checkpoint"):
+        _check(comp.method in ("rtn", "gptq"), f"engine.serve_format=packed packs RTN and GPTQ weights "
+               f"(compressed-tensors); compression={comp.method} has no packed format: use engine.serve_format=dense")
+        _check(not (comp.act_order and comp.group_size != -1 and not comp.static_groups),
+               "engine.serve_format=packed with compression.act_order=true and groups needs compression.static_groups="
+               "true (compressed-tensors stores groups in column order, without g_idx); or use engine.serve_format=dense")
     _check(cfg.side in (None, *SIDES), f"side={cfg.side!r} is unknown; use side=baseline or side=compressed")
     parse_shard(cfg.shard)
 

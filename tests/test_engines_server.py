@@ -114,7 +114,18 @@ def test_vllm_missing_or_without_a_packed_kernel_is_one_line(tiny, monkeypatch):
         engines.check(cfg)
     assert "\n" not in str(err.value)
     monkeypatch.setattr(vllm, "problems", lambda: [])
-    monkeypatch.setattr(vllm, "on_cpu", lambda: True)
-    packed = replace(with_engine(cfg, serve_format="packed"), compression=replace(cfg.compression, method="rtn"))
-    with pytest.raises(ConfigError, match=r"engine.serve_format=dense"):
+    packed = replace(with_engine(cfg, serve_format="packed"), compression=replace(cfg.compression, method="rtn", bits=3))
+    with pytest.raises(ConfigError, match=r"4- or 8-bit weights, not compression.bits=3; use engine.serve_format=dense"):
         engines.check(packed)
+
+
+def test_packed_needs_rtn_or_gptq_with_column_order_groups():
+    from flipbench.config import to_typed
+    from tests.conftest import compose
+
+    base = ["model=tiny", "suite=tiny", "engine=vllm", "engine.serve_format=packed"]
+    with pytest.raises(ConfigError, match="compression=tacq has no packed format: use engine.serve_format=dense"):
+        to_typed(compose([*base, "compression=tacq"]))
+    with pytest.raises(ConfigError, match="static_groups=true"):
+        to_typed(compose([*base, "compression=gptq", "compression.act_order=true", "compression.group_size=32"]))
+    to_typed(compose([*base, "compression=rtn"]))

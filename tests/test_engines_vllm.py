@@ -118,3 +118,18 @@ def test_server_engine_against_a_real_vllm_server(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+def test_packed_without_a_kernel_is_refused_before_any_weight():
+    """This CPU build has no pack-quantized kernel (the model would start, then die at its first forward):
+    preflight says so and names engine.serve_format=dense. Where a build has the kernel, nothing is refused."""
+    from flipbench.config import ConfigError
+
+    s = er.setup(er.tiny_overrides(limit=2, extra=(*FAST, "compression=rtn", "compression.bits=4",
+                                                   "compression.group_size=32", "engine.serve_format=packed")))
+    if vllm_engine.packed_kernel_missing(4) is None:
+        engines.check(s.cfg)
+        pytest.skip("this vLLM build has a pack-quantized kernel")
+    with pytest.raises(ConfigError, match=r"engine.serve_format=packed: .*; use engine.serve_format=dense") as err:
+        engines.check(s.cfg)
+    assert "\n" not in str(err.value)

@@ -37,9 +37,11 @@ def check(cfg: FlipbenchConfig) -> None:
 
         for line in vllm.problems():
             raise ConfigError(line)
-        if cfg.engine.serve_format == "packed" and cfg.compression.method not in ("none", "checkpoint") and vllm.on_cpu():
-            raise ConfigError("engine.serve_format=packed: vLLM's CPU backend has no kernel for compressed-tensors "
-                              "pack-quantized weights; use engine.serve_format=dense (the same numbers, dense)")
+        if cfg.engine.serve_format == "packed" and cfg.compression.method in ("rtn", "gptq"):
+            missing = vllm.packed_kernel_missing(cfg.compression.bits)
+            if missing:
+                raise ConfigError(f"engine.serve_format=packed: {missing}; use engine.serve_format=dense (the same "
+                                  "numbers, stored dense)")
         return
     from flipbench.engines import server
 

@@ -112,6 +112,22 @@ def problems() -> list[str]:
     return found
 
 
+def packed_kernel_missing(bits: int) -> str | None:
+    """Why vLLM here cannot run compressed-tensors pack-quantized weights of ``bits`` bits, or None. Its WNA16
+    kernels take 4- and 8-bit weights; the CPU backend needs its cpu_gemm_wna16 op, which some CPU builds lack
+    (imports vLLM's compiled ops, a few seconds)."""
+    if bits not in (4, 8):
+        return f"vLLM's compressed-tensors kernels take 4- or 8-bit weights, not compression.bits={bits}"
+    if not on_cpu():
+        return None
+    import torch
+    import vllm._custom_ops  # noqa: F401  (loads the compiled ops of this CPU's instruction set)
+
+    if not hasattr(torch.ops._C, "cpu_gemm_wna16"):
+        return "vLLM's CPU build here has no kernel for pack-quantized weights (no cpu_gemm_wna16 op)"
+    return None
+
+
 def load_dtype(cfg, path: str) -> str:
     """model.dtype as the HF path resolves it (auto: fp32 on a CPU, the checkpoint's dtype on a GPU)."""
     import torch
