@@ -26,17 +26,25 @@ FAST = ("engine=vllm", "engine.enforce_eager=true", "engine.gpu_memory_utilizati
 LL_TOLERANCE = 1e-3
 
 
-def hf_and_vllm_sides(s, tmp_path, bits: int = 2):
+def hf_and_vllm_sides(s, tmp_path, bits: int = 2, kl: dict | None = None):
     """(hf base, vllm base, hf comp, vllm comp): the compressed side is the baseline RTN-quantized in place, saved
-    dense (engines.save_served) for vLLM."""
+    dense (engines.save_served) for vLLM. ``kl``, when given, receives token KL on the baseline's generated answers
+    both ways: through the engines (top-8 reference, compressed side's full vocabulary) and tokenkl on HF."""
+    from flipbench import tokenkl
+
     hf = replace(s.cfg, engine=replace(s.cfg.engine, name="hf"))
     model = er.load(s)
     base_hf = er.side(engines.build_lm(hf, model=model, tokenizer=s.tokenizer, batch_size=4), s)
+    gen = base_hf[base_hf["output_type"] == "generate_until"].drop_duplicates(["task", "doc_id"])
+    prompts, answers = gen["prompt"].tolist(), gen["response"].tolist()
     from flipbench.models import resolve_path
 
     lm = engines.build_lm(s.cfg, path=resolve_path(s.cfg.model.path), batch_size=4)
     try:
         base_vllm = er.side(lm, s)
+        if kl is not None:
+            kl["ref_vllm"] = engines.answer_reference(lm, s.tokenizer, prompts, answers, topk=8)
+            kl["ref_hf"] = tokenkl.answer_logprobs(model, s.tokenizer, prompts, answers, topk=8)
     finally:
         engines.release(lm)
     er.rtn(model, s, bits=bits)
@@ -45,6 +53,9 @@ def hf_and_vllm_sides(s, tmp_path, bits: int = 2):
     lm = engines.build_lm(s.cfg, path=str(folder), batch_size=4)  # a second engine in the same process
     try:
         comp_vllm = er.side(lm, s)
+        if kl is not None:
+            kl["vllm"] = engines.token_kl(kl["ref_vllm"], lm, s.tokenizer, prompts, answers)
+            kl["hf"] = tokenkl.token_kl(kl["ref_hf"], model, s.tokenizer, prompts, answers)
     finally:
         engines.release(lm)
     return base_hf, base_vllm, comp_hf, comp_vllm
@@ -63,8 +74,19 @@ def assert_same(base_hf, base_vllm, comp_hf, comp_vllm):
 
 def test_vllm_matches_hf_on_the_bundled_model(tmp_path):
     s = er.setup(er.tiny_overrides(limit=8, extra=FAST))
-    flipped = assert_same(*hf_and_vllm_sides(s, tmp_path))
+    kl: dict = {}
+    flipped = assert_same(*hf_and_vllm_sides(s, tmp_path, kl=kl))
     assert flipped > 0  # 2-bit RTN flips some docs: the flips compared are not all zero
+    # token KL through vLLM's prompt log-probs equals tokenkl's on the HF models (same top-k bounds)
+    import numpy as np
+
+    assert sum(len(r.target) for r in kl["ref_vllm"]) > 0
+    for got, want in zip(kl["ref_vllm"], kl["ref_hf"]):
+        assert (got.ids[:, 0] == want.ids[:, 0]).all()
+        assert (got.logp - want.logp).abs().max() < LL_TOLERANCE and (got.target - want.target).abs().max() < LL_TOLERANCE
+    np.testing.assert_allclose(kl["vllm"]["kl"], kl["hf"]["kl"], atol=LL_TOLERANCE)
+    np.testing.assert_allclose(kl["vllm"]["same_top"], kl["hf"]["same_top"])
+    assert np.nanmean(kl["hf"]["kl"]) > 0
 
 
 def test_vllm_matches_hf_on_a_random_llama(mini_tasks, tmp_path):

@@ -152,6 +152,23 @@ def check_probe(served: float, baseline: float, what: str, tolerance: float = PR
                           f"baseline model's {baseline:.3f}; serve model.path there")
 
 
+def reference_topk(cfg: FlipbenchConfig) -> int:
+    """k of the baseline's token-KL reference on this engine: eval.token_kl_topk (0: the full vocabulary on hf),
+    at most engine.max_logprobs on a server (what it returns per token; vLLM serve's default is 20)."""
+    k = cfg.eval.token_kl_topk
+    if cfg.engine.name == "server":
+        return min(k or cfg.engine.max_logprobs, cfg.engine.max_logprobs)
+    if cfg.engine.name == "vllm":
+        return k or 256  # a full-vocabulary reference through vLLM's Python outputs would be V entries per token
+    return k
+
+
+def scoring_topk(cfg: FlipbenchConfig) -> int | None:
+    """How many log-probs per answer token the compressed side's engine returns for token KL: None for all of them
+    (hf, vllm: tokenkl's bounds apply unchanged), engine.max_logprobs on a server (the looser partial bounds)."""
+    return cfg.engine.max_logprobs if cfg.engine.name == "server" else None
+
+
 def answer_reference(lm, tokenizer, prompts: list[str], answers: list[str], topk: int):
     """The baseline's token-KL reference from an engine's top-``topk`` log-probs (see flipbench.engines.logprobs)."""
     from flipbench.engines import logprobs

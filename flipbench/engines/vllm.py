@@ -25,6 +25,8 @@ import importlib.metadata as metadata
 import logging
 from importlib.util import find_spec
 
+from flipbench.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 INSTALL = "make setup-vllm"  # the CPU or GPU vLLM venv (docs/engines.md); on a GPU also pip install -e '.[vllm]'
@@ -157,10 +159,9 @@ def engine_args(cfg, path: str, revision: str | None = None) -> dict:
 
 def build(cfg, path: str, revision: str | None = None):
     """lm-eval's VLLM on ``path``: every request of a task goes to vLLM at once (its scheduler batches)."""
-    for line in problems():
-        from flipbench.config import ConfigError
-
-        raise ConfigError(line)
+    trouble = problems()
+    if trouble:
+        raise ConfigError(trouble[0])
     args = engine_args(cfg, path, revision)
     log.info("starting vLLM %s on %s (%s, dtype %s)", version(), path, "CPU" if on_cpu() else "GPU", args["dtype"])
     return lm_class()(**args)
