@@ -39,7 +39,7 @@ def test_partial_bounds_on_one_hand_computed_token():
 @pytest.fixture(scope="module")
 def gen_rows():
     """The bundled model, its 2-bit RTN copy, and generative prompts with the baseline's own greedy answers."""
-    s = er.setup(er.tiny_overrides(limit=6))
+    s = er.setup(er.tiny_overrides(limit=6, extra=("suite.tasks=[synth_gsm8k]",)))
     base = er.load(s)
     frame = er.side(engines.build_lm(s.cfg, model=base, tokenizer=s.tokenizer, batch_size=4), s)
     gen = frame[frame["output_type"] == "generate_until"].drop_duplicates(["task", "doc_id"])
