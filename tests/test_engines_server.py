@@ -129,3 +129,19 @@ def test_packed_needs_rtn_or_gptq_with_column_order_groups():
     with pytest.raises(ConfigError, match="static_groups=true"):
         to_typed(compose([*base, "compression=gptq", "compression.act_order=true", "compression.group_size=32"]))
     to_typed(compose([*base, "compression=rtn"]))
+
+
+@pytest.mark.parametrize("engine,max_logprobs,token_kl_topk,reference,scoring", [
+    ("hf", 20, 256, 256, None),   # hf: tokenkl as it is, full vocabulary on the compressed side
+    ("hf", 20, 0, 0, None),
+    ("vllm", 20, 256, 20, 20),    # through an engine both sides ask engine.max_logprobs
+    ("server", 20, 8, 8, 20),
+    ("vllm", -1, 256, 256, None),  # -1: the compressed side's full vocabulary
+    ("server", -1, 0, 256, None),
+])
+def test_token_kl_top_k_per_engine(engine, max_logprobs, token_kl_topk, reference, scoring):
+    from flipbench.config import FlipbenchConfig
+
+    cfg = FlipbenchConfig()
+    cfg = replace(with_engine(cfg, name=engine, max_logprobs=max_logprobs), eval=replace(cfg.eval, token_kl_topk=token_kl_topk))
+    assert (engines.reference_topk(cfg), engines.scoring_topk(cfg)) == (reference, scoring)

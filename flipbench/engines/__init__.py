@@ -153,20 +153,21 @@ def check_probe(served: float, baseline: float, what: str, tolerance: float = PR
 
 
 def reference_topk(cfg: FlipbenchConfig) -> int:
-    """k of the baseline's token-KL reference on this engine: eval.token_kl_topk (0: the full vocabulary on hf),
-    at most engine.max_logprobs on a server (what it returns per token; vLLM serve's default is 20)."""
+    """k of the baseline's token-KL reference on this engine: eval.token_kl_topk (0: the full vocabulary) on hf;
+    through an engine its top-k, at most engine.max_logprobs (-1: no cap; 256 where eval.token_kl_topk is 0)."""
     k = cfg.eval.token_kl_topk
-    if cfg.engine.name == "server":
-        return min(k or cfg.engine.max_logprobs, cfg.engine.max_logprobs)
-    if cfg.engine.name == "vllm":
-        return k or 256  # a full-vocabulary reference through vLLM's Python outputs would be V entries per token
-    return k
+    if cfg.engine.name == "hf":
+        return k
+    k = k or 256
+    return k if cfg.engine.max_logprobs == -1 else min(k, cfg.engine.max_logprobs)
 
 
 def scoring_topk(cfg: FlipbenchConfig) -> int | None:
-    """How many log-probs per answer token the compressed side's engine returns for token KL: None for all of them
-    (hf, vllm: tokenkl's bounds apply unchanged), engine.max_logprobs on a server (the looser partial bounds)."""
-    return cfg.engine.max_logprobs if cfg.engine.name == "server" else None
+    """Log-probs per answer token the compressed side's engine returns for token KL: None for all of them (hf;
+    engine.max_logprobs=-1: tokenkl's top-k bounds apply unchanged), else engine.max_logprobs (partial bounds)."""
+    if cfg.engine.name == "hf" or cfg.engine.max_logprobs == -1:
+        return None
+    return cfg.engine.max_logprobs
 
 
 def answer_reference(lm, tokenizer, prompts: list[str], answers: list[str], topk: int):

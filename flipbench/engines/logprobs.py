@@ -5,9 +5,9 @@ An engine returns, at every prompt position, the top-k log-probs and the log-pro
 - Baseline (:func:`answer_reference`): top-k (k = engine.max_logprobs) per answer token, kept as a
   :class:`flipbench.tokenkl.Reference` with the tail mass T_p = 1 - sum(top-k) (from the top-k itself, so a
   tail below ~1e-6 is lost to fp32 rounding: taken as 0).
-- Compressed side (:func:`token_kl`): where the engine returns the *full* vocabulary (vLLM in-process always;
-  a server started with ``--max-logprobs -1``), the existing top-k bounds of flipbench.klbounds apply unchanged
-  (lower end reported, upper kept beside it). Where it returns only its top-k' (a server's max-logprobs), q is
+- Compressed side (:func:`token_kl`): asked for the *full* vocabulary (engine.max_logprobs=-1; a server must
+  allow it), the existing top-k bounds of flipbench.klbounds apply unchanged (lower end reported, upper kept
+  beside it); that costs V entries per prompt position, so by default the engine returns its top-k' only, q is
   known on S_q = its top-k' and at the answer token t only, and the bounds are (:func:`partial_bounds`):
     lower = sum_{i in A} p_i log(p_i / q_i) + P_R log(P_R / Q_R),   A = (S_p + t) and (S_q + t) (both known),
             P_R = 1 - sum_A p, Q_R = 1 - sum_A q                   (log-sum inequality over the rest, lumped)
