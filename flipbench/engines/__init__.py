@@ -121,9 +121,10 @@ def identity(cfg: FlipbenchConfig) -> dict:
 
         return {"name": "vllm", "vllm": vllm.version(), "backend": "cpu" if vllm.distribution() and vllm.on_cpu() else "gpu",
                 "tensor_parallel_size": engine.tensor_parallel_size, "max_model_len": engine.max_model_len,
-                "enforce_eager": engine.enforce_eager, "serve_format": engine.serve_format}
+                "enforce_eager": engine.enforce_eager, "serve_format": engine.serve_format,
+                "max_logprobs": engine.max_logprobs}
     return {"name": "server", "base_url": engine.base_url, "served_model": engine.served_model,
-            "lm_eval": version("lm_eval")}
+            "max_logprobs": engine.max_logprobs, "lm_eval": version("lm_eval")}
 
 
 def probe(lm, tokenizer, text: str = PROBE_TEXT) -> float:
