@@ -130,8 +130,8 @@ def _collect(cfg: FlipbenchConfig, plan, prepared, ids, folder: Path, manifest, 
     task_objs, tokenizer, calibration = prepared
     hf = cfg.engine.name == "hf"
     method = cfg.compression.method
-    needs_model = hf or method not in ("none", "checkpoint") or (cfg.side == "baseline" and _generates(task_objs)
-                                                                and cfg.eval.token_kl) or baseline is not None
+    # HF weights only where this process evaluates or compresses them; another engine gives token KL its log-probs
+    needs_model = hf or method not in ("none", "checkpoint")
     model, path = None, side._engine_path(cfg, cfg.side)
     if needs_model:
         with manifest.stage("load_model", log):
@@ -150,17 +150,29 @@ def _collect(cfg: FlipbenchConfig, plan, prepared, ids, folder: Path, manifest, 
         details = {"method": "none", "avg_bits": side._native_bits(model)}
         manifest.update(compression=details)
     work = _work(model, tokenizer, task_objs, plan, cfg, ids)
+    engine_kl = {}
+    then = None if hf or not cfg.eval.token_kl else (
+        lambda lm, frame: engine_kl.update(_engine_token_kl(lm, frame, tokenizer, cfg, baseline)))
     with manifest.stage(f"evaluate_{cfg.side}", log):
         frame = side.evaluate_side(model, tokenizer, task_objs, plan, cfg, label=cfg.side, work=work, path=path,
-                                       shard_ids=ids)
-    if cfg.side == "baseline" and cfg.eval.token_kl and model is not None:
+                                   shard_ids=ids, then=then)
+    if "reference" in engine_kl:  # the baseline's top-k through its engine
+        k = engines.reference_topk(cfg)
+        cache.ArtifactFolder(folder).store_reference(artifact.REFERENCE_KEY, engine_kl["reference"], topk=k)
+        manifest.update(eval={**manifest.data["eval"], "token_kl_topk": k, "token_kl_engine": cfg.engine.name})
+    if "keyed" in engine_kl:
+        engine_kl["keyed"].to_parquet(folder / artifact.TOKEN_KL, index=False)
+        manifest.update(baseline_artifact={"folders": [str(f) for f in baseline.folders],
+                                           "fingerprint": baseline.manifest.get("fingerprint")},
+                        token_kl_scoring_topk=engines.scoring_topk(cfg))
+    if cfg.side == "baseline" and cfg.eval.token_kl and hf:
         with manifest.stage("token_kl_reference", log):
             store = cache.ArtifactFolder(folder)
             reference = answerkl.kl_reference(frame, model, tokenizer, replace(cfg, eval=replace(cfg.eval, cache=False)),
                                               store, artifact.REFERENCE_KEY)
             if reference is not None:
                 store.store_reference(artifact.REFERENCE_KEY, reference, topk=cfg.eval.token_kl_topk)
-    if baseline is not None and cfg.eval.token_kl:
+    if baseline is not None and cfg.eval.token_kl and hf:
         with manifest.stage("token_kl", log):
             rows = _baseline_rows(baseline, frame)
             if len(rows):
@@ -192,6 +204,31 @@ def _work(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, ids):
 
 def _generates(task_objs: dict) -> bool:
     return any(task.get_config("output_type") == "generate_until" for task in task_objs.values())
+
+
+def _engine_token_kl(lm, frame: pd.DataFrame, tokenizer, cfg: FlipbenchConfig, baseline) -> dict:
+    """Token KL through the side's engine while it is up: the baseline's top-k reference ({"reference": ...}), or the
+    compressed side's statistics on the baseline artifact's answers ({"keyed": frame})."""
+    if cfg.side == "baseline":
+        rows = answerkl._kl_rows(frame)
+        if rows.empty:
+            return {}
+        refs = engines.answer_reference(lm, tokenizer, rows["prompt"].tolist(), rows["response"].tolist(),
+                                        topk=engines.reference_topk(cfg))
+        return {"reference": dict(zip(answerkl._row_keys(rows, "response"), refs))}
+    if baseline is None:
+        return {}
+    rows = _baseline_rows(baseline, frame)
+    if rows.empty:
+        return {}
+    keys = answerkl._row_keys(rows, "response")
+    if baseline.references is None or not all(k in baseline.references for k in keys):
+        raise ConfigError("output.baseline_artifact: its token-KL reference does not cover this side's generative docs; "
+                          "collect the baseline with eval.token_kl=true")
+    stats = engines.token_kl([baseline.references[k] for k in keys], lm, tokenizer, rows["prompt"].tolist(),
+                             rows["response"].tolist(), topk=engines.scoring_topk(cfg))
+    stats.index = rows.index
+    return {"keyed": pd.concat([rows[["task", "group", "doc_id"]], stats], axis=1).reset_index(drop=True)}
 
 
 def _baseline_rows(baseline: artifact.Side, frame: pd.DataFrame) -> pd.DataFrame:

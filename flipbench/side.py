@@ -114,12 +114,15 @@ def estimate_work(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig) -> co
 
 def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch_size: int | None = None,
                   label: str = "side", work: console.Work | None = None, *, path: str | None = None,
-                  shard_ids: dict | None = None) -> pd.DataFrame:
+                  shard_ids: dict | None = None, then=None) -> pd.DataFrame:
     """One side through lm-eval on the configured engine: ``model`` (hf) or the folder ``path`` (vllm; server
-    models are named by the endpoint). ``shard_ids``: leaf -> doc ids of this shard (:func:`flipbench.shards.assign`)."""
+    models are named by the endpoint). ``shard_ids``: leaf -> doc ids of this shard (:func:`flipbench.shards.assign`).
+    ``then(lm, frame)`` runs while the engine is still up (token KL through the engine's log-probs)."""
     from flipbench import engines
 
-    lm = engines.build_lm(cfg, model=model, tokenizer=tokenizer, path=path, batch_size=batch_size or cfg.eval.batch_size)
+    revision = cfg.model.revision if path is not None and path == models.resolve_path(cfg.model.path) else None
+    lm = engines.build_lm(cfg, model=model, tokenizer=tokenizer, path=path, batch_size=batch_size or cfg.eval.batch_size,
+                          revision=revision)
     if cfg.suite.think_end:  # lm-eval's models keep what follows the marker as the answer
         lm.think_end_token = cfg.suite.think_end
     chat = evaluate.chat_settings(cfg.suite, tokenizer, cfg.model.path)
@@ -129,10 +132,13 @@ def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch
             raw = evaluate.run_lm_eval(lm, task_objs, plan, limit=cfg.suite.limit, num_fewshot=dict(cfg.suite.num_fewshot),
                                        seed=cfg.eval.seed, task_limits=dict(cfg.suite.task_limits), shard_ids=shard_ids,
                                        chat=chat)
+        frame = evaluate.samples_frame(raw, task_objs, plan, dict(cfg.suite.metrics), cfg.suite.subject_field,
+                                       dict(cfg.suite.correct_if))
+        if then is not None:
+            then(lm, frame)
     finally:
         engines.release(lm)
-    return evaluate.samples_frame(raw, task_objs, plan, dict(cfg.suite.metrics), cfg.suite.subject_field,
-                                  dict(cfg.suite.correct_if))
+    return frame
 
 
 @contextmanager

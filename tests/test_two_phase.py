@@ -183,3 +183,35 @@ def test_an_upgraded_library_evaluates_the_baseline_again_and_says_which(random_
     hits = [json.loads((d / "manifest.json").read_text())["baseline_cache_hit"] for d in (first, second)]
     assert hits == [False, False]
     assert "baseline cache: transformers changed since the cached baseline" in caplog.text
+
+
+def test_a_baseline_collected_through_a_server_pairs_with_an_hf_compressed_side(two_phase, random_llama, mini_tasks,
+                                                                               tmp_path):
+    """The baseline evaluated by an OpenAI-compatible server (no HF weights loaded by collect), its token-KL reference
+    from the server's top-k log-probs; the compressed side in-process with the baseline artifact; compare gives the
+    one-process run's counts."""
+    pytest.importorskip("tenacity", reason="engine=server needs lm-eval's API extras")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flipbench.compare import compare
+    from tests.completions_server import serve
+
+    one, _, _ = two_phase
+    root = one.parent
+    common = mini_overrides(random_llama, mini_tasks, root / "results") + FEWSHOT + ["compression=rtn", "compression.bits=3"]
+    model = AutoModelForCausalLM.from_pretrained(random_llama).eval()
+    tokenizer = AutoTokenizer.from_pretrained(random_llama)
+    with serve(model, tokenizer, str(random_llama)) as (url, backend):
+        base = _collect(common + ["side=baseline", "engine=server", f"engine.base_url={url}/completions",
+                                  f"output.artifact={tmp_path}/base"])
+        assert backend.requests > 0
+    manifest = json.loads((base / artifact.MANIFEST).read_text())
+    assert manifest["engine"]["name"] == "server" and "load_model" not in manifest["stage_seconds"]
+    assert manifest["eval"]["token_kl_topk"] == 20  # the engine's max_logprobs caps the reference
+    comp = _collect(common + ["side=compressed", f"output.artifact={tmp_path}/comp", f"output.baseline_artifact={base}"])
+    out = compare([str(base), str(comp), f"output.run_dir={tmp_path}/run"])
+    a, b = pd.read_csv(one / "summary.csv"), pd.read_csv(out / "summary.csv")
+    for column in ("n", "acc_base", "acc_comp", "flips", "lost", "gained", "label_loyalty"):
+        pd.testing.assert_series_equal(a[column], b[column], check_exact=False, rtol=0, atol=0), column
+    gen = pd.read_parquet(out / "samples.parquet").query("output_type == 'generate_until'")
+    assert gen["n_tokens"].gt(0).all() and gen["kl"].notna().all()
