@@ -95,13 +95,31 @@ def diverged_rows(summary: pd.DataFrame) -> dict[str, int]:
     return {r["task"]: int(r["n_nonfinite"]) for _, r in rows.iterrows() if r.get("n_nonfinite", 0) > 0}
 
 
-def worst_flips(samples: pd.DataFrame, output_type: str, n: int = 10) -> pd.DataFrame:
-    """The most damaging flips of one KL scope (MC: choice-level, generative: token-level mean per doc):
-    right → wrong, largest KL first. The two scopes are on different scales and never ranked together."""
-    lost = samples[(samples["correct_base"] == 1) & (samples["correct_comp"] == 0)
+def worst_flips(samples: pd.DataFrame, output_type: str, n: int = 10, direction: str = "lost") -> pd.DataFrame:
+    """The flips of one task type, ``lost`` (baseline right → compressed wrong) or ``gained`` (the reverse).
+
+    Multiple choice: ranked by the baseline's margin on the gold answer (p of gold minus the best other choice, from
+    the scores its metric predicts with): a lost answer the baseline gave with a wide margin is a damaging flip, a
+    near-tie is not; a gained one is listed from the baseline's widest miss. Generative: by token KL (nats, mean over
+    the baseline answer's tokens), largest first. The two kinds are never ranked together."""
+    right, wrong = (1, 0) if direction == "lost" else (0, 1)
+    rows = samples[(samples["correct_base"] == right) & (samples["correct_comp"] == wrong)
                    & (samples["output_type"] == output_type)].copy()
-    lost = lost.drop_duplicates(["task", "group", "doc_id"])
-    return lost.sort_values("kl", ascending=False, na_position="last").head(n)
+    rows = rows.drop_duplicates(["task", "group", "doc_id"])
+    if output_type == "multiple_choice":
+        rows["gold_margin"] = [_gold_margin(r) for _, r in rows.iterrows()]
+        return rows.sort_values("gold_margin", ascending=direction != "lost", na_position="last", kind="stable").head(n)
+    return rows.sort_values("kl", ascending=False, na_position="last", kind="stable").head(n)
+
+
+def _gold_margin(row) -> float:
+    """p_base of the (first) gold choice minus the largest other choice's p_base; NaN without a distribution."""
+    p = np.asarray(row["p_base"], dtype=float)
+    gold = scoring.gold_indices(row["target"])
+    if not len(p) or not gold or gold[0] >= len(p):
+        return float("nan")
+    others = np.delete(p, gold[0])
+    return float(p[gold[0]] - (others.max() if len(others) else 0.0))
 
 
 def _answer(row, side: str) -> str:
@@ -110,6 +128,10 @@ def _answer(row, side: str) -> str:
     if row["output_type"] == "multiple_choice" and len(row["choices"]) and pred.isdigit():
         i = int(pred)
         return f"{row['choices'][i]!s} (p={float(probs[i]):.2f})" if len(probs) > i else str(row["choices"][i])
+    generation = str(row.get(f"response_{side}", "") or "")
+    if generation:  # the generation as text, then what the task's filter extracted from it
+        shown = generation if len(generation) <= 200 else generation[:200] + "…"
+        return f"{shown} → {pred}"
     return pred
 
 
@@ -282,16 +304,19 @@ def make_plots(run_dir: Path, samples: pd.DataFrame, summary: pd.DataFrame, meth
 SCOPES = (("multiple_choice", "choice-level KL"), ("generate_until", "token-level KL, mean over the answer's tokens"))
 
 
-def flips_table(samples: pd.DataFrame, output_type: str) -> pd.DataFrame:
-    worst = worst_flips(samples, output_type)
-    return pd.DataFrame({
+def flips_table(samples: pd.DataFrame, output_type: str, direction: str = "lost") -> pd.DataFrame:
+    worst = worst_flips(samples, output_type, direction=direction)
+    table = pd.DataFrame({
         "task": worst["task"], "doc": worst["doc_id"].astype(str),
         "prompt (end)": ["…" + p[-160:] if len(p) > 160 else p for p in worst["prompt"]],
         "target": [_gold_text(r) for _, r in worst.iterrows()],
         "baseline": [_answer(r, "base") for _, r in worst.iterrows()],
         "compressed": [_answer(r, "comp") for _, r in worst.iterrows()],
-        "KL (nats)": [_fmt(v, "kl") for v in worst["kl"]],
     })
+    if output_type == "multiple_choice":
+        table["baseline margin on gold"] = [f"{v:+.2f}" if v == v else "n/a" for v in worst["gold_margin"]]
+    table["KL (nats)"] = [_fmt(v, "kl") for v in worst["kl"]]
+    return table
 
 
 DIVERGE_NOTE = ("Greedy trajectories of the generative tasks (plots/survival.png: the share of answers whose two "
@@ -337,9 +362,13 @@ def sections(summary: pd.DataFrame, samples: pd.DataFrame) -> list[tuple[str, pd
         out.append(("", diverge if len(diverge) else "No generative flip whose two generations differ."))
     for output_type, scope in SCOPES:
         if (samples["output_type"] == output_type).any():
-            flips = flips_table(samples, output_type)
-            out.append((f"Most damaging flips, {scope} (baseline right → compressed wrong, largest KL first)",
-                        flips if len(flips) else "No right → wrong flips."))
+            order = ("widest baseline margin on the gold answer first" if output_type == "multiple_choice"
+                     else "largest token KL first")
+            for direction, what in (("lost", "baseline right → compressed wrong"),
+                                    ("gained", "baseline wrong → compressed right")):
+                flips = flips_table(samples, output_type, direction)
+                out.append((f"Flips {direction}, {scope} ({what}; {order})",
+                            flips if len(flips) else f"No {what} flips."))
     return out
 
 

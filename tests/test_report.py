@@ -128,7 +128,24 @@ def test_most_damaging_flips_are_listed_per_kl_scope(tmp_path):
     cfg.output.plots = False
     report.build(run_dir, cfg)
     md = (run_dir / "report.md").read_text()
-    choice = md.index("Most damaging flips, choice-level KL")
-    token = md.index("Most damaging flips, token-level KL")
+    choice = md.index("Flips lost, choice-level KL")
+    token = md.index("Flips lost, token-level KL")
+    assert md.index("Flips gained, choice-level KL") < token  # lost and gained apart
     # the generative doc's KL of 9 nats is listed only under the token scope, never ranked above choice-level ones
     assert "| 9.0000 |" in md[token:] and "| 9.0000 |" not in md[choice:token]
+
+
+def test_lost_flips_are_ranked_by_the_baseline_margin_on_the_gold_answer():
+    """A confident right answer that is lost outranks a near-tie, whatever their KL; generations are shown as text."""
+    rows = pd.DataFrame({
+        "task": "t", "group": "t", "doc_id": [0, 1, 2], "output_type": "multiple_choice", "target": "0",
+        "correct_base": [1, 1, 0], "correct_comp": [0, 0, 1],
+        "p_base": [[0.51, 0.49], [0.95, 0.05], [0.2, 0.8]], "kl": [5.0, 0.1, 1.0]})
+    lost = report.worst_flips(rows, "multiple_choice")
+    assert lost["doc_id"].tolist() == [1, 0]  # margin 0.90 before 0.02, although doc 0's KL is 50x larger
+    assert lost["gold_margin"].round(2).tolist() == [0.90, 0.02]
+    gained = report.worst_flips(rows, "multiple_choice", direction="gained")
+    assert gained["doc_id"].tolist() == [2] and gained["gold_margin"].round(2).tolist() == [-0.6]
+    gen = pd.Series({"output_type": "generate_until", "pred_base": "2", "p_base": [], "choices": [],
+                     "response_base": "1 + 1 = 2\n#### 2"})
+    assert report._answer(gen, "base") == "1 + 1 = 2\n#### 2 → 2"
