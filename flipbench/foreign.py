@@ -119,16 +119,10 @@ def _run_files(files: list[Path], what: str) -> tuple[dict[str, Path], dict]:
 
 
 def _read_jsonl(path: Path, what: str) -> list[dict]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                raise ConfigError(f"{what}: {path} line {number} is not JSON; give lm-eval's samples file unchanged") from None
-    if not rows:
-        raise ConfigError(f"{what}: {path} is empty; {ACCEPTED}")
-    return rows
+    try:
+        return itemfile.read_jsonl(path, "; give lm-eval's samples file unchanged", ACCEPTED)
+    except ConfigError as err:
+        raise ConfigError(f"{what}: {err}") from None
 
 
 def _delimiter(config: dict, results: dict) -> str:

@@ -57,18 +57,26 @@ def kind(path: Path, first: dict) -> str:
                       f"file doc_id and gold; the first row has {sorted(first)[:6]})")
 
 
+def read_jsonl(path: Path, not_json: str, empty: str) -> list[dict]:
+    """One JSON object a line (blank lines skipped); a line that is no JSON, or no line, is a ConfigError whose text
+    ends with ``not_json`` / ``empty``."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise ConfigError(f"{path} line {number} is not JSON{not_json}") from None
+    if not rows:
+        raise ConfigError(f"{path} is empty; {empty}")
+    return rows
+
+
 def read_rows(path: Path) -> list[dict]:
-    if path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    else:
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    raise ConfigError(f"{path} line {number} is not JSON") from None
+    if path.suffix.lower() != ".csv":
+        return read_jsonl(path, "", "give one row per item")
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
     if not rows:
         raise ConfigError(f"{path} is empty; give one row per item")
     return rows
