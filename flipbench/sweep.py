@@ -111,6 +111,38 @@ def members_section(roster: pd.DataFrame) -> str:
     return "\n".join(lines + [markdown_table(roster) if len(roster) else "No member folder.", ""])
 
 
+def decision_table(roster: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """One row per member, the decision view: gate verdict, cost, and its worst task's flips and Δacc with their
+    95% intervals (flips: exact Clopper-Pearson; Δacc: Tango)."""
+    rows = []
+    for _, member in roster.iterrows():
+        mine = table[table["run"] == member["run"]]
+        row = {"member": member["run"], "gate": member["gate"] or member["status"]}
+        if len(mine):
+            worst = mine.loc[mine["flips"].idxmax()]
+            drop = mine.loc[mine["delta_acc"].idxmin()]
+            row.update({"avg bits": f"{worst['avg_bits']:.2f}" if worst["avg_bits"] == worst["avg_bits"] else "",
+                        "params kept": f"{100 * worst['params_kept']:.1f}%" if worst["params_kept"] == worst["params_kept"] else "",
+                        "worst flips": f"{worst['task']}: {100 * worst['flips']:.1f}% [{100 * worst['flips_ci_low']:.1f}, "
+                                       f"{100 * worst['flips_ci_high']:.1f}]",
+                        "worst Δacc": f"{drop['task']}: {100 * drop['delta_acc']:+.1f} pp [{100 * drop['delta_acc_ci_low']:+.1f}, "
+                                      f"{100 * drop['delta_acc_ci_high']:+.1f}]"})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cheapest_passing(roster: pd.DataFrame, table: pd.DataFrame) -> str | None:
+    """The passing member with the fewest average bits (else the fewest parameters kept), or None."""
+    _, passing = gate_outcome(roster)
+    costs = table[table["run"].isin(passing)].groupby("run")[["avg_bits", "params_kept"]].first()
+    if costs.empty:
+        return None
+    key = "avg_bits" if costs["avg_bits"].notna().all() else "params_kept"
+    best = costs[key].idxmin()
+    unit = f"{costs.loc[best, key]:.2f} average bits" if key == "avg_bits" else f"{100 * costs.loc[best, key]:.1f}% of parameters kept"
+    return f"{best} ({unit})"
+
+
 def plot_against(table: pd.DataFrame, x: str, column: str, ylabel: str, title: str, stem: Path) -> list[Path]:
     """column (a share) against x (avg_bits or params_kept), one line per method, one panel per task."""
     tasks = sorted(table["task"].unique())
@@ -201,8 +233,21 @@ def aggregate(sweep_dir: Path, overrides: list[str] | None = None) -> Path | Non
         shown[column] = [f"{100 * v:.1f}%" if v == v else "" for v in shown[column]]
     shown["kl_mean"] = [f"{v:.4f}" for v in shown["kl_mean"]]
     images = [f"![{f.stem}](plots/{f.name})" for f in figures if f.suffix == ".png"]
+    decision = decision_table(roster, table)
+    gated, passing = gate_outcome(roster)
+    cheapest = cheapest_passing(roster, table)
+    head = ([f"**Release gate: {len(passing)} of {len(roster)} members pass**"
+             + (f"; the cheapest that passes: {cheapest}" if cheapest else "; none passes (exit 3)")] if gated
+            else ["**Release gate: not set**"])
+    from flipbench.report import write_html
+
+    write_html(sweep_dir / "sweep_report.html", f"flipbench sweep {sweep_dir.name}", head,
+               [("Decision", decision), ("Members", roster), ("Headline per member and task", shown),
+                ("Do the members flip the same docs?", _rounded(pairs)),
+                ("Does KL rank the members like flips?", _rounded(correlation))], figures)
     (sweep_dir / "sweep_report.md").write_text(
-        f"# flipbench sweep {sweep_dir.name}\n\n{members_section(roster)}\n{markdown_table(shown)}\n\n"
+        f"# flipbench sweep {sweep_dir.name}\n\n" + "\n".join(head) + "\n\n## Decision\n\n"
+        + f"{markdown_table(decision)}\n\n{members_section(roster)}\n{markdown_table(shown)}\n\n"
         "## Do the members flip the same docs?\n\nPer pair of members: flipped docs under each, under both, Jaccard "
         "overlap, and McNemar's exact test between the two members' own answers (a right & b wrong vs a wrong & b "
         "right); mcnemar_p_holm is Holm-adjusted over the task's pairs (read that one: with many members some raw "
