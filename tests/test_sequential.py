@@ -111,3 +111,27 @@ def test_decide_rules():
     assert seq.decide({"max_flips": 0.05, "max_choice_kl_mean": 0.1}, b, False)[0] == "undecided"  # KL: full data only
     assert seq.decide({"max_flips": 0.05, "max_choice_kl_mean": 0.1}, b, True, kl_pass=False)[0] == "FAIL"
     assert seq.looks(105, 50) == [50, 100, 105] and seq.chunk_size(3000, None) == 300 and seq.chunk_size(40, None) == 40
+
+
+@pytest.mark.parametrize("compression,limit", [(["compression=none"], "gate.max_flips=0.05"),
+                                               (["compression=rtn", "compression.bits=2"], "gate.max_flips=0.0")])
+def test_end_to_end_sequential_verdict_equals_the_full_runs(random_llama, mini_tasks, tmp_path, compression, limit):
+    import json
+
+    from conftest import compose, mini_overrides
+    from flipbench import pipeline
+
+    base = mini_overrides(random_llama, mini_tasks, tmp_path / "results") + compression + [limit]
+    full = json.loads((pipeline.run(compose(base)) / "manifest.json").read_text())
+    run_dir = pipeline.run(compose(base + ["gate.sequential=true", "gate.chunk=4"]))
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    seq_info = manifest["sequential"]
+    assert manifest["gate"]["verdict"] == full["gate"]["verdict"] == seq_info["verdict"]
+    for task in ("mini_mc", "mini_gen"):
+        assert {"docs", "available", "decision", "bound"} <= set(seq_info[task])
+    import pandas as pd
+
+    samples = pd.read_parquet(run_dir / "samples.parquet")
+    used = samples.drop_duplicates(["task", "group", "doc_id"]).groupby("task").size().to_dict()
+    assert all(used.get(t, 0) == seq_info[t]["docs"] for t in ("mini_mc", "mini_gen") if seq_info[t]["docs"])
+    assert "Sequential gate" in (run_dir / "report.md").read_text()
