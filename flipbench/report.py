@@ -383,7 +383,7 @@ def sequential_lines(info: dict | None) -> list[str]:
     if not info:
         return []
     lines = [f"**Sequential gate: {info['verdict']}** (alpha={info['alpha']} over tasks x checks x looks; exact "
-             "without-replacement bounds on the whole benchmark, docs/sequential.md). The summary's other columns are "
+             "without-replacement bounds on the whole benchmark, docs/sequential.md). The other summary columns are "
              "computed on the docs evaluated only: a gate decision, not a full measurement."]
     for task, t in info.items():
         if isinstance(t, dict) and "docs" in t:

@@ -135,3 +135,18 @@ def test_end_to_end_sequential_verdict_equals_the_full_runs(random_llama, mini_t
     used = samples.drop_duplicates(["task", "group", "doc_id"]).groupby("task").size().to_dict()
     assert all(used.get(t, 0) == seq_info[t]["docs"] for t in ("mini_mc", "mini_gen") if seq_info[t]["docs"])
     assert "Sequential gate" in (run_dir / "report.md").read_text()
+
+
+def test_sequential_needs_a_proportion_limit():
+    from flipbench.config import ConfigError, FlipbenchConfig, validate
+
+    cfg = FlipbenchConfig()
+    cfg.gate.sequential = True
+    cfg.gate.max_choice_kl_mean = 0.1
+    with pytest.raises(ConfigError, match="gate.sequential=true needs a proportion limit"):
+        validate(cfg)
+    cfg.gate.max_flips = 0.05
+    validate(cfg)
+    cfg.gate.alpha = 1.5
+    with pytest.raises(ConfigError, match="gate.alpha"):
+        validate(cfg)
