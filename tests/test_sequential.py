@@ -150,3 +150,50 @@ def test_sequential_needs_a_proportion_limit():
     cfg.gate.alpha = 1.5
     with pytest.raises(ConfigError, match="gate.alpha"):
         validate(cfg)
+
+
+def _fake_setup(monkeypatch, flips: dict):
+    """Two tasks of 400 docs (task 'bad' in two leaves), a fake engine whose compressed side is wrong on the doc ids
+    in ``flips[leaf]``; returns (task_objs, plan, calls)."""
+    import types
+
+    import pandas as pd
+
+    from flipbench import pairing
+
+    task_objs = {leaf: types.SimpleNamespace(eval_docs=[{}] * n) for leaf, n in
+                 (("good", 400), ("bad_a", 150), ("bad_b", 250))}
+    plan = types.SimpleNamespace(reported={"bad_a": "bad", "bad_b": "bad"})
+    calls = []
+
+    def evaluate(model, tok, tasks, plan_, cfg, label, work, path, shard_ids):
+        calls.append((label, {k: list(v) for k, v in shard_ids.items()}))
+        rows = [dict(task=plan.reported.get(leaf, leaf), group=leaf, doc_id=i, filter="none",
+                     correct=float(not (label == "compressed" and i in flips.get(leaf, ()))))
+                for leaf, ids in shard_ids.items() for i in ids]
+        return pd.DataFrame(rows)
+
+    monkeypatch.setattr(pairing, "pair", lambda b, c: b.merge(c, on=["task", "group", "doc_id", "filter"],
+                                                               suffixes=("_base", "_comp")))
+    return task_objs, plan, calls, evaluate
+
+
+@pytest.mark.parametrize("decide_all", [False, True])
+def test_driver_stops_at_the_first_fail_and_is_deterministic(monkeypatch, decide_all):
+    from flipbench.config import FlipbenchConfig
+
+    flips = {"good": set(), "bad_a": set(range(0, 150, 4)), "bad_b": set(range(0, 250, 4))}  # bad: 25% flips
+    task_objs, plan, calls, evaluate = _fake_setup(monkeypatch, flips)
+    cfg = FlipbenchConfig()
+    cfg.gate.sequential, cfg.gate.max_flips, cfg.gate.sequential_all = True, 0.05, decide_all
+    runs = [seq.run_sequential(None, None, task_objs, plan, cfg, base_model=None, evaluate=evaluate) for _ in range(2)]
+    (base, comp, info), (_, comp2, info2) = runs
+    assert info == info2 and comp.equals(comp2)  # same seed, same chunks and decisions
+    assert info["bad"]["decision"] == "FAIL" and info["verdict"] == "FAIL"
+    assert info["bad"]["docs"] == 50 and info["bad"]["available"] == 400  # 25% flips: FAIL at the first look
+    assert info["good"]["decision"] == ("PASS" if decide_all else "undecided")
+    assert len(comp) == sum(t["docs"] for t in info.values() if isinstance(t, dict))
+    assert {label for label, _ in calls} == {"compressed", "baseline"}  # no cached baseline: both sides per chunk
+    cfg.eval.seed += 1
+    _, comp3, _ = seq.run_sequential(None, None, task_objs, plan, cfg, evaluate=evaluate)
+    assert not comp3[["group", "doc_id"]].equals(comp[["group", "doc_id"]])
