@@ -205,7 +205,11 @@ def _kl_pass(rows, state: TaskState, cfg) -> bool:
     from flipbench import metrics
     from flipbench.report import build_summary
 
-    summary = build_summary(metrics.annotate(rows.copy()), cfg, {"method": cfg.compression.method}, None)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as empty:  # no noise floor or replicas files: the docs' own rows only
+        summary = build_summary(metrics.annotate(rows.copy()), cfg, {"method": cfg.compression.method}, Path(empty))
     sub = gate_mod.GateConfig(**{k: v for k, v in state.limits.items() if k in KL_CHECKS})
     return gate_mod.evaluate_gate(summary, sub)["verdict"] != "FAIL"
 

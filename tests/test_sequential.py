@@ -114,14 +114,16 @@ def test_decide_rules():
 
 
 @pytest.mark.parametrize("compression,limit", [(["compression=none"], "gate.max_flips=0.05"),
-                                               (["compression=rtn", "compression.bits=2"], "gate.max_flips=0.0")])
+                                               (["compression=rtn", "compression.bits=2"], "gate.max_flips=0.0"),
+                                               (["compression=rtn", "compression.bits=8"],
+                                                "gate.max_flips=0.5 gate.max_choice_kl_mean=0.5")])
 def test_end_to_end_sequential_verdict_equals_the_full_runs(random_llama, mini_tasks, tmp_path, compression, limit):
     import json
 
     from conftest import compose, mini_overrides
     from flipbench import pipeline
 
-    base = mini_overrides(random_llama, mini_tasks, tmp_path / "results") + compression + [limit]
+    base = mini_overrides(random_llama, mini_tasks, tmp_path / "results") + compression + limit.split()
     full = json.loads((pipeline.run(compose(base)) / "manifest.json").read_text())
     run_dir = pipeline.run(compose(base + ["gate.sequential=true", "gate.chunk=4"]))
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -135,6 +137,8 @@ def test_end_to_end_sequential_verdict_equals_the_full_runs(random_llama, mini_t
     used = samples.drop_duplicates(["task", "group", "doc_id"]).groupby("task").size().to_dict()
     assert all(used.get(t, 0) == seq_info[t]["docs"] for t in ("mini_mc", "mini_gen") if seq_info[t]["docs"])
     assert "Sequential gate" in (run_dir / "report.md").read_text()
+    if "kl" in limit and seq_info["mini_mc"]["decision"] == "PASS":  # a KL limit passes on every doc only
+        assert seq_info["mini_mc"]["docs"] == seq_info["mini_mc"]["available"]
 
 
 def test_sequential_needs_a_proportion_limit():
