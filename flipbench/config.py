@@ -142,6 +142,12 @@ class GateConfig:
     max_nonfinite: Optional[float] = None
     on: str = "point"  # point: estimates meet the limits | upper_ci: the pessimistic 95% bound meets them
     per_task: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    # sequential gate (flipbench/sequential.py, docs/sequential.md): docs in a seeded random order, chunk by chunk,
+    # stopping when exact without-replacement bounds decide every proportion check (flips, lost, acc drop)
+    sequential: bool = False
+    chunk: Optional[int] = None  # docs per task per look; None: 10% of the task's docs, at least 50
+    sequential_all: bool = False  # decide every task (default: stop at the first task that fails)
+    alpha: float = 0.05  # error budget of the sequential decision, split over tasks x checks x looks
     # retired: one KL limit cannot serve two scales; kept in the schema only to refuse it with the new names
     max_kl_mean: Optional[float] = None
 
@@ -324,6 +330,9 @@ def _check_pruning(comp: CompressionConfig) -> None:
 def validate(cfg: FlipbenchConfig) -> None:
     """Range and cross-field checks: cheap, before any model or dataset loads."""
     comp, cal, ev = cfg.compression, cfg.calibration, cfg.eval
+    _check(not cfg.gate.sequential or any(getattr(cfg.gate, k) is not None for k in ("max_flips", "max_lost", "max_acc_drop")), "gate.sequential=true needs a proportion limit (gate.max_flips, gate.max_lost or gate.max_acc_drop)")
+    _check(not cfg.gate.sequential or cfg.compression.replicas <= 1, "gate.sequential=true evaluates a prefix of the docs; compression.replicas needs every doc (use one or the other)")
+    _check(0 < cfg.gate.alpha < 1 and (cfg.gate.chunk is None or cfg.gate.chunk >= 1), f"gate.alpha={cfg.gate.alpha} must be in (0, 1) and gate.chunk={cfg.gate.chunk} at least 1")
     _check(comp.method in METHODS, f"compression.method={comp.method!r} is unknown; use one of {', '.join(METHODS)}")
     if comp.method in QUANT_METHODS:
         _check(comp.bits is not None and 2 <= comp.bits <= 8, f"compression.bits={comp.bits} is outside 2-8; pick a bit width from 2 to 8")

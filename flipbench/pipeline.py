@@ -218,7 +218,13 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         with manifest.stage("save_served", log):  # the engine serves the compressed weights from the run folder
             path = str(engines.save_served(comp_model, comp_tok, run_dir / "served", cfg, grids))
     with manifest.stage("evaluate_compressed", log):
-        comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg, label="compressed", work=work, path=path)
+        if cfg.gate.sequential:  # chunk by chunk until the gate is decided; base becomes the docs evaluated
+            from flipbench import sequential
+
+            base, comp, decided = sequential.run_sequential(comp_model, comp_tok, task_objs, plan, cfg, base=base, path=path)
+            manifest.update(sequential=decided)
+        else:
+            comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg, label="compressed", work=work, path=path)
     with manifest.stage("metrics", log):
         try:
             paired = metrics.annotate(pair(base, comp))

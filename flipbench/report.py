@@ -412,6 +412,22 @@ def write_html(path: Path, title: str, head: list[str], parts: list, figures: li
                     f"{body}<h2>Plots</h2>{imgs}</body></html>\n")
 
 
+def sequential_lines(info: dict | None) -> list[str]:
+    """Per task of a sequential run: docs used of docs available, the upper bounds at stopping and the decision."""
+    if not info:
+        return []
+    lines = [f"**Sequential gate: {info['verdict']}** (alpha={info['alpha']} over tasks x checks x looks; exact "
+             "without-replacement bounds on the whole benchmark, docs/sequential.md). The other summary columns are "
+             "computed on the docs evaluated only: a gate decision, not a full measurement."]
+    for task, t in info.items():
+        if isinstance(t, dict) and "docs" in t:
+            bounds = ", ".join(f"{k.removeprefix('max_')} in [{c['lower']:.4f}, {c['upper']:.4f}] (limit {c['limit']:g})"
+                               for k, c in t["checks"].items())
+            lines.append(f"- {task}: {t['decision']} on {t['docs']} of {t['available']} docs ({t['looks']} planned looks of "
+                         f"{t['chunk']}){'; ' + bounds if bounds else ''}")
+    return lines
+
+
 def gate_lines(verdict: dict, detail: bool = True) -> list[str]:
     on = {"point": "point estimates (token KL from a top-k reference: the upper end of its interval)",
           "upper_ci": "the pessimistic end of each 95% interval (Δacc: the Tango score interval)"}[verdict.get("on", "point")]
@@ -478,6 +494,10 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
     summary = build_summary(samples, cfg, compression, run_dir)
     summary.to_csv(run_dir / "summary.csv", index=False)
     verdict = gate_mod.evaluate_gate(summary, cfg.gate)
+    if manifest.get("sequential"):  # a sequential run's verdict is its sequential decision (docs/sequential.md)
+        from flipbench.sequential import gate_verdict
+
+        verdict = gate_verdict(manifest["sequential"], verdict)
     method = compression.get("method", cfg.compression.method)
     bits = "" if np.isnan(compressed_bits(cfg)) else f" w{cfg.compression.bits}"
     tag = f"{cfg.model.name} · {method}{bits}{pruning_label(compression)}"
@@ -490,7 +510,7 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
                        "either side); accuracy and flips count them as scored by lm-eval, KL statistics use the finite "
                        "values only, and the gate fails unless gate.max_nonfinite allows them.")
     head += [f"- note: {note}" for note in manifest.get("data_notes") or []]
-    head += gate_lines(verdict, detail=False) + noise_lines(manifest, summary) + replica_lines(summary)
+    head += sequential_lines(manifest.get("sequential")) + gate_lines(verdict, detail=False) + noise_lines(manifest, summary) + replica_lines(summary)
     head += token_kl_bound_lines(summary, cfg.eval.token_kl_topk)
     title = f"flipbench: {tag} vs baseline"
     parts = sections(summary, samples) + [("Provenance", "\n".join(provenance_lines(manifest, cfg)))]
