@@ -114,7 +114,7 @@ def worst_flips(samples: pd.DataFrame, output_type: str, n: int = 10, direction:
 
 def _gold_margin(row) -> float:
     """p_base of the (first) gold choice minus the largest other choice's p_base; NaN without a distribution."""
-    p = np.asarray(row["p_base"], dtype=float)
+    p = np.asarray([np.nan if v is None else v for v in row["p_base"]], dtype=float)
     gold = scoring.gold_indices(row["target"])
     if not len(p) or not gold or gold[0] >= len(p):
         return float("nan")
@@ -127,7 +127,10 @@ def _answer(row, side: str) -> str:
     probs = row[f"p_{side}"]
     if row["output_type"] == "multiple_choice" and len(row["choices"]) and pred.isdigit():
         i = int(pred)
-        return f"{row['choices'][i]!s} (p={float(probs[i]):.2f})" if len(probs) > i else str(row["choices"][i])
+        if len(probs) <= i:
+            return str(row["choices"][i])
+        p = probs[i]
+        return f"{row['choices'][i]!s} (p={float(p):.2f})" if p is not None and p == p else f"{row['choices'][i]!s} (p=n/a)"
     generation = str(row.get(f"response_{side}", "") or "")
     if generation:  # the generation as text, then what the task's filter extracted from it
         shown = generation if len(generation) <= 200 else generation[:200] + "…"

@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 
@@ -111,6 +112,10 @@ def members_section(roster: pd.DataFrame) -> str:
     return "\n".join(lines + [markdown_table(roster) if len(roster) else "No member folder.", ""])
 
 
+DECISION_COLUMNS = ("avg_bits", "params_kept", "flips_ci_low", "flips_ci_high", "delta_acc", "delta_acc_ci_low",
+                    "delta_acc_ci_high")
+
+
 def decision_table(roster: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """One row per member, the decision view: gate verdict, cost, and its worst task's flips and Δacc with their
     95% intervals (flips: exact Clopper-Pearson; Δacc: Tango)."""
@@ -118,9 +123,10 @@ def decision_table(roster: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     for _, member in roster.iterrows():
         mine = table[table["run"] == member["run"]]
         row = {"member": member["run"], "gate": member["gate"] or member["status"]}
-        if len(mine):
+        if len(mine) and mine["flips"].notna().any():
+            mine = mine.reindex(columns=[*mine.columns, *(c for c in DECISION_COLUMNS if c not in mine)])
             worst = mine.loc[mine["flips"].idxmax()]
-            drop = mine.loc[mine["delta_acc"].idxmin()]
+            drop = mine.loc[mine["delta_acc"].fillna(np.inf).idxmin()]
             row.update({"avg bits": f"{worst['avg_bits']:.2f}" if worst["avg_bits"] == worst["avg_bits"] else "",
                         "params kept": f"{100 * worst['params_kept']:.1f}%" if worst["params_kept"] == worst["params_kept"] else "",
                         "worst flips": f"{worst['task']}: {100 * worst['flips']:.1f}% [{100 * worst['flips_ci_low']:.1f}, "
@@ -138,6 +144,8 @@ def cheapest_passing(roster: pd.DataFrame, table: pd.DataFrame) -> str | None:
     if costs.empty:
         return None
     key = "avg_bits" if costs["avg_bits"].notna().all() else "params_kept"
+    if costs[key].isna().all():  # members with no cost (e.g. compared from logs): no cheapest to name
+        return None
     best = costs[key].idxmin()
     unit = f"{costs.loc[best, key]:.2f} average bits" if key == "avg_bits" else f"{100 * costs.loc[best, key]:.1f}% of parameters kept"
     return f"{best} ({unit})"
