@@ -113,10 +113,11 @@ def test_decide_rules():
     assert seq.looks(105, 50) == [50, 100, 105] and seq.chunk_size(3000, None) == 300 and seq.chunk_size(40, None) == 40
 
 
-@pytest.mark.parametrize("compression,limit", [(["compression=none"], "gate.max_flips=0.05"),
-                                               (["compression=rtn", "compression.bits=2"], "gate.max_flips=0.0"),
-                                               (["compression=rtn", "compression.bits=8"],
-                                                "gate.max_flips=0.5 gate.max_choice_kl_mean=0.5")])
+@pytest.mark.parametrize("compression,limit", [
+    pytest.param(["compression=none"], "gate.max_flips=0.05", marks=pytest.mark.slow),
+    (["compression=rtn", "compression.bits=2"], "gate.max_flips=0.0"),
+    pytest.param(["compression=rtn", "compression.bits=8"], "gate.max_flips=0.5 gate.max_choice_kl_mean=0.5",
+                 marks=pytest.mark.slow)])
 def test_end_to_end_sequential_verdict_equals_the_full_runs(random_llama, mini_tasks, tmp_path, compression, limit):
     import json
 

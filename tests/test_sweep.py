@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 
+@pytest.mark.slow  # two joblib processes, ~25 s; the aggregation itself is covered by the other sweep tests
 def test_parallel_sweep_evaluates_the_baseline_once_and_aggregates(mini_run_overrides, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     sweep_dir = tmp_path / "results" / "sweeps" / "s1"

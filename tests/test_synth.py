@@ -139,6 +139,7 @@ def _train(task_dir: Path, out: Path, **overrides):
     return load_file(str(out / "model.safetensors"))
 
 
+@pytest.mark.slow  # trains the tiny model twice (~14 s)
 def test_training_is_deterministic_given_the_seed(tmp_path):
     write(tmp_path / "tasks", 0, SMALL)
     shape = dict(hidden_size=32, layers=1, heads=2, intermediate_size=64, vocab_size=400, steps=6, batch_docs=4,

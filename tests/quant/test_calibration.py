@@ -90,6 +90,7 @@ def test_tasks_without_a_non_evaluation_split_are_left_out_when_another_has_one(
     assert len(texts) == 4 and all(t.startswith("Q: tr question") for t in texts)
 
 
+@pytest.mark.slow  # a full lm-eval run to read its logged hashes (~14 s); two-phase and foreign tests pair on them too
 def test_doc_hash_is_the_one_lm_eval_logs(tmp_path, char_tokenizer):
     import lm_eval
     from lm_eval.models.huggingface import HFLM
