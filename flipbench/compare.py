@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from flipbench import artifact, rundir
-from flipbench.config import ConfigError, FlipbenchConfig, check_gate_tasks, check_keys, validate
+from flipbench.config import ConfigError, FlipbenchConfig, check_gate_tasks, check_keys, to_typed
 
 log = logging.getLogger("flipbench")
 
@@ -41,16 +41,10 @@ def run_config(comp: artifact.Side, overrides: list[str]) -> FlipbenchConfig:
     stored = OmegaConf.create(comp.manifest.get("config") or {})
     for key in ("side", "shard"):
         stored.pop(key, None)
-    stored.get("output", {}).pop("artifact", None) if "output" in stored else None
-    dotlist = OmegaConf.from_dotlist([o.lstrip("+") for o in overrides])
-    merged = OmegaConf.merge(stored, dotlist)
-    check_keys(merged)
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FlipbenchConfig), merged))
-    cfg.side, cfg.shard = None, None
+    merged = OmegaConf.merge(stored, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
+    check_keys(merged)  # an unknown override named in one line, before the schema merge would raise its own error
+    cfg = to_typed(OmegaConf.merge(OmegaConf.structured(FlipbenchConfig), merged))  # the run's own normalising
     cfg.output.artifact = cfg.output.baseline_artifact = None
-    cfg.suite.data_files = {t: p for t, p in cfg.suite.data_files.items() if p}
-    cfg.suite.max_gen_toks = {t: n for t, n in cfg.suite.max_gen_toks.items() if n is not None}
-    validate(cfg)
     return cfg
 
 
