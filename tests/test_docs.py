@@ -69,3 +69,19 @@ def test_configuration_reference_is_generated():
     spec.loader.exec_module(generator)
     assert (DOCS / "configuration.md").read_text() == generator.render(), (
         "docs/configuration.md is out of date: run `python docs/gen_config_reference.py` and commit it")
+
+
+SNIPPET = re.compile(r'^--8<-- "([^"]+)"\s*$', re.M)
+
+
+def test_measured_tables_are_written_by_a_command_and_included():
+    """Each fragment under docs/measured/ opens with the marker naming its command and a provenance line (commit,
+    CPU, threads), and a page includes it; every include names an existing fragment."""
+    fragments = sorted((DOCS / "measured").glob("*.md"))
+    included = {name for page in DOCS.glob("*.md") for name in SNIPPET.findall(page.read_text())}
+    assert [n for n in included if not (DOCS / n).is_file()] == [], "a page includes a missing measured fragment"
+    for path in fragments:
+        head = path.read_text().splitlines()[:2]
+        assert head[0].startswith("<!-- written by `") and head[1].startswith("*Measured by `"), path.name
+        assert " at commit `" in head[1] and "threads" in head[1], path.name
+        assert f"measured/{path.name}" in included, f"docs/measured/{path.name} is not included by any page"

@@ -1,0 +1,86 @@
+"""Measured tables in the docs are written by the command that measures them.
+
+Each is a Markdown fragment under ``docs/measured/``: a marker comment naming the command, a provenance line (the
+command, git commit, date, CPU model, threads, library versions) and the table. A docs page includes it with
+pymdownx.snippets (``--8<-- "measured/NAME.md"``), so a number on the page is one that command wrote, and rerunning
+the command rewrites it. ``tests/test_docs.py`` checks every fragment opens this way and is included by a page.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+MEASURED = ROOT / "docs" / "measured"
+MARKER = "<!-- written by"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else the platform's processor string)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def commit() -> str:
+    """HEAD's short sha, with ``+changes`` when the tracked files differ from it (the numbers then come from code
+    that is not in any commit: commit first, then measure)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    sha = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "flipbench", "benchmarks", "conf", "tasks")
+    return sha + ("+changes" if dirty else "")
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def machine() -> dict:
+    """What a reader needs to compare seconds: CPU, cores, torch threads, OpenMP wait policy, GPU if any."""
+    import torch
+
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def provenance(command: str) -> str:
+    """One line: how, where and on which code a table was measured."""
+    m = machine()
+    where = f"{m['cpu']}, {m['threads']} torch threads of {m['cores']} cores" + (f", {m['gpu']}" if "gpu" in m else "")
+    libs = ", ".join(f"{name} {_version(name)}" for name in ("torch", "transformers", "lm_eval"))
+    day = _dt.date.today().isoformat()
+    return f"*Measured by `{command}` at commit `{commit()}` on {day}; {where}; {libs}.*"
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A pipe table (pandas' to_markdown) without the index."""
+    return frame.to_markdown(index=False, floatfmt=floatfmt)
+
+
+def write_fragment(name: str, command: str, body: str, folder: Path | None = None) -> Path:
+    """Write ``docs/measured/<name>.md``: the marker, the provenance line, then ``body`` (tables and notes)."""
+    folder = Path(folder) if folder is not None else MEASURED
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.md"
+    text = f"{MARKER} `{command}`; rerun it to update, do not edit by hand -->\n{provenance(command)}\n\n{body.strip()}\n"
+    path.write_text(text)
+    return path
