@@ -108,8 +108,15 @@ def test_decide_rules():
     assert seq.decide({"max_flips": 0.05}, b, False)[0] == "PASS"
     assert seq.decide({"max_flips": 0.005}, b, False)[0] == "FAIL"
     assert seq.decide({"max_flips": 0.03}, b, False)[0] == "undecided"
-    assert seq.decide({"max_flips": 0.05, "max_choice_kl_mean": 0.1}, b, False)[0] == "undecided"  # KL: full data only
-    assert seq.decide({"max_flips": 0.05, "max_choice_kl_mean": 0.1}, b, True, kl_pass=False)[0] == "FAIL"
+    kl = {**b, "max_choice_kl_mean": (0.02, 0.08)}
+    assert seq.decide({"max_flips": 0.05, "max_choice_kl_mean": 0.1}, kl, False)[0] == "PASS"  # clipped mean bound
+    assert seq.decide({"max_flips": 0.05, "max_choice_kl_mean": 0.01}, kl, False)[0] == "FAIL"
+    assert seq.decide({"max_flips": 0.05, "max_choice_kl_mean": 0.05}, kl, False)[0] == "undecided"
+    # every doc seen: the exact unclipped KL mean is the full gate's
+    assert seq.decide({"max_flips": 0.05, "max_choice_kl_mean": 0.1}, kl, True)[0] == "full gate"
+    # token KL has no sequential bound: never an early PASS, but an early FAIL on the proportions
+    assert seq.decide({"max_flips": 0.05, "max_token_kl_mean": 0.1}, b, False)[0] == "undecided"
+    assert seq.decide({"max_flips": 0.005, "max_token_kl_mean": 0.1}, b, False)[0] == "FAIL"
     assert seq.looks(105, 50) == [50, 100, 105] and seq.chunk_size(3000, None) == 300 and seq.chunk_size(40, None) == 40
 
 
