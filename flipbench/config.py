@@ -333,7 +333,7 @@ def _check_pruning(comp: CompressionConfig) -> None:
 def validate(cfg: FlipbenchConfig) -> None:
     """Range and cross-field checks: cheap, before any model or dataset loads."""
     comp, cal, ev = cfg.compression, cfg.calibration, cfg.eval
-    _check(not cfg.gate.sequential or any(getattr(cfg.gate, k) is not None for k in ("max_flips", "max_lost", "max_acc_drop")), "gate.sequential=true needs a proportion limit (gate.max_flips, gate.max_lost or gate.max_acc_drop)")
+    _check(not cfg.gate.sequential or cfg.side is not None or any(getattr(cfg.gate, k) is not None for k in ("max_flips", "max_lost", "max_acc_drop")), "gate.sequential=true needs a proportion limit (gate.max_flips, gate.max_lost or gate.max_acc_drop)")
     _check(not cfg.gate.sequential or cfg.compression.replicas <= 1, "gate.sequential=true evaluates a prefix of the docs; compression.replicas needs every doc (use one or the other)")
     _check(0 < cfg.gate.alpha < 1 and (cfg.gate.chunk is None or cfg.gate.chunk >= 1), f"gate.alpha={cfg.gate.alpha} must be in (0, 1) and gate.chunk={cfg.gate.chunk} at least 1")
     _check((cfg.gate.kl_clip is None or cfg.gate.kl_clip > 0) and (cfg.gate.sequential_docs is None or cfg.gate.sequential_docs >= 1), f"gate.kl_clip={cfg.gate.kl_clip} must be above 0 and gate.sequential_docs={cfg.gate.sequential_docs} at least 1")

@@ -131,41 +131,81 @@ class TaskState:
         return out
 
 
-def task_states(task_objs: dict, plan, cfg, budget: int | None = None) -> tuple[dict, int]:
-    """(task -> TaskState, checks of all tasks): each reported task's docs in their stratified order, its chunk
-    and looks, the limits the sequential gate judges and the KL clips."""
-    from flipbench import gate as gate_mod
+def doc_orders(task_objs: dict, plan, cfg) -> dict:
+    """task -> {"order": [(leaf, doc_id), ...] in the seeded (stratified) order, "kinds": its output types}."""
     from flipbench.side import limits as doc_limits
 
-    gate = cfg.gate
     counts = doc_limits(task_objs, plan, cfg)
     units: dict[str, list] = {}
     strata: dict = {}
     kinds: dict[str, set] = {}
     for leaf, task in task_objs.items():
         reported = plan.reported.get(leaf, leaf)
-        n = min(counts.get(leaf) or len(task.eval_docs), len(task.eval_docs))
         docs = list(task.eval_docs)
+        n = min(counts.get(leaf) or len(docs), len(docs))
         for i in range(n):  # a subject is a leaf (MMLU), or the doc's suite.subject_field in a one-leaf task
             subject = docs[i].get(cfg.suite.subject_field) if isinstance(docs[i], dict) else None
             strata[(leaf, i)] = leaf if reported != leaf or subject is None else subject
         units.setdefault(reported, []).extend((leaf, i) for i in range(n))
         kinds.setdefault(reported, set()).add(task.get_config("output_type") if hasattr(task, "get_config") else None)
+    return {task: {"order": doc_order(members, cfg.eval.seed, task, strata if cfg.gate.stratify else None),
+                   "kinds": sorted(str(k) for k in kinds[task])} for task, members in sorted(units.items())}
+
+
+def states_from(orders: dict, gate, budget: int | None = None, chunk: int | None = None) -> tuple[dict, int]:
+    """(task -> TaskState, checks of all tasks) from :func:`doc_orders`: each task's chunk and looks, the limits the
+    sequential gate judges, the KL clips and the doc budget (rounded up to a whole look)."""
+    from flipbench import gate as gate_mod
+
     states = {}
-    for task, members in sorted(units.items()):
+    for task, spec in sorted(orders.items()):
+        order, kinds = [tuple(u) for u in spec["order"]], set(spec["kinds"])
         limits = {k: v for k, v in gate_mod.limits_for(task, gate).items() if k in PROPORTION_CHECKS + KL_CHECKS}
-        if kinds[task] != {"multiple_choice"}:
+        if kinds != {"multiple_choice"}:
             limits.pop("max_choice_kl_mean", None)  # the gate skips a KL key of the other scope
-        if "generate_until" not in kinds[task]:
+        if "generate_until" not in kinds:
             limits.pop("max_token_kl_mean", None)
         clip = {k: (gate.kl_clip or KL_CLIP_FACTOR * limits[k]) for k in ("max_choice_kl_mean",) if k in limits}
-        size = chunk_size(len(members), gate.chunk)
-        order = doc_order(members, cfg.eval.seed, task, strata if gate.stratify else None)
-        plan_n = looks(len(members), size)
-        cap = min([n for n in plan_n if n >= budget] or [len(members)]) if budget else None  # up to a whole look
+        size = chunk_size(len(order), chunk if chunk is not None else gate.chunk)
+        plan_n = looks(len(order), size)
+        cap = min([n for n in plan_n if n >= budget] or [len(order)]) if budget else None
         states[task] = TaskState(task, order, size, plan_n, limits, clip, cap)
     n_checks = sum(len([k for k in s.limits if k != "max_token_kl_mean"]) for s in states.values())
     return states, n_checks
+
+
+def task_states(task_objs: dict, plan, cfg, budget: int | None = None) -> tuple[dict, int]:
+    return states_from(doc_orders(task_objs, plan, cfg), cfg.gate, budget)
+
+
+def row_leaves(frame: pd.DataFrame, leaves: set) -> pd.Series:
+    """The lm-eval leaf of each row of a side's frame (a leaf of a group is named <task>_<group>)."""
+    named = frame["task"] + "_" + frame["group"].astype(str)
+    return named.where(named.isin(leaves), frame["task"])
+
+
+def rows_of(frame: pd.DataFrame, ids: dict, leaves: set) -> pd.DataFrame:
+    """The rows of ``frame`` whose (leaf, doc_id) is among ``ids`` (leaf -> doc ids)."""
+    wanted = {(leaf, int(i)) for leaf, v in ids.items() for i in v}
+    keys = zip(row_leaves(frame, leaves), frame["doc_id"].astype(int))
+    return frame[[k in wanted for k in keys]]
+
+
+def prefix_chunks(states: dict, shard_ids: dict | None = None) -> list[dict]:
+    """The k-th chunk of every task (leaf -> sorted doc ids), for k up to each task's budget; with ``shard_ids``
+    only this shard's docs of them."""
+    chunks = []
+    for k in range(max((len(s.plan) for s in states.values()), default=0)):
+        ids: dict[str, list[int]] = {}
+        for s in states.values():
+            cap = s.available if s.budget is None else s.budget
+            if k < len(s.plan) and s.plan[k] <= cap:
+                for leaf, i in s.order[(s.plan[k - 1] if k else 0):s.plan[k]]:
+                    if shard_ids is None or i in set(shard_ids.get(leaf, ())):
+                        ids.setdefault(leaf, []).append(i)
+        if ids:
+            chunks.append({leaf: sorted(v) for leaf, v in ids.items()})
+    return chunks
 
 
 # ---------------------------------------------------------------- driver
