@@ -195,13 +195,14 @@ def prefix_chunks(states: dict, shard_ids: dict | None = None) -> list[dict]:
     """The k-th chunk of every task (leaf -> sorted doc ids), for k up to each task's budget; with ``shard_ids``
     only this shard's docs of them."""
     chunks = []
+    mine = {leaf: set(v) for leaf, v in shard_ids.items()} if shard_ids is not None else None
     for k in range(max((len(s.plan) for s in states.values()), default=0)):
         ids: dict[str, list[int]] = {}
         for s in states.values():
             cap = s.available if s.budget is None else s.budget
             if k < len(s.plan) and s.plan[k] <= cap:
                 for leaf, i in s.order[(s.plan[k - 1] if k else 0):s.plan[k]]:
-                    if shard_ids is None or i in set(shard_ids.get(leaf, ())):
+                    if mine is None or i in mine.get(leaf, ()):
                         ids.setdefault(leaf, []).append(i)
         if ids:
             chunks.append({leaf: sorted(v) for leaf, v in ids.items()})

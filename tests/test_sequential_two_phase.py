@@ -83,3 +83,14 @@ def test_sequential_collect_compare_and_a_longer_collect(random_llama, mini_task
     run8 = compare([str(art / "base"), str(art / "comp8"), "gate.sequential=true", "gate.max_flips=0.9",
                     f"output.run_dir={tmp_path}/run8"])
     assert json.loads((run8 / "manifest.json").read_text())["sequential"]["mini_mc"]["docs"] in (4, 8)
+
+
+def test_prefix_chunks_up_to_the_budget_and_a_shards_share():
+    order = {"t": {"order": [["t", i] for i in (5, 2, 9, 0, 7, 1, 3, 8, 4, 6, 11, 10)], "kinds": ["multiple_choice"]}}
+    cfg = FlipbenchConfig()
+    cfg.gate.max_flips, cfg.gate.chunk = 0.1, 4
+    states, n_checks = sequential.states_from(order, cfg.gate, budget=6)  # 6 docs: up to the look at 8
+    assert n_checks == 1 and states["t"].budget == 8
+    assert sequential.prefix_chunks(states) == [{"t": [0, 2, 5, 9]}, {"t": [1, 3, 7, 8]}]
+    even = {"t": list(range(0, 12, 2))}
+    assert sequential.prefix_chunks(states, even) == [{"t": [0, 2]}, {"t": [8]}]
