@@ -136,7 +136,9 @@ def test_end_to_end_sequential_verdict_equals_the_full_runs(random_llama, mini_t
     run_dir = pipeline.run(compose(base + ["gate.sequential=true", "gate.chunk=4"]))
     manifest = json.loads((run_dir / "manifest.json").read_text())
     seq_info = manifest["sequential"]
-    assert manifest["gate"]["verdict"] == full["gate"]["verdict"] == seq_info["verdict"]
+    assert manifest["gate"]["verdict"] == full["gate"]["verdict"]
+    # "full gate": every task ended on its last look with a KL limit, judged by the full gate on all its docs
+    assert seq_info["verdict"] in (full["gate"]["verdict"], "full gate")
     for task in ("mini_mc", "mini_gen"):
         assert {"docs", "available", "decision", "bound"} <= set(seq_info[task])
     import pandas as pd
@@ -145,7 +147,7 @@ def test_end_to_end_sequential_verdict_equals_the_full_runs(random_llama, mini_t
     used = samples.drop_duplicates(["task", "group", "doc_id"]).groupby("task").size().to_dict()
     assert all(used.get(t, 0) == seq_info[t]["docs"] for t in ("mini_mc", "mini_gen") if seq_info[t]["docs"])
     assert "Sequential gate" in (run_dir / "report.md").read_text()
-    if "kl" in limit and seq_info["mini_mc"]["decision"] == "PASS":  # a KL limit passes on every doc only
+    if seq_info["mini_mc"]["decision"] == "full gate":  # only after the task's last doc
         assert seq_info["mini_mc"]["docs"] == seq_info["mini_mc"]["available"]
 
 
