@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-prune", action="store_true", help="skip the pruning benchmark (bench_prune)")
     parser.add_argument("--skip-large", action="store_true", help="skip the large random model (hidden 1024)")
     parser.add_argument("--skip-search", action="store_true", help="skip the budget search vs full grid benchmark")
+    parser.add_argument("--skip-sequential", action="store_true", help="skip the sequential gate (bench_sequential)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of each overhead comparison")
     parser.add_argument("--real", type=Path, default=Path("results/real"),
                         help="the real tier's folder (make real); its model is benchmarked when present")
@@ -217,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import bench_search
 
             bench_search.main(["--out", str(args.out)])
+        if not args.skip_sequential:
+            from benchmarks import bench_sequential
+
+            bench_sequential.main(["--real", str(args.real)] if bench_real.available(args.real) else [])
         if bench_real.available(args.real):
             print("bench: the real model (SmolLM2-135M-Instruct)", flush=True)
             bench_real.main(["--real", str(args.real), "--out", str(args.out), "--rounds", str(args.rounds)])

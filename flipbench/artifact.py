@@ -8,6 +8,8 @@ Folder layout (written by :func:`flipbench.collect.collect`):
 - ``tokenkl.parquet`` (compressed, collected with ``output.baseline_artifact``): token-KL statistics of this side
   against that baseline's answers, per generative row;
 - a baseline cache entry (``results/cache/<key>/``) has this layout too, so it can be compared directly;
+- ``order.json`` (collected with ``gate.sequential=true``): the seed and each task's doc order; the folder then
+  holds the first ``gate.sequential_docs`` docs of that order (docs/sequential.md);
 - ``artifact.json``: everything pairing checks (task configs, tokenizer, doc sets, suite settings, lm-eval version),
   the model's identity and fingerprint, the engine, versions, compression details, the shard, the resolved config;
   ``"status": "complete"`` is written last.
@@ -32,6 +34,7 @@ MANIFEST = "artifact.json"
 SAMPLES = "samples.parquet"
 TOKEN_KL = "tokenkl.parquet"
 REFERENCE_KEY = "side"  # <folder>/side.kl.pt (cache.REFERENCE_NAME)
+ORDER = "order.json"  # collected with gate.sequential: every task's doc order, which compare's looks follow
 
 # Manifest fields that every shard of one side must share (the side's identity).
 SIDE_IDENTITY = ("side", "model", "engine", "tasks", "tokenizer", "suite", "lm_eval", "compression_settings")
@@ -69,6 +72,7 @@ class Side:
     samples: pd.DataFrame
     token_kl: pd.DataFrame | None  # per generative row (compressed side with a baseline artifact)
     references: dict | None  # {row key: tokenkl.Reference} (baseline), merged over shards
+    order: dict | None = None  # order.json (a sequential collect), the same in every shard
 
     @property
     def label(self) -> str:
@@ -174,7 +178,20 @@ def load_side(paths: list[str | Path], what: str) -> Side:
             docs[leaf] = docs.get(leaf, 0) + n
     manifest["docs"] = docs
     manifest["shards"] = [m.get("shard") for m in manifests]
-    return Side(folders, manifest, samples, token_kl, references)
+    orders = [read_order(f) for f in folders]
+    if any(o != orders[0] for o in orders[1:]):
+        raise ConfigError(f"{what}: the shards were collected with different gate.sequential orders; collect every "
+                          "shard with the same eval.seed, gate.stratify and gate.sequential_docs")
+    return Side(folders, manifest, samples, token_kl, references, orders[0])
+
+
+def write_order(folder: Path, order: dict) -> None:
+    (Path(folder) / ORDER).write_text(json.dumps(order))
+
+
+def read_order(folder: Path) -> dict | None:
+    path = Path(folder) / ORDER
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_references(folders: list[Path], manifest: dict) -> dict | None:
@@ -193,9 +210,10 @@ def load_references(folders: list[Path], manifest: dict) -> dict | None:
     return merged
 
 
-def check_compatible(base: Side, comp: Side) -> None:
+def check_compatible(base: Side, comp: Side, same_docs: bool = True) -> None:
     """Refuse (ConfigError, one line) two sides evaluated on different task configs, tokenizers, doc sets or suite
-    settings: their answers would differ for reasons other than the compression."""
+    settings: their answers would differ for reasons other than the compression. ``same_docs=False`` (a sequential
+    compare): the doc sets may differ, the decision uses the prefix both hold."""
     from flipbench import foreign
 
     foreign.check_compatible(base, comp)
@@ -211,6 +229,6 @@ def check_compatible(base: Side, comp: Side) -> None:
             raise ConfigError(f"the two sides were evaluated with different suite.{key} ({suite_a.get(key)!r} vs "
                               f"{suite_b.get(key)!r}); collect both with the same suite settings")
     docs_a, docs_b = base.manifest.get("docs") or {}, comp.manifest.get("docs") or {}
-    if docs_a != docs_b:
+    if same_docs and docs_a != docs_b:
         raise ConfigError(f"the two sides evaluated different doc sets ({_first_difference(docs_a, docs_b)} docs); "
                           "collect both with the same limits (and every shard of each)")

@@ -83,17 +83,26 @@ def collect(cfg) -> Path:
     task_objs, tokenizer, calibration = side.prepare(cfg, plan)
     limits = side.limits(task_objs, plan, cfg)
     ids = shards.assign(task_objs, limits, cfg.shard, cfg.suite.subject_field)
+    chunks, order = _sequential_prefix(cfg, plan, task_objs, ids) if cfg.gate.sequential else (None, None)
+    if chunks is not None:  # the first gate.sequential_docs docs of each task's seeded order (this shard's of them)
+        ids = {}
+        for chunk in chunks:
+            for leaf, v in chunk.items():
+                ids.setdefault(leaf, []).extend(v)
+        ids = {leaf: sorted(v) for leaf, v in ids.items()}
     folder.mkdir(parents=True, exist_ok=True)
     for stale in (artifact.SAMPLES, artifact.TOKEN_KL, f"{artifact.REFERENCE_KEY}.kl.pt",
-                  f"{artifact.REFERENCE_KEY}.kl.json"):
+                  f"{artifact.REFERENCE_KEY}.kl.json", artifact.ORDER):
         (folder / stale).unlink(missing_ok=True)  # a redo never mixes with an earlier collect's files
+    if order is not None:
+        artifact.write_order(folder, order)
     device = models.pick_device(cfg.model.device)
     manifest = rundir.Manifest(folder, cfg.eval.seed, str(device), name=artifact.MANIFEST)
     manifest.update(**artifact_fields(cfg, plan, task_objs, tokenizer, limits, ids), host=socket.gethostname())
     log_file = rundir.attach_log(folder / "collect.log")
     log.info("artifact: %s (side %s%s)", folder, cfg.side, f", shard {cfg.shard}" if shard else "")
     try:
-        _collect(cfg, plan, (task_objs, tokenizer, calibration), ids, folder, manifest, baseline)
+        _collect(cfg, plan, (task_objs, tokenizer, calibration), ids, folder, manifest, baseline, chunks)
     except BaseException as err:
         manifest.fail(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         raise
@@ -126,7 +135,41 @@ def _plain_config(cfg: FlipbenchConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg))
 
 
-def _collect(cfg: FlipbenchConfig, plan, prepared, ids, folder: Path, manifest, baseline) -> None:
+def _sequential_prefix(cfg: FlipbenchConfig, plan, task_objs: dict, ids: dict | None) -> tuple[list, dict]:
+    """(the chunks this collect evaluates, the order record compare reads): every task's docs in the sequential
+    gate's seeded order, up to gate.sequential_docs (whole looks), this shard's docs of each chunk."""
+    from flipbench import sequential
+
+    orders = sequential.doc_orders(task_objs, plan, cfg)
+    states, _ = sequential.states_from(orders, cfg.gate, cfg.gate.sequential_docs)
+    record = {"seed": cfg.eval.seed, "stratify": cfg.gate.stratify, "chunk": cfg.gate.chunk,
+              "docs": cfg.gate.sequential_docs, "orders": orders}
+    return sequential.prefix_chunks(states, ids), record
+
+
+def _evaluate_chunks(cfg: FlipbenchConfig, evaluate, chunks: list, key: dict, leaves: set) -> pd.DataFrame:
+    """The side's rows of ``chunks``: those a killed or shorter collect of this side already evaluated are read
+    from the chunk store, the rest evaluated in one engine call and stored chunk by chunk."""
+    from flipbench import sequential
+
+    store = sequential.ChunkStore(Path(cfg.output.root) / "cache" / "chunks", key)
+    frames = {k: store.load(chunk) for k, chunk in enumerate(chunks)}
+    missing = [k for k, frame in frames.items() if frame is None]
+    if missing:
+        log.info("sequential collect: %d of %d chunks to evaluate (%d found in the chunk store)", len(missing),
+                 len(chunks), len(chunks) - len(missing))
+        union: dict[str, set] = {}
+        for k in missing:
+            for leaf, v in chunks[k].items():
+                union.setdefault(leaf, set()).update(v)
+        fresh = evaluate({leaf: sorted(v) for leaf, v in union.items()})
+        for k in missing:
+            frames[k] = sequential.rows_of(fresh, chunks[k], leaves)
+            store.save(chunks[k], frames[k])
+    return artifact.order_rows(pd.concat([frames[k] for k in range(len(chunks))], ignore_index=True))
+
+
+def _collect(cfg: FlipbenchConfig, plan, prepared, ids, folder: Path, manifest, baseline, chunks=None) -> None:
     task_objs, tokenizer, calibration = prepared
     hf = cfg.engine.name == "hf"
     method = cfg.compression.method
@@ -154,8 +197,15 @@ def _collect(cfg: FlipbenchConfig, plan, prepared, ids, folder: Path, manifest, 
     then = None if hf or not cfg.eval.token_kl else (
         lambda lm, frame: engine_kl.update(_engine_token_kl(lm, frame, tokenizer, cfg, baseline)))
     with manifest.stage(f"evaluate_{cfg.side}", log):
-        frame = side.evaluate_side(model, tokenizer, task_objs, plan, cfg, label=cfg.side, work=work, path=path,
-                                   shard_ids=ids, then=then)
+        if chunks is not None and then is None:  # engine token KL needs every row while the engine is up
+            key = {"side": identity(cfg, task_objs, tokenizer), "batch_size": cfg.eval.batch_size,
+                   "weights": models.fingerprint(model) if model is not None else None}
+            frame = _evaluate_chunks(cfg, lambda chunk_ids: side.evaluate_side(
+                model, tokenizer, task_objs, plan, cfg, label=cfg.side, work=work, path=path, shard_ids=chunk_ids),
+                chunks, key, set(task_objs))
+        else:
+            frame = side.evaluate_side(model, tokenizer, task_objs, plan, cfg, label=cfg.side, work=work, path=path,
+                                       shard_ids=ids, then=then)
     if "reference" in engine_kl:  # the baseline's top-k through its engine
         k = engines.reference_topk(cfg)
         cache.ArtifactFolder(folder).store_reference(artifact.REFERENCE_KEY, engine_kl["reference"], topk=k)

@@ -60,11 +60,16 @@ def compare(argv: list[str]) -> Path:
                           "sides go through flipbench.compare_many (the CLI routes them there)")
     base = artifact.load_side(sides[0].split(","), "baseline")
     comp = artifact.load_side(sides[1].split(","), "compressed side")
-    artifact.check_compatible(base, comp)
     cfg = run_config(comp, overrides)
+    if cfg.gate.sequential:  # the doc sets may differ: the decision uses the prefix both sides hold
+        artifact.check_compatible(base, comp, same_docs=False)
+    else:
+        artifact.check_compatible(base, comp)
     tasks = sorted(set(base.samples["task"]))
     check_gate_tasks(cfg.gate, tasks)
-    paired = metrics.annotate(pair(base.samples, comp.samples))  # PairingError: exit 2, nothing written yet
+    base_rows, comp_rows, decided = _sequential(base, comp, cfg) if cfg.gate.sequential else (
+        base.samples, comp.samples, None)
+    paired = metrics.annotate(pair(base_rows, comp_rows))  # PairingError: exit 2, nothing written yet
     token_kl_note = _token_kl(paired, base, comp, fill_token_kl)
     _trajectory(paired, cfg, comp)
     root = Path(cfg.output.root)
@@ -86,6 +91,8 @@ def compare(argv: list[str]) -> Path:
                         compression=compression, n_pred_mismatch=mismatches, token_kl=token_kl_note,
                         baseline_fingerprint=base.manifest.get("fingerprint"),
                         data_notes=comp.manifest.get("data_notes") or [])
+        if decided is not None:
+            manifest.update(sequential=decided)
         with manifest.stage("report", log):
             verdict = report.build(run_dir, cfg)
         manifest.complete(gate=verdict)
@@ -97,6 +104,33 @@ def compare(argv: list[str]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     rundir.point_latest(root, run_dir)
     return run_dir
+
+
+def _sequential(base: artifact.Side, comp: artifact.Side, cfg: FlipbenchConfig):
+    """The sequential decision over the docs both sides hold: the looks of the order the sides were collected in
+    (order.json), up to the longest prefix of it both hold. Returns (baseline rows, compressed rows, info)."""
+    from flipbench import sequential
+
+    if base.order is None or comp.order is None:
+        raise ConfigError("gate.sequential=true in compare needs both sides collected with gate.sequential=true "
+                          "(their order.json); collect them so, or leave gate.sequential out")
+    if base.order["orders"] != comp.order["orders"]:
+        raise ConfigError("the two sides were collected in different sequential orders (eval.seed, gate.stratify or "
+                          "the suite differ); collect both with the same settings")
+    orders = comp.order["orders"]
+    states, n_checks = sequential.states_from(orders, cfg.gate, chunk=comp.order.get("chunk"))
+    leaves = {leaf for spec in orders.values() for leaf, _ in spec["order"]}
+    held = [set(zip(sequential.row_leaves(side.samples, leaves), side.samples["doc_id"].astype(int)))
+            for side in (base, comp)]
+    both = held[0] & held[1]
+    for state in states.values():
+        shared = next((k for k, unit in enumerate(state.order) if unit not in both), state.available)
+        state.budget = shared
+        if shared < state.plan[0]:
+            raise ConfigError(f"the two sides share {shared} docs of {state.task}'s sequential order, fewer than one "
+                              f"look ({state.plan[0]} docs); collect both with a larger gate.sequential_docs")
+    fetch = (lambda ids: (sequential.rows_of(base.samples, ids, leaves), sequential.rows_of(comp.samples, ids, leaves)))
+    return sequential.run_looks(states, fetch, cfg.gate.alpha, n_checks, cfg.gate.sequential_all)
 
 
 def _describe(side: artifact.Side) -> dict:

@@ -148,6 +148,9 @@ class GateConfig:
     chunk: Optional[int] = None  # docs per task per look; None: 10% of the task's docs, at least 50
     sequential_all: bool = False  # decide every task (default: stop at the first task that fails)
     alpha: float = 0.05  # error budget of the sequential decision, split over tasks x checks x looks
+    stratify: bool = True  # the seeded order interleaves the subjects in proportion (every prefix balanced)
+    kl_clip: Optional[float] = None  # nats; choice KL is bounded as min(KL, kl_clip); None: 10 x the limit
+    sequential_docs: Optional[int] = None  # stop each task after this many docs (up to a whole look); None: all
     # retired: one KL limit cannot serve two scales; kept in the schema only to refuse it with the new names
     max_kl_mean: Optional[float] = None
 
@@ -330,9 +333,10 @@ def _check_pruning(comp: CompressionConfig) -> None:
 def validate(cfg: FlipbenchConfig) -> None:
     """Range and cross-field checks: cheap, before any model or dataset loads."""
     comp, cal, ev = cfg.compression, cfg.calibration, cfg.eval
-    _check(not cfg.gate.sequential or any(getattr(cfg.gate, k) is not None for k in ("max_flips", "max_lost", "max_acc_drop")), "gate.sequential=true needs a proportion limit (gate.max_flips, gate.max_lost or gate.max_acc_drop)")
+    _check(not cfg.gate.sequential or cfg.side is not None or any(getattr(cfg.gate, k) is not None for k in ("max_flips", "max_lost", "max_acc_drop")), "gate.sequential=true needs a proportion limit (gate.max_flips, gate.max_lost or gate.max_acc_drop)")
     _check(not cfg.gate.sequential or cfg.compression.replicas <= 1, "gate.sequential=true evaluates a prefix of the docs; compression.replicas needs every doc (use one or the other)")
     _check(0 < cfg.gate.alpha < 1 and (cfg.gate.chunk is None or cfg.gate.chunk >= 1), f"gate.alpha={cfg.gate.alpha} must be in (0, 1) and gate.chunk={cfg.gate.chunk} at least 1")
+    _check((cfg.gate.kl_clip is None or cfg.gate.kl_clip > 0) and (cfg.gate.sequential_docs is None or cfg.gate.sequential_docs >= 1), f"gate.kl_clip={cfg.gate.kl_clip} must be above 0 and gate.sequential_docs={cfg.gate.sequential_docs} at least 1")
     _check(comp.method in METHODS, f"compression.method={comp.method!r} is unknown; use one of {', '.join(METHODS)}")
     if comp.method in QUANT_METHODS:
         _check(comp.bits is not None and 2 <= comp.bits <= 8, f"compression.bits={comp.bits} is outside 2-8; pick a bit width from 2 to 8")

@@ -221,7 +221,10 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         if cfg.gate.sequential:  # chunk by chunk until the gate is decided; base becomes the docs evaluated
             from flipbench import sequential
 
-            base, comp, decided = sequential.run_sequential(comp_model, comp_tok, task_objs, plan, cfg, base=base, path=path)
+            store = sequential.ChunkStore(root / "cache" / "chunks", {**key_parts, "weights": models.fingerprint(comp_model),
+                                                                        "side": "compressed"})
+            base, comp, decided = sequential.run_sequential(comp_model, comp_tok, task_objs, plan, cfg, base=base, path=path,
+                                                            store=store)
             manifest.update(sequential=decided)
         else:
             comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg, label="compressed", work=work, path=path)

@@ -420,12 +420,14 @@ def sequential_lines(info: dict | None) -> list[str]:
     if not info:
         return []
     lines = [f"**Sequential gate: {info['verdict']}** (alpha={info['alpha']} over tasks x checks x looks; exact "
-             "without-replacement bounds on the whole benchmark, docs/sequential.md). The other summary columns are "
+             "without-replacement bounds on the whole benchmark, docs/sequential.md; choice KL bounded as min(KL, clip)). "
+             "The other summary columns are "
              "computed on the docs evaluated only: a gate decision, not a full measurement."]
     for task, t in info.items():
         if isinstance(t, dict) and "docs" in t:
             bounds = ", ".join(f"{k.removeprefix('max_')} in [{c['lower']:.4f}, {c['upper']:.4f}] (limit {c['limit']:g})"
                                for k, c in t["checks"].items())
+            bounds += "".join(f"; {k.removeprefix('max_')} clipped at {v:g} nats" for k, v in (t.get("clip") or {}).items())
             lines.append(f"- {task}: {t['decision']} on {t['docs']} of {t['available']} docs ({t['looks']} planned looks of "
                          f"{t['chunk']}){'; ' + bounds if bounds else ''}")
     return lines

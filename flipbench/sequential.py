@@ -1,126 +1,86 @@
-"""Sequential gate: decide the gate's proportion checks on a prefix of each task's docs, with a guarantee about the
-whole benchmark (docs/sequential.md).
+"""Sequential gate: decide the gate's checks on a prefix of each task's docs, with a guarantee about the whole
+benchmark (docs/sequential.md; the bounds are in :mod:`flipbench.seqbounds`).
 
-Method (pre-planned looks, exact finite-population bounds, Bonferroni):
-- each reported task's N docs (all its leaves' evaluated docs) are taken in one seeded uniformly random order (a
-  simple random sample without replacement at every prefix), in chunks of ``c`` docs; the looks n = c, 2c, ..., N
-  are fixed in advance by N and c, so a task has ``ceil(N / c)`` looks;
-- after each look, for every proportion check (flips, lost: counts of docs over the population of N), exact
-  one-sided hypergeometric confidence bounds for the population count K given x of n sampled: upper
-  U = max{K : P_K(X <= x) > a}, lower L = min{K : P_K(X >= x) > a}; P(U < K) <= a and P(L > K) <= a at each look;
-- the accuracy drop (lost - gained) is bounded by U_lost - L_gained (upper) and L_lost - U_gained (lower), each of the
-  two bounds at a / 2 (Bonferroni), so the drop's bounds hold together with probability >= 1 - a;
-- a = alpha / (looks of the task x checks of all tasks): by the union bound over looks, checks and tasks, the
-  probability that any decision is wrong at any of the planned looks (so at whatever look the run stops) is <= alpha;
-- decision per task: FAIL when some check's lower bound exceeds its limit; PASS when every check's upper bound is
-  <= its limit (the full gate passes a value <= limit); undecided otherwise. At n = N the bounds equal the exact
-  population counts, so the decision at the last look is the full run's verdict on those checks.
-KL limits (means of unbounded values) are not bounded here: a task with a KL limit can FAIL early on its proportion
-checks but PASSES only once all its docs are evaluated, where its KL check is the full run's.
+- Order: each reported task's N docs (all its leaves' evaluated docs) in one seeded random order, stratified over
+  subjects (:func:`doc_order`), taken in chunks of ``c`` docs; the looks n = c, 2c, ..., N are fixed in advance.
+- After each look, every check of a task gets a (lower, upper) bound for its full-benchmark value: flips, lost and
+  the accuracy drop from exact hypergeometric bounds, the choice-KL mean from a Hoeffding–Serfling bound on KL
+  clipped to [0, gate.kl_clip]; each at a = alpha / (looks of the task x checks of all tasks) (union bound).
+- Decision per task: FAIL when a lower bound exceeds its limit; PASS when every upper bound is within its limit;
+  otherwise the next chunk. Token KL has no sequential bound: a task with a token-KL limit is decided by the full
+  gate on every doc ("full gate"), as is a task with any KL limit at its last look (the exact unclipped mean).
+- The driver (:func:`run_looks`) asks a ``fetch`` function for each chunk's rows; the run evaluates them (or
+  loads them from a :class:`ChunkStore`, so a killed run resumes), compare reads them from two artifacts.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-from scipy.stats import hypergeom
+import pandas as pd
+
+from flipbench.seqbounds import (  # noqa: F401  (re-exported: the bounds' public names)
+    alpha_per_look, chunk_size, count_lower, count_upper, looks, mean_bounds, proportion_bounds,
+)
 
 PROPORTION_CHECKS = ("max_flips", "max_lost", "max_acc_drop")
 KL_CHECKS = ("max_choice_kl_mean", "max_token_kl_mean")
+KL_CLIP_FACTOR = 10.0  # gate.kl_clip unset: KL clipped at 10 x the task's limit
+bounds = proportion_bounds  # the name the proportion bounds had first
 
 
-# ---------------------------------------------------------------- order and looks
+# ---------------------------------------------------------------- order
 
-def doc_order(units: list, seed: int, task: str) -> list:
-    """``units`` (e.g. (leaf, doc_id) pairs) in a seeded uniformly random order, independent of the input order."""
+def _rng(seed: int, *names) -> np.random.Generator:
+    digest = hashlib.sha256(":".join(str(x) for x in (seed, *names)).encode()).digest()[:8]
+    return np.random.default_rng(int.from_bytes(digest, "little"))
+
+
+def doc_order(units: list, seed: int, task: str, strata: dict | None = None) -> list:
+    """``units`` (e.g. (leaf, doc_id) pairs) in a seeded random order, independent of the input order.
+
+    ``strata`` (unit -> subject): each subject's units are shuffled, and the j-th of a subject's m units gets the
+    position key (j + u) / m with one uniform offset u per subject; sorting by key interleaves the subjects in
+    proportion, so every prefix of n holds each subject's share n m / N to within one doc. Without strata: a
+    uniformly random permutation."""
     units = sorted(units)
-    digest = int.from_bytes(hashlib.sha256(f"{seed}:{task}".encode()).digest()[:8], "little")
-    perm = np.random.default_rng(digest).permutation(len(units))
-    return [units[i] for i in perm]
+    rng = _rng(seed, task)
+    if not strata:
+        return [units[i] for i in rng.permutation(len(units))]
+    groups: dict = {}
+    for unit in units:
+        groups.setdefault(str(strata[unit]), []).append(unit)
+    keyed = []
+    for name in sorted(groups):
+        members = groups[name]
+        shuffled = [members[i] for i in rng.permutation(len(members))]
+        offset = rng.random()
+        keyed += [((j + offset) / len(members), rng.random(), unit) for j, unit in enumerate(shuffled)]
+    return [unit for _, _, unit in sorted(keyed, key=lambda k: k[:2])]
 
 
-def chunk_size(n_docs: int, chunk: int | None) -> int:
-    """Docs per look: ``gate.chunk``, or 10% of the task's docs, at least 50 (never more than the task has)."""
-    size = chunk if chunk is not None else max(50, math.ceil(n_docs / 10))
-    return max(1, min(size, n_docs)) if n_docs else 1
+# ---------------------------------------------------------------- decisions
 
+def decide(limits: dict, bnds: dict, complete: bool) -> tuple[str, dict]:
+    """("PASS" | "FAIL" | "undecided" | "full gate", check -> {lower, upper, limit}) for one task.
 
-def looks(n_docs: int, chunk: int) -> list[int]:
-    """The pre-planned sample sizes: chunk, 2 chunk, ..., n_docs."""
-    return sorted({min(k * chunk, n_docs) for k in range(1, math.ceil(n_docs / chunk) + 1)}) if n_docs else []
-
-
-def alpha_per_look(alpha: float, n_looks: int, n_checks_total: int) -> float:
-    """Bonferroni share of one check of one task at one look."""
-    return alpha / (max(n_looks, 1) * max(n_checks_total, 1))
-
-
-# ---------------------------------------------------------------- bounds
-
-def count_upper(x: int, n: int, N: int, a: float) -> int:
-    """Exact upper confidence bound (level 1 - a) for the population count K, x of n drawn without replacement."""
-    ks = np.arange(x, N - (n - x) + 1)
-    ok = ks[hypergeom.cdf(x, N, ks, n) > a]
-    return int(ok.max()) if ok.size else x
-
-
-def count_lower(x: int, n: int, N: int, a: float) -> int:
-    """Exact lower confidence bound (level 1 - a) for the population count K."""
-    ks = np.arange(x, N - (n - x) + 1)
-    ok = ks[hypergeom.sf(x - 1, N, ks, n) > a]
-    return int(ok.min()) if ok.size else x
-
-
-def bounds(counts: dict, n: int, N: int, a: float) -> dict:
-    """check -> (lower, upper) bound of its population value (a share of N) from the sample counts
-    {lost, gained, flips} of n docs."""
-    out = {}
-    for key, name in (("max_flips", "flips"), ("max_lost", "lost")):
-        x = int(counts[name])
-        out[key] = (count_lower(x, n, N, a) / N, count_upper(x, n, N, a) / N)
-    lost, gained = int(counts["lost"]), int(counts["gained"])
-    upper = count_upper(lost, n, N, a / 2) - count_lower(gained, n, N, a / 2)
-    lower = count_lower(lost, n, N, a / 2) - count_upper(gained, n, N, a / 2)
-    out["max_acc_drop"] = (lower / N, upper / N)
-    return out
-
-
-def decide(limits: dict, bnds: dict, complete: bool, kl_pass: bool | None = None) -> tuple[str, dict]:
-    """("PASS" | "FAIL" | "undecided", check -> {lower, upper, limit}) for one task's proportion limits.
-
-    ``complete``: every doc evaluated (the bounds are exact); ``kl_pass``: the full-data KL checks' result when the
-    task has KL limits (None: it has none), only used when complete."""
+    ``bnds``: check -> (lower, upper) for the checks that have a sequential bound. A token-KL limit has none, and a
+    KL bound is on the clipped mean: such a task passes only by the full gate on every doc ("full gate")."""
     checks = {key: {"lower": bnds[key][0], "upper": bnds[key][1], "limit": float(limit)}
-              for key, limit in limits.items() if key in PROPORTION_CHECKS}
+              for key, limit in limits.items() if key in bnds}
     if any(c["lower"] > c["limit"] for c in checks.values()):
         return "FAIL", checks
-    if all(c["upper"] <= c["limit"] for c in checks.values()):
-        if not any(key in KL_CHECKS for key in limits):
-            return "PASS", checks
-        if complete and kl_pass is not None:
-            return ("PASS" if kl_pass else "FAIL"), checks
+    unbounded = any(key not in bnds for key in limits)
+    if complete and (unbounded or any(key in KL_CHECKS for key in limits)):
+        return "full gate", checks
+    if not unbounded and all(c["upper"] <= c["limit"] for c in checks.values()):
+        return "PASS", checks
     return "undecided", checks
-
-
-# ---------------------------------------------------------------- driver
-
-@dataclass
-class TaskState:
-    task: str
-    order: list  # (leaf, doc_id) in evaluation order
-    chunk: int
-    plan: list  # looks
-    limits: dict
-    n: int = 0
-    decision: str = "undecided"
-    checks: dict = field(default_factory=dict)
-
-    @property
-    def available(self) -> int:
-        return len(self.order)
 
 
 def headline_counts(paired) -> dict:
@@ -131,95 +91,241 @@ def headline_counts(paired) -> dict:
     return {"n": len(rows), "lost": lost, "gained": gained, "flips": lost + gained}
 
 
-def run_sequential(comp_model, comp_tok, task_objs, plan, cfg, *, base=None, base_model=None, base_tok=None,
-                   work=None, path=None, base_path=None, evaluate=None):
-    """Evaluate the compressed side (and the baseline, unless ``base`` holds the full cached baseline) chunk by chunk
-    until the gate is decided. Returns (base_frame, comp_frame, info) with the docs evaluated and
-    info = {task: {docs, available, decision, bound, checks, chunk, looks}} plus "verdict"."""
-    import pandas as pd
+def choice_kl(paired) -> np.ndarray:
+    """Per doc (headline filter) the choice KL of a paired frame's multiple-choice rows."""
+    from flipbench import metrics
 
-    from flipbench import gate as gate_mod
-    from flipbench.pairing import pair
-    from flipbench.side import evaluate_side, limits as doc_limits
+    rows = paired.drop_duplicates(["task", "group", "doc_id"], keep="first")
+    rows = rows[rows["output_type"] == "multiple_choice"]
+    return metrics.annotate(rows)["kl"].to_numpy(dtype=float) if len(rows) else np.zeros(0)
 
-    evaluate = evaluate or evaluate_side
-    gate = cfg.gate
+
+@dataclass
+class TaskState:
+    task: str
+    order: list  # (leaf, doc_id) in evaluation order
+    chunk: int
+    plan: list  # looks
+    limits: dict  # the task's gate limits that the sequential gate judges
+    clip: dict = field(default_factory=dict)  # KL check -> clip (nats)
+    budget: int | None = None  # stop at this many docs (collect's budget, compare's shared docs); None: all
+    n: int = 0
+    decision: str = "undecided"
+    checks: dict = field(default_factory=dict)
+
+    @property
+    def available(self) -> int:
+        return len(self.order)
+
+    def next_look(self) -> int | None:
+        """The next planned look within the budget; None when there is none."""
+        cap = self.available if self.budget is None else min(self.budget, self.available)
+        later = [n for n in self.plan if self.n < n <= cap]
+        return later[0] if later else None
+
+    def bounds(self, paired, a: float) -> dict:
+        out = {k: v for k, v in proportion_bounds(headline_counts(paired), self.n, self.available, a).items()
+               if k in self.limits}
+        for key, clip in self.clip.items():
+            out[key] = mean_bounds(choice_kl(paired), self.available, clip, a)
+        return out
+
+
+def doc_orders(task_objs: dict, plan, cfg) -> dict:
+    """task -> {"order": [(leaf, doc_id), ...] in the seeded (stratified) order, "kinds": its output types}."""
+    from flipbench.side import limits as doc_limits
+
     counts = doc_limits(task_objs, plan, cfg)
-    per_task: dict[str, list] = {}
+    units: dict[str, list] = {}
+    strata: dict = {}
+    kinds: dict[str, set] = {}
     for leaf, task in task_objs.items():
-        n = min(counts.get(leaf) or len(task.eval_docs), len(task.eval_docs))
-        per_task.setdefault(plan.reported.get(leaf, leaf), []).extend((leaf, i) for i in range(n))
+        reported = plan.reported.get(leaf, leaf)
+        docs = list(task.eval_docs)
+        n = min(counts.get(leaf) or len(docs), len(docs))
+        for i in range(n):  # a subject is a leaf (MMLU), or the doc's suite.subject_field in a one-leaf task
+            subject = docs[i].get(cfg.suite.subject_field) if isinstance(docs[i], dict) else None
+            strata[(leaf, i)] = leaf if reported != leaf or subject is None else subject
+        units.setdefault(reported, []).extend((leaf, i) for i in range(n))
+        kinds.setdefault(reported, set()).add(task.get_config("output_type") if hasattr(task, "get_config") else None)
+    return {task: {"order": doc_order(members, cfg.eval.seed, task, strata if cfg.gate.stratify else None),
+                   "kinds": sorted(str(k) for k in kinds[task])} for task, members in sorted(units.items())}
+
+
+def states_from(orders: dict, gate, budget: int | None = None, chunk: int | None = None) -> tuple[dict, int]:
+    """(task -> TaskState, checks of all tasks) from :func:`doc_orders`: each task's chunk and looks, the limits the
+    sequential gate judges, the KL clips and the doc budget (rounded up to a whole look)."""
+    from flipbench import gate as gate_mod
+
     states = {}
-    for task, units in sorted(per_task.items()):
+    for task, spec in sorted(orders.items()):
+        order, kinds = [tuple(u) for u in spec["order"]], set(spec["kinds"])
         limits = {k: v for k, v in gate_mod.limits_for(task, gate).items() if k in PROPORTION_CHECKS + KL_CHECKS}
-        size = chunk_size(len(units), gate.chunk)
-        states[task] = TaskState(task, doc_order(units, cfg.eval.seed, task), size, looks(len(units), size), limits)
-    n_checks = sum(len([k for k in s.limits if k in PROPORTION_CHECKS]) for s in states.values())
+        if kinds != {"multiple_choice"}:
+            limits.pop("max_choice_kl_mean", None)  # the gate skips a KL key of the other scope
+        if "generate_until" not in kinds:
+            limits.pop("max_token_kl_mean", None)
+        clip = {k: (gate.kl_clip or KL_CLIP_FACTOR * limits[k]) for k in ("max_choice_kl_mean",) if k in limits}
+        size = chunk_size(len(order), chunk if chunk is not None else gate.chunk)
+        plan_n = looks(len(order), size)
+        cap = min([n for n in plan_n if n >= budget] or [len(order)]) if budget else None
+        states[task] = TaskState(task, order, size, plan_n, limits, clip, cap)
+    n_checks = sum(len([k for k in s.limits if k != "max_token_kl_mean"]) for s in states.values())
+    return states, n_checks
+
+
+def task_states(task_objs: dict, plan, cfg, budget: int | None = None) -> tuple[dict, int]:
+    return states_from(doc_orders(task_objs, plan, cfg), cfg.gate, budget)
+
+
+def row_leaves(frame: pd.DataFrame, leaves: set) -> pd.Series:
+    """The lm-eval leaf of each row of a side's frame (a leaf of a group is named <task>_<group>)."""
+    named = frame["task"] + "_" + frame["group"].astype(str)
+    return named.where(named.isin(leaves), frame["task"])
+
+
+def rows_of(frame: pd.DataFrame, ids: dict, leaves: set) -> pd.DataFrame:
+    """The rows of ``frame`` whose (leaf, doc_id) is among ``ids`` (leaf -> doc ids)."""
+    wanted = {(leaf, int(i)) for leaf, v in ids.items() for i in v}
+    keys = zip(row_leaves(frame, leaves), frame["doc_id"].astype(int))
+    return frame[[k in wanted for k in keys]]
+
+
+def prefix_chunks(states: dict, shard_ids: dict | None = None) -> list[dict]:
+    """The k-th chunk of every task (leaf -> sorted doc ids), for k up to each task's budget; with ``shard_ids``
+    only this shard's docs of them."""
+    chunks = []
+    mine = {leaf: set(v) for leaf, v in shard_ids.items()} if shard_ids is not None else None
+    for k in range(max((len(s.plan) for s in states.values()), default=0)):
+        ids: dict[str, list[int]] = {}
+        for s in states.values():
+            cap = s.available if s.budget is None else s.budget
+            if k < len(s.plan) and s.plan[k] <= cap:
+                for leaf, i in s.order[(s.plan[k - 1] if k else 0):s.plan[k]]:
+                    if mine is None or i in mine.get(leaf, ()):
+                        ids.setdefault(leaf, []).append(i)
+        if ids:
+            chunks.append({leaf: sorted(v) for leaf, v in ids.items()})
+    return chunks
+
+
+# ---------------------------------------------------------------- driver
+
+def run_looks(states: dict, fetch, alpha: float, n_checks: int, decide_all: bool = False):
+    """Evaluate chunk after chunk until decided: ``fetch(ids)`` (leaf -> sorted doc ids) returns the chunk's
+    (baseline rows, compressed rows). Returns (baseline frame, compressed frame, info) of the docs used."""
+    from flipbench.pairing import pair
+
     base_parts, comp_parts = [], []
     while True:
-        active = [s for s in states.values() if s.decision == "undecided" and s.n < s.available]
+        steps = {s.task: s.next_look() for s in states.values() if s.decision == "undecided"}
+        active = [states[t] for t, nxt in steps.items() if nxt is not None]
         if not active:
             break
         ids: dict[str, list[int]] = {}
         for s in active:
-            nxt = s.plan[s.plan.index(s.n) + 1] if s.n else s.plan[0]
-            for leaf, i in s.order[s.n:nxt]:
+            for leaf, i in s.order[s.n:steps[s.task]]:
                 ids.setdefault(leaf, []).append(i)
-            s.n = nxt
-        ids = {leaf: sorted(v) for leaf, v in ids.items()}
-        comp_chunk = evaluate(comp_model, comp_tok, task_objs, plan, cfg, label="compressed", work=None, path=path,
-                              shard_ids=ids)
-        if base is not None:
-            keys = comp_chunk[["task", "group", "doc_id"]].drop_duplicates()
-            base_chunk = base.merge(keys, on=["task", "group", "doc_id"], how="inner")
-        else:
-            base_chunk = evaluate(base_model, base_tok, task_objs, plan, cfg, label="baseline", work=None,
-                                  path=base_path, shard_ids=ids)
+            s.n = steps[s.task]
+        base_chunk, comp_chunk = fetch({leaf: sorted(v) for leaf, v in ids.items()})
         base_parts.append(base_chunk)
         comp_parts.append(comp_chunk)
         paired = pair(pd.concat(base_parts, ignore_index=True), pd.concat(comp_parts, ignore_index=True))
         for s in active:
-            rows = paired[paired["task"] == s.task]
-            c = headline_counts(rows)
-            a = alpha_per_look(gate.alpha, len(s.plan), n_checks)
-            complete = s.n >= s.available
-            kl_pass = None
-            if complete and any(k in KL_CHECKS for k in s.limits):
-                kl_pass = _kl_pass(rows, s, cfg)
-            s.decision, s.checks = decide(s.limits, bounds(c, c["n"], s.available, a), complete, kl_pass)
-        if not gate.sequential_all and any(s.decision == "FAIL" for s in states.values()):
+            a = alpha_per_look(alpha, len(s.plan), n_checks)
+            s.decision, s.checks = decide(s.limits, s.bounds(paired[paired["task"] == s.task], a), s.n >= s.available)
+        if not decide_all and any(s.decision == "FAIL" for s in states.values()):
             break
     info = {task: {"docs": s.n, "available": s.available, "decision": s.decision, "chunk": s.chunk,
-                   "looks": len(s.plan), "checks": s.checks,
+                   "looks": len(s.plan), "budget": s.budget, "checks": s.checks, "clip": s.clip,
                    "bound": {k: c["upper"] for k, c in s.checks.items()}} for task, s in states.items()}
     decisions = [s.decision for s in states.values()]
-    verdict = "FAIL" if "FAIL" in decisions else ("PASS" if all(d == "PASS" for d in decisions) else "undecided")
-    info["verdict"] = verdict
-    info["alpha"] = gate.alpha
-    return (pd.concat(base_parts, ignore_index=True), pd.concat(comp_parts, ignore_index=True), info)
+    info["verdict"] = "FAIL" if "FAIL" in decisions else ("PASS" if all(d == "PASS" for d in decisions) else
+                                                         "full gate" if all(d in ("PASS", "full gate") for d in decisions)
+                                                         else "undecided")
+    info["alpha"] = alpha
+    concat = (lambda parts: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame())
+    return concat(base_parts), concat(comp_parts), info
 
 
-def _kl_pass(rows, state: TaskState, cfg) -> bool:
-    """The full run's KL checks of a completely evaluated task (its summary row, as the gate computes it)."""
-    from flipbench import gate as gate_mod
-    from flipbench import metrics
-    from flipbench.report import build_summary
+class ChunkStore:
+    """One side's evaluated chunks on disk, keyed by the side's identity and the chunk's doc ids: a run (or
+    collect) that was killed finds its finished chunks again and evaluates only the rest."""
 
-    import tempfile
-    from pathlib import Path
+    def __init__(self, folder: Path, key: dict):
+        from flipbench.cache import cache_key
 
-    with tempfile.TemporaryDirectory() as empty:  # no noise floor or replicas files: the docs' own rows only
-        summary = build_summary(metrics.annotate(rows.copy()), cfg, {"method": cfg.compression.method}, Path(empty))
-    sub = gate_mod.GateConfig(**{k: v for k, v in state.limits.items() if k in KL_CHECKS})
-    return gate_mod.evaluate_gate(summary, sub)["verdict"] != "FAIL"
+        self.folder = Path(folder) / cache_key(key)
+
+    def _path(self, ids: dict) -> Path:
+        digest = hashlib.sha256(json.dumps({k: list(map(int, v)) for k, v in sorted(ids.items())}).encode())
+        return self.folder / f"{digest.hexdigest()[:32]}.parquet"
+
+    def load(self, ids: dict) -> pd.DataFrame | None:
+        path = self._path(ids)
+        return pd.read_parquet(path) if path.is_file() else None
+
+    def save(self, ids: dict, frame: pd.DataFrame) -> None:
+        path = self._path(ids)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(path)  # atomic: a kill mid-write leaves no half chunk
+
+
+def stored(evaluate, store: ChunkStore | None):
+    """``evaluate(ids)`` through ``store``: a chunk found there is read, one evaluated is written."""
+    if store is None:
+        return evaluate
+
+    def fetch(ids):
+        frame = store.load(ids)
+        if frame is None:
+            frame = evaluate(ids)
+            store.save(ids, frame)
+        return frame
+    return fetch
+
+
+def run_sequential(comp_model, comp_tok, task_objs, plan, cfg, *, base=None, base_model=None, base_tok=None,
+                   path=None, base_path=None, evaluate=None, store: ChunkStore | None = None,
+                   base_store: ChunkStore | None = None):
+    """Evaluate the compressed side (and the baseline, unless ``base`` holds the full cached baseline) chunk by chunk
+    until the gate is decided. ``store``/``base_store`` keep each evaluated chunk (resume after a kill).
+    Returns (base_frame, comp_frame, info) with the docs evaluated; info = {task: {docs, available, decision,
+    bound, checks, chunk, looks}, "verdict", "alpha"}."""
+    from flipbench.side import evaluate_side
+
+    evaluate = evaluate or evaluate_side
+    states, n_checks = task_states(task_objs, plan, cfg, cfg.gate.sequential_docs)
+    comp_fetch = stored(lambda ids: evaluate(comp_model, comp_tok, task_objs, plan, cfg, label="compressed", work=None,
+                                             path=path, shard_ids=ids), store)
+    base_fetch = stored(lambda ids: evaluate(base_model, base_tok, task_objs, plan, cfg, label="baseline", work=None,
+                                             path=base_path, shard_ids=ids), base_store)
+
+    def fetch(ids):
+        comp_chunk = comp_fetch(ids)
+        if base is None:
+            return base_fetch(ids), comp_chunk
+        keys = comp_chunk[["task", "group", "doc_id"]].drop_duplicates()
+        return base.merge(keys, on=["task", "group", "doc_id"], how="inner"), comp_chunk
+
+    return run_looks(states, fetch, cfg.gate.alpha, n_checks, cfg.gate.sequential_all)
 
 
 def gate_verdict(info: dict, full_verdict: dict) -> dict:
-    """The gate verdict dict of a sequential run: ``full_verdict`` (evaluate_gate on the docs evaluated) with its
-    "verdict" replaced by the sequential decision and each task's verdict by its task decision ("undecided" tasks:
-    not judged, as a FAIL elsewhere stopped the run); the bounds go under "sequential"."""
+    """The gate verdict dict of a sequential run: ``full_verdict`` (evaluate_gate on the docs evaluated) with each
+    task's verdict replaced by its sequential decision, except "full gate" tasks (every doc evaluated, a KL limit),
+    which keep the full gate's verdict; "verdict" is PASS only when every task passes. "undecided" tasks (stopped by
+    another task's FAIL, or by a doc budget) count as not passed. The bounds go under "sequential"."""
     out = dict(full_verdict)
-    out["verdict"] = info["verdict"] if info["verdict"] != "undecided" else "FAIL"
-    out["tasks"] = [{**t, "verdict": info.get(t["task"], {}).get("decision", t["verdict"])} for t in full_verdict["tasks"]]
-    out["sequential"] = {k: v for k, v in info.items()}
+    tasks = []
+    for t in full_verdict["tasks"]:
+        decision = info.get(t["task"], {}).get("decision", t["verdict"])
+        tasks.append({**t, "verdict": t["verdict"] if decision == "full gate" else decision})
+    out["tasks"] = tasks
+    verdicts = [t["verdict"] for t in tasks]
+    out["verdict"] = "PASS" if verdicts and all(v in ("PASS", "not set") for v in verdicts) and "PASS" in verdicts \
+        else "FAIL"
+    out["sequential"] = dict(info)
     return out
