@@ -23,7 +23,7 @@ from flipbench.side import (  # noqa: F401  (re-exported: the stages of one side
     preflight,
     quant_config,
 )
-from flipbench.config import ConfigError, FlipbenchConfig, to_typed
+from flipbench.config import ConfigError, FlipbenchConfig, setting, to_typed
 from flipbench.pairing import PairingError, pair
 
 log = logging.getLogger("flipbench")
@@ -74,7 +74,7 @@ def run(cfg) -> Path:
     root = Path(cfg.output.root)
     try:
         plan = preflight(cfg)
-        run_id = cfg.output.run_id or rundir.new_run_id(cfg.model.name, cfg.compression.method, cfg.compression.bits)
+        run_id = cfg.output.run_id or rundir.new_run_id(cfg.model.name, cfg.compression.method, setting(cfg.compression, "bits"))
         run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else root / "runs" / run_id
         if rundir.is_complete(run_dir) and not cfg.output.redo:
             log.info("%s is already complete; skipping it (output.redo=true runs it again)", run_dir)
@@ -126,7 +126,7 @@ def _baseline_fields(cfg: FlipbenchConfig, plan, task_objs: dict, tokenizer, key
 @contextmanager
 def replica_threads(cfg: FlipbenchConfig, replica: int):
     """torch's thread count for one compression replica (compression.replica_threads, cycled); unchanged when unset."""
-    threads = cfg.compression.replica_threads
+    threads = setting(cfg.compression, "replica_threads", [])
     if not threads:
         yield
         return
@@ -145,7 +145,7 @@ def compression_replicas(paired, pristine, base, tokenizer, tasks_plan, cfg: Fli
     from flipbench import metrics, replicas
 
     task_objs, plan = tasks_plan
-    k = max(cfg.compression.replicas, 1)
+    k = max(setting(cfg.compression, "replicas", 1), 1)
     frames, details = [paired], [_replica_detail(cfg, 0, paired)]
     evaluated = limits(task_objs, plan, cfg)
     for r in range(1, k):
@@ -167,7 +167,7 @@ def compression_replicas(paired, pristine, base, tokenizer, tasks_plan, cfg: Fli
 def _replica_detail(cfg: FlipbenchConfig, replica: int, frame) -> dict:
     from flipbench.side import calibration_seed
 
-    threads = cfg.compression.replica_threads
+    threads = setting(cfg.compression, "replica_threads", [])
     flips = (frame["correct_base"] != frame["correct_comp"]).groupby([frame["task"], frame["filter"]]).mean()
     return {"replica": replica, "calibration_seed": calibration_seed(cfg, replica),
             "threads": threads[replica % len(threads)] if threads else torch.get_num_threads(),
@@ -208,7 +208,7 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
             noise.to_parquet(run_dir / "noise_samples.parquet", index=False)
         manifest.update(noise_floor=noise_details)
     grids = {} if cfg.output.save_model else None
-    n_replicas = cfg.compression.replicas
+    n_replicas = setting(cfg.compression, "replicas", 1)
     pristine = copy.deepcopy(model) if n_replicas > 1 else None  # replicas compress copies of the baseline
     with manifest.stage("compress", log), replica_threads(cfg, 0):
         comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg, grids)

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from flipbench import gate as gate_mod
 from flipbench import metrics, plots, scoring
-from flipbench.config import FlipbenchConfig
+from flipbench.config import FlipbenchConfig, from_saved, setting
 
 KL_NOTE = ("KL is KL(baseline ‖ compressed) in nats: choice-level (softmax over the answer choices' raw "
            "log-likelihoods whatever the metric, one value per doc, statistics over docs; kl_norm_mean in summary.csv "
@@ -47,9 +47,8 @@ INTERVALS_NOTE = ("95% intervals: exact Clopper-Pearson for flips (and lost, gai
 
 def compressed_bits(cfg: FlipbenchConfig) -> float:
     """The bit width the method quantized to: the quantizers', SparseGPT's joint one; NaN otherwise."""
-    method, bits = cfg.compression.method, cfg.compression.bits
-    quantized = method in ("rtn", "gptq", "tacq") or (method == "sparsegpt" and bits is not None)
-    return bits if quantized else np.nan
+    bits = setting(cfg.compression, "bits")
+    return np.nan if bits is None else bits
 
 
 def pruning_label(compression: dict) -> str:
@@ -502,7 +501,7 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
 
         verdict = gate_verdict(manifest["sequential"], verdict)
     method = compression.get("method", cfg.compression.method)
-    bits = "" if np.isnan(compressed_bits(cfg)) else f" w{cfg.compression.bits}"
+    bits = "" if np.isnan(compressed_bits(cfg)) else f" w{compressed_bits(cfg)}"
     tag = f"{cfg.model.name} · {method}{bits}{pruning_label(compression)}"
     figures = make_plots(run_dir, samples, summary, method, tag, dict(cfg.suite.correct_if)) if cfg.output.plots else []
     head = headline_text(summary, verdict, cfg, manifest, compression)
@@ -533,8 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.run_dir / "samples.parquet").exists():
         print(f"flipbench: error: {args.run_dir} has no samples.parquet; give a run directory", file=sys.stderr)
         return 2
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FlipbenchConfig),
-                                              OmegaConf.load(args.run_dir / "config.yaml")))
+    cfg = OmegaConf.to_object(from_saved(OmegaConf.load(args.run_dir / "config.yaml")))
     verdict = build(args.run_dir, cfg)
     print(f"flipbench: rebuilt {args.run_dir}  gate: {verdict['verdict']}")
     return 0

@@ -94,9 +94,7 @@ def quant_config(cfg: FlipbenchConfig):
 
     settings = settings_type(cfg.compression.method)
     fields = {k: v for k, v in asdict(cfg.compression).items() if k in settings.__dataclass_fields__}
-    if cfg.compression.method in PRUNE_METHODS and cfg.compression.method != "sparsegpt":
-        fields["bits"] = None  # only SparseGPT quantizes while it prunes
-    return settings(**fields)
+    return settings(**fields)  # keys the method does not have keep the settings' defaults (bits: None for pruners)
 
 
 def _needs_calibration(cfg: FlipbenchConfig) -> bool:
