@@ -411,7 +411,7 @@ def check_keys(node: DictConfig, schema: type = FlipbenchConfig, prefix: str = "
     for key in node.keys():
         path = f"{prefix}{key}"
         if key not in hints:
-            method = schema.method if schema is not CompressionConfig else None
+            method = schema.method if schema in METHOD_CONFIGS.values() else None
             raise (method and method_key_error(method, key)) or unknown_key_error(path, method)
         if dataclasses.is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
             check_keys(node[key], hints[key], path + ".")
