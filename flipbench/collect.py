@@ -22,6 +22,7 @@ import pandas as pd
 from flipbench import answerkl, artifact, cache, engines, models, rundir, shards, trajectory
 from flipbench import side  # the stages of one side, as the one-process run uses them
 from flipbench.config import ConfigError, FlipbenchConfig, NoneConfig, parse_shard, setting, to_typed
+from flipbench.modelsize import baseline_size
 
 log = logging.getLogger("flipbench")
 
@@ -138,6 +139,8 @@ def _collect(cfg: FlipbenchConfig, plan, prepared, ids, folder: Path, manifest, 
             model, tokenizer = models.load_model(cfg.model, tokenizer=tokenizer)
             if cfg.side == "baseline":
                 manifest.update(fingerprint=models.fingerprint(model))
+    if cfg.side == "baseline":  # its size, for the compared run's "GB saved"
+        manifest.update(size=baseline_size(model, cfg.model))
     details = {"method": "none"}
     if cfg.side == "compressed":
         with manifest.stage("compress", log):

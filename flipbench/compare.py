@@ -84,7 +84,7 @@ def compare(argv: list[str]) -> Path:
             paired.to_parquet(run_dir / "samples.parquet", index=False)
         manifest.update(compared={"baseline": _describe(base), "compressed": _describe(comp)},
                         compression=compression, n_pred_mismatch=mismatches, token_kl=token_kl_note,
-                        baseline_fingerprint=base.manifest.get("fingerprint"),
+                        baseline_fingerprint=base.manifest.get("fingerprint"), baseline_size=base.manifest.get("size"),
                         data_notes=comp.manifest.get("data_notes") or [])
         with manifest.stage("report", log):
             verdict = report.build(run_dir, cfg)

@@ -17,6 +17,7 @@ import torch
 
 from flipbench import cache, engines, models, rundir, scoring
 from flipbench.answerkl import fill_token_kl, kl_reference, token_kl_rows, token_kl_stage  # noqa: F401  (re-exported)
+from flipbench.modelsize import baseline_size
 from flipbench.noise import noise_dtype, noise_floor  # noqa: F401
 from flipbench.side import (  # noqa: F401  (re-exported: the stages of one side)
     _engine_path, _native_bits, _needs_calibration, calibration_ids, compress, estimate_work, evaluate_side, limits, prepare,
@@ -201,7 +202,8 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
                 store.store(key, base, key_parts, _baseline_fields(cfg, plan, task_objs, tokenizer, key_parts))
         with manifest.stage("token_kl_reference", log):
             reference = kl_reference(base, model, tokenizer, cfg, store, key)
-    manifest.update(baseline_cache_hit=hit, baseline_cache_key=key, baseline_fingerprint=weights)
+    manifest.update(baseline_cache_hit=hit, baseline_cache_key=key, baseline_fingerprint=weights,
+                    baseline_size=baseline_size(model, cfg.model))
     if cfg.eval.noise_floor != "off":
         with manifest.stage("evaluate_noise_floor", log):
             noise, noise_details = noise_floor(model, tokenizer, task_objs, plan, cfg, base, reference)
