@@ -111,3 +111,17 @@ def test_sweep_member_folders_are_tagged_from_the_methods_own_keys(overrides, ta
     number, expression = subdir.split("-", 1)
     assert number == "${hydra.job.num}"
     assert OmegaConf.create({"tag": expression, "compression": compose(overrides).compression}).tag == tag
+
+
+def test_a_config_saved_with_every_methods_keys_loads_as_its_methods_config():
+    """config.yaml of runs (and artifacts) saved while one flat compression config held every method's keys: the
+    keys the method lacks were unread defaults and are dropped; its own keys keep their saved values."""
+    from omegaconf import OmegaConf
+
+    from flipbench.config import GptqConfig, from_saved
+
+    flat = {"method": "gptq", "bits": 3, "act_order": True, "keep_fraction": 0.0035, "sparsity": 0.5, "n_layers": 1,
+            "path": None, "scope": "row", "replicas": 2}
+    typed = to_typed(OmegaConf.to_object(from_saved({"model": {"path": "org/name"}, "compression": flat})))
+    assert typed.compression == GptqConfig(bits=3, act_order=True, replicas=2)
+    assert typed.model.path == "org/name" and typed.suite.tasks == ["synth"]  # the rest from the schema's defaults
