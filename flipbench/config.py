@@ -483,7 +483,8 @@ def _validate_compression(cfg: FlipbenchConfig) -> None:
         _check(comp.replicas >= 1, f"compression.replicas={comp.replicas} must be >= 1")
         _check(all(t >= 1 for t in comp.replica_threads), f"compression.replica_threads={comp.replica_threads} must "
                "list positive thread counts, e.g. [1,2]")
-        _check(not (comp.method == "layerdrop" and comp.select == "last" and (comp.replicas > 1 or comp.replica_threads)),
+        replicated = comp.replicas > 1 or bool(comp.replica_threads)
+        _check(not (comp.method == "layerdrop" and comp.select == "last" and replicated),
                "compression=layerdrop with select=last draws no calibration data: its replicas are identical by "
                "construction; drop compression.replicas (or use compression.select=angular)")
     if comp.method == "checkpoint":

@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 # from_pretrained's own weight files, most specific first: an index names the shards, else the single file
-_WEIGHT_FILES = (("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model.bin"))
+_WEIGHT_FILES = (("model.safetensors.index.json", "model.safetensors"),
+                 ("pytorch_model.bin.index.json", "pytorch_model.bin"))
 
 
 def evaluated_bytes(model) -> int:
@@ -70,5 +71,6 @@ def compared(baseline: dict | None, compression: dict) -> tuple[int, int, str] |
     comp = compression.get("model_bytes")
     if not base or not comp:
         return None
-    where = "weight files on disk" if basis == "disk" else f"parameters at {baseline.get('dtype') or 'the dtype'} evaluated"
+    dtype = baseline.get("dtype") or "the dtype"
+    where = "weight files on disk" if basis == "disk" else f"parameters at {dtype} evaluated"
     return int(base), int(comp), where
