@@ -185,6 +185,7 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         weights = models.fingerprint(model)
         work = estimate_work(model, tokenizer, task_objs, plan, cfg)
     store = cache.BaselineCache(root / "cache")
+    size = baseline_size(model, cfg.model)
     key_parts = baseline_key(cfg, weights, task_objs, str(device), tokenizer)
     key = cache.cache_key(key_parts)
     changed = store.changed_libraries(cfg.model.path, weights, key_parts) if cfg.eval.cache else []
@@ -199,11 +200,12 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
             if not hit:
                 base = evaluate_side(model, tokenizer, task_objs, plan, cfg, label="baseline", work=work,
                                      path=_engine_path(cfg, "baseline"))
-                store.store(key, base, key_parts, _baseline_fields(cfg, plan, task_objs, tokenizer, key_parts))
+                store.store(key, base, key_parts, {**_baseline_fields(cfg, plan, task_objs, tokenizer, key_parts),
+                                                   "size": size})
         with manifest.stage("token_kl_reference", log):
             reference = kl_reference(base, model, tokenizer, cfg, store, key)
     manifest.update(baseline_cache_hit=hit, baseline_cache_key=key, baseline_fingerprint=weights,
-                    baseline_size=baseline_size(model, cfg.model))
+                    baseline_size=size)
     if cfg.eval.noise_floor != "off":
         with manifest.stage("evaluate_noise_floor", log):
             noise, noise_details = noise_floor(model, tokenizer, task_objs, plan, cfg, base, reference)
