@@ -24,14 +24,6 @@ MEANINGS = {
     "model.trust_remote_code": "allow the model's own code from the hub; off unless set explicitly",
     "model.max_memory": "accelerate's per-device limit, e.g. +model.max_memory.0=70GiB +model.max_memory.cpu=200GiB",
     "model.offload_folder": "folder for accelerate's disk offload (needed when a device map names disk)",
-    "compression.sym": "symmetric grid (fixed zero point, not stored) instead of asymmetric min-max",
-    "compression.mse": "search shrink factors of the grid for the least error (the reference GPTQ/TACQ search)",
-    "compression.act_order": "GPTQ: quantize columns in order of decreasing Hessian diagonal",
-    "compression.static_groups": "GPTQ with act_order: fit every group's grid before the sweep",
-    "compression.damp": "λ = damp·mean(diag H) added to the Hessian (GPTQ, TACQ, SparseGPT)",
-    "compression.block_size": "columns per block of the GPTQ/SparseGPT sweep (SparseGPT: per adaptive-mask block)",
-    "compression.keep_fraction": "TACQ: share of the quantized weights kept in 16-bit",
-    "compression.true_sequential": "quantize/prune a layer's linears in dependency order (inputs from the compressed ones)",
     "calibration.n_samples": "calibration windows",
     "calibration.seq_len": "tokens per calibration window",
     "suite.name": "short tag of the suite used in reports",
@@ -128,10 +120,14 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _rows(cls, prefix: str) -> list[str]:
-    hints, comments, rows = typing.get_type_hints(cls), _comments(cls), []
+def _rows(cls, prefix: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """One table row per key of cls; an inherited key's comment is the one of the class that declares it."""
+    hints, rows = typing.get_type_hints(cls), []
+    comments = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):  # the nearest class wins
+        comments.update({name: text for name, text in _comments(klass).items() if text})
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
+        if dataclasses.is_dataclass(hints[f.name]) or f.name in skip:
             continue
         meaning = comments.get(f.name) or MEANINGS.get(prefix + f.name, "")
         rows.append(f"| `{prefix}{f.name}` | {_escape(_type_name(hints[f.name]))} | {_escape(_default(f))} | "
@@ -147,9 +143,23 @@ def _groups() -> list[str]:
     return lines + [""]
 
 
+def _compression(table_head: list[str]) -> list[str]:
+    """One table per method: its config holds only its own keys (another method's key is refused)."""
+    from flipbench.config import METHOD_CONFIGS
+
+    parts = ["## compression", "", "`compression=<method>` selects one method's config (`conf/compression/<method>.yaml`"
+             " over its typed schema in `flipbench/config.py`); a key of another method is refused in one line naming "
+             "the methods that have it.", ""]
+    for method, cls in METHOD_CONFIGS.items():
+        rows = _rows(cls, "compression.", skip=("method",))
+        parts += [f"### compression={method}", "", inspect.getdoc(cls), ""]
+        parts += (table_head + rows if rows else ["No keys."]) + [""]
+    return parts
+
+
 def render() -> str:
     sys.path.insert(0, str(ROOT))
-    from flipbench.config import FlipbenchConfig
+    from flipbench.config import CompressionConfig, FlipbenchConfig
     from flipbench.search.settings import SearchConfig
 
     parts = [HEADER, *_groups()]
@@ -159,6 +169,9 @@ def render() -> str:
                 if dataclasses.is_dataclass(hints[f.name])] + [("search", SearchConfig)]
     table_head = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for name, cls in sections:
+        if cls is CompressionConfig:
+            parts += _compression(table_head)
+            continue
         doc = inspect.getdoc(cls) if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "(") else ""
         note = " (`flipbench search` only; `conf/search.yaml`)" if name == "search" else ""
         parts += [f"## {name}{note}", ""] + ([doc, ""] if doc else []) + table_head + _rows(cls, f"{name}.") + [""]

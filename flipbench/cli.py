@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from flipbench.config import ConfigError, register, unknown_key_error
+from flipbench.config import ConfigError, method_key_error, register, unknown_key_error
 from flipbench.rundir import member_tag
 
 EXIT_BAD_INPUT = 2
@@ -166,10 +166,9 @@ def precheck(argv: list[str]) -> str | None:
                 configs.append(to_typed(compose(config_name="config", overrides=member)))
         if sweeping:
             _preflight_members(configs)
-    except ConfigError as err:
-        return f"sweep member {' '.join(member)}: {err}" if sweeping and len(members) > 1 else str(err)
-    except (HydraException, OmegaConfBaseException) as err:
-        return _one_line(err)
+    except (ConfigError, HydraException, OmegaConfBaseException) as err:
+        line = str(err) if isinstance(err, ConfigError) else _one_line(err, member)
+        return f"sweep member {' '.join(member)}: {line}" if sweeping and len(members) > 1 else line
     return None
 
 
@@ -177,20 +176,23 @@ def _preflight_members(configs: list) -> None:
     from dataclasses import asdict
 
     from flipbench import pipeline
+    from flipbench.config import setting
 
     prepared = set()
     for cfg in configs:
         plan = pipeline.preflight(cfg)
         calibrated = pipeline._needs_calibration(cfg)  # pruners that draw calibration data too
         key = json.dumps([asdict(cfg.model), asdict(cfg.suite), asdict(cfg.calibration) if calibrated else None,
-                          cfg.compression.path, cfg.eval.seed], sort_keys=True, default=str)
+                          setting(cfg.compression, "path"), cfg.eval.seed], sort_keys=True, default=str)
         if key not in prepared:
             pipeline.prepare(cfg, plan)
             prepared.add(key)
 
 
-def _one_line(err: BaseException) -> str:
-    """Hydra's multi-line composition errors, reduced to what is wrong and where to look."""
+def _one_line(err: BaseException, overrides: list[str] = ()) -> str:
+    """Hydra's multi-line composition errors, reduced to what is wrong and where to look. A compression key the
+    selected method (the last ``compression=`` of ``overrides``, else conf/config.yaml's rtn) does not have is named
+    with the methods that have it."""
     cause = str(err.__cause__ or "").splitlines()
     text = str(err).splitlines()
     if cause and "not in" in cause[0]:
@@ -199,6 +201,9 @@ def _one_line(err: BaseException) -> str:
         if mapping:
             entry = key[len(mapping) + 1:].split(".")[0]
             return f"{mapping} has no entry '{entry}' yet; add one with a leading '+': +{key}=..."
+        if key.startswith("compression."):
+            method = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("compression=")), "rtn")
+            return str(method_key_error(method, key.removeprefix("compression.")) or unknown_key_error(key, method))
         return str(unknown_key_error(key))
     if cause:
         return f"{text[0]}: {cause[0]}"
@@ -251,31 +256,6 @@ def force_mapping_overrides(argv: list[str]) -> list[str]:
     return out
 
 
-def check_method_keys(argv: list[str]) -> str | None:
-    """A compression key that the selected method does not read is refused, naming the methods that read it
-    (``compression=rtn compression.sparsity=0.7`` would otherwise be dropped silently). Sweeps are left alone: a
-    multirun crosses every method with every swept key."""
-    from flipbench.config import METHOD_KEYS
-
-    if any(a in ("-m", "--multirun") for a in argv):
-        return None
-    words = [a.lstrip("+") for a in argv]
-    method = next((w.split("=", 1)[1] for w in reversed(words) if w.startswith(("compression=", "compression.method="))),
-                  "rtn")
-    if method not in METHOD_KEYS:
-        return None
-    for word in words:
-        if word.startswith("compression.") and "=" in word:
-            key = word.split("=", 1)[0].removeprefix("compression.")
-            if key == "method" or key in METHOD_KEYS[method]:
-                continue
-            owners = [m for m, keys in METHOD_KEYS.items() if key in keys]
-            if owners:
-                return (f"compression.{key} is not a setting of compression={method}; it belongs to "
-                        f"{', '.join(owners)} (drop it, or pick one of those methods)")
-    return None
-
-
 def calm_threads() -> None:
     """OpenMP threads that spin while they wait turn a CPU shared with one other busy process into a queue: each
     small torch op waits for a scheduler slice (a 576-wide matmul at batch 8 took 16 ms instead of 0.1 ms on two
@@ -312,7 +292,7 @@ def main() -> None:
         sys.exit(0)
     sys.argv[1:] = force_mapping_overrides(default_suite(sys.argv[1:]))
     try:
-        error = check_method_keys(sys.argv[1:]) or precheck(sys.argv[1:])
+        error = precheck(sys.argv[1:])
         if error:
             print(f"flipbench: error: {error}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)

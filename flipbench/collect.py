@@ -21,21 +21,22 @@ import pandas as pd
 
 from flipbench import answerkl, artifact, cache, engines, models, rundir, shards, trajectory
 from flipbench import side  # the stages of one side, as the one-process run uses them
-from flipbench.config import ConfigError, FlipbenchConfig, parse_shard, to_typed
+from flipbench.config import ConfigError, FlipbenchConfig, NoneConfig, parse_shard, setting, to_typed
+from flipbench.modelsize import baseline_size
 
 log = logging.getLogger("flipbench")
 
 
 def default_folder(cfg: FlipbenchConfig) -> Path:
     tag = cfg.model.name if cfg.side == "baseline" else rundir.run_tag(cfg.model.name, cfg.compression.method,
-                                                                           cfg.compression.bits)
+                                                                           setting(cfg.compression, "bits"))
     return Path(cfg.output.root) / "artifacts" / f"{tag}-{cfg.side}"
 
 
 def side_config(cfg: FlipbenchConfig) -> FlipbenchConfig:
     """The baseline side compresses nothing, whatever compression is selected."""
     if cfg.side == "baseline":
-        return replace(cfg, compression=replace(cfg.compression, method="none"))
+        return replace(cfg, compression=NoneConfig())
     return cfg
 
 
@@ -181,6 +182,8 @@ def _collect(cfg: FlipbenchConfig, plan, prepared, ids, folder: Path, manifest, 
             model, tokenizer = models.load_model(cfg.model, tokenizer=tokenizer)
             if cfg.side == "baseline":
                 manifest.update(fingerprint=models.fingerprint(model))
+    if cfg.side == "baseline":  # its size, for the compared run's "GB saved"
+        manifest.update(size=baseline_size(model, cfg.model))
     details = {"method": "none"}
     if cfg.side == "compressed":
         with manifest.stage("compress", log):

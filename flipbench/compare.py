@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from flipbench import artifact, rundir
-from flipbench.config import ConfigError, FlipbenchConfig, check_gate_tasks, check_keys, to_typed
+from flipbench.config import ConfigError, FlipbenchConfig, check_gate_tasks, check_keys, from_saved, setting, to_typed
 
 log = logging.getLogger("flipbench")
 
@@ -41,9 +41,9 @@ def run_config(comp: artifact.Side, overrides: list[str]) -> FlipbenchConfig:
     stored = OmegaConf.create(comp.manifest.get("config") or {})
     for key in ("side", "shard"):
         stored.pop(key, None)
-    merged = OmegaConf.merge(stored, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
-    check_keys(merged)  # an unknown override named in one line, before the schema merge would raise its own error
-    cfg = to_typed(OmegaConf.merge(OmegaConf.structured(FlipbenchConfig), merged))  # the run's own normalising
+    given = OmegaConf.from_dotlist([o.lstrip("+") for o in overrides])
+    check_keys(given)  # an unknown override named in one line, before the schema merge would raise its own error
+    cfg = to_typed(OmegaConf.merge(from_saved(stored), given))  # the run's own normalising
     cfg.output.artifact = cfg.output.baseline_artifact = None
     return cfg
 
@@ -75,7 +75,7 @@ def compare(argv: list[str]) -> Path:
     root = Path(cfg.output.root)
     compression = comp.manifest.get("compression") or {"method": cfg.compression.method}
     run_id = cfg.output.run_id or rundir.new_run_id(cfg.model.name, compression.get("method", "none"),
-                                                   cfg.compression.bits)
+                                                   setting(cfg.compression, "bits"))
     run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else root / "runs" / run_id
     if rundir.in_use(run_dir):
         raise ConfigError(f"{run_dir} is being written by a running process; pick another output.run_dir")
@@ -89,7 +89,7 @@ def compare(argv: list[str]) -> Path:
             paired.to_parquet(run_dir / "samples.parquet", index=False)
         manifest.update(compared={"baseline": _describe(base), "compressed": _describe(comp)},
                         compression=compression, n_pred_mismatch=mismatches, token_kl=token_kl_note,
-                        baseline_fingerprint=base.manifest.get("fingerprint"),
+                        baseline_fingerprint=base.manifest.get("fingerprint"), baseline_size=base.manifest.get("size"),
                         data_notes=comp.manifest.get("data_notes") or [])
         if decided is not None:
             manifest.update(sequential=decided)

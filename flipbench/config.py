@@ -42,36 +42,137 @@ class ModelConfig:
 
 @dataclass
 class CompressionConfig:
-    method: str = "rtn"  # none | rtn | gptq | tacq | magnitude | wanda | sparsegpt | layerdrop | checkpoint
-    bits: Optional[int] = 4  # sparsegpt: null prunes only, 2-8 also quantizes the surviving weights
-    group_size: int = -1  # -1: one grid per output channel
+    """One config per method, selected with compression=<method> (conf/compression/<method>.yaml); each holds only
+    the keys its method reads, so another method's key is refused naming the methods that have it."""
+
+    method: str = MISSING  # set by compression=<method> (none, rtn, gptq, tacq, magnitude, wanda, sparsegpt, ...)
+
+
+# Keys shared by several methods, one mixin each. A method's bases are listed last-key-first: dataclasses collect
+# fields from the last base up, so the keys read in the order method, then the mixins from right to left.
+@dataclass
+class _Grid:
+    bits: int = 4  # bits per quantized weight, 2-8
+    group_size: int = -1  # -1: one grid per output channel; else input columns per grid (the last may be narrower)
     sym: bool = False  # symmetric grid (no zero point)
     mse: bool = False  # search the grid's shrink factor for the least error (mse_norm)
     mse_norm: float = 2.4  # MSE search error Σ|q − w|^mse_norm; 2.4 as reference GPTQ/TACQ, 2 = squared error
-    act_order: bool = False  # GPTQ/TACQ: quantize columns in order of decreasing Hessian diagonal
-    static_groups: bool = False  # with act_order and groups: grids fitted before the sweep, in column order
-    damp: float = 0.01  # GPTQ/TACQ/SparseGPT: fraction of mean(diag H) added to H's diagonal
-    block_size: int = 128  # GPTQ/TACQ/SparseGPT: columns per block of the column sweep
-    keep_fraction: float = 0.0035  # TACQ: share of quantized weights kept in 16-bit, in [0, 0.5]
-    true_sequential: bool = True  # later linears of a block see the earlier ones already compressed
-    path: Optional[str] = None  # checkpoint: the compressed model's directory or hub id
-    gguf_file: Optional[str] = None  # checkpoint: a GGUF file (path, or name inside compression.path)
-    device: str = "auto"  # where GPTQ/TACQ work on one decoder block at a time; auto picks CUDA when present
-    grad_dtype: str = "float32"  # TACQ's backward pass (the official code runs it in fp32)
-    gradient_checkpointing: bool = True  # TACQ gradients one block on the device at a time (recomputed)
-    # GPTQ/TACQ: H summed and factored in float64 (the column sweep stays float32): the weights then do not depend on
-    # the thread count (docs/compression-noise.md); float32 halves H's memory
-    hessian_dtype: str = "float64"
-    # pruning (magnitude, wanda, sparsegpt; see flipbench/compress/prune/)
+
+
+@dataclass
+class _Sparsity:
     sparsity: float = 0.5  # share of each pruned linear's weights set to 0, in [0, 1)
     pattern: str = "unstructured"  # unstructured | N:M (N kept in every M input columns, e.g. 2:4, 4:8)
-    scope: str = "row"  # magnitude: row | global
-    n_layers: int = 1  # layerdrop: decoder blocks removed
-    select: str = "last"  # layerdrop: last | angular
+
+
+@dataclass
+class _Hessian:
+    damp: float = 0.01  # fraction of mean(diag H) added to H's diagonal
+    block_size: int = 128  # columns per block of the column sweep
+
+
+@dataclass
+class _Sequential:
+    true_sequential: bool = True  # later linears of a block see the earlier ones already compressed
+
+
+@dataclass
+class _OnDevice:
+    device: str = "auto"  # where the compressor works on one decoder block at a time; auto picks CUDA when present
+
+
+@dataclass
+class _Replicas:
     # Compression noise (flipbench/replicas.py): compress K times with calibration seeds calibration.seed + r, each
     # replica evaluated on the same docs; replica 0 is the run's compressed side.
     replicas: int = 1
     replica_threads: List[int] = field(default_factory=list)  # torch threads per replica (cycled), e.g. [1, 2]
+
+
+@dataclass
+class NoneConfig(CompressionConfig):
+    """No compression: the baseline against itself (flips must be 0)."""
+
+    method: str = "none"
+
+
+@dataclass
+class RtnConfig(_OnDevice, _Grid, CompressionConfig):
+    """Round-to-nearest on the grid; no data."""
+
+    method: str = "rtn"
+
+
+@dataclass
+class GptqConfig(_Replicas, _OnDevice, _Sequential, _Hessian, _Grid, CompressionConfig):
+    """GPTQ: layer-wise second-order error compensation on calibration data."""
+
+    method: str = "gptq"
+    act_order: bool = False  # quantize columns in order of decreasing Hessian diagonal
+    static_groups: bool = False  # with act_order and groups: grids fitted before the sweep, in column order
+    # H summed and factored in float64 (the column sweep stays float32): the weights then do not depend on the thread
+    # count (docs/compression-noise.md); float32 halves H's memory
+    hessian_dtype: str = "float64"
+
+
+@dataclass
+class TacqConfig(GptqConfig):
+    """TACQ: GPTQ plus a task-salient share of the weights kept in 16-bit; grids as the official code fits them."""
+
+    method: str = "tacq"
+    bits: int = 3
+    mse: bool = True
+    keep_fraction: float = 0.0035  # share of quantized weights kept in 16-bit, in [0, 0.5]
+    grad_dtype: str = "float32"  # the saliency's backward pass (the official code runs it in fp32)
+    gradient_checkpointing: bool = True  # gradients one block on the device at a time (recomputed)
+
+
+@dataclass
+class MagnitudeConfig(_OnDevice, _Sparsity, CompressionConfig):
+    """Magnitude pruning: the smallest |W| set to 0; no data."""
+
+    method: str = "magnitude"
+    scope: str = "row"  # row: compare within each output row | global: over all pruned linears (unstructured only)
+
+
+@dataclass
+class WandaConfig(_Replicas, _OnDevice, _Sequential, _Sparsity, CompressionConfig):
+    """Wanda: prune by |W_ij|·‖X_j‖₂ on calibration activations, per output row."""
+
+    method: str = "wanda"
+
+
+@dataclass
+class SparseGPTConfig(_Replicas, _OnDevice, _Sequential, _Hessian, _Sparsity, CompressionConfig):
+    """SparseGPT: OBS pruning with weight reconstruction on GPTQ's Hessian, optionally quantizing what is kept."""
+
+    method: str = "sparsegpt"
+    bits: Optional[int] = None  # null prunes only; 2-8 also quantizes the surviving weights (one grid per row)
+    sym: bool = False  # with bits: symmetric grid (no zero point)
+
+
+@dataclass
+class LayerDropConfig(_Replicas, _OnDevice, CompressionConfig):
+    """Layer dropping: remove decoder blocks, the last ones or the least-changing by angular distance."""
+
+    method: str = "layerdrop"
+    n_layers: int = 1  # decoder blocks removed
+    select: str = "last"  # last | angular (the consecutive blocks whose input and output are closest in angle)
+
+
+@dataclass
+class CheckpointConfig(CompressionConfig):
+    """A compressed model made elsewhere (pruned, externally quantized), evaluated against the baseline."""
+
+    method: str = "checkpoint"
+    path: Optional[str] = None  # the compressed model's directory or hub id
+    gguf_file: Optional[str] = None  # a GGUF file (path, or name inside compression.path)
+
+
+# compression=<method> -> its schema (conf/compression/<method>.yaml names it in its defaults list)
+METHOD_CONFIGS: Dict[str, type] = {"none": NoneConfig, "rtn": RtnConfig, "gptq": GptqConfig, "tacq": TacqConfig,
+                                   "magnitude": MagnitudeConfig, "wanda": WandaConfig, "sparsegpt": SparseGPTConfig,
+                                   "layerdrop": LayerDropConfig, "checkpoint": CheckpointConfig}
 
 
 @dataclass
@@ -199,7 +300,7 @@ class OutputConfig:
 @dataclass
 class FlipbenchConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    compression: CompressionConfig = field(default_factory=RtnConfig)  # conf/config.yaml selects rtn too
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     suite: SuiteConfig = field(default_factory=SuiteConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -211,7 +312,14 @@ class FlipbenchConfig:
 
 
 def register() -> None:
-    ConfigStore.instance().store(name="flipbench_schema", node=FlipbenchConfig)
+    """The schema in Hydra's ConfigStore: the root (its compression left for the selected group option to fill), and
+    each method's config as ``schema/compression/<method>``, which ``conf/compression/<method>.yaml`` extends."""
+    store = ConfigStore.instance()
+    root = OmegaConf.structured(FlipbenchConfig)
+    root.compression = MISSING  # typed CompressionConfig: compression=<method> merges its subclass in
+    store.store(name="flipbench_schema", node=root)
+    for method, schema in METHOD_CONFIGS.items():
+        store.store(group="schema/compression", name=method, node=schema)
 
 
 QUANT_METHODS = ("rtn", "gptq", "tacq")
@@ -225,22 +333,9 @@ RETIRED_GATE_KEYS = {"max_kl_mean": "KL has one scale per kind: use gate.max_cho
                                     "and/or gate.max_token_kl_mean (generative tasks), both in nats"}
 # suite.correct_if.<task>: a comparison and a number, e.g. ">=0.5"
 CORRECT_IF = r"\s*(>=|<=|>|<)\s*([-+]?(?:[0-9]*\.)?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
-# The compression keys each method reads (flipbench/compress: QuantConfig for the quantizers, PruneConfig for the
-# pruners); another method's key given to it is refused by the CLI (flipbench.cli.check_method_keys).
-_QUANT_KEYS = ("bits", "group_size", "sym", "mse", "mse_norm", "act_order", "static_groups", "damp", "block_size",
-               "true_sequential", "device", "hessian_dtype")
-METHOD_KEYS = {
-    "none": (),
-    "rtn": ("bits", "group_size", "sym", "mse", "mse_norm", "device"),
-    "gptq": (*_QUANT_KEYS, "replicas", "replica_threads"),
-    "tacq": (*_QUANT_KEYS, "keep_fraction", "grad_dtype", "gradient_checkpointing", "replicas", "replica_threads"),
-    "magnitude": ("sparsity", "pattern", "scope", "device"),
-    "wanda": ("sparsity", "pattern", "true_sequential", "device", "replicas", "replica_threads"),
-    "sparsegpt": ("sparsity", "pattern", "bits", "sym", "block_size", "damp", "true_sequential", "device", "replicas",
-                  "replica_threads"),
-    "layerdrop": ("n_layers", "select", "device", "replicas", "replica_threads"),
-    "checkpoint": ("path", "gguf_file"),
-}
+# The compression keys each method has, from its schema (besides ``method``)
+METHOD_KEYS = {method: tuple(f.name for f in dataclasses.fields(schema) if f.name != "method")
+               for method, schema in METHOD_CONFIGS.items()}
 ENGINES = ("hf", "vllm", "server")
 SIDES = ("baseline", "compressed")
 SERVE_FORMATS = ("dense", "packed")
@@ -272,37 +367,72 @@ def to_typed(cfg: DictConfig | FlipbenchConfig) -> FlipbenchConfig:
 
 
 def schema_keys(schema: type = FlipbenchConfig, prefix: str = "") -> list[str]:
-    """Every dotted key of the schema (dataclass fields, recursively)."""
+    """Every dotted key of the schema (dataclass fields, recursively; compression: every method's keys)."""
     keys = []
     for name, hint in typing.get_type_hints(schema).items():
-        if dataclasses.is_dataclass(hint):
+        if hint is CompressionConfig:
+            every = dict.fromkeys(k for schema_ in METHOD_CONFIGS.values() for k in schema_keys(schema_))
+            keys += [f"{prefix}{name}.{key}" for key in every]
+        elif dataclasses.is_dataclass(hint):
             keys += schema_keys(hint, f"{prefix}{name}.")
         else:
             keys.append(f"{prefix}{name}")
     return keys
 
 
-def suggest_key(key: str) -> str:
-    """' (did you mean x.y?)' for the closest schema keys, or ''."""
-    close = difflib.get_close_matches(key, schema_keys(), n=2, cutoff=0.6)
+def suggest_key(key: str, keys: list[str] | None = None) -> str:
+    """' (did you mean x.y?)' for the closest of ``keys`` (default: every schema key), or ''."""
+    close = difflib.get_close_matches(key, schema_keys() if keys is None else keys, n=2, cutoff=0.6)
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
-def unknown_key_error(key: str) -> ConfigError:
-    return ConfigError(f"unknown config key '{key}'{suggest_key(key)}; run `flipbench --help` for the valid keys")
+def unknown_key_error(key: str, method: str | None = None) -> ConfigError:
+    """An unknown key, with the closest valid ones (a compression key: among ``method``'s keys where it is known)."""
+    keys = [f"compression.{k}" for k in ("method", *METHOD_KEYS[method])] if method in METHOD_KEYS else None
+    return ConfigError(f"unknown config key '{key}'{suggest_key(key, keys)}; run `flipbench --help` for the valid keys")
+
+
+def method_key_error(method: str, key: str) -> ConfigError | None:
+    """``compression.<key>`` given to a method that has no such key: the error naming the methods that have it (None
+    when no method has it: a typo, for :func:`unknown_key_error`)."""
+    owners = [m for m, keys in METHOD_KEYS.items() if key in keys]
+    if not owners:
+        return None
+    return ConfigError(f"compression.{key} is not a setting of compression={method}; it belongs to "
+                       f"{', '.join(owners)} (drop it, or pick one of those methods)")
 
 
 def check_keys(node: DictConfig, schema: type = FlipbenchConfig, prefix: str = "") -> None:
     """Keys the schema does not know are errors, however they were added: Hydra's ``+key=value`` adds them to a
     structured config without complaint, and OmegaConf.to_object then drops them silently (a gate typo such as
-    ``+gate.max_flipz=0`` would switch the gate off)."""
+    ``+gate.max_flipz=0`` would switch the gate off). Under compression the schema is the selected method's."""
+    if schema is CompressionConfig:  # composed: the group option's schema; saved (plain): its method's
+        composed = OmegaConf.get_type(node)
+        schema = composed if composed in METHOD_CONFIGS.values() else METHOD_CONFIGS.get(
+            OmegaConf.select(node, "method", default=None), CompressionConfig)
     hints = typing.get_type_hints(schema)
     for key in node.keys():
         path = f"{prefix}{key}"
         if key not in hints:
-            raise unknown_key_error(path)
+            method = schema.method if schema in METHOD_CONFIGS.values() else None
+            raise (method and method_key_error(method, key)) or unknown_key_error(path, method)
         if dataclasses.is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
             check_keys(node[key], hints[key], path + ".")
+
+
+def from_saved(saved: DictConfig | dict) -> DictConfig:
+    """A config saved with a run or an artifact (config.yaml, the manifest's ``config``) over the schema, its
+    compression as its method's config. Configs saved before there was one config per method hold every method's
+    keys: those the method does not have are dropped (they were defaults it never read)."""
+    saved = OmegaConf.create(OmegaConf.to_container(saved) if isinstance(saved, DictConfig) else saved)
+    method = OmegaConf.select(saved, "compression.method", default="rtn")
+    root = OmegaConf.structured(FlipbenchConfig)
+    if method in METHOD_CONFIGS:
+        saved.compression = {k: v for k, v in saved.get("compression", {}).items() if k in (
+            "method", *METHOD_KEYS[method])}
+        root.compression = MISSING
+        root = OmegaConf.merge(root, {"compression": METHOD_CONFIGS[method]})
+    return OmegaConf.merge(root, saved)
 
 
 def check_gate_tasks(gate: GateConfig, tasks: list[str]) -> None:
@@ -324,48 +454,65 @@ def _check_pruning(comp: CompressionConfig) -> None:
     from flipbench.compress.prune.config import PruneConfig, settings_problem
 
     fields = {k: v for k, v in vars(comp).items() if k in PruneConfig.__dataclass_fields__}
-    if comp.method != "sparsegpt":
-        fields["bits"] = None  # joint quantization is SparseGPT's; the schema's default 4 means nothing here
     problem = settings_problem(PruneConfig(**fields))
     _check(problem is None, f"compression.{problem}")
+
+
+def _validate_compression(cfg: FlipbenchConfig) -> None:
+    """The selected method's own keys; a key it lacks is not there to check (the schema refused it)."""
+    comp = cfg.compression
+    _check(comp.method in METHODS, f"compression.method={comp.method!r} is unknown; use one of {', '.join(METHODS)}")
+    selected = next((m for m, schema in METHOD_CONFIGS.items() if type(comp) is schema), comp.method)
+    _check(selected == comp.method, f"compression.method={comp.method} does not match compression={selected}; pick "
+           f"the method with compression={comp.method}")
+    if isinstance(comp, _Grid):  # the quantizers
+        _check(2 <= comp.bits <= 8, f"compression.bits={comp.bits} is outside 2-8; pick a bit width from 2 to 8")
+        _check(comp.group_size == -1 or comp.group_size > 0,
+               f"compression.group_size={comp.group_size} is invalid; use -1 (per channel) or a positive column count")
+        _check(comp.mse_norm > 0, f"compression.mse_norm={comp.mse_norm} must be positive, e.g. 2.4 or 2")
+    if isinstance(comp, GptqConfig):  # and TACQ
+        _check(comp.damp > 0, f"compression.damp={comp.damp} must be positive, e.g. 0.01")
+        _check(comp.block_size > 0, f"compression.block_size={comp.block_size} must be positive, e.g. 128")
+        _check(comp.hessian_dtype in ("float32", "float64"),
+               f"compression.hessian_dtype={comp.hessian_dtype!r} is unknown; use float64 or float32")
+    if isinstance(comp, TacqConfig):
+        _check(0.0 <= comp.keep_fraction <= 0.5,
+               f"compression.keep_fraction={comp.keep_fraction} is outside [0, 0.5]; TACQ keeps a small share, e.g. 0.0035")
+        _check(comp.grad_dtype in DTYPES[1:],
+               f"compression.grad_dtype={comp.grad_dtype!r} is unknown; use one of {', '.join(DTYPES[1:])}")
+    if comp.method in PRUNE_METHODS:
+        _check_pruning(comp)
+    if isinstance(comp, _Replicas):
+        _check(comp.replicas >= 1, f"compression.replicas={comp.replicas} must be >= 1")
+        _check(all(t >= 1 for t in comp.replica_threads), f"compression.replica_threads={comp.replica_threads} must "
+               "list positive thread counts, e.g. [1,2]")
+        replicated = comp.replicas > 1 or bool(comp.replica_threads)
+        _check(not (comp.method == "layerdrop" and comp.select == "last" and replicated),
+               "compression=layerdrop with select=last draws no calibration data: its replicas are identical by "
+               "construction; drop compression.replicas (or use compression.select=angular)")
+    if comp.method == "checkpoint":
+        _check(bool(comp.path) or bool(comp.gguf_file),
+               "compression=checkpoint needs compression.path=<model directory or hub id> (or compression.gguf_file)")
+    if isinstance(comp, _OnDevice):
+        _check(comp.device in ("auto", "cpu", "cuda", "mps") or comp.device.startswith("cuda:"),
+               f"compression.device={comp.device!r} is unknown; use auto, cpu, cuda, cuda:N or mps")
+
+
+def setting(comp: CompressionConfig, key: str, default: Any = None) -> Any:
+    """A compression key where the method has it, else ``default``: for code that serves every method."""
+    return getattr(comp, key, default)
 
 
 def validate(cfg: FlipbenchConfig) -> None:
     """Range and cross-field checks: cheap, before any model or dataset loads."""
     comp, cal, ev = cfg.compression, cfg.calibration, cfg.eval
     _check(not cfg.gate.sequential or cfg.side is not None or any(getattr(cfg.gate, k) is not None for k in ("max_flips", "max_lost", "max_acc_drop")), "gate.sequential=true needs a proportion limit (gate.max_flips, gate.max_lost or gate.max_acc_drop)")
-    _check(not cfg.gate.sequential or cfg.compression.replicas <= 1, "gate.sequential=true evaluates a prefix of the docs; compression.replicas needs every doc (use one or the other)")
+    _check(not cfg.gate.sequential or setting(comp, "replicas", 1) <= 1, "gate.sequential=true evaluates a prefix of the docs; compression.replicas needs every doc (use one or the other)")
     _check(0 < cfg.gate.alpha < 1 and (cfg.gate.chunk is None or cfg.gate.chunk >= 1), f"gate.alpha={cfg.gate.alpha} must be in (0, 1) and gate.chunk={cfg.gate.chunk} at least 1")
     _check((cfg.gate.kl_clip is None or cfg.gate.kl_clip > 0) and (cfg.gate.sequential_docs is None or cfg.gate.sequential_docs >= 1), f"gate.kl_clip={cfg.gate.kl_clip} must be above 0 and gate.sequential_docs={cfg.gate.sequential_docs} at least 1")
-    _check(comp.method in METHODS, f"compression.method={comp.method!r} is unknown; use one of {', '.join(METHODS)}")
-    if comp.method in QUANT_METHODS:
-        _check(comp.bits is not None and 2 <= comp.bits <= 8, f"compression.bits={comp.bits} is outside 2-8; pick a bit width from 2 to 8")
-        _check(comp.group_size == -1 or comp.group_size > 0,
-               f"compression.group_size={comp.group_size} is invalid; use -1 (per channel) or a positive column count")
-        _check(0.0 <= comp.keep_fraction <= 0.5,
-               f"compression.keep_fraction={comp.keep_fraction} is outside [0, 0.5]; TACQ keeps a small share, e.g. 0.0035")
-        _check(comp.mse_norm > 0, f"compression.mse_norm={comp.mse_norm} must be positive, e.g. 2.4 or 2")
-        _check(comp.damp > 0, f"compression.damp={comp.damp} must be positive, e.g. 0.01")
-        _check(comp.block_size > 0, f"compression.block_size={comp.block_size} must be positive, e.g. 128")
-    if comp.method in PRUNE_METHODS:
-        _check_pruning(comp)
-    _check(comp.hessian_dtype in ("float32", "float64"),
-           f"compression.hessian_dtype={comp.hessian_dtype!r} is unknown; use float64 or float32")
-    _check(comp.replicas >= 1, f"compression.replicas={comp.replicas} must be >= 1")
-    _check(all(t >= 1 for t in comp.replica_threads), f"compression.replica_threads={comp.replica_threads} must list "
-           "positive thread counts, e.g. [1,2]")
-    if comp.replicas > 1 or comp.replica_threads:
-        data_free = comp.method in ("none", "rtn", "magnitude", "checkpoint") or (
-            comp.method == "layerdrop" and comp.select == "last")
-        _check(not data_free, f"compression={comp.method} draws no calibration data: its replicas are identical by "
-               "construction; drop compression.replicas (replicas measure GPTQ, TACQ, Wanda, SparseGPT)")
-    if comp.method == "checkpoint":
-        _check(bool(comp.path) or bool(comp.gguf_file),
-               "compression=checkpoint needs compression.path=<model directory or hub id> (or compression.gguf_file)")
-    _check(comp.grad_dtype in DTYPES[1:], f"compression.grad_dtype={comp.grad_dtype!r} is unknown; use one of {', '.join(DTYPES[1:])}")
-    for key, device in (("model.device", cfg.model.device), ("compression.device", comp.device)):
-        _check(device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:"),
-               f"{key}={device!r} is unknown; use auto, cpu, cuda, cuda:N or mps")
+    _validate_compression(cfg)
+    _check(cfg.model.device in ("auto", "cpu", "cuda", "mps") or cfg.model.device.startswith("cuda:"),
+           f"model.device={cfg.model.device!r} is unknown; use auto, cpu, cuda, cuda:N or mps")
     _check(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
     _check(cal.source in ("task", "text"), f"calibration.source={cal.source!r} is unknown; use task or text")
     _check(cal.gradient_source in ("task", "text"),
@@ -396,7 +543,7 @@ def validate(cfg: FlipbenchConfig) -> None:
     if cfg.output.save_model:
         _check(comp.method in ("rtn", "gptq", "tacq"), f"output.save_model=true saves a model quantized here; "
                f"compression={comp.method} has none to save (use compression=rtn, gptq or tacq)")
-        _check(not (comp.act_order and comp.group_size != -1 and not comp.static_groups and comp.method != "tacq"),
+        _check(not (comp.method == "gptq" and comp.act_order and comp.group_size != -1 and not comp.static_groups),
                "output.save_model with compression.act_order=true and groups needs compression.static_groups=true "
                "(compressed-tensors stores groups in column order, without g_idx)")
     _validate_gate(cfg.gate)
@@ -449,7 +596,7 @@ def _validate_engine(cfg: FlipbenchConfig) -> None:
     if engine.name == "vllm" and engine.serve_format == "packed" and comp.method not in ("none", "checkpoint"):
         _check(comp.method in ("rtn", "gptq"), f"engine.serve_format=packed packs RTN and GPTQ weights "
                f"(compressed-tensors); compression={comp.method} has no packed format: use engine.serve_format=dense")
-        _check(not (comp.act_order and comp.group_size != -1 and not comp.static_groups),
+        _check(not (setting(comp, "act_order") and comp.group_size != -1 and not comp.static_groups),
                "engine.serve_format=packed with compression.act_order=true and groups needs compression.static_groups="
                "true (compressed-tensors stores groups in column order, without g_idx); or use engine.serve_format=dense")
     _check(cfg.side in (None, *SIDES), f"side={cfg.side!r} is unknown; use side=baseline or side=compressed")

@@ -1,7 +1,8 @@
 """``flipbench --help``: every config key with its type, default and meaning, read from the typed schema.
 
-The meaning is the comment on the field's line in flipbench/config.py (or the comment lines right above it), so the
-help and the schema cannot drift apart.
+The meaning is the comment on the field's line in flipbench/config.py (or the comment lines right above it; for a key
+a method's config inherits, the class that declares it), so the help and the schema cannot drift apart. Compression
+keys are listed per method: each method's config holds only its own.
 """
 
 from __future__ import annotations
@@ -64,13 +65,20 @@ def _type_name(hint) -> str:
     return getattr(hint, "__name__", text) if not getattr(hint, "__args__", None) else text
 
 
+def _meaning(schema: type, name: str, comments: dict) -> str:
+    """The comment of the nearest class in ``schema``'s MRO that comments the field."""
+    return next((comments[f"{k.__name__}.{name}"] for k in schema.__mro__ if comments.get(f"{k.__name__}.{name}")), "")
+
+
 def rows(schema=config.FlipbenchConfig, prefix: str = "", comments: dict | None = None) -> list[tuple[str, str, str, str]]:
-    """(key, type, default, meaning) for every key of the schema."""
+    """(key, type, default, meaning) for every key of the schema but compression's (:func:`method_rows`)."""
     comments = field_comments() if comments is None else comments
     out = []
     hints = typing.get_type_hints(schema)
     for field in dataclasses.fields(schema):
         hint = hints[field.name]
+        if hint is config.CompressionConfig:
+            continue
         if dataclasses.is_dataclass(hint):
             out += rows(hint, f"{prefix}{field.name}.", comments)
             continue
@@ -81,13 +89,26 @@ def rows(schema=config.FlipbenchConfig, prefix: str = "", comments: dict | None 
         else:
             default = "(required)"
         default = "(required)" if default == "'???'" else default
-        out.append((f"{prefix}{field.name}", _type_name(hint), default, comments.get(f"{schema.__name__}.{field.name}", "")))
+        out.append((f"{prefix}{field.name}", _type_name(hint), default, _meaning(schema, field.name, comments)))
     return out
 
 
+def method_rows(comments: dict | None = None) -> dict[str, list[tuple[str, str, str, str]]]:
+    """compression=<method> -> (key, type, default, meaning) of each key of its config but ``method``."""
+    comments = field_comments() if comments is None else comments
+    return {method: [row for row in rows(schema, "compression.", comments) if row[0] != "compression.method"]
+            for method, schema in config.METHOD_CONFIGS.items()}
+
+
 def text() -> str:
-    table = rows()
+    table, per_method = rows(), method_rows()
     width = max(len(k) for k, *_ in table)
-    body = "\n".join(f"  {key:<{width}}  {kind} = {default}" + (f"\n  {'':<{width}}    {meaning}" if meaning else "")
-                     for key, kind, default, meaning in table)
-    return f"{USAGE}\nKeys (type = default, then what it means):\n{body}\n"
+
+    def lines(entries) -> str:
+        return "\n".join(f"  {key:<{width}}  {kind} = {default}" + (f"\n  {'':<{width}}    {meaning}" if meaning else "")
+                         for key, kind, default, meaning in entries)
+    methods = "\n".join(f"compression={method}: {inspect.getdoc(config.METHOD_CONFIGS[method]).splitlines()[0]}"
+                        + (f"\n{lines(entries)}" if entries else " (no keys)") for method, entries in per_method.items())
+    return (f"{USAGE}\nKeys (type = default, then what it means):\n{lines(table)}\n\n"
+            "Compression keys, per method (compression=<method>; another method's key is refused):\n"
+            f"{methods}\n")

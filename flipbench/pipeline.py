@@ -17,13 +17,14 @@ import torch
 
 from flipbench import cache, engines, models, rundir, scoring
 from flipbench.answerkl import fill_token_kl, kl_reference, token_kl_rows, token_kl_stage  # noqa: F401  (re-exported)
+from flipbench.modelsize import baseline_size
 from flipbench.noise import noise_dtype, noise_floor  # noqa: F401
 from flipbench.side import (  # noqa: F401  (re-exported: the stages of one side)
     _engine_path, _native_bits, _needs_calibration, calibration_ids, compress, estimate_work, evaluate_side, limits, prepare,
     preflight,
     quant_config,
 )
-from flipbench.config import ConfigError, FlipbenchConfig, to_typed
+from flipbench.config import ConfigError, FlipbenchConfig, setting, to_typed
 from flipbench.pairing import PairingError, pair
 
 log = logging.getLogger("flipbench")
@@ -74,7 +75,7 @@ def run(cfg) -> Path:
     root = Path(cfg.output.root)
     try:
         plan = preflight(cfg)
-        run_id = cfg.output.run_id or rundir.new_run_id(cfg.model.name, cfg.compression.method, cfg.compression.bits)
+        run_id = cfg.output.run_id or rundir.new_run_id(cfg.model.name, cfg.compression.method, setting(cfg.compression, "bits"))
         run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else root / "runs" / run_id
         if rundir.is_complete(run_dir) and not cfg.output.redo:
             log.info("%s is already complete; skipping it (output.redo=true runs it again)", run_dir)
@@ -126,7 +127,7 @@ def _baseline_fields(cfg: FlipbenchConfig, plan, task_objs: dict, tokenizer, key
 @contextmanager
 def replica_threads(cfg: FlipbenchConfig, replica: int):
     """torch's thread count for one compression replica (compression.replica_threads, cycled); unchanged when unset."""
-    threads = cfg.compression.replica_threads
+    threads = setting(cfg.compression, "replica_threads", [])
     if not threads:
         yield
         return
@@ -145,7 +146,7 @@ def compression_replicas(paired, pristine, base, tokenizer, tasks_plan, cfg: Fli
     from flipbench import metrics, replicas
 
     task_objs, plan = tasks_plan
-    k = max(cfg.compression.replicas, 1)
+    k = max(setting(cfg.compression, "replicas", 1), 1)
     frames, details = [paired], [_replica_detail(cfg, 0, paired)]
     evaluated = limits(task_objs, plan, cfg)
     for r in range(1, k):
@@ -167,7 +168,7 @@ def compression_replicas(paired, pristine, base, tokenizer, tasks_plan, cfg: Fli
 def _replica_detail(cfg: FlipbenchConfig, replica: int, frame) -> dict:
     from flipbench.side import calibration_seed
 
-    threads = cfg.compression.replica_threads
+    threads = setting(cfg.compression, "replica_threads", [])
     flips = (frame["correct_base"] != frame["correct_comp"]).groupby([frame["task"], frame["filter"]]).mean()
     return {"replica": replica, "calibration_seed": calibration_seed(cfg, replica),
             "threads": threads[replica % len(threads)] if threads else torch.get_num_threads(),
@@ -184,6 +185,7 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         weights = models.fingerprint(model)
         work = estimate_work(model, tokenizer, task_objs, plan, cfg)
     store = cache.BaselineCache(root / "cache")
+    size = baseline_size(model, cfg.model)
     key_parts = baseline_key(cfg, weights, task_objs, str(device), tokenizer)
     key = cache.cache_key(key_parts)
     changed = store.changed_libraries(cfg.model.path, weights, key_parts) if cfg.eval.cache else []
@@ -198,17 +200,19 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
             if not hit:
                 base = evaluate_side(model, tokenizer, task_objs, plan, cfg, label="baseline", work=work,
                                      path=_engine_path(cfg, "baseline"))
-                store.store(key, base, key_parts, _baseline_fields(cfg, plan, task_objs, tokenizer, key_parts))
+                store.store(key, base, key_parts, {**_baseline_fields(cfg, plan, task_objs, tokenizer, key_parts),
+                                                   "size": size})
         with manifest.stage("token_kl_reference", log):
             reference = kl_reference(base, model, tokenizer, cfg, store, key)
-    manifest.update(baseline_cache_hit=hit, baseline_cache_key=key, baseline_fingerprint=weights)
+    manifest.update(baseline_cache_hit=hit, baseline_cache_key=key, baseline_fingerprint=weights,
+                    baseline_size=size)
     if cfg.eval.noise_floor != "off":
         with manifest.stage("evaluate_noise_floor", log):
             noise, noise_details = noise_floor(model, tokenizer, task_objs, plan, cfg, base, reference)
             noise.to_parquet(run_dir / "noise_samples.parquet", index=False)
         manifest.update(noise_floor=noise_details)
     grids = {} if cfg.output.save_model else None
-    n_replicas = cfg.compression.replicas
+    n_replicas = setting(cfg.compression, "replicas", 1)
     pristine = copy.deepcopy(model) if n_replicas > 1 else None  # replicas compress copies of the baseline
     with manifest.stage("compress", log), replica_threads(cfg, 0):
         comp_model, comp_tok, details = compress(model, tokenizer, calibration, cfg, grids)

@@ -17,8 +17,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from flipbench import gate as gate_mod
-from flipbench import metrics, plots, scoring
-from flipbench.config import FlipbenchConfig
+from flipbench import metrics, modelsize, plots, scoring
+from flipbench.config import FlipbenchConfig, from_saved, setting
 
 KL_NOTE = ("KL is KL(baseline ‖ compressed) in nats: choice-level (softmax over the answer choices' raw "
            "log-likelihoods whatever the metric, one value per doc, statistics over docs; kl_norm_mean in summary.csv "
@@ -47,9 +47,8 @@ INTERVALS_NOTE = ("95% intervals: exact Clopper-Pearson for flips (and lost, gai
 
 def compressed_bits(cfg: FlipbenchConfig) -> float:
     """The bit width the method quantized to: the quantizers', SparseGPT's joint one; NaN otherwise."""
-    method, bits = cfg.compression.method, cfg.compression.bits
-    quantized = method in ("rtn", "gptq", "tacq") or (method == "sparsegpt" and bits is not None)
-    return bits if quantized else np.nan
+    bits = setting(cfg.compression, "bits")
+    return np.nan if bits is None else bits
 
 
 def pruning_label(compression: dict) -> str:
@@ -62,7 +61,11 @@ def pruning_label(compression: dict) -> str:
     return f" {pattern}" if pattern != "unstructured" else f" {100 * compression['sparsity']:.0f}%"
 
 
-def build_summary(samples: pd.DataFrame, cfg: FlipbenchConfig, compression: dict, run_dir: Path) -> pd.DataFrame:
+def build_summary(samples: pd.DataFrame, cfg: FlipbenchConfig, compression: dict, run_dir: Path,
+                  baseline_size: dict | None = None) -> pd.DataFrame:
+    """summary.csv: metrics per task, subject and category, with the compression's cost in front (model_bytes and
+    baseline_bytes on one basis, flipbench/modelsize.py; NaN where either is unknown)."""
+    sizes = modelsize.compared(baseline_size, compression)
     summary = metrics.summarize(samples, metrics_by_task=dict(cfg.suite.metrics), n_resamples=cfg.eval.bootstrap,
                                 seed=cfg.eval.seed, correct_if=dict(cfg.suite.correct_if))
     summary.insert(0, "method", compression.get("method", cfg.compression.method))
@@ -71,6 +74,8 @@ def build_summary(samples: pd.DataFrame, cfg: FlipbenchConfig, compression: dict
     measured = compression.get("sparsity_measured") or {}
     summary.insert(3, "sparsity", measured.get("overall", np.nan))
     summary.insert(4, "params_kept", compression.get("params_kept", np.nan))
+    summary.insert(5, "model_bytes", sizes[1] if sizes else np.nan)
+    summary.insert(6, "baseline_bytes", sizes[0] if sizes else np.nan)
     noise_path = run_dir / "noise_samples.parquet"
     if noise_path.exists():
         noise = metrics.summarize(pd.read_parquet(noise_path), metrics_by_task=dict(cfg.suite.metrics),
@@ -236,8 +241,19 @@ def failing_checks(verdict: dict) -> list[str]:
     return out
 
 
-def _gb(n) -> str:
-    return f"{n / 1e9:.3g} GB" if n and n == n else "n/a"
+def size_text(n: float) -> str:
+    """Bytes in decimal units, three significant digits: 14.2 GB, 1.34 MB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def saved_text(baseline_bytes: float, model_bytes: float) -> str:
+    """'1.07 MB saved, 4.98× smaller' where both sizes are known, else ''."""
+    if not all(isinstance(v, (int, float, np.number)) and v > 0 for v in (baseline_bytes, model_bytes)):  # NaN, None
+        return ""
+    return f"{size_text(baseline_bytes - model_bytes)} saved, {baseline_bytes / model_bytes:.2f}× smaller"
 
 
 def headline_text(summary: pd.DataFrame, verdict: dict, cfg: FlipbenchConfig | None = None,
@@ -248,9 +264,9 @@ def headline_text(summary: pd.DataFrame, verdict: dict, cfg: FlipbenchConfig | N
     manifest, compression = manifest or {}, compression or {}
     lines = [f"**Release gate: {verdict['verdict']}**"] + failing_checks(verdict)
     if cfg is not None:
-        base_bytes, comp_bytes = manifest.get("baseline_bytes"), compression.get("model_bytes")
-        size = (f"; size {_gb(base_bytes)} → {_gb(comp_bytes)} ({_gb(base_bytes - comp_bytes)} saved)"
-                if base_bytes and comp_bytes else "")
+        sizes = modelsize.compared(manifest.get("baseline_size"), compression)
+        size = (f"; size {size_text(sizes[0])} → {size_text(sizes[1])} ({saved_text(*sizes[:2])}; {sizes[2]})"
+                if sizes else "")
         settings = {k: compression.get(k) for k in ("bits", "group_size", "sym", "keep_fraction", "sparsity", "pattern")
                     if compression.get(k) not in (None, 0.0, "unstructured") or k == "bits" and compression.get(k)}
         avg = compression.get("avg_bits")
@@ -496,7 +512,7 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
     samples = pd.read_parquet(run_dir / "samples.parquet")
     manifest = json.loads((run_dir / "manifest.json").read_text())
     compression = manifest.get("compression") or {"method": cfg.compression.method}
-    summary = build_summary(samples, cfg, compression, run_dir)
+    summary = build_summary(samples, cfg, compression, run_dir, manifest.get("baseline_size"))
     summary.to_csv(run_dir / "summary.csv", index=False)
     verdict = gate_mod.evaluate_gate(summary, cfg.gate)
     if manifest.get("sequential"):  # a sequential run's verdict is its sequential decision (docs/sequential.md)
@@ -504,7 +520,7 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
 
         verdict = gate_verdict(manifest["sequential"], verdict)
     method = compression.get("method", cfg.compression.method)
-    bits = "" if np.isnan(compressed_bits(cfg)) else f" w{cfg.compression.bits}"
+    bits = "" if np.isnan(compressed_bits(cfg)) else f" w{compressed_bits(cfg)}"
     tag = f"{cfg.model.name} · {method}{bits}{pruning_label(compression)}"
     figures = make_plots(run_dir, samples, summary, method, tag, dict(cfg.suite.correct_if)) if cfg.output.plots else []
     head = headline_text(summary, verdict, cfg, manifest, compression)
@@ -535,8 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.run_dir / "samples.parquet").exists():
         print(f"flipbench: error: {args.run_dir} has no samples.parquet; give a run directory", file=sys.stderr)
         return 2
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FlipbenchConfig),
-                                              OmegaConf.load(args.run_dir / "config.yaml")))
+    cfg = OmegaConf.to_object(from_saved(OmegaConf.load(args.run_dir / "config.yaml")))
     verdict = build(args.run_dir, cfg)
     print(f"flipbench: rebuilt {args.run_dir}  gate: {verdict['verdict']}")
     return 0

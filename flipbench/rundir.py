@@ -26,15 +26,18 @@ def run_tag(model_name: str, method: str, bits: int) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", tag)[:60]
 
 
-def member_tag(method: str, bits, sparsity, pattern, n_layers) -> str:
-    """A sweep member's folder tag: rtn-w4, wanda-s0.5, sparsegpt-2_4-w4, layerdrop-n2."""
+def member_tag(compression) -> str:
+    """A sweep member's folder tag from its compression config (a mapping holding the method's own keys): rtn-w4,
+    wanda-s0.5, sparsegpt-2_4-w4, layerdrop-n2, none, checkpoint."""
+    method, bits = compression["method"], compression.get("bits")
     if method == "layerdrop":
-        tag = f"{method}-n{n_layers}"
+        tag = f"{method}-n{compression['n_layers']}"
     elif method in ("magnitude", "wanda", "sparsegpt"):
-        tag = f"{method}-" + (f"s{sparsity}" if pattern == "unstructured" else str(pattern))
-        tag += f"-w{bits}" if method == "sparsegpt" and bits is not None else ""
+        pattern = compression["pattern"]
+        tag = f"{method}-" + (f"s{compression['sparsity']}" if pattern == "unstructured" else str(pattern))
+        tag += f"-w{bits}" if bits is not None else ""
     else:
-        tag = f"{method}-w{bits}"
+        tag = method + (f"-w{bits}" if bits is not None else "")
     return re.sub(r"[^A-Za-z0-9._-]+", "_", tag)[:60]
 
 

@@ -94,9 +94,7 @@ def quant_config(cfg: FlipbenchConfig):
 
     settings = settings_type(cfg.compression.method)
     fields = {k: v for k, v in asdict(cfg.compression).items() if k in settings.__dataclass_fields__}
-    if cfg.compression.method in PRUNE_METHODS and cfg.compression.method != "sparsegpt":
-        fields["bits"] = None  # only SparseGPT quantizes while it prunes
-    return settings(**fields)
+    return settings(**fields)  # keys the method does not have keep the settings' defaults (bits: None for pruners)
 
 
 def _needs_calibration(cfg: FlipbenchConfig) -> bool:
@@ -227,13 +225,16 @@ def compress(model, tokenizer, calibration, cfg: FlipbenchConfig, grids: dict | 
     ``calibration`` is the (calib, task_calib) pair from :func:`calibration_ids`, built before any evaluation;
     ``grids`` (for output.save_model) receives what the quantizer fitted per linear.
     """
+    from flipbench.modelsize import checkpoint_size, evaluated_bytes
+
     method = cfg.compression.method
     if method == "none":
-        return model, tokenizer, {"method": "none", "avg_bits": _native_bits(model)}
+        return model, tokenizer, {"method": "none", "avg_bits": _native_bits(model), "model_bytes": evaluated_bytes(model)}
     if method == "checkpoint":
-        comp, comp_tok = models.load_model(cfg.model, cfg.compression.path or cfg.model.path,
-                                             gguf_file=cfg.compression.gguf_file)
-        return comp, comp_tok, {"method": "checkpoint", "path": cfg.compression.path, "avg_bits": _native_bits(comp)}
+        comp_cfg = cfg.compression
+        comp, comp_tok = models.load_model(cfg.model, comp_cfg.path or cfg.model.path, gguf_file=comp_cfg.gguf_file)
+        return comp, comp_tok, {"method": "checkpoint", "path": comp_cfg.path, "avg_bits": _native_bits(comp),
+                                **checkpoint_size(comp_cfg.path or cfg.model.path, comp_cfg.gguf_file)}
     from flipbench import compress as compressors
 
     calib, task_calib = calibration

@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 
 from flipbench import plots, sweepstats  # noqa: E402
-from flipbench.report import markdown_table  # noqa: E402
+from flipbench.report import markdown_table, saved_text  # noqa: E402
 from flipbench.rundir import is_complete, read_manifest, state  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=LEAD)
     table = pd.concat(frames, ignore_index=True)
-    for column in ("sparsity", "params_kept"):  # runs made before pruning existed lack them
+    for column in ("sparsity", "params_kept", "model_bytes", "baseline_bytes"):  # runs made before these existed
         if column not in table:
             table[column] = float("nan")
     rest = [c for c in table.columns if c not in LEAD and c not in ("group", "headline")]
@@ -112,13 +112,14 @@ def members_section(roster: pd.DataFrame) -> str:
     return "\n".join(lines + [markdown_table(roster) if len(roster) else "No member folder.", ""])
 
 
-DECISION_COLUMNS = ("avg_bits", "params_kept", "flips_ci_low", "flips_ci_high", "delta_acc", "delta_acc_ci_low",
-                    "delta_acc_ci_high")
+DECISION_COLUMNS = ("avg_bits", "params_kept", "model_bytes", "baseline_bytes", "flips_ci_low", "flips_ci_high",
+                    "delta_acc", "delta_acc_ci_low", "delta_acc_ci_high")
 
 
 def decision_table(roster: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """One row per member, the decision view: gate verdict, cost, and its worst task's flips and Δacc with their
-    95% intervals (flips: exact Clopper-Pearson; Δacc: Tango)."""
+    """One row per member, the decision view: gate verdict, cost (average bits, parameters kept, and the size saved
+    against the baseline where both sizes are known), and its worst task's flips and Δacc with their 95% intervals
+    (flips: exact Clopper-Pearson; Δacc: Tango)."""
     rows = []
     for _, member in roster.iterrows():
         mine = table[table["run"] == member["run"]]
@@ -129,6 +130,7 @@ def decision_table(roster: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
             drop = mine.loc[mine["delta_acc"].fillna(np.inf).idxmin()]
             row.update({"avg bits": f"{worst['avg_bits']:.2f}" if worst["avg_bits"] == worst["avg_bits"] else "",
                         "params kept": f"{100 * worst['params_kept']:.1f}%" if worst["params_kept"] == worst["params_kept"] else "",
+                        "size saved": saved_text(worst["baseline_bytes"], worst["model_bytes"]),
                         "worst flips": f"{worst['task']}: {100 * worst['flips']:.1f}% [{100 * worst['flips_ci_low']:.1f}, "
                                        f"{100 * worst['flips_ci_high']:.1f}]",
                         "worst Δacc": f"{drop['task']}: {100 * drop['delta_acc']:+.1f} pp [{100 * drop['delta_acc_ci_low']:+.1f}, "

@@ -51,7 +51,7 @@ def test_wrong_type_fails_at_composition():
 @pytest.mark.parametrize("override,message", [
     ("compression.bits=9", "outside 2-8"),
     ("compression.bits=1", "outside 2-8"),
-    ("compression.keep_fraction=0.6", "outside \\[0, 0.5\\]"),
+    ("compression=tacq compression.keep_fraction=0.6", "outside \\[0, 0.5\\]"),
     ("compression.group_size=0", "group_size=0"),
     ("compression.mse_norm=0", "mse_norm=0"),
     ("compression.method=awq", "unknown"),
@@ -64,7 +64,7 @@ def test_wrong_type_fails_at_composition():
 ])
 def test_bad_values_fail_validation_with_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as err:
-        to_typed(compose([override]))
+        to_typed(compose(override.split()))
     assert "\n" not in str(err.value)
 
 
@@ -95,3 +95,33 @@ def test_make_variables_map_onto_overrides():
 def test_make_without_model_keeps_the_bundled_defaults():
     line = make_dry_run()
     assert "model=" not in line and "suite=" not in line
+
+
+@pytest.mark.parametrize("overrides,tag", [
+    (["compression=rtn", "compression.bits=3"], "rtn-w3"),
+    (["compression=none"], "none"),
+    (["compression=wanda", "compression.pattern=2:4"], "wanda-2_4"),
+    (["compression=sparsegpt", "compression.bits=4"], "sparsegpt-s0.5-w4"),
+    (["compression=layerdrop", "compression.n_layers=2"], "layerdrop-n2"),
+])
+def test_sweep_member_folders_are_tagged_from_the_methods_own_keys(overrides, tag):
+    from omegaconf import OmegaConf
+
+    subdir = OmegaConf.load(Path(CONF_DIR) / "config.yaml").hydra.sweep._get_node("subdir")._value()
+    number, expression = subdir.split("-", 1)
+    assert number == "${hydra.job.num}"
+    assert OmegaConf.create({"tag": expression, "compression": compose(overrides).compression}).tag == tag
+
+
+def test_a_config_saved_with_every_methods_keys_loads_as_its_methods_config():
+    """config.yaml of runs (and artifacts) saved while one flat compression config held every method's keys: the
+    keys the method lacks were unread defaults and are dropped; its own keys keep their saved values."""
+    from omegaconf import OmegaConf
+
+    from flipbench.config import GptqConfig, from_saved
+
+    flat = {"method": "gptq", "bits": 3, "act_order": True, "keep_fraction": 0.0035, "sparsity": 0.5, "n_layers": 1,
+            "path": None, "scope": "row", "replicas": 2}
+    typed = to_typed(OmegaConf.to_object(from_saved({"model": {"path": "org/name"}, "compression": flat})))
+    assert typed.compression == GptqConfig(bits=3, act_order=True, replicas=2)
+    assert typed.model.path == "org/name" and typed.suite.tasks == ["synth"]  # the rest from the schema's defaults

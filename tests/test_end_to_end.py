@@ -94,6 +94,26 @@ def test_quantized_run_flips_and_report_rebuilds_from_disk(rtn2_run):
     assert (run_dir / "summary.csv").read_text() == before
 
 
+def test_run_records_both_sizes_and_reports_the_size_saved(rtn2_run):
+    """Sizes counted by hand (tests/test_report.py): float32 parameters against RTN w2's 2.25 bits a linear weight."""
+    from transformers import AutoConfig
+
+    from tests.test_report import llama_params_by_hand
+
+    overrides, run_dir = rtn2_run
+    other, linear = llama_params_by_hand(AutoConfig.from_pretrained(next(o.split("=", 1)[1] for o in overrides
+                                                                        if o.startswith("model.path="))))
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["baseline_size"]["bytes"] == 4 * (other + linear) and manifest["baseline_size"]["dtype"] == "float32"
+    assert manifest["compression"]["model_bytes"] == 4 * other + linear * 9 // 32
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert (summary["baseline_bytes"] == 4 * (other + linear)).all()
+    saved = 4 * linear - linear * 9 // 32
+    ratio = 4 * (other + linear) / (4 * other + linear * 9 // 32)
+    assert f"({saved / 1e3:.3g} kB saved, {ratio:.2f}× smaller; parameters at float32 evaluated)" in (
+        run_dir / "report.md").read_text()
+
+
 def test_token_kl_is_the_same_from_stored_cached_or_reloaded_baseline(rtn2_run, monkeypatch):
     """Three ways to get the baseline side of token KL must agree: log-probs kept before in-place quantization
     (the shared run, which evaluated the baseline; its 320-token vocabulary is kept whole under the default

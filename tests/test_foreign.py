@@ -19,7 +19,7 @@ from flipbench.config import ConfigError
 from tests.conftest import compose
 
 SUMMARY_KEYS = ["task", "group", "metric", "filter"]
-SIDE_ONLY = ["method", "bits", "avg_bits", "sparsity", "params_kept"]  # what the side was; not a metric
+SIDE_ONLY = ["method", "bits", "avg_bits", "sparsity", "params_kept", "model_bytes", "baseline_bytes"]  # what the side was
 
 
 @pytest.fixture

@@ -174,7 +174,7 @@ def test_bad_input_fails_early_with_one_clear_line(case, mini_run_overrides, ran
 
 
 @pytest.mark.parametrize("override,message", [
-    ("compression.keep_fraction=0.9", "compression.keep_fraction=0.9 is outside [0, 0.5]"),
+    ("compression=tacq compression.keep_fraction=0.9", "compression.keep_fraction=0.9 is outside [0, 0.5]"),
     ("compression.bitz=3", "unknown config key 'compression.bitz' (did you mean compression.bits"),
 ])
 def test_bad_override_is_one_line_from_the_command_line_check(override, message):
@@ -182,7 +182,7 @@ def test_bad_override_is_one_line_from_the_command_line_check(override, message)
     and tests/test_bad_input.py)."""
     from flipbench import cli
 
-    error = cli.precheck([override])
+    error = cli.precheck(override.split())
     assert error and message in error and "\n" not in error
 
 

@@ -149,3 +149,59 @@ def test_lost_flips_are_ranked_by_the_baseline_margin_on_the_gold_answer():
     gen = pd.Series({"output_type": "generate_until", "pred_base": "2", "p_base": [], "choices": [],
                      "response_base": "1 + 1 = 2\n#### 2"})
     assert report._answer(gen, "base") == "1 + 1 = 2\n#### 2 → 2"
+
+
+def llama_params_by_hand(config) -> tuple[int, int]:
+    """(parameters outside the decoder linears, weights of the decoder linears) of the conftest random Llama:
+    hidden 64, MLP 128, 2 layers, 4 heads of 16 and 2 KV heads (k, v project to 32), untied lm_head, no biases."""
+    assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (64, 128, 2)
+    assert not config.tie_word_embeddings
+    linear = 64 * 64 + 32 * 64 + 32 * 64 + 64 * 64 + 128 * 64 + 128 * 64 + 64 * 128  # q k v o gate up down: 36864
+    other = 2 * config.vocab_size * 64 + 2 * 2 * 64 + 64  # embeddings, lm_head, two norms per layer, final norm
+    return other, 2 * linear
+
+
+def test_model_sizes_by_hand_on_a_tiny_model(random_llama):
+    """The baseline's bytes (parameters at float32, and its safetensors file) and RTN-w2's packed bytes, counted by
+    hand; the decision block's "saved" from them."""
+    import struct
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from flipbench import modelsize
+    from flipbench.compress import QuantConfig, compress
+
+    model = AutoModelForCausalLM.from_pretrained(random_llama, dtype=torch.float32)
+    other, linear = llama_params_by_hand(model.config)
+    assert modelsize.evaluated_bytes(model) == 4 * (other + linear)
+    file = random_llama / "model.safetensors"
+    header = struct.unpack("<Q", file.read_bytes()[:8])[0]  # safetensors: 8-byte header length, header, then the data
+    assert modelsize.disk_bytes(str(random_llama)) == 8 + header + 4 * (other + linear)
+    # RTN w2 per output channel: each row stores 2 bits a weight plus a 16-bit scale and a 2-bit zero; the 512 rows
+    # of a layer hold 36864 weights, so 2 + 18 * 512 / 36864 = 2.25 bits a weight
+    details = compress(model, QuantConfig(method="rtn", bits=2))
+    assert details["avg_bits"] == 2.25
+    assert details["model_bytes"] == 4 * other + linear * 2.25 / 8
+    base = {"bytes": 4 * (other + linear), "dtype": "float32", "disk_bytes": 1}
+    assert modelsize.compared(base, details) == (4 * (other + linear), 4 * other + linear * 9 // 32,
+                                                 "parameters at float32 evaluated")
+
+
+@pytest.mark.parametrize("compression,expected", [
+    # in-process: against the baseline's parameters as evaluated
+    ({"method": "rtn", "bits": 4, "avg_bits": 4.25, "model_bytes": 500_000_000},
+     "; size 2 GB → 500 MB (1.5 GB saved, 4.00× smaller; parameters at bfloat16 evaluated)"),
+    # a checkpoint: its files on disk against the baseline's files on disk
+    ({"method": "checkpoint", "avg_bits": 16.0, "model_bytes": 1_200_000_000, "size_basis": "disk"},
+     "; size 3 GB → 1.2 GB (1.8 GB saved, 2.50× smaller; weight files on disk)"),
+    ({"method": "rtn", "bits": 4, "avg_bits": 4.25}, ""),  # compressed size unknown: no claim
+])
+def test_decision_block_shows_the_size_saved_only_where_both_sizes_are_known(compression, expected):
+    cfg = FlipbenchConfig()
+    cfg.model.path = "org/model"
+    manifest = {"baseline_size": {"bytes": 2_000_000_000, "dtype": "bfloat16", "disk_bytes": 3_000_000_000}}
+    line = next(l for l in report.headline_text(pd.DataFrame({"headline": [], "group": []}), {"verdict": "not set", "tasks": []}, cfg, manifest, compression)
+                if l.startswith("- compressed:"))
+    assert line.endswith(expected) and ("saved" in line) == bool(expected)
+    assert "saved" not in "".join(report.headline_text(pd.DataFrame({"headline": [], "group": []}), {"verdict": "not set", "tasks": []}, cfg, {}, compression))

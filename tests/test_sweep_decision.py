@@ -40,3 +40,17 @@ def test_cheapest_passing_member_is_the_one_with_fewest_average_bits():
     pruned = table.assign(avg_bits=np.nan, params_kept=[0.5, 0.5, 0.7, 0.7, 0.9, 0.9])
     roster["gate"] = ["PASS", "PASS", "FAIL", ""]
     assert sweep.cheapest_passing(roster, pruned) == "0-rtn-w2 (50.0% of parameters kept)"
+
+
+def test_size_saved_is_shown_only_for_members_whose_two_sizes_are_known():
+    roster, table = _tables()
+    sizes = {"0-rtn-w2": (2_000_000_000, 300_000_000), "1-rtn-w4": (2_000_000_000, 550_000_000),
+             "2-rtn-w8": (np.nan, 1_050_000_000)}  # a member from an engine that loaded no baseline here
+    table["baseline_bytes"] = [sizes[r][0] for r in table["run"]]
+    table["model_bytes"] = [sizes[r][1] for r in table["run"]]
+    out = sweep.decision_table(roster, table).set_index("member")["size saved"]
+    assert out["0-rtn-w2"] == "1.7 GB saved, 6.67× smaller"  # 2 GB - 0.3 GB; 2 / 0.3
+    assert out["1-rtn-w4"] == "1.45 GB saved, 3.64× smaller"  # 2 / 0.55 = 3.636
+    assert out["2-rtn-w8"] == ""
+    # members without the columns (runs made before sizes were recorded) show none either
+    assert set(sweep.decision_table(*_tables())["size saved"].dropna()) == {""}

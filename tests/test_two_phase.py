@@ -58,6 +58,10 @@ def test_two_shards_per_side_reproduce_the_one_process_run_exactly(two_phase):
     manifest = json.loads((two / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["compared"]["baseline"]["shards"] == [[0, 2], [1, 2]]
     assert manifest["compression"]["method"] == "rtn"
+    # the baseline artifact's size reaches the compared run as the one-process run records it (summary.csv's
+    # baseline_bytes and model_bytes above are equal too)
+    assert manifest["baseline_size"] == json.loads((one / "manifest.json").read_text())["baseline_size"]
+    assert pd.read_csv(two / "summary.csv")["baseline_bytes"].gt(0).all()
 
 
 def test_the_cached_baseline_is_an_artifact_compare_reads(two_phase, tmp_path):

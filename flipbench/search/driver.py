@@ -59,9 +59,8 @@ def method_defaults(compose, points: list[space.Point]) -> dict:
     defaults = {}
     for point in points:
         typed = to_typed(compose(point.overrides))
-        defaults.setdefault(point.method, {"bits": typed.compression.bits, "group_size": typed.compression.group_size,
-                                           "keep_fraction": typed.compression.keep_fraction,
-                                           "sym": typed.compression.sym})
+        defaults.setdefault(point.method, {key: getattr(typed.compression, key, None)  # the method's own keys
+                                           for key in ("bits", "group_size", "keep_fraction", "sym")})
     return defaults
 
 
@@ -87,6 +86,7 @@ def search_folder(cfg, root: Path) -> tuple[Path, bool]:
     for node in (before, now):
         node["search"].pop("n_trials", None)
         node["search"].pop("id", None)
+        node.pop("compression", None)  # the search chooses it (a search saved before per-method configs holds all keys)
     if before != now:
         raise ConfigError(f"search.id={search_id} was started with other settings; resume it with the same "
                           "overrides, or start a new search (another search.id)")
