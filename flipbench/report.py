@@ -352,6 +352,25 @@ def divergence_table(samples: pd.DataFrame, n: int = 5) -> pd.DataFrame | None:
     })
 
 
+def think_text(summary: pd.DataFrame) -> str | None:
+    """One line per generative task's headline row on its reasoning span (suite.think_end), None when no row has one."""
+    rows = summary[(summary["group"] == "all") & summary["headline"].astype(bool)] if "think_unclosed_base" in summary \
+        else summary.iloc[:0]
+    rows = rows[np.isfinite(rows["think_unclosed_base"].astype(float)) | np.isfinite(rows["think_unclosed_comp"].astype(float))]
+    if rows.empty:
+        return None
+    tokens = lambda v: "n/a" if not np.isfinite(v) else f"{v:.0f}"  # noqa: E731
+    share = lambda v: "n/a" if not np.isfinite(v) else f"{100 * v:.0f}%"  # noqa: E731
+    lines = [f"{r['task']}: median {tokens(r['think_len_median_base'])} tokens baseline, "
+             f"{tokens(r['think_len_median_comp'])} compressed (comp/base ratio, median "
+             + ("n/a" if not np.isfinite(r["think_len_ratio_median"]) else f"{r['think_len_ratio_median']:.2f}")
+             + f"); span not closed {share(r['think_unclosed_base'])} / {share(r['think_unclosed_comp'])}, of which "
+             f"cut at max_gen_toks {share(r['think_cut_base'])} / {share(r['think_cut_comp'])}"
+             for _, r in rows.iterrows()]
+    return ("Reasoning span (tokens before suite.think_end in the raw generation; summary.csv think_*): "
+            + "; ".join(lines) + ".")
+
+
 def sections(summary: pd.DataFrame, samples: pd.DataFrame) -> list[tuple[str, pd.DataFrame | str]]:
     """(heading, table or paragraph) pairs, in report order; both report formats render these."""
     out: list[tuple[str, pd.DataFrame | str]] = [("Per task", task_table(summary)), ("", INTERVALS_NOTE), ("", KL_NOTE)]
@@ -363,6 +382,9 @@ def sections(summary: pd.DataFrame, samples: pd.DataFrame) -> list[tuple[str, pd
     if diverge is not None:
         out.append(("Where answers diverge", DIVERGE_NOTE))
         out.append(("", diverge if len(diverge) else "No generative flip whose two generations differ."))
+    think = think_text(summary)
+    if think:
+        out.append(("" if diverge is not None else "Where answers diverge", think))
     for output_type, scope in SCOPES:
         if (samples["output_type"] == output_type).any():
             order = ("widest baseline margin on the gold answer first" if output_type == "multiple_choice"
