@@ -71,6 +71,10 @@ SAMPLE_COLUMNS = [
     # (flipbench.trajectory): its tokens before the marker (NaN when absent), 1/0 marker present, and 1/0 marker
     # absent with the generation run to max_gen_toks.
     "think_len_base", "think_len_comp", "think_closed_base", "think_closed_comp", "think_cut_base", "think_cut_comp",
+    # Generative only (NaN for MC, or where the prompt was not scored): teacher-forced on the prompt's own tokens
+    # (prefill; flipbench.tokenkl), tokens scored and their mean KL(base || comp) (lower bound from a top-k reference),
+    # mean upper bound, top-1 agreement and top-5 overlap.
+    "prefill_n_tokens", "prefill_kl", "prefill_kl_upper", "prefill_top1", "prefill_top5",
 ]
 
 INVALID = "[invalid]"  # lm-eval's marker for an answer the filter could not extract

@@ -225,6 +225,9 @@ def test_random_llama_run_survival_starts_at_100_percent_and_never_rises(random_
     assert gen[["think_closed_base", "think_closed_comp"]].notna().all().all()
     assert head["think_unclosed_base"] == pytest.approx(1 - docs["think_closed_base"].mean())
     assert "Reasoning span (tokens before suite.think_end" in report
+    # prefill: the prompt's tokens scored apart from the answer's, from the baseline's reference
+    assert head["prefill_tokens"] > head["n_tokens"] > 0 and np.isfinite(head["prefill_kl_mean"])
+    assert 0 <= head["prefill_top1_agree"] <= 1 and "Prefill against answer" in report
 
 
 def test_without_a_tokenizer_only_string_identity_is_filled():
@@ -299,3 +302,54 @@ def test_think_columns_land_on_every_filter_row_of_their_doc_and_survive_pairing
                                                                            "choice_len")})
     paired = pair(side, side.drop(columns=list(trajectory.THINK_DOC)))  # the other side has no marker columns
     assert paired["think_len_base"].tolist()[:2] == [2.0, 2.0] and paired["think_len_comp"].isna().all()
+
+
+# ---- prefill: the prompt's own tokens, apart from the answer's
+
+def _direct_prefill(model_b, model_c, tokenizer) -> list[dict[str, np.ndarray]]:
+    """Per doc, at every prompt token but the first (plain forward of each model on the prompt alone, float64):
+    KL(b || c), top-1 agreement and top-5 overlap."""
+    out = []
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lb = model_b(torch.tensor([ids])).logits[0].double().log_softmax(-1)[:-1]  # predicts tokens 1..n-1
+            lc = model_c(torch.tensor([ids])).logits[0].double().log_softmax(-1)[:-1]
+        top_b, top_c = lb.topk(5, -1).indices, lc.topk(5, -1).indices
+        out.append({"kl": (lb.exp() * (lb - lc)).sum(-1).numpy(),
+                    "top1": (lb.argmax(-1) == lc.argmax(-1)).double().numpy(),
+                    "top5": np.array([len(set(b.tolist()) & set(c.tolist())) / 5 for b, c in zip(top_b, top_c)])})
+    return out
+
+
+def test_prefill_kl_and_agreement_match_a_plain_forward_of_both_models(word_level):
+    from flipbench.stats import clustered_mean_and_se
+    from flipbench.tokenkl import reference_logprobs
+
+    model_b, model_c = _llama(0, len(word_level)), _llama(1, len(word_level))
+    direct = _direct_prefill(model_b, model_c, word_level)
+    stats = token_kl(model_b, model_c, word_level, PROMPTS, ANSWERS, batch_size=2, prefill=model_b)
+    for row, want in enumerate(direct):
+        assert stats["prefill_n_tokens"].iloc[row] == len(want["kl"])  # prompt words 10, 5, 3, less the first
+        for column, key in (("prefill_kl", "kl"), ("prefill_kl_upper", "kl"), ("prefill_top1", "top1"),
+                            ("prefill_top5", "top5")):
+            assert stats[column].iloc[row] == pytest.approx(want[key].mean(), rel=1e-4, abs=1e-6), column
+    # the answer's columns do not move when the prompt is scored too
+    alone = token_kl(model_b, model_c, word_level, PROMPTS, ANSWERS)
+    np.testing.assert_allclose(stats["kl"], alone["kl"], rtol=1e-5)
+    # the summary: token-weighted over the prompts' tokens, SE clustered by doc, apart from the answer's
+    record = klstats.prefill_stats(stats)
+    kl = np.concatenate([d["kl"] for d in direct])
+    docs = np.concatenate([np.full(len(d["kl"]), i) for i, d in enumerate(direct)])
+    mean, se = clustered_mean_and_se(kl, docs)
+    assert record["prefill_tokens"] == len(kl) == 9 + 4 + 2
+    assert record["prefill_kl_mean"] == pytest.approx(mean, rel=1e-4) and record["prefill_kl_se"] == pytest.approx(se, rel=1e-3)
+    top1 = np.concatenate([d["top1"] for d in direct])
+    assert record["prefill_top1_agree"] == pytest.approx(top1.mean())
+    # from the baseline's top-k reference over the prompt: top-1 exact, KL between its bounds
+    ref = reference_logprobs(model_b, word_level, PROMPTS, ANSWERS, topk=4, scopes=("answer", "prefill"))
+    bounded = token_kl(ref["answer"], model_c, word_level, PROMPTS, ANSWERS, prefill=ref["prefill"])
+    np.testing.assert_allclose(bounded["prefill_top1"], stats["prefill_top1"])
+    assert (bounded["prefill_kl"] <= stats["prefill_kl"] + 1e-6).all()
+    assert (bounded["prefill_kl_upper"] >= stats["prefill_kl"] - 1e-6).all()
+    assert bounded["prefill_top5"].isna().all()  # k = 4 < 5: not known
