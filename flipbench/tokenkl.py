@@ -362,12 +362,16 @@ def token_kl(
     for name in TOKEN_COLUMNS:
         frame[name] = [v.tolist() for v in answer[name]]
     if "prefill" in tokens:
-        prompt = tokens["prefill"]
-        frame["prefill_n_tokens"] = [float(len(v)) for v in prompt["tok_kl"]]
-        for column, name in (("prefill_kl", "tok_kl"), ("prefill_kl_upper", "tok_kl_upper"),
-                             ("prefill_top1", "tok_same_top"), ("prefill_top5", "tok_top5_overlap")):
-            frame[column] = _means(prompt[name])
+        fill_prefill(frame, tokens["prefill"])
     return frame
+
+
+def fill_prefill(frame: pd.DataFrame, prompt: dict[str, list[np.ndarray]]) -> None:
+    """:data:`PREFILL_COLUMNS` of ``frame`` from the per-row, per-token statistics over the prompt's tokens."""
+    frame["prefill_n_tokens"] = [float(len(v)) for v in prompt["tok_kl"]]
+    for column, name in (("prefill_kl", "tok_kl"), ("prefill_kl_upper", "tok_kl_upper"),
+                         ("prefill_top1", "tok_same_top"), ("prefill_top5", "tok_top5_overlap")):
+        frame[column] = _means(prompt[name])
 
 
 def _means(parts: list[np.ndarray]) -> np.ndarray:

@@ -122,3 +122,31 @@ def test_reasoning_span_lengths_from_the_raw_generations(random_llama, mini_task
             assert row["think_closed"] == 0.0 and np.isnan(row["think_len"]) and row["think_cut"] == float(ran_out)
             assert row["response"] == text
     assert f"suite.think_end: {len(closed)} of {len(plain)} side generations held the marker" in caplog.text
+
+
+def test_think_markers_capture_the_raw_generation_on_every_engine_kind():
+    """A model that strips through lm-eval's post-processing (HF, vLLM) and one that returns raw text (lm-eval's
+    completions model, engine=server): both answer what follows the marker, and both raw generations are kept."""
+    from lm_eval.models import huggingface
+
+    from flipbench import side
+
+    request = lambda doc: SimpleNamespace(task_name="t", doc_id=doc, args=("ctx", {"until": ["\n"]}))  # noqa: E731
+
+    class Stripping:  # as HFLM: post-processes each raw generation itself
+        def generate_until(self, requests):
+            return [huggingface.postprocess_generated_text("a b </t> 42\nrest", ["\n"], self.think_end_token)
+                    for _ in requests]
+
+    class Raw:  # as LocalCompletionsAPI: the server's text, nothing stripped
+        def generate_until(self, requests):
+            return ["a b </t> 7" for _ in requests]
+
+    for lm, answer, raw in ((Stripping(), "42", "a b </t> 42\nrest"), (Raw(), "7", "a b </t> 7")):
+        lm.think_end_token = "</t>"
+        with side.think_markers(lm, "</t>", "x") as captured:
+            out = lm.generate_until([request(0), request(1)])
+        assert out == [answer, answer] and all(type(a) is str for a in out)
+        assert captured == {("t", 0): (raw, ["\n"]), ("t", 1): (raw, ["\n"])}
+        assert "generate_until" not in vars(lm)  # unwrapped afterwards
+    assert huggingface.postprocess_generated_text.__module__ == "lm_eval.models.utils"
