@@ -30,6 +30,11 @@ def _row_keys(rows: pd.DataFrame, response: str) -> list[tuple]:
             for t, g, d, p, a in zip(rows["task"], rows["group"], rows["doc_id"], rows["prompt"], rows[response])]
 
 
+def _prefill_keys(keys: list[tuple]) -> list[tuple]:
+    """The row keys of the baseline's reference over the prompt's own tokens (prefill)."""
+    return [(*k, "prefill") for k in keys]
+
+
 def kl_reference(base: pd.DataFrame, model, tokenizer, cfg: FlipbenchConfig, store: cache.BaselineCache, key: str):
     """The baseline's answer-token distributions for token KL, computed while ``model`` still is the baseline.
 
@@ -44,18 +49,26 @@ def kl_reference(base: pd.DataFrame, model, tokenizer, cfg: FlipbenchConfig, sto
     keys = _row_keys(rows, "response")
     budget, topk = cfg.eval.token_kl_reference_mb * 2**20, cfg.eval.token_kl_topk
     reference = store.load_reference(key, max_bytes=budget, topk=topk) if cfg.eval.cache else None
-    if reference is not None and all(k in reference for k in keys):
+    if reference is not None and all(k in reference for k in keys):  # with the prompt's part where it was kept
         return reference
-    from flipbench.tokenkl import answer_logprobs
+    from flipbench.tokenkl import SCOPES, reference_bytes, reference_logprobs
 
-    logprobs = answer_logprobs(model, tokenizer, rows["prompt"].tolist(), rows["response"].tolist(),
-                               batch_size=cfg.eval.batch_size, device=models.input_device(model), topk=topk,
-                               max_bytes=budget)
+    prompts, answers = rows["prompt"].tolist(), rows["response"].tolist()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    scopes = SCOPES if cfg.eval.prefill_kl and reference_bytes(tokenizer, prompts, answers, vocab, topk,
+                                                               scopes=SCOPES) <= budget else ("answer",)
+    logprobs = reference_logprobs(model, tokenizer, prompts, answers, batch_size=cfg.eval.batch_size,
+                                  device=models.input_device(model), topk=topk, max_bytes=budget, scopes=scopes)
     if logprobs is None:
         log.info("token KL: the baseline's reference would exceed eval.token_kl_reference_mb=%d; the baseline "
                  "model is used for the KL pass instead", cfg.eval.token_kl_reference_mb)
         return None
-    reference = dict(zip(keys, logprobs))
+    if cfg.eval.prefill_kl and "prefill" not in logprobs:
+        log.info("prefill KL: the baseline's reference over the prompts' tokens would exceed "
+                 "eval.token_kl_reference_mb=%d; the prompt is scored only where the baseline model is at hand",
+                 cfg.eval.token_kl_reference_mb)
+    reference = dict(zip(keys, logprobs["answer"]))
+    reference.update(zip(_prefill_keys(keys), logprobs.get("prefill", [])))
     if cfg.eval.cache:
         store.store_reference(key, reference, topk=topk)
     return reference
@@ -84,8 +97,14 @@ def token_kl_rows(rows: pd.DataFrame, response: str, comp_model, tokenizer, cfg:
         base = [reference[k] for k in keys]
     else:
         base = base_model if base_model is not None else models.load_model(cfg.model)[0]
+    prefill, prompt_keys = None, _prefill_keys(keys)
+    if cfg.eval.prefill_kl:  # the prompt's tokens: from the reference, else from a baseline model at hand
+        if reference is not None and all(k in reference for k in prompt_keys):
+            prefill = [reference[k] for k in prompt_keys]
+        else:
+            prefill = base if not isinstance(base, list) else base_model
     stats = token_kl(base, comp_model, tokenizer, rows["prompt"].tolist(), rows[response].tolist(),
-                     batch_size=cfg.eval.batch_size, device=models.input_device(comp_model))
+                     batch_size=cfg.eval.batch_size, device=models.input_device(comp_model), prefill=prefill)
     stats.index = rows.index
     return pd.concat([rows[["task", "group", "doc_id"]], stats], axis=1).reset_index(drop=True)
 
@@ -93,12 +112,16 @@ def token_kl_rows(rows: pd.DataFrame, response: str, comp_model, tokenizer, cfg:
 def fill_token_kl(paired: pd.DataFrame, keyed: pd.DataFrame) -> None:
     """Copy per-doc token-KL statistics (:func:`token_kl_rows`) into the generative rows of ``paired`` (every filter
     row of a doc gets its doc's values); MC rows get empty per-token lists."""
-    from flipbench.tokenkl import TOKEN_COLUMNS
+    from flipbench.tokenkl import PREFILL_COLUMNS, TOKEN_COLUMNS
 
     gen = paired.index[paired["output_type"] == "generate_until"]
     filled = paired.loc[gen, ["task", "group", "doc_id"]].merge(keyed, on=["task", "group", "doc_id"], how="left")
     for column in ("kl", "same_top", "n_tokens"):
         paired.loc[gen, column] = filled[column].to_numpy()
+    for column in PREFILL_COLUMNS:  # NaN where the prompt was not scored (or the statistics predate them)
+        paired[column] = np.nan
+        if column in filled:
+            paired.loc[gen, column] = filled[column].to_numpy(dtype=float)
     for column in TOKEN_COLUMNS:  # per-token lists: empty for MC rows
         cells = pd.Series([[] for _ in range(len(paired))], index=paired.index, dtype=object)
         stored = filled[column] if column in filled else [None] * len(filled)  # older artifacts lack newer lists

@@ -266,9 +266,16 @@ def _engine_token_kl(lm, frame: pd.DataFrame, tokenizer, cfg: FlipbenchConfig, b
         rows = answerkl._kl_rows(frame)
         if rows.empty:
             return {}
-        refs = engines.answer_reference(lm, tokenizer, rows["prompt"].tolist(), rows["response"].tolist(),
-                                        topk=engines.reference_topk(cfg))
-        return {"reference": dict(zip(answerkl._row_keys(rows, "response"), refs))}
+        from flipbench import tokenkl
+
+        prompts, answers, k = rows["prompt"].tolist(), rows["response"].tolist(), engines.reference_topk(cfg)
+        fits = tokenkl.reference_bytes(tokenizer, prompts, answers, len(tokenizer), k, scopes=tokenkl.SCOPES) \
+            <= cfg.eval.token_kl_reference_mb * 2**20  # the prompt's part only where it fits the budget
+        refs = engines.references(lm, tokenizer, prompts, answers, k,
+                                  tokenkl.SCOPES if cfg.eval.prefill_kl and fits else ("answer",))
+        keys = answerkl._row_keys(rows, "response")
+        return {"reference": {**dict(zip(keys, refs["answer"])),
+                              **dict(zip(answerkl._prefill_keys(keys), refs.get("prefill", [])))}}
     if baseline is None:
         return {}
     rows = _baseline_rows(baseline, frame)
@@ -278,8 +285,11 @@ def _engine_token_kl(lm, frame: pd.DataFrame, tokenizer, cfg: FlipbenchConfig, b
     if baseline.references is None or not all(k in baseline.references for k in keys):
         raise ConfigError("output.baseline_artifact: its token-KL reference does not cover this side's generative docs; "
                           "collect the baseline with eval.token_kl=true")
+    prompt_keys = answerkl._prefill_keys(keys)
+    prefill = [baseline.references[k] for k in prompt_keys] if cfg.eval.prefill_kl and all(
+        k in baseline.references for k in prompt_keys) else None
     stats = engines.token_kl([baseline.references[k] for k in keys], lm, tokenizer, rows["prompt"].tolist(),
-                             rows["response"].tolist(), topk=engines.scoring_topk(cfg))
+                             rows["response"].tolist(), topk=engines.scoring_topk(cfg), prefill=prefill)
     stats.index = rows.index
     return {"keyed": pd.concat([rows[["task", "group", "doc_id"]], stats], axis=1).reset_index(drop=True)}
 

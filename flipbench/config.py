@@ -224,6 +224,9 @@ class EvalConfig:
     # Per answer token the reference keeps the baseline's top-k log-probs and ids (KL then reported as a lower
     # bound with an upper bound beside it); 0, or k >= vocabulary / 2, keeps the full distribution (exact).
     token_kl_topk: int = 256
+    # Token KL and agreement also over the prompt's own tokens (prefill; same forward pass), reported apart from the
+    # answer's; its baseline reference shares token_kl_reference_mb, and is skipped when it does not fit it.
+    prefill_kl: bool = True
     # Noise floor: the baseline against itself under a perturbation that exists in practice. off | batch
     # (noise_batch_size) | dtype (a second copy loaded in noise_dtype) | batch_dtype (both at once).
     noise_floor: str = "off"

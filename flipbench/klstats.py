@@ -35,6 +35,14 @@ COLUMNS = KL_COLUMNS + TOKEN_ONLY
 AGREEMENT = {"top1_agree": "tok_same_top", "top5_overlap": "tok_top5_overlap", "kl_reverse_mean": "tok_kl_rev",
              "js_mean": "tok_js"}
 AGREEMENT_COLUMNS = [c for name in AGREEMENT for c in (name, f"{name}_se")]
+# Prefill (generative only): the same teacher-forced comparison over the prompt's own tokens, from the per-doc token
+# counts and means flipbench.tokenkl keeps (prefill_n_tokens, prefill_kl, ...): token-weighted means, doc-clustered
+# SEs; a doc whose mean is not finite is left out of that statistic.
+PREFILL = {"prefill_kl_mean": "prefill_kl", "prefill_kl_mean_upper": "prefill_kl_upper",
+           "prefill_top1_agree": "prefill_top1", "prefill_top5_overlap": "prefill_top5"}
+PREFILL_SUMMARY = ["prefill_tokens", "prefill_kl_mean", "prefill_kl_se", "prefill_kl_mean_upper", "prefill_top1_agree",
+                   "prefill_top1_agree_se", "prefill_top5_overlap"]
+_PREFILL_SE = {"prefill_kl_mean": "prefill_kl_se", "prefill_top1_agree": "prefill_top1_agree_se"}
 
 
 def kl_distribution(kl, clusters=None) -> dict[str, float]:
@@ -131,4 +139,30 @@ def agreement_stats(rows: pd.DataFrame) -> dict[str, float]:
         kept = np.isfinite(values)
         if kept.any() and docs.shape == values.shape:
             out[name], out[f"{name}_se"] = clustered_mean_and_se(values[kept], docs[kept])
+    return out
+
+
+def prefill_stats(rows: pd.DataFrame) -> dict[str, float]:
+    """:data:`PREFILL_SUMMARY` over ``rows`` (one per doc): prompt tokens scored, and per :data:`PREFILL` statistic its
+    token-weighted mean sum(n_d m_d) / sum(n_d) with the doc-clustered SE of a mean over the docs' tokens (the SE of
+    the tokens' values needs only each doc's sum of them, n_d m_d). NaN where the prompt was not scored."""
+    out = dict.fromkeys(PREFILL_SUMMARY, np.nan)
+    if "prefill_n_tokens" not in rows:
+        return out
+    n = np.asarray(pd.to_numeric(rows["prefill_n_tokens"], errors="coerce"), dtype=float)
+    scored = np.isfinite(n) & (n > 0)
+    if not scored.any():
+        return out
+    out["prefill_tokens"] = float(n[scored].sum())
+    for name, column in PREFILL.items():
+        means = np.asarray(pd.to_numeric(rows[column], errors="coerce"), dtype=float) if column in rows \
+            else np.full(len(rows), np.nan)
+        kept = scored & np.isfinite(means)
+        if not kept.any():
+            continue
+        counts = n[kept].astype(int)  # each doc's mean stands for its n_d tokens: the same mean and clustered SE
+        mean, se = clustered_mean_and_se(np.repeat(means[kept], counts), np.repeat(np.arange(kept.sum()), counts))
+        out[name] = mean
+        if name in _PREFILL_SE:
+            out[_PREFILL_SE[name]] = se
     return out

@@ -46,6 +46,10 @@ SUMMARY_COLUMNS = [
     "kl_unit", "n_kl", "n_nonfinite", "n_pred_mismatch",
     # generative only: where the two generations part (flipbench.trajectory) and token agreement (flipbench.klstats)
     *trajectory.SUMMARY, *klstats.AGREEMENT_COLUMNS,
+    # generative with suite.think_end: the reasoning span's length and closure per side (flipbench.trajectory)
+    *trajectory.THINK_SUMMARY,
+    # generative: token KL and agreement over the prompt's own tokens (prefill), apart from the answer's (klstats)
+    *klstats.PREFILL_SUMMARY,
 ]
 MARGIN_COLUMNS = ["task", "metric", "filter", "bin", "bin_low", "bin_high", "n", "flips", "flip_rate"]
 
@@ -239,7 +243,8 @@ def _generative_extras(rows: pd.DataFrame, pred_b: np.ndarray, pred_c: np.ndarra
         "lost_to_invalid": to_invalid,
         "lost_to_wrong": _mean(lost & ~invalid_c),
         "n_tokens": np.nansum(n_tokens) if np.isfinite(n_tokens).any() else np.nan,
-        **trajectory.summary_record(rows), **klstats.agreement_stats(rows),
+        **trajectory.summary_record(rows), **klstats.agreement_stats(rows), **trajectory.think_record(rows),
+        **klstats.prefill_stats(rows),
     }
 
 

@@ -7,6 +7,8 @@ import pandas as pd
 PAIR_KEY = ["task", "group", "doc_id", "filter"]
 SHARED = ["category", "output_type", "metric", "doc_hash", "prompt_hash", "prompt", "target", "choices", "choice_len"]
 SIDED = ["ll", "ll_uncond", "pred", "correct", "lm_correct", "response"]
+# Sided columns a side may lack (no suite.think_end, or collected before they existed): NaN when missing
+OPTIONAL_SIDED = ["think_len", "think_closed", "think_cut"]
 
 
 class PairingError(ValueError):
@@ -19,6 +21,7 @@ def pair(base: pd.DataFrame, comp: pd.DataFrame) -> pd.DataFrame:
         dupes = frame.duplicated(PAIR_KEY)
         if dupes.any():
             raise PairingError(f"{name} has duplicate rows for {frame.loc[dupes, PAIR_KEY].iloc[0].to_dict()}")
+    base, comp = (frame.assign(**{c: float("nan") for c in OPTIONAL_SIDED if c not in frame}) for frame in (base, comp))
     # An outer merge sorts its keys; keep the baseline's row order (filters in the task's own order).
     merged = base.assign(_order=range(len(base))).merge(comp, on=PAIR_KEY, how="outer", suffixes=("_base", "_comp"),
                                                          indicator=True)
@@ -38,7 +41,7 @@ def pair(base: pd.DataFrame, comp: pd.DataFrame) -> pd.DataFrame:
     out = merged[PAIR_KEY].copy()
     for column in SHARED:
         out[column] = merged[f"{column}_base"]
-    for column in SIDED:
+    for column in SIDED + OPTIONAL_SIDED:
         out[f"{column}_base"] = merged[f"{column}_base"]
         out[f"{column}_comp"] = merged[f"{column}_comp"]
     return out.reset_index(drop=True)

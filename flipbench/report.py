@@ -368,6 +368,43 @@ def divergence_table(samples: pd.DataFrame, n: int = 5) -> pd.DataFrame | None:
     })
 
 
+def prefill_text(summary: pd.DataFrame) -> str | None:
+    """Prefill against answer per generative task (headline whole-task rows), None when no prompt was scored."""
+    if "prefill_kl_mean" not in summary:
+        return None
+    rows = summary[(summary["group"] == "all") & summary["headline"].astype(bool)]
+    rows = rows[np.isfinite(rows["prefill_kl_mean"].astype(float))]
+    if rows.empty:
+        return None
+    pct = lambda v: "n/a" if not np.isfinite(v) else f"{100 * v:.1f}%"  # noqa: E731
+    kl = lambda v, e: "n/a" if not np.isfinite(v) else f"{v:.4g}" + (f" ± {e:.2g}" if np.isfinite(e) else "")  # noqa: E731
+    lines = [f"{r['task']}: prompt ({_fmt(r['prefill_tokens'], 'n')} tokens) KL {kl(r['prefill_kl_mean'], r['prefill_kl_se'])}"
+             f" nats, top-1 agreement {pct(r['prefill_top1_agree'])}; answer ({_fmt(r['n_tokens'], 'n')} tokens) KL "
+             f"{kl(r['kl_mean'], r['kl_se'])} nats, top-1 agreement {pct(r['top1_agree'])}" for _, r in rows.iterrows()]
+    return ("Prefill against answer, both teacher-forced on the same prompt (KL(baseline ‖ compressed); damage in "
+            "reading the prompt shows on the prompt's tokens, damage in generating on the answer's; summary.csv "
+            "prefill_*): " + "; ".join(lines) + ".")
+
+
+def think_text(summary: pd.DataFrame) -> str | None:
+    """One line per generative task's headline row on its reasoning span (suite.think_end), None when no row has one."""
+    rows = summary[(summary["group"] == "all") & summary["headline"].astype(bool)] if "think_unclosed_base" in summary \
+        else summary.iloc[:0]
+    rows = rows[np.isfinite(rows["think_unclosed_base"].astype(float)) | np.isfinite(rows["think_unclosed_comp"].astype(float))]
+    if rows.empty:
+        return None
+    tokens = lambda v: "n/a" if not np.isfinite(v) else f"{v:.0f}"  # noqa: E731
+    share = lambda v: "n/a" if not np.isfinite(v) else f"{100 * v:.0f}%"  # noqa: E731
+    lines = [f"{r['task']}: median {tokens(r['think_len_median_base'])} tokens baseline, "
+             f"{tokens(r['think_len_median_comp'])} compressed (comp/base ratio, median "
+             + ("n/a" if not np.isfinite(r["think_len_ratio_median"]) else f"{r['think_len_ratio_median']:.2f}")
+             + f"); span not closed {share(r['think_unclosed_base'])} / {share(r['think_unclosed_comp'])}, of which "
+             f"cut at max_gen_toks {share(r['think_cut_base'])} / {share(r['think_cut_comp'])}"
+             for _, r in rows.iterrows()]
+    return ("Reasoning span (tokens before suite.think_end in the raw generation; summary.csv think_*): "
+            + "; ".join(lines) + ".")
+
+
 def sections(summary: pd.DataFrame, samples: pd.DataFrame) -> list[tuple[str, pd.DataFrame | str]]:
     """(heading, table or paragraph) pairs, in report order; both report formats render these."""
     out: list[tuple[str, pd.DataFrame | str]] = [("Per task", task_table(summary)), ("", INTERVALS_NOTE), ("", KL_NOTE)]
@@ -375,10 +412,16 @@ def sections(summary: pd.DataFrame, samples: pd.DataFrame) -> list[tuple[str, pd
     if len(tokens):
         out.append(("Token-level KL(baseline ‖ compressed) on the baseline's answers (nats; as llama.cpp --kl-divergence)",
                     tokens))
+        prefill = prefill_text(summary)
+        if prefill:
+            out.append(("", prefill))
     diverge = divergence_table(samples)
     if diverge is not None:
         out.append(("Where answers diverge", DIVERGE_NOTE))
         out.append(("", diverge if len(diverge) else "No generative flip whose two generations differ."))
+    think = think_text(summary)
+    if think:
+        out.append(("" if diverge is not None else "Where answers diverge", think))
     for output_type, scope in SCOPES:
         if (samples["output_type"] == output_type).any():
             order = ("widest baseline margin on the gold answer first" if output_type == "multiple_choice"

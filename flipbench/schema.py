@@ -67,6 +67,14 @@ SAMPLE_COLUMNS = [
     # max_gen_toks, and 1/0 per side for an answer that used the whole budget (truncated, no stop reached).
     "gen_identical", "first_div_token", "prefix_share", "gen_len_base", "gen_len_comp", "len_ratio",
     "max_gen_toks", "trunc_base", "trunc_comp",
+    # Generative with suite.think_end only (else NaN): per side, the reasoning span in the raw generation
+    # (flipbench.trajectory): its tokens before the marker (NaN when absent), 1/0 marker present, and 1/0 marker
+    # absent with the generation run to max_gen_toks.
+    "think_len_base", "think_len_comp", "think_closed_base", "think_closed_comp", "think_cut_base", "think_cut_comp",
+    # Generative only (NaN for MC, or where the prompt was not scored): teacher-forced on the prompt's own tokens
+    # (prefill; flipbench.tokenkl), tokens scored and their mean KL(base || comp) (lower bound from a top-k reference),
+    # mean upper bound, top-1 agreement and top-5 overlap.
+    "prefill_n_tokens", "prefill_kl", "prefill_kl_upper", "prefill_top1", "prefill_top5",
 ]
 
 INVALID = "[invalid]"  # lm-eval's marker for an answer the filter could not extract

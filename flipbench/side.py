@@ -121,17 +121,24 @@ def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch
     revision = cfg.model.revision if path is not None and path == models.resolve_path(cfg.model.path) else None
     lm = engines.build_lm(cfg, model=model, tokenizer=tokenizer, path=path, batch_size=batch_size or cfg.eval.batch_size,
                           revision=revision)
-    if cfg.suite.think_end:  # lm-eval's models keep what follows the marker as the answer
-        lm.think_end_token = cfg.suite.think_end
+    marker = cfg.suite.think_end
+    if marker:  # lm-eval's models keep what follows the marker as the answer
+        lm.think_end_token = marker
     chat = evaluate.chat_settings(cfg.suite, tokenizer, cfg.model.path)
     docs, requests = (work.docs, work.requests) if work else (0, 0)
     try:
-        with console.side_progress(label, docs, requests), think_markers(cfg.suite.think_end, label):
+        with console.side_progress(label, docs, requests), think_markers(lm, marker, label) as generations:
             raw = evaluate.run_lm_eval(lm, task_objs, plan, limit=cfg.suite.limit, num_fewshot=dict(cfg.suite.num_fewshot),
                                        seed=cfg.eval.seed, task_limits=dict(cfg.suite.task_limits), shard_ids=shard_ids,
                                        chat=chat)
         frame = evaluate.samples_frame(raw, task_objs, plan, dict(cfg.suite.metrics), cfg.suite.subject_field,
                                        dict(cfg.suite.correct_if))
+        if marker:  # the reasoning span's length per doc, from the raw generations
+            from flipbench import trajectory
+
+            # vLLM generates with EOS as its only stop when a marker is set (lm-eval cuts the rest afterwards)
+            trajectory.annotate_think(frame, generations, marker, tokenizer, trajectory.budgets(task_objs, plan),
+                                      plan.reported, cut_at_stops=type(lm).__name__ != "VLLM")
         if then is not None:
             then(lm, frame)
     finally:
@@ -139,37 +146,69 @@ def evaluate_side(model, tokenizer, task_objs, plan, cfg: FlipbenchConfig, batch
     return frame
 
 
+class _Kept(str):
+    """An answer as lm-eval's post-processing returned it, carrying the raw generation it was cut from."""
+
+    raw: str
+
+
 @contextmanager
-def think_markers(marker: str | None, label: str):
-    """Count the generations that hold ``suite.think_end`` (lm-eval keeps what follows it) and warn when none does:
-    a marker the model never writes strips nothing, silently."""
+def think_markers(lm, marker: str | None, label: str):
+    """Yields {(leaf task, doc_id): (raw generation, the request's stop sequences)}, captured before lm-eval strips
+    the reasoning span (everything up to the last ``suite.think_end``; lm-eval keeps what follows it), and warns when
+    no generation holds the marker: a marker the model never writes strips nothing, silently.
+
+    lm-eval's HF and vLLM models call ``postprocess_generated_text`` on each raw generation: it is wrapped to hand
+    back the answer with the raw text attached, and ``lm.generate_until`` to file both by request. lm-eval's
+    completions model (engine=server) strips no span: its raw text gets the same cut here."""
+    captured: dict[tuple[str, int], tuple[str, list]] = {}
     if not marker:
-        yield
+        yield captured
         return
     import importlib
+    import sys
 
-    modules = [importlib.import_module(f"lm_eval.models.{name}") for name in ("huggingface", "openai_completions")]
-    real = modules[0].postprocess_generated_text
-    seen = {"with": 0, "all": 0}
+    from lm_eval.models.utils import postprocess_generated_text
 
-    def counting(generation, stop, think_end_token):
-        seen["all"] += 1
-        seen["with"] += int(marker in str(generation))
-        return real(generation, stop, think_end_token)
+    for name in ("huggingface", "openai_completions"):
+        importlib.import_module(f"lm_eval.models.{name}")
+    modules = [sys.modules[f"lm_eval.models.{name}"] for name in ("huggingface", "openai_completions", "vllm_causallms")
+               if f"lm_eval.models.{name}" in sys.modules]  # vLLM's only where its engine was built
 
-    saved = [getattr(m, "postprocess_generated_text") for m in modules]
+    def keeping(generation, stop, think_end_token):
+        answer = _Kept(postprocess_generated_text(generation, stop, think_end_token))
+        answer.raw = str(generation)
+        return answer
+
+    generate = lm.generate_until
+
+    def generate_until(requests, *args, **kwargs):
+        answers = []
+        for request, answer in zip(requests, generate(requests, *args, **kwargs)):
+            if answer is not None and not isinstance(answer, _Kept):  # a model that strips nothing itself
+                answer = keeping(answer, None, marker)
+            if answer is not None:
+                stops = (request.args[1] or {}).get("until") if len(request.args) > 1 else None
+                captured.setdefault((request.task_name, int(request.doc_id)), (answer.raw, stops))
+            answers.append(None if answer is None else str(answer))
+        return answers
+
+    saved = [module.postprocess_generated_text for module in modules]
     for module in modules:
-        module.postprocess_generated_text = counting
+        module.postprocess_generated_text = keeping
+    lm.generate_until = generate_until
     try:
-        yield
+        yield captured
     finally:
         for module, original in zip(modules, saved):
             module.postprocess_generated_text = original
-    if seen["all"] and not seen["with"]:
+        del lm.generate_until
+    held = sum(marker in raw for raw, _ in captured.values())
+    if captured and not held:
         log.warning("suite.think_end=%r appears in none of the %s side's %d generations: nothing was stripped "
-                    "(check the marker, or whether the model reasons at all)", marker, label, seen["all"])
-    elif seen["all"]:
-        log.info("suite.think_end: %d of %d %s generations held the marker", seen["with"], seen["all"], label)
+                    "(check the marker, or whether the model reasons at all)", marker, label, len(captured))
+    elif captured:
+        log.info("suite.think_end: %d of %d %s generations held the marker", held, len(captured), label)
 
 
 def limits(task_objs: dict, plan, cfg: FlipbenchConfig) -> dict:

@@ -8,6 +8,12 @@ The baseline side can be computed once, before the baseline's weights are quanti
 compressed model, so no second copy of the baseline is ever loaded. Per answer token the kept
 :class:`Reference` is either the full distribution (KL exact) or its top-k summary, about V / 2k times smaller
 (KL known to an interval, flipbench.klbounds: the lower end is reported, the upper end kept beside it).
+
+Prefill: the same forward pass over prompt + answer also gives both models' distributions at the prompt's own
+tokens (teacher-forced on the same prompt; every prompt token but the first, which has no context). With
+``prefill`` set, :func:`token_kl` scores them too and keeps per row only their count and means
+(:data:`PREFILL_COLUMNS`; a few-shot prompt holds hundreds of tokens), so the damage in reading the prompt is
+reported apart from the damage in generating the answer.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ from flipbench import klbounds
 TOKEN_COLUMNS = ("tok_kl", "tok_kl_upper", "tok_same_top", "tok_logp_base", "tok_logp_comp",
                  "tok_top5_overlap", "tok_kl_rev", "tok_js")
 TOP_N = 5  # tok_top5_overlap: |top-5 of base ∩ top-5 of comp| / 5
+SCOPES = ("answer", "prefill")  # the answer's tokens; the prompt's own tokens after its first
+# Per row, over the prompt's tokens: tokens scored, mean KL(b || c) (lower bound from a top-k reference), mean upper
+# bound, top-1 agreement and top-5 overlap; NaN when prefill is not scored.
+PREFILL_COLUMNS = ("prefill_n_tokens", "prefill_kl", "prefill_kl_upper", "prefill_top1", "prefill_top5")
 
 
 class Reference(NamedTuple):
@@ -85,42 +95,68 @@ def _encode(tokenizer, prompt: str, answer: str, add_special_tokens: bool) -> tu
     return list(ids), max(len(prompt_ids), 1)
 
 
-def _answer_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
-                     cols: torch.Tensor, device) -> torch.Tensor:
-    """fp32 log-softmax of the logits at (rows, cols): (M, V), on the model's (or the given) device."""
-    device = device if device is not None else next(model.parameters()).device
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits  # (B, T, V)
-    return F.log_softmax(logits[rows.to(device), cols.to(device)].float(), dim=-1)
+def _span(ids: list[int], start: int, scope: str) -> tuple[int, int]:
+    """The scored tokens ids[a:b] of one encoded row in ``scope`` (:data:`SCOPES`)."""
+    return (start, len(ids)) if scope == "answer" else (1, start)
 
 
-def _answer_batch(model, batch: list[tuple[list[int], int]], pad_id: int, device) -> tuple[torch.Tensor, list[int]]:
-    """fp32 log-probs at every answer token of one right-padded batch, (M, V), and the answer tokens per row."""
+def _logits(model, batch: list[tuple[list[int], int]], pad_id: int, device) -> torch.Tensor:
+    """The logits of one right-padded batch of encoded rows: (B, T, V), on the model's (or the given) device."""
     width = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
     attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    rows, cols, counts = [], [], []
-    for r, (ids, start) in enumerate(batch):
+    for r, (ids, _) in enumerate(batch):
         input_ids[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[r, :len(ids)] = 1
-        # the logits at position t predict token t + 1: answer tokens start..len-1 <- positions start-1..len-2
-        positions = torch.arange(start - 1, len(ids) - 1)
-        rows.append(torch.full_like(positions, r))
-        cols.append(positions)
-        counts.append(len(positions))
-    rows, cols = torch.cat(rows), torch.cat(cols)  # (M,), M = answer tokens in the batch
-    return _answer_logprobs(model, input_ids, attention_mask, rows, cols, device), counts
+    device = device if device is not None else next(model.parameters()).device
+    return model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
 
 
-def _targets(batch: list[tuple[list[int], int]]) -> torch.Tensor:
-    """The answer tokens of a batch, end to end: (M,)."""
-    return torch.tensor([t for ids, start in batch for t in ids[start:]], dtype=torch.long)
+def _positions(batch: list[tuple[list[int], int]], scope: str):
+    """(batch rows (M,), positions (M,), target ids (M,), scored tokens per row) of every token of ``scope``: the
+    logits at position t predict token t + 1, so tokens a..b-1 come from positions a-1..b-2."""
+    rows, cols, targets, counts = [], [], [], []
+    for r, (ids, start) in enumerate(batch):
+        a, b = _span(ids, start, scope)
+        n = max(b - a, 0)
+        rows += [r] * n
+        cols += range(a - 1, a - 1 + n)
+        targets += ids[a:a + n]
+        counts.append(n)
+    as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    return as_long(rows), as_long(cols), as_long(targets), counts
+
+
+def _logp(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """fp32 log-softmax of the logits at (rows, cols): (M, V)."""
+    return F.log_softmax(logits[rows.to(logits.device), cols.to(logits.device)].float(), dim=-1)
+
+
+def _slices(n: int, vocab: int):
+    """Slices of n scored tokens, few enough per slice that a handful of (tokens, V) fp32 temporaries stay small."""
+    step = max(1, klbounds._CHUNK_ELEMENTS // max(vocab, 1))
+    return [slice(lo, lo + step) for lo in range(0, n, step)]
+
+
+def _cut(ref: Reference, part: slice) -> Reference:
+    return Reference(*(t[part] if t is not None else None for t in ref))
+
+
+def _cat(parts: list[Reference]) -> Reference:
+    return Reference(*(None if ts[0] is None else torch.cat(ts) for ts in zip(*parts)))
 
 
 def _compare(ref: Reference, logp_c: torch.Tensor, targets: torch.Tensor, counts: list[int]) -> dict:
-    """Per-token statistics from the baseline's reference and the compressed side's (M, V) log-probs at M answer
-    tokens (the baseline's answer tokens ``targets`` (M,)), split into rows.
+    """:func:`_compare_flat`'s per-token statistics split into rows of ``counts`` tokens: {name: [float64 arrays]}."""
+    return {name: [part.numpy() for part in torch.split(values.cpu(), counts)]
+            for name, values in _compare_flat(ref, logp_c, targets).items()}
 
-    Returns {name: [per-row float64 arrays]} for ``tok_kl`` (KL(b || c) in nats: exact from a full reference,
+
+def _compare_flat(ref: Reference, logp_c: torch.Tensor, targets: torch.Tensor) -> dict:
+    """Per-token statistics from the baseline's reference and the compressed side's (M, V) log-probs at M answer
+    tokens (the baseline's answer tokens ``targets`` (M,)).
+
+    Returns {name: (M,) float64 tensor} for ``tok_kl`` (KL(b || c) in nats: exact from a full reference,
     the lower bound from a top-k one), ``tok_kl_upper`` (the upper bound; equal to tok_kl when exact),
     ``tok_same_top`` (1.0 where both argmax tokens agree), ``tok_logp_base`` / ``tok_logp_comp`` (log-prob
     of the answer token under each side), ``tok_top5_overlap`` (|top-5 tokens of b ∩ top-5 of c| / 5; exact from
@@ -159,8 +195,7 @@ def _compare(ref: Reference, logp_c: torch.Tensor, targets: torch.Tensor, counts
                  "tok_top5_overlap": _overlap(top_n_b, logp_c) if top_n_b is not None
                  else torch.full_like(kl, float("nan")),
                  "tok_kl_rev": kl_rev, "tok_js": js}
-    return {name: [part.cpu().numpy() for part in torch.split(values.cpu(), counts)]
-            for name, values in per_token.items()}
+    return {name: values.cpu() for name, values in per_token.items()}
 
 
 def _coarse(top_b: torch.Tensor, ids: torch.Tensor, log_tail_b: torch.Tensor,
@@ -200,49 +235,65 @@ def _overlap(top_n_b: torch.Tensor, logp_c: torch.Tensor) -> torch.Tensor:
     return (top_n_b[:, :, None] == top_n_c[:, None, :]).any(-1).double().sum(-1) / n
 
 
-def _prepare(tokenizer, prompts, answers, batch_size, add_special_tokens):
-    """Encoded rows, pad id, and the scored rows in batches (longest first: less padding)."""
+def _prepare(tokenizer, prompts, answers, batch_size, add_special_tokens, scopes=("answer",)):
+    """Encoded rows, pad id, and the rows with a token to score in ``scopes``, in batches (longest first: less
+    padding)."""
     if len(prompts) != len(answers):
         raise ValueError(f"got {len(prompts)} prompts but {len(answers)} answers")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     encoded = [_encode(tokenizer, p, a, add_special_tokens) for p, a in zip(prompts, answers)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked; any id works
-    order = sorted((i for i, (ids, start) in enumerate(encoded) if len(ids) > start), key=lambda i: -len(encoded[i][0]))
+    scored = (i for i, (ids, start) in enumerate(encoded) if _scored_tokens([(ids, start)], scopes))
+    order = sorted(scored, key=lambda i: -len(encoded[i][0]))
     return encoded, pad_id, [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
 
 
-def _answer_tokens(encoded: list[tuple[list[int], int]]) -> int:
-    return sum(len(ids) - start for ids, start in encoded)
+def _scored_tokens(encoded: list[tuple[list[int], int]], scopes=("answer",)) -> int:
+    return sum(max(b - a, 0) for ids, start in encoded for a, b in (_span(ids, start, s) for s in scopes))
 
 
 def reference_bytes(tokenizer, prompts: list[str], answers: list[str], vocab_size: int, topk: int = 0, *,
-                    add_special_tokens: bool = False) -> int:
-    """Memory :func:`answer_logprobs` would take: answer tokens × :func:`bytes_per_token`."""
+                    add_special_tokens: bool = False, scopes=("answer",)) -> int:
+    """Memory :func:`reference_logprobs` would take: tokens scored in ``scopes`` × :func:`bytes_per_token`."""
     encoded = [_encode(tokenizer, p, a, add_special_tokens) for p, a in zip(prompts, answers)]
-    return _answer_tokens(encoded) * bytes_per_token(vocab_size, topk)
+    return _scored_tokens(encoded, scopes) * bytes_per_token(vocab_size, topk)
+
+
+def reference_logprobs(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 8, device=None, *,
+                       topk: int = 0, add_special_tokens: bool = False, max_bytes: int | None = None,
+                       scopes=("answer",)) -> dict[str, list[Reference]] | None:
+    """One model's :class:`Reference` per row at each token of each of ``scopes`` (:data:`SCOPES`), on the CPU,
+    from one forward pass over prompt + answer: the full fp32 log-probs (``topk`` 0, or >= V / 2), else the
+    top-``topk`` summary. A row with no token in a scope holds 0 tokens there. None, before any forward pass, when
+    it would take more than ``max_bytes`` (see :func:`reference_bytes`)."""
+    encoded, pad_id, batches = _prepare(tokenizer, prompts, answers, batch_size, add_special_tokens, scopes)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if max_bytes is not None and _scored_tokens(encoded, scopes) * bytes_per_token(vocab, topk) > max_bytes:
+        return None
+    empty = _summarize(torch.empty(0, vocab), torch.empty(0, dtype=torch.long), topk)
+    out = {scope: [empty for _ in encoded] for scope in scopes}
+    with torch.inference_mode():
+        for chunk in batches:
+            rows = [encoded[i] for i in chunk]
+            logits = _logits(model, rows, pad_id, device)  # (B, T, V)
+            for scope in scopes:
+                r, c, targets, counts = _positions(rows, scope)
+                parts = [_summarize(_logp(logits, r[part], c[part]), targets[part], topk)
+                         for part in _slices(len(targets), vocab)]
+                for i, ref in zip(chunk, _split(_cat(parts) if parts else empty, counts)):
+                    out[scope][i] = ref
+            del logits
+    return out
 
 
 def answer_logprobs(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 8, device=None, *,
                     topk: int = 0, add_special_tokens: bool = False,
                     max_bytes: int | None = None) -> list[Reference] | None:
-    """One model's :class:`Reference` at each answer token, per row, on the CPU: the full fp32 log-probs
-    (``topk`` 0, or >= V / 2), else the top-``topk`` summary. A row with an empty answer holds 0 tokens. Pass
-    the result as ``token_kl``'s ``base`` to reuse it. None, before any forward pass, when it would take more
-    than ``max_bytes`` (see :func:`reference_bytes`)."""
-    encoded, pad_id, batches = _prepare(tokenizer, prompts, answers, batch_size, add_special_tokens)
-    vocab = model.get_output_embeddings().weight.shape[0]
-    if max_bytes is not None and _answer_tokens(encoded) * bytes_per_token(vocab, topk) > max_bytes:
-        return None
-    empty = _summarize(torch.empty(0, vocab), torch.empty(0, dtype=torch.long), topk)
-    out = [empty for _ in encoded]
-    with torch.inference_mode():
-        for chunk in batches:
-            rows = [encoded[i] for i in chunk]
-            logp, counts = _answer_batch(model, rows, pad_id, device)
-            for i, part in zip(chunk, _split(_summarize(logp, _targets(rows), topk), counts)):
-                out[i] = part
-    return out
+    """:func:`reference_logprobs` at the answer tokens only: the list to pass as ``token_kl``'s ``base``."""
+    refs = reference_logprobs(model, tokenizer, prompts, answers, batch_size, device, topk=topk,
+                              add_special_tokens=add_special_tokens, max_bytes=max_bytes)
+    return None if refs is None else refs["answer"]
 
 
 def token_kl(
@@ -255,42 +306,75 @@ def token_kl(
     device=None,
     *,
     add_special_tokens: bool = False,
+    prefill=None,
 ) -> pd.DataFrame:
-    """Per-row token-level KL(base || comp) in nats on the baseline's answers.
+    """Per-row token-level KL(base || comp) in nats on the baseline's answers (and, with ``prefill``, on the prompt).
 
     ``base`` is the baseline model (KL exact), or its :func:`answer_logprobs` on the same prompts and answers.
     Returns a frame aligned with ``prompts`` with columns ``kl`` (mean over the answer's tokens of the per-token
     KL: full-vocabulary, log-softmax in fp32, summed in fp64; from a top-k reference its lower bound),
     ``same_top`` (share of answer tokens where both models' argmax tokens agree), ``n_tokens`` (answer tokens
-    scored), and the per-token lists of TOKEN_COLUMNS (see :func:`_compare`) from which flipbench.klstats
-    computes token-weighted statistics. Rows with no answer token get NaN, NaN, 0 and empty lists.
+    scored), the per-token lists of TOKEN_COLUMNS (see :func:`_compare_flat`) from which flipbench.klstats
+    computes token-weighted statistics, and with ``prefill`` :data:`PREFILL_COLUMNS`. Rows with no answer token get
+    NaN, NaN, 0 and empty lists. ``prefill``: None (the prompt is not scored), the baseline model, or its
+    :func:`reference_logprobs` ``["prefill"]`` on the same prompts and answers.
     ``device``: where inputs go (both models must be there); None uses each model's own device.
     ``add_special_tokens`` defaults to False, as lm-eval's HFLM encodes prompts for causal models.
     Rows are batched longest first (less padding); results do not depend on the batching.
     """
-    encoded, pad_id, batches = _prepare(tokenizer, prompts, answers, batch_size, add_special_tokens)
-    stored = isinstance(base, (list, tuple))
-    if stored and len(base) != len(encoded):
-        raise ValueError(f"the stored baseline log-probs cover {len(base)} rows, not {len(encoded)}")
-    tokens = {name: [np.empty(0) for _ in encoded] for name in TOKEN_COLUMNS}
+    scopes = SCOPES if prefill is not None else ("answer",)
+    encoded, pad_id, batches = _prepare(tokenizer, prompts, answers, batch_size, add_special_tokens, scopes)
+    sources = {"answer": base, "prefill": prefill}
+    for scope in scopes:
+        if isinstance(sources[scope], (list, tuple)) and len(sources[scope]) != len(encoded):
+            raise ValueError(f"the stored baseline log-probs cover {len(sources[scope])} rows, not {len(encoded)}")
+    tokens = {scope: {name: [np.empty(0) for _ in encoded] for name in TOKEN_COLUMNS} for scope in scopes}
     with torch.inference_mode():
         for chunk in batches:
             rows = [encoded[i] for i in chunk]
-            logp_c, counts = _answer_batch(model_comp, rows, pad_id, device)
-            targets = _targets(rows)
-            if stored:
-                if [len(base[i].target) for i in chunk] != counts:
-                    raise ValueError("the stored baseline log-probs were computed on other answers or another tokenizer")
-                ref = _join([base[i] for i in chunk], logp_c.device)
-            else:
-                ref = _summarize(_answer_batch(base, rows, pad_id, device)[0], targets, 0)
-            for name, parts in _compare(ref, logp_c, targets, counts).items():
-                for i, part in zip(chunk, parts):
-                    tokens[name][i] = part
-    n_tokens = np.array([len(v) for v in tokens["tok_kl"]], dtype=int)
-    with np.errstate(invalid="ignore"):
-        mean = lambda parts: np.array([v.mean() if len(v) else np.nan for v in parts])  # noqa: E731
-        frame = pd.DataFrame({"kl": mean(tokens["tok_kl"]), "same_top": mean(tokens["tok_same_top"]), "n_tokens": n_tokens})
+            logits_c = _logits(model_comp, rows, pad_id, device)  # (B, T, V)
+            logits_b = {}  # per baseline model: its logits of this batch, computed once for both scopes
+            for scope in scopes:
+                r, c, targets, counts = _positions(rows, scope)
+                source = sources[scope]
+                if isinstance(source, (list, tuple)):
+                    if [len(source[i].target) for i in chunk] != counts:
+                        raise ValueError("the stored baseline log-probs were computed on other answers or another "
+                                         "tokenizer")
+                    stored = _join([source[i] for i in chunk], logits_c.device)
+                elif id(source) not in logits_b:
+                    logits_b[id(source)] = _logits(source, rows, pad_id, device)
+                flat: dict[str, list] = {}
+                for part in _slices(len(targets), logits_c.shape[-1]):
+                    logp_c = _logp(logits_c, r[part], c[part])
+                    ref = (_cut(stored, part) if isinstance(source, (list, tuple))
+                           else _summarize(_logp(logits_b[id(source)], r[part], c[part]), targets[part], 0))
+                    for name, values in _compare_flat(ref, logp_c, targets[part]).items():
+                        flat.setdefault(name, []).append(values)
+                for name, values in flat.items():
+                    for i, row in zip(chunk, torch.split(torch.cat(values), counts)):
+                        tokens[scope][name][i] = row.numpy()
+            del logits_c, logits_b
+    answer = tokens["answer"]
+    n_tokens = np.array([len(v) for v in answer["tok_kl"]], dtype=int)
+    frame = pd.DataFrame({"kl": _means(answer["tok_kl"]), "same_top": _means(answer["tok_same_top"]),
+                          "n_tokens": n_tokens})
     for name in TOKEN_COLUMNS:
-        frame[name] = [v.tolist() for v in tokens[name]]
+        frame[name] = [v.tolist() for v in answer[name]]
+    if "prefill" in tokens:
+        fill_prefill(frame, tokens["prefill"])
     return frame
+
+
+def fill_prefill(frame: pd.DataFrame, prompt: dict[str, list[np.ndarray]]) -> None:
+    """:data:`PREFILL_COLUMNS` of ``frame`` from the per-row, per-token statistics over the prompt's tokens."""
+    frame["prefill_n_tokens"] = [float(len(v)) for v in prompt["tok_kl"]]
+    for column, name in (("prefill_kl", "tok_kl"), ("prefill_kl_upper", "tok_kl_upper"),
+                         ("prefill_top1", "tok_same_top"), ("prefill_top5", "tok_top5_overlap")):
+        frame[column] = _means(prompt[name])
+
+
+def _means(parts: list[np.ndarray]) -> np.ndarray:
+    """Per row, the mean of its per-token values (NaN for a row without tokens)."""
+    with np.errstate(invalid="ignore"):
+        return np.array([v.mean() if len(v) else np.nan for v in parts])

@@ -21,6 +21,16 @@ docs that diverge, the median length ratio, truncation shares, and the divergenc
 for N in :data:`DIVERGENCE_AT`. The survival curve S(t) = share of docs whose generations still agree on their
 first t tokens (identical answers agree for every t) = 1 - divergence-at-t; S(0) = 1 and S never increases.
 Everything but :func:`annotate` is a pure function of the paired samples table.
+
+The reasoning span (``suite.think_end``; lm-eval keeps what follows the last marker as the answer), per doc and
+side, from the raw generation captured before lm-eval strips it (:func:`flipbench.side.think_markers`):
+``think_closed`` 1.0 when the raw generation holds the marker, 0.0 when not; ``think_len`` the tokens before the
+last marker (the span lm-eval strips; NaN when it is absent); ``think_cut`` 1.0 when the marker is absent and the
+generation ran to max_gen_toks (the model was still reasoning when the budget ended; counted, as ``trunc_*``, by
+re-encoding the text up to the first stop sequence the engine stops on), else 0.0. All NaN without a marker set.
+Per task (:func:`think_record`): the median span per side over the docs whose span closed, the median comp/base
+ratio over the docs whose span closed on both sides, and per side the shares of docs whose span did not close
+(``think_unclosed_*``) and of those cut at the budget (``think_cut_*``, a part of them).
 """
 
 from __future__ import annotations
@@ -34,6 +44,9 @@ DOC_COLUMNS = ("gen_identical", "first_div_token", "prefix_share", "gen_len_base
                "max_gen_toks", "trunc_base", "trunc_comp")
 SUMMARY = ("gen_identical", "first_div_median", "prefix_share_mean", "len_ratio_median", "trunc_base", "trunc_comp",
            *(f"div_at_{n}" for n in DIVERGENCE_AT))
+THINK_DOC = ("think_len", "think_closed", "think_cut")  # per side frame; _base / _comp once paired
+THINK_SUMMARY = ("think_len_median_base", "think_len_median_comp", "think_len_ratio_median", "think_unclosed_base",
+                 "think_unclosed_comp", "think_cut_base", "think_cut_comp")
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval HFLM's budget for a generative task whose generation_kwargs set none
 
 
@@ -174,3 +187,67 @@ def split_at_divergence(row) -> tuple[str, str, str]:
     c = "" if row["response_comp"] is None else str(row["response_comp"])
     k = len(os.path.commonprefix([b, c]))
     return b[:k], b[k:], c[k:]
+
+
+def think_values(raw: str, marker: str, tokenizer, budget: float = np.nan, stops=()) -> dict[str, float]:
+    """One raw generation's reasoning-span columns (:data:`THINK_DOC`; module doc). ``stops``: the stop sequences
+    the engine stopped generating on (the text past the first is not the model's: a batch-mate kept the batch going)."""
+    at = str(raw).rfind(marker)
+    if at >= 0:
+        return {"think_len": float(len(tokenizer(raw[:at], add_special_tokens=False)["input_ids"])),
+                "think_closed": 1.0, "think_cut": 0.0}
+    generated = str(raw)
+    for stop in [stops] if isinstance(stops, str) else stops or ():
+        if stop:
+            generated = generated.split(stop)[0]
+    tokens = len(tokenizer(generated, add_special_tokens=False)["input_ids"])
+    return {"think_len": np.nan, "think_closed": 0.0,
+            "think_cut": float(tokens >= budget) if np.isfinite(budget) else np.nan}
+
+
+def annotate_think(frame: pd.DataFrame, generations: dict, marker: str, tokenizer, budgets: dict[str, int],
+                   reported: dict[str, str], cut_at_stops: bool = True) -> None:
+    """Fill :data:`THINK_DOC` into one side's frame in place (every filter row of a doc gets its doc's values; MC
+    rows and docs without a captured generation NaN). ``generations``: (leaf task, doc_id) -> (raw generation, its
+    request's stop sequences); ``budgets``: reported task -> max_gen_toks (:func:`budgets`); ``reported``: leaf ->
+    reported task."""
+    for column in THINK_DOC:
+        frame[column] = np.nan
+    values = {}
+    for (leaf, doc), (raw, stops) in generations.items():
+        task = reported.get(leaf, leaf)
+        group = leaf.removeprefix(f"{task}_") if task != leaf else None  # a leaf of a group is reported as its group
+        values[(task, group, int(doc))] = think_values(raw, marker, tokenizer, budgets.get(task, np.nan),
+                                                       stops if cut_at_stops else ())
+    if not values or frame.empty:
+        return
+    gen = frame.index[frame["output_type"] == GENERATIVE]
+    empty = dict.fromkeys(THINK_DOC, np.nan)
+    found = [values.get((t, g, int(d))) or values.get((t, None, int(d))) or empty
+             for t, g, d in zip(frame.loc[gen, "task"], frame.loc[gen, "group"], frame.loc[gen, "doc_id"])]
+    for column in THINK_DOC:
+        frame.loc[gen, column] = [v[column] for v in found]
+
+
+def _share(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else np.nan
+
+
+def think_record(rows: pd.DataFrame) -> dict[str, float]:
+    """The per-task reasoning-span columns (:data:`THINK_SUMMARY`) over ``rows`` (one filter's rows: one per doc)."""
+    out = {}
+    lengths = {side: _column(rows, f"think_len_{side}") for side in ("base", "comp")}
+    for side, length in lengths.items():
+        closed = length[np.isfinite(length)]
+        out[f"think_len_median_{side}"] = float(np.median(closed)) if closed.size else np.nan
+    b, c = lengths["base"], lengths["comp"]
+    both = np.isfinite(b) & np.isfinite(c)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(b[both] > 0, c[both] / np.where(b[both] > 0, b[both], 1), np.where(c[both] == 0, 1.0, np.nan))
+    ratio = ratio[np.isfinite(ratio)]
+    out["think_len_ratio_median"] = float(np.median(ratio)) if ratio.size else np.nan
+    for side in ("base", "comp"):
+        out[f"think_unclosed_{side}"] = 1.0 - _share(_column(rows, f"think_closed_{side}"))
+        out[f"think_cut_{side}"] = _share(_column(rows, f"think_cut_{side}"))
+    return {name: out[name] for name in THINK_SUMMARY}

@@ -56,21 +56,29 @@ def server_lm(s, url):
 def test_reference_and_full_vocabulary_kl_through_the_engine_equal_tokenkl_s(gen_rows):
     s, base, comp, prompts, answers = gen_rows
     k = 8
-    expected_ref = tokenkl.answer_logprobs(base, s.tokenizer, prompts, answers, topk=k)
-    with serve(base, s.tokenizer, "bundled:tiny") as (url, _):
-        ref = engines.answer_reference(server_lm(s, url), s.tokenizer, prompts, answers, topk=k)
+    expected_refs = tokenkl.reference_logprobs(base, s.tokenizer, prompts, answers, topk=k, scopes=tokenkl.SCOPES)
+    expected_ref = expected_refs["answer"]
+    with serve(base, s.tokenizer, "bundled:tiny") as (url, _):  # the prompt's positions come in the same requests
+        refs = engines.references(server_lm(s, url), s.tokenizer, prompts, answers, k, tokenkl.SCOPES)
+    ref = refs["answer"]
     assert [len(r.target) for r in ref] == [len(r.target) for r in expected_ref] and sum(len(r.target) for r in ref) > 0
-    for got, want in zip(ref, expected_ref):
-        assert torch.equal(got.ids, want.ids)
-        torch.testing.assert_close(got.logp, want.logp, atol=1e-4, rtol=0)
-        torch.testing.assert_close(got.target, want.target, atol=1e-4, rtol=0)
-        torch.testing.assert_close(got.log_tail.exp(), want.log_tail.exp(), atol=1e-5, rtol=0)
-    expected = tokenkl.token_kl(expected_ref, comp, s.tokenizer, prompts, answers)
+    for scope in tokenkl.SCOPES:
+        for got, want in zip(refs[scope], expected_refs[scope]):
+            assert torch.equal(got.ids, want.ids)
+            torch.testing.assert_close(got.logp, want.logp, atol=1e-4, rtol=0)
+            torch.testing.assert_close(got.target, want.target, atol=1e-4, rtol=0)
+            torch.testing.assert_close(got.log_tail.exp(), want.log_tail.exp(), atol=1e-5, rtol=0)
+    expected = tokenkl.token_kl(expected_ref, comp, s.tokenizer, prompts, answers, prefill=expected_refs["prefill"])
     with serve(comp, s.tokenizer, "bundled:tiny") as (url, _):
         lm = server_lm(s, url)
-        full = engines.token_kl(ref, lm, s.tokenizer, prompts, answers)
+        full = engines.token_kl(ref, lm, s.tokenizer, prompts, answers, prefill=refs["prefill"])
         top = engines.token_kl(ref, lm, s.tokenizer, prompts, answers, topk=k)
     np.testing.assert_allclose(full["kl"], expected["kl"], atol=1e-4)
+    # prefill through the engine: the prompt's tokens scored as tokenkl scores them from the model
+    assert (full["prefill_n_tokens"] > 0).all()
+    for column in ("prefill_n_tokens", "prefill_top1", "prefill_top5"):
+        np.testing.assert_allclose(full[column], expected[column], err_msg=column)
+    np.testing.assert_allclose(full["prefill_kl"], expected["prefill_kl"], atol=1e-4)
     np.testing.assert_allclose(full["same_top"], expected["same_top"])
     for a, b in zip(full["tok_kl_upper"], expected["tok_kl_upper"]):
         np.testing.assert_allclose(a, b, atol=1e-3)

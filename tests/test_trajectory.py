@@ -201,7 +201,9 @@ def test_random_llama_run_survival_starts_at_100_percent_and_never_rises(random_
     from flipbench import pipeline
 
     overrides = mini_overrides(random_llama, mini_tasks, tmp_path / "results")
-    run_dir = pipeline.run(compose(overrides + ["compression=rtn", "compression.bits=2", "eval.bootstrap=0"]))
+    # "gre": a string the random Llama writes in some generations (tests/test_chat.py), as a reasoning marker
+    run_dir = pipeline.run(compose(overrides + ["compression=rtn", "compression.bits=2", "eval.bootstrap=0",
+                                                "suite.think_end=gre"]))
     samples = pd.read_parquet(run_dir / "samples.parquet")
     gen = samples[samples["output_type"] == "generate_until"]
     assert gen["gen_identical"].notna().all() and gen["max_gen_toks"].notna().all()
@@ -217,7 +219,15 @@ def test_random_llama_run_survival_starts_at_100_percent_and_never_rises(random_
         assert np.isfinite(head[column]), column
     assert head["top1_agree"] == pytest.approx(head["same_top"])
     assert (run_dir / "plots" / "survival.png").is_file()
-    assert "Where answers diverge" in (run_dir / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
+    assert "Where answers diverge" in report
+    # the reasoning span per doc and side, summarised per task and stated in the report
+    assert gen[["think_closed_base", "think_closed_comp"]].notna().all().all()
+    assert head["think_unclosed_base"] == pytest.approx(1 - docs["think_closed_base"].mean())
+    assert "Reasoning span (tokens before suite.think_end" in report
+    # prefill: the prompt's tokens scored apart from the answer's, from the baseline's reference
+    assert head["prefill_tokens"] > head["n_tokens"] > 0 and np.isfinite(head["prefill_kl_mean"])
+    assert 0 <= head["prefill_top1_agree"] <= 1 and "Prefill against answer" in report
 
 
 def test_without_a_tokenizer_only_string_identity_is_filled():
@@ -228,3 +238,118 @@ def test_without_a_tokenizer_only_string_identity_is_filled():
     record = trajectory.summary_record(frame)
     assert record["gen_identical"] == 0.5 and np.isnan(record["div_at_1"]) and np.isnan(record["first_div_median"])
     assert np.isnan(trajectory.survival(frame, [0])).all()
+
+
+# ---- the reasoning span (suite.think_end), by hand
+
+# (base raw, comp raw) with marker "</t>", budget 6 tokens, stop "\n"; lengths worked out by hand below
+THINK = [("a b c </t> 4", "a b c d e f </t> 4"),  # 3 and 6 tokens before the marker
+         ("x </t> 5", "x y z"),  # comp: no marker, 3 tokens, stopped
+         ("p q </t> r </t> 7", "p q r s t u v"),  # base: the last marker counts (4 tokens); comp: cut at the budget
+         ("</t> 8", "</t> 8"),  # empty spans: 0 and 0
+         ("m n o\nz z z z z", "k </t> 1")]  # base: stopped at "\n" after 3 tokens (the rest is not the model's)
+
+
+def think_table() -> pd.DataFrame:
+    frame = table(gen_row(doc, "T", "T", "T") for doc in range(len(THINK)))
+    for side, position in (("base", 0), ("comp", 1)):
+        values = [trajectory.think_values(pair[position], "</t>", WordTokenizer(), 6, ["\n"]) for pair in THINK]
+        for column in trajectory.THINK_DOC:
+            frame[f"{column}_{side}"] = [v[column] for v in values]
+    return frame
+
+
+def test_hand_built_reasoning_spans_pin_every_number():
+    frame = think_table()
+    nan = np.nan
+    expected = {"think_len_base": [3, 1, 4, 0, nan], "think_len_comp": [6, nan, nan, 0, 1],
+                "think_closed_base": [1, 1, 1, 1, 0], "think_closed_comp": [1, 0, 0, 1, 1],
+                "think_cut_base": [0, 0, 0, 0, 0], "think_cut_comp": [0, 0, 1, 0, 0]}
+    for column, values in expected.items():
+        np.testing.assert_allclose(frame[column].to_numpy(dtype=float), values, err_msg=column)
+    # base medians over closed spans: (0, 1, 3, 4) -> 2; comp (0, 1, 6) -> 1; ratios where both closed: 6/3, 0/0 := 1
+    record = trajectory.think_record(frame)
+    assert record == pytest.approx({"think_len_median_base": 2.0, "think_len_median_comp": 1.0,
+                                    "think_len_ratio_median": 1.5, "think_unclosed_base": 0.2,
+                                    "think_unclosed_comp": 0.4, "think_cut_base": 0.0, "think_cut_comp": 0.2})
+    head = metrics.summarize(frame, n_resamples=0).iloc[0]
+    for column, value in record.items():
+        assert head[column] == pytest.approx(value), column
+    from flipbench import report
+
+    text = report.think_text(metrics.summarize(frame, n_resamples=0))
+    assert "median 2 tokens baseline, 1 compressed (comp/base ratio, median 1.50)" in text
+    assert "span not closed 20% / 40%, of which cut at max_gen_toks 0% / 20%" in text
+    # no marker set: every think column NaN, and no report line
+    plain = metrics.summarize(hand_table(), n_resamples=0)
+    assert plain[list(trajectory.THINK_SUMMARY)].isna().all().all() and report.think_text(plain) is None
+
+
+def test_think_columns_land_on_every_filter_row_of_their_doc_and_survive_pairing():
+    from flipbench.pairing import pair
+
+    rows = [{"task": "grp", "group": "sub", "doc_id": 0, "filter": f, "output_type": "generate_until"}
+            for f in ("strict", "flex")] + [{"task": "mc", "group": "mc", "doc_id": 0, "filter": "none",
+                                             "output_type": "multiple_choice"}]
+    frame = pd.DataFrame(rows)
+    # leaf grp_sub is reported as task grp, group sub; the MC leaf generated nothing
+    trajectory.annotate_think(frame, {("grp_sub", 0): ("a b </t> c", ["\n"])}, "</t>", WordTokenizer(), {"grp": 6},
+                              {"grp_sub": "grp", "mc": "mc"})
+    assert frame["think_len"].tolist()[:2] == [2.0, 2.0] and np.isnan(frame["think_len"].iloc[2])
+    side = frame.assign(doc_hash="d", prompt_hash="p", **{c: "" for c in ("category", "metric", "prompt", "target",
+                                                                           "ll", "ll_uncond", "pred", "correct",
+                                                                           "lm_correct", "response", "choices",
+                                                                           "choice_len")})
+    paired = pair(side, side.drop(columns=list(trajectory.THINK_DOC)))  # the other side has no marker columns
+    assert paired["think_len_base"].tolist()[:2] == [2.0, 2.0] and paired["think_len_comp"].isna().all()
+
+
+# ---- prefill: the prompt's own tokens, apart from the answer's
+
+def _direct_prefill(model_b, model_c, tokenizer) -> list[dict[str, np.ndarray]]:
+    """Per doc, at every prompt token but the first (plain forward of each model on the prompt alone, float64):
+    KL(b || c), top-1 agreement and top-5 overlap."""
+    out = []
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lb = model_b(torch.tensor([ids])).logits[0].double().log_softmax(-1)[:-1]  # predicts tokens 1..n-1
+            lc = model_c(torch.tensor([ids])).logits[0].double().log_softmax(-1)[:-1]
+        top_b, top_c = lb.topk(5, -1).indices, lc.topk(5, -1).indices
+        out.append({"kl": (lb.exp() * (lb - lc)).sum(-1).numpy(),
+                    "top1": (lb.argmax(-1) == lc.argmax(-1)).double().numpy(),
+                    "top5": np.array([len(set(b.tolist()) & set(c.tolist())) / 5 for b, c in zip(top_b, top_c)])})
+    return out
+
+
+def test_prefill_kl_and_agreement_match_a_plain_forward_of_both_models(word_level):
+    from flipbench.stats import clustered_mean_and_se
+    from flipbench.tokenkl import reference_logprobs
+
+    model_b, model_c = _llama(0, len(word_level)), _llama(1, len(word_level))
+    direct = _direct_prefill(model_b, model_c, word_level)
+    stats = token_kl(model_b, model_c, word_level, PROMPTS, ANSWERS, batch_size=2, prefill=model_b)
+    for row, want in enumerate(direct):
+        assert stats["prefill_n_tokens"].iloc[row] == len(want["kl"])  # prompt words 10, 5, 3, less the first
+        for column, key in (("prefill_kl", "kl"), ("prefill_kl_upper", "kl"), ("prefill_top1", "top1"),
+                            ("prefill_top5", "top5")):
+            assert stats[column].iloc[row] == pytest.approx(want[key].mean(), rel=1e-4, abs=1e-6), column
+    # the answer's columns do not move when the prompt is scored too
+    alone = token_kl(model_b, model_c, word_level, PROMPTS, ANSWERS)
+    np.testing.assert_allclose(stats["kl"], alone["kl"], rtol=1e-5)
+    # the summary: token-weighted over the prompts' tokens, SE clustered by doc, apart from the answer's
+    record = klstats.prefill_stats(stats)
+    kl = np.concatenate([d["kl"] for d in direct])
+    docs = np.concatenate([np.full(len(d["kl"]), i) for i, d in enumerate(direct)])
+    mean, se = clustered_mean_and_se(kl, docs)
+    assert record["prefill_tokens"] == len(kl) == 9 + 4 + 2
+    assert record["prefill_kl_mean"] == pytest.approx(mean, rel=1e-4) and record["prefill_kl_se"] == pytest.approx(se, rel=1e-3)
+    top1 = np.concatenate([d["top1"] for d in direct])
+    assert record["prefill_top1_agree"] == pytest.approx(top1.mean())
+    # from the baseline's top-k reference over the prompt: top-1 exact, KL between its bounds
+    ref = reference_logprobs(model_b, word_level, PROMPTS, ANSWERS, topk=4, scopes=("answer", "prefill"))
+    bounded = token_kl(ref["answer"], model_c, word_level, PROMPTS, ANSWERS, prefill=ref["prefill"])
+    np.testing.assert_allclose(bounded["prefill_top1"], stats["prefill_top1"])
+    assert (bounded["prefill_kl"] <= stats["prefill_kl"] + 1e-6).all()
+    assert (bounded["prefill_kl_upper"] >= stats["prefill_kl"] - 1e-6).all()
+    assert bounded["prefill_top5"].isna().all()  # k = 4 < 5: not known

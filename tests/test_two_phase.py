@@ -215,3 +215,4 @@ def test_a_baseline_collected_through_a_server_pairs_with_an_hf_compressed_side(
         pd.testing.assert_series_equal(a[column], b[column], check_exact=False, rtol=0, atol=0), column
     gen = pd.read_parquet(out / "samples.parquet").query("output_type == 'generate_until'")
     assert gen["n_tokens"].gt(0).all() and gen["kl"].notna().all()
+    assert gen["prefill_n_tokens"].gt(0).all() and gen["prefill_kl"].notna().all()  # the prompt's part, via the server

@@ -178,8 +178,16 @@ def answer_reference(lm, tokenizer, prompts: list[str], answers: list[str], topk
     return logprobs.answer_reference(lm, tokenizer, prompts, answers, topk)
 
 
-def token_kl(reference, lm, tokenizer, prompts: list[str], answers: list[str], topk: int | None = None):
-    """Token KL(base || comp) with the compressed side on an engine: tokenkl.token_kl's per-row frame."""
+def references(lm, tokenizer, prompts: list[str], answers: list[str], topk: int, scopes=("answer",)) -> dict:
+    """The baseline's references per scope (answer, prefill) from the engine's top-``topk`` log-probs."""
     from flipbench.engines import logprobs
 
-    return logprobs.token_kl(reference, lm, tokenizer, prompts, answers, topk)
+    return logprobs.references(lm, tokenizer, prompts, answers, topk, scopes)
+
+
+def token_kl(reference, lm, tokenizer, prompts: list[str], answers: list[str], topk: int | None = None, prefill=None):
+    """Token KL(base || comp) with the compressed side on an engine: tokenkl.token_kl's per-row frame (with the
+    prompt's tokens scored too where ``prefill``, the baseline's prefill references, is given)."""
+    from flipbench.engines import logprobs
+
+    return logprobs.token_kl(reference, lm, tokenizer, prompts, answers, topk, prefill)

@@ -13,6 +13,9 @@ An engine returns, at every prompt position, the top-k log-probs and the log-pro
             P_R = 1 - sum_A p, Q_R = 1 - sum_A q                   (log-sum inequality over the rest, lumped)
     upper = the exact KL where p's whole mass lies in A (P_R = 0), else +inf: a token outside S_q may carry
             q ~ 0 under p > 0, and nothing the engine returns rules that out.
+Prefill: the engine returns the same log-probs at the prompt's own positions, so the baseline's reference and the
+compressed side's statistics over the prompt's tokens (every one but the first) come from the same requests
+(``scopes``, ``prefill``; flipbench.tokenkl's prefill columns).
 On the HF engine the models are run directly (flipbench.tokenkl, full vocabulary).
 """
 
@@ -72,14 +75,17 @@ def prompt_logprobs(lm, seqs: list[list[int]], k: int) -> list[list]:
     raise TypeError(f"{type(lm).__name__} has no prompt log-probs; on engine=hf use flipbench.tokenkl directly")
 
 
-def _answer_positions(rows, k: int, lm) -> list[tuple[list[dict], list[int]]]:
-    """Per row: the engine's log-prob dicts at the answer tokens, and those tokens."""
-    scored = [i for i, (ids, start) in enumerate(rows) if len(ids) > start]
+def _scoped_positions(rows, k: int, lm, scopes=("answer",)) -> dict[str, list[tuple[list[dict], list[int]]]]:
+    """Per scope (flipbench.tokenkl.SCOPES), per row: the engine's log-prob dicts at the scored tokens, and those
+    tokens; one request per row for every scope."""
+    scored = [i for i, row in enumerate(rows) if tokenkl._scored_tokens([row], scopes)]
     got = prompt_logprobs(lm, [rows[i][0] for i in scored], k) if scored else []
-    out = [([], []) for _ in rows]
+    out = {scope: [([], []) for _ in rows] for scope in scopes}
     for i, positions in zip(scored, got):
         ids, start = rows[i]
-        out[i] = (positions[start:], ids[start:])
+        for scope in scopes:
+            a, b = tokenkl._span(ids, start, scope)
+            out[scope][i] = (positions[a:b], ids[a:b])
     return out
 
 
@@ -105,21 +111,29 @@ def _hf_model(lm):
 
 
 def answer_reference(lm, tokenizer, prompts: list[str], answers: list[str], topk: int) -> list[tokenkl.Reference]:
-    """The baseline's :class:`flipbench.tokenkl.Reference` per row from the engine's top-``topk`` prompt log-probs
-    (``topk`` <= engine.max_logprobs), computed through ``lm`` (vLLM or server; on HFLM, flipbench.tokenkl runs
-    the model itself). A row with no answer token holds 0 tokens."""
+    """:func:`references` at the answer tokens only."""
+    return references(lm, tokenizer, prompts, answers, topk)["answer"]
+
+
+def references(lm, tokenizer, prompts: list[str], answers: list[str], topk: int,
+               scopes=("answer",)) -> dict[str, list[tokenkl.Reference]]:
+    """The baseline's :class:`flipbench.tokenkl.Reference` per scope and row from the engine's top-``topk`` prompt
+    log-probs (``topk`` <= engine.max_logprobs), computed through ``lm`` (vLLM or server; on HFLM, flipbench.tokenkl
+    runs the model itself). A row with no token in a scope holds 0 tokens there."""
     if _hf_model(lm) is not None:
-        return tokenkl.answer_logprobs(_hf_model(lm), tokenizer, prompts, answers, topk=topk)
+        return tokenkl.reference_logprobs(_hf_model(lm), tokenizer, prompts, answers, topk=topk, scopes=scopes)
     if topk < 1:
         raise ValueError(f"topk must be >= 1 through an engine, got {topk}")
-    refs = []
-    for dicts, targets in _answer_positions(_rows(tokenizer, prompts, answers), topk, lm):
-        top, ids, target = _top(dicts, targets, topk)
-        # tail mass from the top-k's own: 1 - sum, in fp64; at or below rounding it is 0 (log -> -inf)
-        mass = top.double().exp().sum(-1) if len(dicts) else torch.empty(0, dtype=torch.float64)
-        log_tail = torch.where(mass < 1 - ROUNDING, torch.log1p(-mass.clamp(max=1.0)), -math.inf).float()
-        refs.append(tokenkl.Reference(top, ids, target, log_tail))
-    return refs
+    out = {}
+    for scope, per_row in _scoped_positions(_rows(tokenizer, prompts, answers), topk, lm, scopes).items():
+        out[scope] = []
+        for dicts, targets in per_row:
+            top, ids, target = _top(dicts, targets, topk)
+            # tail mass from the top-k's own: 1 - sum, in fp64; at or below rounding it is 0 (log -> -inf)
+            mass = top.double().exp().sum(-1) if len(dicts) else torch.empty(0, dtype=torch.float64)
+            log_tail = torch.where(mass < 1 - ROUNDING, torch.log1p(-mass.clamp(max=1.0)), -math.inf).float()
+            out[scope].append(tokenkl.Reference(top, ids, target, log_tail))
+    return out
 
 
 def partial_bounds(ref: tokenkl.Reference, q_top: torch.Tensor, q_ids: torch.Tensor, q_target: torch.Tensor,
@@ -146,41 +160,53 @@ def partial_bounds(ref: tokenkl.Reference, q_top: torch.Tensor, q_ids: torch.Ten
 
 
 def token_kl(reference: list[tokenkl.Reference], lm, tokenizer, prompts: list[str], answers: list[str],
-             topk: int | None = None) -> pd.DataFrame:
+             topk: int | None = None, prefill: list[tokenkl.Reference] | None = None) -> pd.DataFrame:
     """flipbench.tokenkl.token_kl's per-row frame, the compressed side scored through ``lm`` (vLLM or server) on the
     baseline's ``answers``: its full vocabulary where ``topk`` is None (-1 to the engine; a server must allow it),
-    else its top-``topk`` and :func:`partial_bounds`."""
+    else its top-``topk`` and :func:`partial_bounds`. ``prefill``: the baseline's :func:`references` ``["prefill"]``,
+    to score the prompt's tokens too (flipbench.tokenkl.PREFILL_COLUMNS)."""
     if _hf_model(lm) is not None:
-        return tokenkl.token_kl(reference, _hf_model(lm), tokenizer, prompts, answers)
+        return tokenkl.token_kl(reference, _hf_model(lm), tokenizer, prompts, answers, prefill=prefill)
     rows = _rows(tokenizer, prompts, answers)
-    if len(reference) != len(rows):
-        raise ValueError(f"the baseline reference covers {len(reference)} rows, not {len(rows)}")
-    tokens = {name: [np.empty(0) for _ in rows] for name in tokenkl.TOKEN_COLUMNS}
-    for i, (dicts, targets) in enumerate(_answer_positions(rows, -1 if topk is None else topk, lm)):
-        if not dicts:
-            continue
-        ref = reference[i]
-        if len(ref.target) != len(targets):
-            raise ValueError("the baseline reference was computed on other answers or another tokenizer")
-        target_ids = torch.tensor(targets, dtype=torch.long)
-        if topk is None:
-            vocab = max(max(len(d) for d in dicts), int(ref.ids.max()) + 1 if ref.ids is not None and ref.ids.numel() else 0)
-            logp_c = torch.full((len(dicts), vocab), -math.inf)
-            for r, d in enumerate(dicts):
-                logp_c[r, list(d)] = torch.tensor(list(d.values()))
-            parts = tokenkl._compare(ref, logp_c, target_ids, [len(dicts)])
-            for name in tokenkl.TOKEN_COLUMNS:
-                tokens[name][i] = parts[name][0]
-            continue
-        q_top, q_ids, q_target = _top(dicts, targets, topk)
-        lower, upper = partial_bounds(ref, q_top, q_ids, q_target, target_ids)
-        tokens["tok_kl"][i], tokens["tok_kl_upper"][i] = lower.numpy(), upper.numpy()
-        tokens["tok_same_top"][i] = (ref.ids[:, 0].long() == q_ids[:, 0].long()).double().numpy()
-        tokens["tok_logp_base"][i], tokens["tok_logp_comp"][i] = ref.target.double().numpy(), q_target.double().numpy()
-    with np.errstate(invalid="ignore"):
-        mean = lambda parts: np.array([v.mean() if len(v) else np.nan for v in parts])  # noqa: E731
-        frame = pd.DataFrame({"kl": mean(tokens["tok_kl"]), "same_top": mean(tokens["tok_same_top"]),
-                              "n_tokens": np.array([len(v) for v in tokens["tok_kl"]], dtype=int)})
+    sources = {"answer": reference, "prefill": prefill}
+    scopes = tokenkl.SCOPES if prefill is not None else ("answer",)
+    for scope in scopes:
+        if len(sources[scope]) != len(rows):
+            raise ValueError(f"the baseline reference covers {len(sources[scope])} rows, not {len(rows)}")
+    tokens = {scope: {name: [np.empty(0) for _ in rows] for name in tokenkl.TOKEN_COLUMNS} for scope in scopes}
+    positions = _scoped_positions(rows, -1 if topk is None else topk, lm, scopes)
+    for scope in scopes:
+        for i, (dicts, targets) in enumerate(positions[scope]):
+            if not dicts:
+                continue
+            ref = sources[scope][i]
+            if len(ref.target) != len(targets):
+                raise ValueError("the baseline reference was computed on other answers or another tokenizer")
+            for name, values in _score(ref, dicts, targets, topk).items():
+                tokens[scope][name][i] = values
+    answer = tokens["answer"]
+    frame = pd.DataFrame({"kl": tokenkl._means(answer["tok_kl"]), "same_top": tokenkl._means(answer["tok_same_top"]),
+                          "n_tokens": np.array([len(v) for v in answer["tok_kl"]], dtype=int)})
     for name in tokenkl.TOKEN_COLUMNS:
-        frame[name] = [v.tolist() for v in tokens[name]]
+        frame[name] = [v.tolist() for v in answer[name]]
+    if prefill is not None:
+        tokenkl.fill_prefill(frame, tokens["prefill"])
     return frame
+
+
+def _score(ref: tokenkl.Reference, dicts: list[dict], targets: list[int], topk: int | None) -> dict[str, np.ndarray]:
+    """Per-token statistics (flipbench.tokenkl.TOKEN_COLUMNS) of one row's scored tokens from the engine's log-prob
+    dicts: exact top-k bounds from the full vocabulary (``topk`` None), else :func:`partial_bounds` (KL, its upper
+    bound, top-1 and the answer token's log-probs only)."""
+    target_ids = torch.tensor(targets, dtype=torch.long)
+    if topk is None:
+        vocab = max(max(len(d) for d in dicts), int(ref.ids.max()) + 1 if ref.ids is not None and ref.ids.numel() else 0)
+        logp_c = torch.full((len(dicts), vocab), -math.inf)
+        for r, d in enumerate(dicts):
+            logp_c[r, list(d)] = torch.tensor(list(d.values()))
+        return {name: parts[0] for name, parts in tokenkl._compare(ref, logp_c, target_ids, [len(dicts)]).items()}
+    q_top, q_ids, q_target = _top(dicts, targets, topk)
+    lower, upper = partial_bounds(ref, q_top, q_ids, q_target, target_ids)
+    return {"tok_kl": lower.numpy(), "tok_kl_upper": upper.numpy(),
+            "tok_same_top": (ref.ids[:, 0].long() == q_ids[:, 0].long()).double().numpy(),
+            "tok_logp_base": ref.target.double().numpy(), "tok_logp_comp": q_target.double().numpy()}
