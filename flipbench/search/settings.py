@@ -90,7 +90,13 @@ def to_typed(cfg: DictConfig | SearchRootConfig) -> tuple[SearchRootConfig, Budg
     """The composed search config as dataclasses, checked; returns it with the parsed budget."""
     typed = cfg if isinstance(cfg, SearchRootConfig) else OmegaConf.to_object(cfg)
     typed.suite.data_files = {task: path for task, path in typed.suite.data_files.items() if path}
+    # compression.replicas / replica_threads are the trials' (those that draw calibration), not this root's method's
+    comp = typed.compression
+    noise = comp.replicas, list(comp.replica_threads)
+    comp.replicas, comp.replica_threads = 1, []
     validate(typed)
+    comp.replicas, comp.replica_threads = noise
+    _check(comp.replicas >= 1, f"compression.replicas={comp.replicas} must be >= 1")
     s = typed.search
     _check(not s.upper_bound, "search.upper_bound is retired: gate.on=upper_ci is the one switch for runs, sweeps and "
            "searches (at full fidelity the search then judges bounds, Bonferroni-adjusted for the configurations compared)")
