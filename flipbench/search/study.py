@@ -156,8 +156,10 @@ def objective(ctx: Context, space: dict):
             if final:
                 trial.set_user_attr("passes", passes)
                 return value
-            # Dropped only on a confident violation, and only where the pruner ranks the trial out too.
-            if not passes and trial.should_prune():
+            # Dropped only on a confident violation, and only where the pruner ranks the trial out too. The pruner is
+            # asked every time: Optuna's successive halving records a trial's rungs when it is asked.
+            ranked_out = trial.should_prune()
+            if ranked_out and not passes:
                 raise optuna.TrialPruned()
         raise AssertionError("unreachable: the last rung returns")
 
@@ -179,6 +181,8 @@ def make_study(search_dir: Path, seed: int, sampler: str, pruner: str, eta: int,
                    min_resource=1, max_resource=eta ** (n_rungs - 1), reduction_factor=eta),
                "none": optuna.pruners.NopPruner}
     storage = f"sqlite:///{search_dir / 'study.db'}"
+    # BruteForceSampler is still marked experimental (since Optuna 3.1); the search pins Optuna 5.0.x.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = optuna.create_study(study_name="search", storage=storage, direction="minimize", load_if_exists=True,
                                 sampler=samplers[sampler](), pruner=pruners[pruner]())
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -208,8 +212,6 @@ def optimize(ctx: Context, space: dict, seed: int, sampler: str, pruner: str, n_
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # BruteForceSampler is still marked experimental (since Optuna 3.1); the search pins Optuna 5.0.x.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = make_study(ctx.search_dir, seed, sampler, pruner, ctx.eta, len(ctx.shares))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))
