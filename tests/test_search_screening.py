@@ -43,7 +43,7 @@ def headline_rows(task_values: dict[str, tuple[int, int, int]]) -> pd.DataFrame:
 
 def test_point_estimate_over_the_limit_is_not_dropped_when_the_bound_allows_a_pass():
     """N = 100 docs, a 25-doc screening sample, max_flips = 10%, one rung and one check: a = 0.05.
-    4 flips of 25 is 16% > 10%, but P(X >= 4 | K = 10) = 0.24 > 0.05: ten flips in the whole task (a pass) explain
+    4 flips of 25 is 16% > 10%, but P(X >= 4 | K = 10) = 0.21 > 0.05: ten flips in the whole task (a pass) explain
     the sample, so the lower bound is <= 10 and the configuration is promoted. 15 of 25 is a clear violation:
     P(X >= 15 | K = 10) < 1e-6, and the tail grows with K, so the lower bound is > 10: dropped."""
     gate = GateConfig(max_flips=0.10)
@@ -267,3 +267,33 @@ def test_data_free_methods_have_their_one_value_as_range(tmp_path):
     ctx.noise = {}
     assert all(math.isnan(v) for v in outputs._replica_range(ctx, "rtn-w2", row).values())
     json.dumps(outputs._replica_range(ctx, "rtn-w2", row))
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"sample": 0.0}, "suite.sample=0.0 must be a share"),
+    ({"sample": 1.5}, "suite.sample=1.5 must be a share"),
+    ({"sample": 0.5, "sequential": True}, "gate.sequential, compression.replicas and flipbench collect"),
+    ({"sample": 0.5, "replicas": 2}, "gate.sequential, compression.replicas and flipbench collect"),
+])
+def test_bad_sample(changes, words):
+    from flipbench.config import ConfigError, FlipbenchConfig, validate
+
+    cfg = FlipbenchConfig()
+    cfg.suite.sample = changes["sample"]
+    cfg.gate.sequential = changes.get("sequential", False)
+    cfg.gate.max_flips = 0.1
+    cfg.compression.method = "gptq"
+    cfg.compression.replicas = changes.get("replicas", 1)
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_search_takes_replicas_but_not_other_compression_or_sample_keys():
+    from flipbench.config import ConfigError
+    from flipbench.search.driver import run_overrides
+
+    assert run_overrides(["gate.max_flips=0.1", "compression.replicas=3", "search.id=x"]) == (
+        ["gate.max_flips=0.1"], ["compression.replicas=3"])
+    for bad in ("compression.bits=3", "suite.sample=0.5"):
+        with pytest.raises(ConfigError):
+            run_overrides([bad])
