@@ -109,7 +109,7 @@ def _lines(cfg, budget, rec: dict) -> list[str]:
                "**None passes** every limit at full fidelity" + f" {judged(rec)}." + (
                    f" Closest: {rec['label']} (largest relative excess over a limit {rec['violation']:.3g})."
                    if rec.get("label") else ""))
-    limits = {k: v for k, v in vars(cfg.gate).items() if v not in (None, {})}
+    limits = {k: v for k, v in vars(cfg.gate).items() if v not in (None, {}) and (k.startswith("max_") or k == "per_task")}
     bound = "the 95% interval's worse end" if rec.get("judged_on") == "upper_ci" else "the point estimates"
     lines = [verdict, "",
              f"Budget: max_avg_bits={budget.max_avg_bits}, max_model_bytes={budget.max_model_bytes}; cost ranked: "
