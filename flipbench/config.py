@@ -192,6 +192,10 @@ class SuiteConfig:
     include_path: Optional[str] = None  # a folder of the user's lm-eval task YAML
     limit: Optional[int] = None  # first N docs of every task
     task_limits: Dict[str, int] = field(default_factory=dict)  # task -> first N docs of each of its leaves (over limit)
+    # Evaluate a seeded random share of each task's docs (those the limits select): the first ceil(share * N) in the
+    # sequential gate's order (eval.seed), the baseline taken from its full cached run. The budget search's
+    # screening rungs (docs/search.md); None: every doc.
+    sample: Optional[float] = None
     num_fewshot: Dict[str, int] = field(default_factory=dict)  # per task name
     # task -> local data in the hub dataset's schema: one file, a {split: file} mapping or a hub-layout folder
     # (flipbench/datafiles.py). Like every mapping key, an entry needs no '+': suite.data_files.NAME=...
@@ -506,6 +510,13 @@ def setting(comp: CompressionConfig, key: str, default: Any = None) -> Any:
     return getattr(comp, key, default)
 
 
+def draws_calibration(comp: CompressionConfig) -> bool:
+    """Does the method draw calibration data (so that its compression replicas can differ)?"""
+    data_free = comp.method in ("none", "rtn", "magnitude", "checkpoint") or (
+        comp.method == "layerdrop" and getattr(comp, "select", "last") == "last")
+    return not data_free
+
+
 def validate(cfg: FlipbenchConfig) -> None:
     """Range and cross-field checks: cheap, before any model or dataset loads."""
     comp, cal, ev = cfg.compression, cfg.calibration, cfg.eval
@@ -534,6 +545,11 @@ def validate(cfg: FlipbenchConfig) -> None:
            f"suite.chat_template={cfg.suite.chat_template!r} is unknown; use true, false or auto")
     _check(len(cfg.suite.tasks) > 0, "suite.tasks is empty; name at least one task, e.g. TASKS=synth_mmlu")
     _check(cfg.suite.limit is None or cfg.suite.limit > 0, f"suite.limit={cfg.suite.limit} must be positive")
+    _check(cfg.suite.sample is None or 0 < cfg.suite.sample <= 1, f"suite.sample={cfg.suite.sample} must be a share "
+           "of the docs in (0, 1], e.g. 0.25")
+    _check(cfg.suite.sample is None or not (cfg.gate.sequential or setting(comp, "replicas", 1) > 1 or cfg.side),
+           "suite.sample evaluates a random share of the docs in one process; gate.sequential, compression.replicas "
+           "and flipbench collect choose their docs themselves: use one or the other")
     for task, n in cfg.suite.task_limits.items():
         _check(n > 0, f"suite.task_limits.{task}={n} must be positive")
     _check(ev.noise_batch_size > 0, f"eval.noise_batch_size={ev.noise_batch_size} must be positive")

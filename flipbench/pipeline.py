@@ -119,7 +119,7 @@ def _baseline_fields(cfg: FlipbenchConfig, plan, task_objs: dict, tokenizer, key
 
     from flipbench.collect import artifact_fields, side_config
 
-    base_cfg = side_config(replace(cfg, side="baseline", shard=None))
+    base_cfg = side_config(replace(cfg, side="baseline", shard=None, suite=replace(cfg.suite, sample=None)))
     return {**artifact_fields(base_cfg, plan, task_objs, tokenizer, limits(task_objs, plan, cfg), None),
             "tasks": key_parts["tasks"], "fingerprint": key_parts["weights"]}
 
@@ -230,6 +230,13 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
             base, comp, decided = sequential.run_sequential(comp_model, comp_tok, task_objs, plan, cfg, base=base, path=path,
                                                             store=store)
             manifest.update(sequential=decided)
+        elif cfg.suite.sample is not None:  # a seeded random share of each task; base becomes those docs
+            from flipbench.subsample import sample_ids
+
+            ids, sampled = sample_ids(task_objs, plan, limits(task_objs, plan, cfg), cfg.suite.sample, cfg.eval.seed)
+            comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg, label="compressed", path=path, shard_ids=ids)
+            base = base.merge(comp[["task", "group", "doc_id"]].drop_duplicates(), on=["task", "group", "doc_id"])
+            manifest.update(sample=sampled)
         else:
             comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg, label="compressed", work=work, path=path)
     with manifest.stage("metrics", log):

@@ -41,9 +41,20 @@ def test_small_search_outputs(small_search):
                  "search_report.html", "study.db"):
         assert (folder / name).is_file(), name
     trials = pd.read_csv(folder / "trials.csv")
-    assert set(trials["fidelity"]) == {6, 12}  # both configurations screened on 6 docs, then all 12 (no pruner)
-    assert set(trials.loc[trials["fidelity"] == 6, "n"]) == {6}  # mini_mc and mini_gen both have >= 6 docs
-    assert set(trials.loc[trials["fidelity"] == 12, "n"]) == {12, 6}  # mini_gen holds only 6
+    assert set(trials["fidelity"]) == {0.5, 1.0}  # both configurations screened on half the docs, then all (no pruner)
+    sizes = {"mini_mc": 12, "mini_gen": 6}
+    for _, row in trials.iterrows():  # half of each task's docs (a seeded random half), then every doc
+        assert row["available"] == sizes[row["task"]] and row["n"] == sizes[row["task"]] * row["fidelity"]
+    screened = trials[trials["fidelity"] == 0.5]
+    # the screening rung's docs are the sequential gate's seeded order's first half of each task
+    run = folder / screened["run"].iloc[0]
+    samples = pd.read_parquet(run / "samples.parquet").drop_duplicates(["task", "doc_id"])
+    assert json.loads((run / "manifest.json").read_text())["sample"]["mini_mc"] == {"docs": 6, "available": 12,
+                                                                                   "share": 0.5}
+    from flipbench.sequential import doc_order
+
+    expected = sorted(i for _, i in doc_order([("mini_mc", i) for i in range(12)], 1234, "mini_mc")[:6])
+    assert sorted(samples.loc[samples["task"] == "mini_mc", "doc_id"]) == expected
     rec = json.loads((folder / "recommendation.json").read_text())
     assert rec["grid_size"] == 2 and rec["full_fidelity_evaluations"] == 2 and rec["screening_evaluations"] == 2
     full = trials[trials["full_fidelity"]]
@@ -52,9 +63,9 @@ def test_small_search_outputs(small_search):
     # The recommendation is the cheapest configuration whose every task has flips <= 0.5 at 12 docs.
     cheapest = min(passing, key=lambda label: full.loc[full["label"] == label, "avg_bits"].iloc[0])
     assert rec["status"] == "pass" and rec["label"] == cheapest
-    # The baseline is evaluated once per fidelity; every other run took it from the cache.
+    # The baseline is evaluated once, on every doc; every other run (screening rungs included) took it from the cache.
     hits = [json.loads(p.read_text())["baseline_cache_hit"] for p in folder.glob("trials/*/*/manifest.json")]
-    assert sorted(hits) == [False, False, True, True]
+    assert sorted(hits) == [False, True, True, True]
 
 
 def test_recommended_model_is_saved(small_search):

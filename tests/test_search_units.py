@@ -63,10 +63,12 @@ def test_bits():
         settings.parse_bits("4GB")
 
 
-@pytest.mark.parametrize("full, fraction, eta, rungs", [(200, 0.25, 4, [50, 200]), (200, 0.25, 2, [50, 100, 200]),
-                                                        (12, 0.5, 2, [6, 12]), (10, 1.0, 4, [10]), (3, 0.1, 2, [1, 2, 3])])
-def test_fidelities(full, fraction, eta, rungs):
-    assert space.fidelities(full, fraction, eta) == rungs
+@pytest.mark.parametrize("full, fraction, eta, shares", [
+    (200, 0.25, 4, [0.25, 1.0]), (200, 0.25, 2, [0.25, 0.5, 1.0]), (12, 0.5, 2, [0.5, 1.0]), (10, 1.0, 4, [1.0]),
+    # 3 docs: 10% and 20% both give 1 doc (one rung), 40% 2 docs, 80% all 3 (full fidelity)
+    (3, 0.1, 2, [0.1, 0.4, 1.0])])
+def test_fidelities(full, fraction, eta, shares):
+    assert space.fidelities(full, fraction, eta) == shares
 
 
 def _rows(**columns):
@@ -125,7 +127,7 @@ def test_confirm_adjusts_the_bounds_for_the_configurations_compared(tmp_path):
     samples.to_parquet(run / "samples.parquet", index=False)
     gate = GateConfig(max_flips=0.05, on="upper_ci")
     summarize(samples, n_resamples=100).to_csv(run / "summary.csv", index=False)
-    ctx = study.Context(tmp_path, [], None, gate, False, {}, {"rtn-w4": {"cost": 4.0}}, [100], None, 2, False)
+    ctx = study.Context(tmp_path, [], None, gate, False, {}, {"rtn-w4": {"cost": 4.0}}, [1.0], {"mini_mc": 100}, 2, False)
     configs = pd.DataFrame({"label": ["rtn-w4"], "run": ["trials/rtn-w4/docs100"], "passes": [True], "violation": [0.0]})
     cfg = FlipbenchConfig()
     cfg.eval.bootstrap = 100

@@ -21,17 +21,26 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent.parent / "conf")
 SEARCH_ONLY = ("search.", "search_space", "hydra.")
 
 
-def run_overrides(overrides: list[str]) -> list[str]:
-    """The user's overrides that shape every trial's run (model, suite, calibration, eval, gate, output)."""
-    kept = []
+NOISE_KEYS = ("compression.replicas", "compression.replica_threads")  # shared by every trial that draws calibration
+
+
+def run_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(the user's overrides that shape every trial's run: model, suite, calibration, eval, gate, output;
+    the compression-noise overrides, compression.replicas and .replica_threads, for the full-fidelity rungs)."""
+    kept, noise = [], []
     for item in overrides:
         key = item.lstrip("+~")
         if key.startswith(SEARCH_ONLY):
             continue
+        if key.startswith(NOISE_KEYS):
+            noise.append(item)
+            continue
         if key.startswith("compression"):
             raise ConfigError(f"{item!r}: the search chooses the compression; list the choices in search.space instead")
+        if key.startswith("suite.sample"):
+            raise ConfigError(f"{item!r}: the search samples the docs of its screening rungs itself (search.min_fraction)")
         kept.append(item)
-    return kept
+    return kept, noise
 
 
 def costs_of(points: list[space.Point], shapes: space.Shapes, budget: settings.Budget, cost_key: str, defaults):
@@ -64,14 +73,29 @@ def method_defaults(compose, points: list[space.Point]) -> dict:
     return defaults
 
 
-def full_docs(run_cfg) -> int:
-    """Docs per task at full fidelity: the suite's limit, or the largest task's evaluation split."""
-    from flipbench import evaluate, pipeline
+def noise_overrides(compose, points: list[space.Point], noise: list[str]) -> dict[str, list[str]]:
+    """Label -> the compression-noise overrides of its full-fidelity run: every point whose method draws calibration
+    (data-free ones, RTN, are identical by construction and run once), each composed and validated with them."""
+    from flipbench.config import draws_calibration, to_typed
+
+    if not noise:
+        return {}
+    out = {}
+    for point in points:
+        if draws_calibration(to_typed(compose(point.overrides)).compression):
+            to_typed(compose([*point.overrides, *noise]))
+            out[point.label] = list(noise)
+    return out
+
+
+def available_docs(run_cfg) -> dict[str, int]:
+    """Task -> its docs at full fidelity: every doc the suite's limits select, over all of the task's leaves."""
+    from flipbench import evaluate, pipeline, subsample
 
     plan = pipeline.preflight(run_cfg)
-    sizes = [len(list(task.eval_docs)) for task in evaluate.load_tasks(plan).values()]
-    largest = max(sizes)
-    return min(largest, run_cfg.suite.limit) if run_cfg.suite.limit else largest
+    task_objs = evaluate.load_tasks(plan)
+    units = subsample.population(task_objs, plan, pipeline.limits(task_objs, plan, run_cfg))
+    return {task: len(docs) for task, docs in units.items()}
 
 
 def search_folder(cfg, root: Path) -> tuple[Path, bool]:
@@ -102,8 +126,8 @@ def run(overrides: list[str]) -> Path:
 
     settings.register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        base = run_overrides(overrides)
-        cfg, budget = settings.to_typed(compose("search", overrides))
+        base, noise = run_overrides(overrides)
+        cfg, budget = settings.to_typed(compose("search", [o for o in overrides if o not in noise]))
 
         def compose_run(extra: list[str]):
             return compose("config", [*base, *extra])
@@ -111,20 +135,23 @@ def run(overrides: list[str]) -> Path:
         space.check_space(cfg.search.space)
         points = space.grid(cfg.search.space)
         defaults = method_defaults(compose_run, points)
+        replicas = noise_overrides(compose_run, points, noise)
         shapes = space.model_shapes(cfg.model)
         costs = costs_of(points, shapes, budget, cfg.search.cost, defaults)
         run_cfg = to_typed(compose_run(points[0].overrides))
-        docs = full_docs(run_cfg)
+        available = available_docs(run_cfg)
         folder, resuming = search_folder(cfg, Path(cfg.output.root))
         folder.mkdir(parents=True, exist_ok=True)
         if not resuming:
             (folder / "search.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         pid_file = study.claim(folder)
         ctx = study.Context(folder, base, compose_run, cfg.gate, cfg.search.upper_bound, {p.label: p for p in points},
-                            costs, space.fidelities(docs, cfg.search.min_fraction, cfg.search.reduction_factor),
-                            run_cfg.suite.limit, cfg.search.reduction_factor, cfg.search.skip_costlier)
-        log.info("search %s: %d configurations, %d in budget, rungs %s docs per task%s", folder.name, len(points),
-                 sum(c["in_budget"] for c in costs.values()), ctx.rungs, " (resuming)" if resuming else "")
+                            costs, space.fidelities(max(available.values()), cfg.search.min_fraction,
+                                                    cfg.search.reduction_factor),
+                            available, cfg.search.reduction_factor, cfg.search.skip_costlier, replicas)
+        log.info("search %s: %d configurations, %d in budget, rungs %s of every task's docs (%s)%s", folder.name,
+                 len(points), sum(c["in_budget"] for c in costs.values()), ctx.shares,
+                 ", ".join(f"{t} {n}" for t, n in available.items()), " (resuming)" if resuming else "")
         try:
             result = study.optimize(ctx, cfg.search.space, cfg.search.seed, cfg.search.sampler, cfg.search.pruner,
                                     cfg.search.n_trials or len(points))

@@ -1,9 +1,11 @@
-"""The search's tables: trials.csv, pareto.csv and recommendation.json, rebuilt from the study and the trial
-runs on disk (so a resumed search writes them whole). Plot and report: :mod:`flipbench.search.report`.
+"""The search's tables: trials.csv, configurations.csv, pareto.csv and recommendation.json, rebuilt from the study and
+the trial runs on disk (so a resumed search writes them whole). Plot and report: :mod:`flipbench.search.report`.
 
 trials.csv has one row per trial × rung × task (a trial skipped before any evaluation has one row, no task);
-``fidelity`` is the docs per task the row was scored on (the suite's limit at that rung; ``n`` is what each
-task actually had). pareto.csv has one row per configuration that no other full-fidelity configuration beats
+``fidelity`` is the share of every task's docs the rung evaluated (a seeded random sample below 1; ``n`` is what
+the task had of its ``available`` docs), with the screening bounds (:mod:`flipbench.search.screening`) and, at full
+fidelity with compression replicas, the replica flip range. configurations.csv has one row per configuration scored
+at full fidelity, in the recommendation's ranking; pareto.csv those that no other full-fidelity configuration beats
 on both cost and worst-task flips.
 """
 
@@ -17,14 +19,15 @@ from dataclasses import replace
 import pandas as pd
 
 from flipbench.gate import evaluate_gate, worst_excess
-from flipbench.search import report
-from flipbench.search.study import Context, headline, judge
+from flipbench.search import noise, report, screening
+from flipbench.search.study import Context, headline, rung_verdict
 
 FAMILY_ERROR = 0.05  # the chance, over the whole search, that the recommendation passes only by luck (adjusted bounds)
 
 METRIC_COLUMNS = ["task", "metric", "n", "acc_base", "acc_comp", "delta_acc", "delta_acc_ci_low", "delta_acc_ci_high",
                   "flips", "flips_ci_low", "flips_ci_high", "lost", "gained", "kl_mean", "kl_mean_ci_low",
                   "kl_mean_ci_high"]
+BOUNDS = ["available", *(f"{stem}_{end}" for stem in screening.BOUND_COLUMNS.values() for end in ("lower", "upper"))]
 
 
 def _trial_head(trial, ctx: Context, param_keys: list[str]) -> dict:
@@ -40,8 +43,20 @@ def _trial_head(trial, ctx: Context, param_keys: list[str]) -> dict:
     return head
 
 
+def _replica_range(ctx: Context, label: str, task) -> dict:
+    """A full-fidelity row's replica flip range: the run's replica columns; a data-free method in a replica search
+    ran once (identical by construction): its one value; no replicas in the search: empty."""
+    if any(not pd.isna(task.get(c, float("nan"))) for c in noise.RANGE_COLUMNS):
+        return {c: task.get(c) for c in noise.RANGE_COLUMNS}
+    if ctx.noise and label not in ctx.noise:
+        return {"flips_rep_min": task["flips"], "flips_rep_median": task["flips"], "flips_rep_max": task["flips"],
+                "replicas": 1}
+    return dict.fromkeys(noise.RANGE_COLUMNS, float("nan"))
+
+
 def trials_table(ctx: Context, study) -> pd.DataFrame:
     param_keys = list(dict.fromkeys(k for p in ctx.points.values() for k, _ in p.params))
+    rungs = {ctx.rung_name(k): k for k in range(len(ctx.shares))}
     rows = []
     for trial in study.get_trials(deepcopy=False):
         head = _trial_head(trial, ctx, param_keys)
@@ -49,29 +64,47 @@ def trials_table(ctx: Context, study) -> pd.DataFrame:
         if not runs:
             rows.append(head | {"fidelity": 0, "full_fidelity": False})
             continue
-        for docs, rel in runs.items():
+        for name, rel in runs.items():
             run_dir = ctx.search_dir / rel
             if not (run_dir / "summary.csv").exists():
                 continue
             tasks = headline(run_dir)
-            full = int(docs) == ctx.rungs[-1]
-            passes, violation = judge(tasks, ctx.gate, ctx.upper(full))
+            full = rungs[name] == len(ctx.shares) - 1
+            passes, violation, _ = rung_verdict(ctx, run_dir, full)
+            # the bounds on the full-benchmark values (at full fidelity: the exact values)
+            screen = screening.screen(tasks, ctx.gate, ctx.available, ctx.alpha_check)
             for _, task in tasks.iterrows():
-                rows.append(head | {"fidelity": int(docs), "full_fidelity": full} | task[METRIC_COLUMNS].to_dict()
+                bounds = screen.tasks.get(task["task"], {})
+                rows.append(head | {"fidelity": ctx.shares[rungs[name]], "full_fidelity": full}
+                            | task[METRIC_COLUMNS].to_dict() | {c: bounds.get(c, float("nan")) for c in BOUNDS}
+                            | (_replica_range(ctx, head["label"], task) if full else
+                               dict.fromkeys(noise.RANGE_COLUMNS, float("nan")))
                             | {"passes": passes, "violation": violation,
-                               "seconds": trial.user_attrs.get("seconds", {}).get(docs), "run": rel})
+                               "screen": "" if full else screen.decision,
+                               "seconds": trial.user_attrs.get("seconds", {}).get(name), "run": rel})
     return pd.DataFrame(rows)
 
 
 def configurations(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration scored at full fidelity: its cost, worst-task flips, verdict."""
+    """One row per configuration scored at full fidelity: its cost, worst-task flips (and that task's replica flip
+    range), verdict; sorted by cost, then worst-task flips."""
     full = trials[trials["full_fidelity"] == True].copy()  # noqa: E712 (the column holds NaN for skipped rows)
     if full.empty:
         return full
     full = full.drop_duplicates(["label", "task"], keep="last")
     worst = full.sort_values("flips", ascending=False, kind="stable").drop_duplicates("label")
-    worst = worst.rename(columns={"task": "worst_task", "flips": "worst_flips"})
+    worst = worst.rename(columns={"task": "worst_task", "flips": "worst_flips", **noise.WORST})
     return worst.sort_values(["cost", "worst_flips"], kind="stable").reset_index(drop=True)
+
+
+def ranked(configs: pd.DataFrame) -> pd.DataFrame:
+    """The recommendation's order: passing configurations by cost (then worst-task flips), then failing ones by how
+    far they miss (then cost); adds ``rank`` (1: the recommendation, or the closest when none passes)."""
+    passing = configs[configs["passes"] == True]  # noqa: E712
+    failing = configs[configs["passes"] != True].sort_values(["violation", "cost"], kind="stable")  # noqa: E712
+    out = pd.concat([passing, failing]).reset_index(drop=True)
+    out.insert(0, "rank", range(1, len(out) + 1))
+    return out
 
 
 def compared(trials: pd.DataFrame) -> int:
@@ -129,10 +162,20 @@ def pareto(configs: pd.DataFrame) -> pd.DataFrame:
     return configs.loc[keep].reset_index(drop=True)
 
 
+def screening_budget(ctx: Context, trials: pd.DataFrame) -> dict:
+    """How screening spent its error budget: alpha (gate.alpha) over screening rungs x checks (union bound)."""
+    screened = trials[(trials["fidelity"] > 0) & (trials["full_fidelity"] != True)] if len(trials) else trials  # noqa: E712
+    dropped = screened[(screened["screen"] == "drop") & (screened["state"] == "pruned")] if "screen" in screened \
+        else screened.iloc[0:0]
+    return {"alpha": ctx.gate.alpha, "screening_rungs": len(ctx.shares) - 1,
+            "checks": screening.n_checks(sorted(ctx.available), ctx.gate), "alpha_per_check": ctx.alpha_check,
+            "available": ctx.available, "dropped": sorted(set(dropped["label"])) if len(dropped) else []}
+
+
 def recommend(ctx: Context, trials: pd.DataFrame, configs: pd.DataFrame, overrides: list[str], cost_key: str,
               m: int = 0) -> dict:
-    """The cheapest configuration that passes every limit at full fidelity (after :func:`confirm`), else the one
-    nearest to passing."""
+    """The first of the ranked configurations (:func:`ranked`): the cheapest that passes every limit at full fidelity
+    (after :func:`confirm`), else the one nearest to passing; with the compression-noise comparison to the next."""
     upper = ctx.upper(final=True)
     counts = {"grid_size": len(ctx.points), "in_budget": sum(c["in_budget"] for c in ctx.costs.values()),
               "judged_on": "upper_ci" if upper else "point",
@@ -142,17 +185,17 @@ def recommend(ctx: Context, trials: pd.DataFrame, configs: pd.DataFrame, overrid
                                 "configurations_compared": m}),
               "trials": int(trials["trial"].nunique()) if len(trials) else 0,
               "full_fidelity_evaluations": int(len(configs)),
-              "screening_evaluations": int(trials.loc[trials["fidelity"].between(1, ctx.rungs[-1] - 1),
-                                                      ["label", "fidelity"]].drop_duplicates().shape[0]),
-              "rungs": ctx.rungs, "cost": cost_key}
+              "screening_evaluations": int(trials.loc[(trials["fidelity"] > 0) & (trials["full_fidelity"] != True),  # noqa: E712
+                                                      ["label", "fidelity"]].drop_duplicates().shape[0]) if len(trials) else 0,
+              "rungs": ctx.shares, "cost": cost_key, "screening": screening_budget(ctx, trials)}
     if configs.empty:
-        return {"status": "none passes", "passes": False, "overrides": None, "avg_bits": None, "metrics": {}} | counts
-    passing = configs[configs["passes"] == True]  # noqa: E712
-    status = "pass" if len(passing) else "none passes"
-    chosen = passing.iloc[0] if len(passing) else configs.sort_values(["violation", "cost"], kind="stable").iloc[0]
+        return {"status": "none passes", "passes": False, "overrides": None, "avg_bits": None, "metrics": {},
+                "compression_noise": None} | counts
+    chosen = configs.iloc[0]
+    status = "pass" if chosen["passes"] == True else "none passes"  # noqa: E712
     point = ctx.points[chosen["label"]]
-    rows = trials[(trials["label"] == chosen["label"]) & (trials["full_fidelity"] == True)]  # noqa: E712
-    rows = rows.drop_duplicates("task", keep="last")
+    full = trials[trials["full_fidelity"] == True]  # noqa: E712
+    rows = full[full["label"] == chosen["label"]].drop_duplicates("task", keep="last")
     metrics = {r["task"]: {c: r[c] for c in METRIC_COLUMNS if c != "task"} for _, r in rows.iterrows()}
     args = [*overrides, *point.overrides]
     return {"status": status, "passes": bool(chosen["passes"]), "label": chosen["label"], "overrides": args,
@@ -160,6 +203,7 @@ def recommend(ctx: Context, trials: pd.DataFrame, configs: pd.DataFrame, overrid
             "params": dict(point.params), "avg_bits": float(chosen["avg_bits"]), "model_gb": float(chosen["model_gb"]),
             "violation": float(chosen["violation"]), "metrics": metrics, "run": chosen["run"],
             "gate_verdict": chosen.get("gate_verdict"), "passes_unadjusted": bool(chosen.get("passes_unadjusted", False)),
+            "compression_noise": noise.versus_runner_up(configs, full),
             } | counts
 
 
@@ -169,9 +213,12 @@ def write(ctx: Context, study, cfg, budget, overrides: list[str]) -> dict:
     trials.to_csv(ctx.search_dir / "trials.csv", index=False)
     configs = configurations(trials) if len(trials) else trials
     m = compared(trials)
+    full = trials[trials["full_fidelity"] == True] if len(trials) else trials  # noqa: E712
     if len(configs):
-        configs = confirm(ctx, cfg, configs, m)
-    front = pareto(configs) if len(configs) else configs
+        configs = noise.annotate(ranked(confirm(ctx, cfg, configs, m)), full)
+    configs.to_csv(ctx.search_dir / "configurations.csv", index=False)
+    by_cost = configs.sort_values(["cost", "worst_flips"], kind="stable").reset_index(drop=True) if len(configs) else configs
+    front = pareto(by_cost) if len(configs) else configs
     front.to_csv(ctx.search_dir / "pareto.csv", index=False)
     rec = recommend(ctx, trials, configs, overrides, cfg.search.cost, m)
     rec["seconds"] = round(sum(sum(t.user_attrs.get("seconds", {}).values()) for t in study.get_trials(deepcopy=False)), 1)

@@ -31,9 +31,11 @@ class SearchConfig:
     max_model_gb: Optional[str] = None  # with a unit: "3GB", "2.5GiB", "800MB"
     cost: str = "avg_bits"  # what "cheapest" means: avg_bits | model_gb
     upper_bound: bool = False  # retired: gate.on=upper_ci is the one switch (runs, sweeps, searches)
-    min_fraction: float = 0.25  # first rung: this share of the docs of every task
-    reduction_factor: int = 4  # η: rungs at min_fraction·η^k; successive halving keeps the best 1/η
-    pruner: str = "successive_halving"  # successive_halving | hyperband | none
+    min_fraction: float = 0.25  # first rung: a seeded random share of the docs of every task
+    reduction_factor: int = 4  # η: rungs at min_fraction·η^k; successive halving ranks out all but the best 1/η
+    # successive_halving | hyperband: a trial stops only when its screening bounds violate a limit with confidence
+    # and the pruner ranks it out; none: every trial reaches full fidelity
+    pruner: str = "successive_halving"
     sampler: str = "brute_force"  # brute_force: every point once, in a seeded random order | tpe | random
     n_trials: Optional[int] = None  # default: as many as the grid holds
     skip_costlier: bool = True  # do not evaluate a point that costs at least a passing full-fidelity one
@@ -90,6 +92,8 @@ def to_typed(cfg: DictConfig | SearchRootConfig) -> tuple[SearchRootConfig, Budg
     """The composed search config as dataclasses, checked; returns it with the parsed budget."""
     typed = cfg if isinstance(cfg, SearchRootConfig) else OmegaConf.to_object(cfg)
     typed.suite.data_files = {task: path for task, path in typed.suite.data_files.items() if path}
+    # compression.replicas / replica_threads are the trials' (driver.noise_overrides checks them with each trial's
+    # method); the root is composed without them
     validate(typed)
     s = typed.search
     _check(not s.upper_bound, "search.upper_bound is retired: gate.on=upper_ci is the one switch for runs, sweeps and "

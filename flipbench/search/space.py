@@ -135,12 +135,16 @@ def model_bytes(bits: float, shapes: Shapes) -> int:
     return int(round(shapes.other_bytes + n_params * bits / 8))
 
 
-def fidelities(full_docs: int, min_fraction: float, eta: int) -> list[int]:
-    """Docs per task at each rung: full·min_fraction·η^k while below full, then full."""
-    rungs, fraction = [], min_fraction
+def fidelities(full_docs: int, min_fraction: float, eta: int) -> list[float]:
+    """Share of every task's docs at each rung: min_fraction·η^k while it gives the largest task (``full_docs``)
+    fewer docs than all and more than the rung before, then 1 (every doc)."""
+    from flipbench.subsample import sample_size
+
+    shares, seen, fraction = [], set(), min_fraction
     while fraction < 1:
-        docs = max(1, math.ceil(full_docs * fraction))
-        if docs < full_docs and docs not in rungs:
-            rungs.append(docs)
+        docs = sample_size(fraction, full_docs)
+        if docs < full_docs and docs not in seen:
+            shares.append(round(fraction, 12))
+            seen.add(docs)
         fraction *= eta
-    return rungs + [full_docs]
+    return shares + [1.0]
