@@ -84,3 +84,15 @@ def write_fragment(name: str, command: str, body: str, folder: Path | None = Non
     text = f"{MARKER} `{command}`; rerun it to update, do not edit by hand -->\n{provenance(command)}\n\n{body.strip()}\n"
     path.write_text(text)
     return path
+
+
+def load_note(load_at_start: float) -> str:
+    """What the provenance line cannot know: how busy the CPU was. ``load_at_start``: ``os.getloadavg()[0]`` taken
+    before the measured work (other jobs only); the 15-minute average at the end includes the measured work's own
+    threads. A start load above half the cores means other work shared the CPU: seconds are not a quiet machine's."""
+    now15 = os.getloadavg()[2]
+    cores = os.cpu_count() or 1
+    busy = load_at_start > 0.5 * cores
+    return (f"CPU load average {load_at_start:.1f} before the run (1 min) and {now15:.1f} at its end (15 min, its own "
+            f"work included) on {cores} cores" + ("; other jobs shared the CPU, so its seconds are not a quiet "
+                                                 "machine's." if busy else "."))
