@@ -44,6 +44,18 @@ def commit() -> str:
     return sha + ("+changes" if dirty else "")
 
 
+_AT_IMPORT: str | None = None
+
+
+def code_commit() -> str:
+    """:func:`commit` as it was when this module was first imported: a long measurement names the code it ran,
+    even if the worktree moves on before it ends."""
+    global _AT_IMPORT
+    if _AT_IMPORT is None:
+        _AT_IMPORT = commit()
+    return _AT_IMPORT
+
+
 def _version(name: str) -> str:
     try:
         return metadata.version(name)
@@ -68,7 +80,7 @@ def provenance(command: str) -> str:
     where = f"{m['cpu']}, {m['threads']} torch threads of {m['cores']} cores" + (f", {m['gpu']}" if "gpu" in m else "")
     libs = ", ".join(f"{name} {_version(name)}" for name in ("torch", "transformers", "lm_eval"))
     day = _dt.date.today().isoformat()
-    return f"*Measured by `{command}` at commit `{commit()}` on {day}; {where}; {libs}.*"
+    return f"*Measured by `{command}` at commit `{code_commit()}` on {day}; {where}; {libs}.*"
 
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
@@ -96,3 +108,6 @@ def load_note(load_at_start: float) -> str:
     return (f"CPU load average {load_at_start:.1f} before the run (1 min) and {now15:.1f} at its end (15 min, its own "
             f"work included) on {cores} cores" + ("; other jobs shared the CPU, so its seconds are not a quiet "
                                                  "machine's." if busy else "."))
+
+
+code_commit()
