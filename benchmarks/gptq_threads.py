@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.provenance import load_note, write_fragment
+from benchmarks.provenance import command_line, load_note, write_fragment
 
 CHILD = """
 import json, sys, time, torch
@@ -58,15 +58,6 @@ def compare(tmp: Path, dtype: str) -> dict:
             "of_values": sum(v.numel() for v in a.values())}
 
 
-def command_line(argv: list[str]) -> str:
-    """The provenance line's command; a model outside the worktree is named by its folder."""
-    out, model = [], False
-    for arg in argv:
-        out.append(f"<{Path(arg).name}>" if model and Path(arg).is_absolute() else arg)
-        model = arg == "--model"
-    return " ".join(["python -m benchmarks.gptq_threads", *out])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bits", type=int, default=2)
@@ -100,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.fragment if args.fragment is not None else (
         "gptq-threads" if args.model is None else f"gptq-threads-{args.model.resolve().name}")
     if name:
-        print(write_fragment(name, command_line(argv), body(rows, args, load_note(load))))
+        print(write_fragment(name, command_line("benchmarks.gptq_threads", argv), body(rows, args, load_note(load))))
     return 0
 
 

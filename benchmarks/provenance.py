@@ -77,7 +77,7 @@ def machine() -> dict:
 def provenance(command: str) -> str:
     """One line: how, where and on which code a table was measured."""
     m = machine()
-    where = f"{m['cpu']}, {m['threads']} torch threads of {m['cores']} cores" + (f", {m['gpu']}" if "gpu" in m else "")
+    where = f"{m['cpu']}, torch threads {m['threads']} of {m['cores']} cores" + (f", {m['gpu']}" if "gpu" in m else "")
     libs = ", ".join(f"{name} {_version(name)}" for name in ("torch", "transformers", "lm_eval"))
     day = _dt.date.today().isoformat()
     return f"*Measured by `{command}` at commit `{code_commit()}` on {day}; {where}; {libs}.*"
@@ -88,8 +88,36 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
     return frame.to_markdown(index=False, floatfmt=floatfmt)
 
 
-def write_fragment(name: str, command: str, body: str, folder: Path | None = None) -> Path:
-    """Write ``docs/measured/<name>.md``: the marker, the provenance line, then ``body`` (tables and notes)."""
+def command_line(module: str, argv: list[str]) -> str:
+    """``python -m <module> <argv>`` for the provenance line, an absolute path shown as ``<its folder name>`` (a
+    machine's paths stay out of the docs; the docs say what the folder holds)."""
+    def shown(arg: str) -> str:
+        key, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        value = f"<{Path(value).name}>" if value.startswith("/") else value
+        return f"{key}{eq}{value}"
+
+    return " ".join(["python -m " + module, *map(shown, argv)])
+
+
+def add_fragment_option(parser, default: str) -> None:
+    """``--fragment NAME``: the docs/measured/ fragment the command writes its table to ('' for none)."""
+    parser.add_argument("--fragment", default=default,
+                        help=f"write the table to docs/measured/<NAME>.md (default {default}; '' for none)")
+
+
+def as_fragment(markdown: str) -> str:
+    """A command's own Markdown report made includable in a page: its headings become bold lines, so the
+    page's own outline stays the page's."""
+    return "\n".join(f"**{line.lstrip('#').strip()}**" if line.startswith("#") else line
+                     for line in markdown.strip().splitlines())
+
+
+def write_fragment(name: str, command: str, body: str, folder: Path | None = None,
+                   load_at_start: float | None = None) -> Path:
+    """Write ``docs/measured/<name>.md``: the marker, the provenance line, then ``body`` (tables and notes), and
+    with ``load_at_start`` (``os.getloadavg()[0]`` before the measured work) the CPU load note."""
+    if load_at_start is not None:
+        body = f"{body.strip()}\n\n{load_note(load_at_start)}"
     folder = Path(folder) if folder is not None else MEASURED
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.md"
