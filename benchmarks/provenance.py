@@ -40,7 +40,7 @@ def commit() -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
     sha = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "flipbench", "benchmarks", "conf", "tasks")
+    dirty = git("status", "--porcelain", "--", "flipbench", "benchmarks", "conf", "tasks")
     return sha + ("+changes" if dirty else "")
 
 
