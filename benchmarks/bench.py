@@ -6,7 +6,8 @@ Everything is measured side by side in one run on this machine and written under
 overhead.csv (case, model, rounds, flipbench_s, lm_eval_s, ratio: median and min-max over rounds),
 overhead_rounds.csv (every round), stages.csv, sweep.csv, throughput.csv, memory.csv,
 quant.csv/quant.md (from benchmarks.bench_quant), prune.csv/prune_memory.csv/prune.md (benchmarks.bench_prune),
-search.csv/search.md (from benchmarks.bench_search) and bench.md, the tables docs/benchmarks.md quotes.
+search.csv/search.md (from benchmarks.bench_search) and bench.md; the docs' tables go to docs/measured/
+(bench-overhead.md, bench-quant-memory.md here; the sub-benchmarks write their own), each with its provenance line.
 
 Overhead compares one flipbench process (baseline and compressed evaluation, pairing, metrics, token KL,
 report) with two ``lm-eval run`` processes on the same two saved model directories, tasks, limit and batch
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -31,6 +33,7 @@ import torch
 
 from benchmarks import overhead as interleaved
 from benchmarks.overhead import timed
+from benchmarks.provenance import command_line, write_fragment
 from flipbench.tasks import BUNDLED_TASKS
 
 SYNTH = BUNDLED_TASKS / "synth"
@@ -163,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of each overhead comparison")
     parser.add_argument("--real", type=Path, default=Path("results/real"),
                         help="the real tier's folder (make real); its model is benchmarked when present")
+    parser.add_argument("--no-fragments", action="store_true", help="write no docs/measured/ fragments")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
     from benchmarks import bench_real
     from flipbench.models import resolve_path
 
@@ -181,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         pd.DataFrame(rows).drop(columns=["cold_run", "cached_run"]).to_csv(args.out / "overhead_rounds.csv", index=False)
         over = pd.DataFrame(interleaved.summary(rows))
         over.to_csv(args.out / "overhead.csv", index=False)
+        command = command_line("benchmarks.bench", argv)
+        if not args.no_fragments:
+            write_fragment("bench-overhead", command, interleaved.docs_table(interleaved.summary(rows)) +
+                           f"\n\nSeconds: median (min–max) over {args.rounds} interleaved rounds; the ratio is taken "
+                           "within each round.", load_at_start=load)
         print("bench: throughput, memory, sweep", flush=True)
         peak = matmul_peak()
         first = [r for r in rows if r["round"] == 0]  # stages, throughput and memory from each model's first round
@@ -196,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             mem += qrows
             quant_mem = pd.DataFrame(qchecks)
             quant_mem.to_csv(args.out / "quant_memory.csv", index=False)
+            if not args.no_fragments:
+                write_fragment("bench-quant-memory", command, quant_memory_bench.docs_table(qchecks),
+                               load_at_start=load)
         mem = pd.DataFrame(mem)
         mem.to_csv(args.out / "memory.csv", index=False)
         stage = pd.DataFrame([{"model": r["model"], "case": case, **stages(Path(r[f"{case}_run"]))}
@@ -207,12 +221,12 @@ def main(argv: list[str] | None = None) -> int:
             print("bench: quantizer scaling", flush=True)
             from benchmarks import bench_quant
 
-            bench_quant.main(["--out", str(args.out)])
+            bench_quant.main(["--out", str(args.out), *(["--fragment", ""] if args.no_fragments else [])])
         if not args.skip_prune:
             print("bench: pruning (one layer; compress-stage memory at two depths)", flush=True)
             from benchmarks import bench_prune
 
-            bench_prune.main(["--out", str(args.out)])
+            bench_prune.main(["--out", str(args.out), *(["--fragment", ""] if args.no_fragments else [])])
         if not args.skip_search:
             print("bench: budget search vs full grid", flush=True)
             from benchmarks import bench_search
@@ -224,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_sequential.main(["--real", str(args.real)] if bench_real.available(args.real) else [])
         if bench_real.available(args.real):
             print("bench: the real model (SmolLM2-135M-Instruct)", flush=True)
-            bench_real.main(["--real", str(args.real), "--out", str(args.out), "--rounds", str(args.rounds)])
+            bench_real.main(["--real", str(args.real), "--out", str(args.out), "--rounds", str(args.rounds),
+                             *(["--no-fragments"] if args.no_fragments else [])])
         tables = {f"Overhead (seconds; median, min-max over {args.rounds} interleaved rounds)":
                   over.drop(columns="ratio_median"), "flipbench seconds per stage": stage,
                   "Sweep cost": sweep, "Evaluation throughput": thr, "Peak memory per stage (MB)": mem}

@@ -108,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arc-docs", type=int, default=100)
     parser.add_argument("--gen-docs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--fragment", default="engines", help="docs/measured/<NAME>.md ('' for none)")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    import os
+
+    load = os.getloadavg()[0]
     model_dir, data = args.real / "smollm2-135m", real_setup.data_root(args.real / "pkgs")
     if not (model_dir / "config.json").exists() or not data.is_dir():
         print(f"bench_engines: skipped, no real model in {args.real} (make real, or python -m benchmarks.real_setup)")
@@ -150,6 +155,16 @@ def main(argv: list[str] | None = None) -> int:
                  f"{k}: {a['same_answer']}/{a['rows']} same answers, max |Δll| {a['max_abs_dll']:.1e}, "
                  f"{a['same_generation']}/{a['generations']} identical generations" for k, a in agree.items())]
     (args.out / "engines.md").write_text("\n".join(lines) + "\n")
+    if args.fragment:
+        from benchmarks.provenance import command_line, write_fragment
+
+        from importlib import metadata
+
+        dist = vllm.distribution()
+        body = "\n".join([f"{dist} {metadata.version(dist)} against HF; medians over {args.rounds} interleaved rounds.",
+                          "", *lines[4:]])
+        write_fragment(args.fragment, ".venv-vllm/bin/" + command_line("benchmarks.bench_engines", argv), body,
+                       load_at_start=load)
     print("\n".join(lines))
     return 0
 

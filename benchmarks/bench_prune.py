@@ -9,12 +9,15 @@ features and scales spread over 10⁻¹..10¹ (benchmarks.bench_quant.layer_and_
 Error = ||XWᵀ − XŴᵀ||² / ||XWᵀ||². Seconds include collecting the statistics (H for SparseGPT and GPTQ,
 ||X_j||² for Wanda) from X in chunks, as the layer-by-layer runner does; one torch thread.
 Writes prune.csv, prune_memory.csv and prune.md; --memory-layers/--memory-hidden/--n-samples/--seq-len size the
-memory part (full flipbench runs of SparseGPT on random Llamas, benchmarks.memory.measure).
+memory part (full flipbench runs of SparseGPT on random Llamas, benchmarks.memory.measure). The docs' tables go to
+docs/measured/<--fragment>.md (default prune-layer) and, with the memory part, <--fragment>-memory-h<hidden>.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import pandas as pd
 import torch
 
 from benchmarks.bench_quant import CHUNK, layer_and_inputs
+from benchmarks.provenance import add_fragment_option, command_line, write_fragment
 from flipbench.compress.hessian import ColumnNorms
 from flipbench.compress.prune.masks import Pattern, mask_for
 from flipbench.compress.prune.sparsegpt import SparseGPT, SparseGPTSettings
@@ -81,6 +85,28 @@ def markdown(rows: pd.DataFrame, memory: pd.DataFrame, tokens: int) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+COLUMNS = [(m, p) for p in PATTERNS for m in ("magnitude", "wanda", "sparsegpt")]
+NAMES = {"magnitude": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT", "gptq": "GPTQ"}
+
+
+def docs_tables(rows: pd.DataFrame, tokens: int) -> str:
+    """The docs' two tables: relative output error per method and pattern (GPTQ w4 beside), and seconds with
+    SparseGPT 50% / GPTQ."""
+    from flipbench.report import markdown_table
+
+    error = rows.pivot_table(index="width", columns=["method", "pattern"], values="rel_error")
+    seconds = rows.pivot_table(index="width", columns=["method", "pattern"], values="seconds")
+    first = pd.DataFrame({"width": error.index})
+    for m, p in [*COLUMNS, ("gptq", "w4")]:
+        first[f"{NAMES[m]} {p}" if m != "gptq" else "GPTQ w4"] = [f"{v:.4f}" for v in error[(m, p)]]
+    second = pd.DataFrame({"width": seconds.index, "SparseGPT 50% s": seconds[("sparsegpt", "50%")].round(2).to_numpy(),
+                           "SparseGPT 2:4 s": seconds[("sparsegpt", "2:4")].round(2).to_numpy(),
+                           "GPTQ w4 s": seconds[("gptq", "w4")].round(2).to_numpy(),
+                           "SparseGPT 50% / GPTQ": (seconds[("sparsegpt", "50%")] / seconds[("gptq", "w4")]).round(1).to_numpy()})
+    return (f"Relative output error ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖², {tokens} calibration tokens:\n\n{markdown_table(first)}\n\n"
+            f"Seconds (statistics included), one torch thread, one run per cell:\n\n{markdown_table(second)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="pruning benchmark")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
@@ -92,7 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-hidden", type=int, default=1024, help="hidden size of the random Llamas")
     parser.add_argument("--n-samples", type=int, default=16, help="calibration samples for the memory runs")
     parser.add_argument("--seq-len", type=int, default=256, help="calibration sequence length for the memory runs")
+    add_fragment_option(parser, "prune-layer")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     rows = pd.DataFrame(layer_rows([int(w) for w in args.widths.split(",")], args.tokens, args.seed))
@@ -111,6 +140,14 @@ def main(argv: list[str] | None = None) -> None:
         memory = pd.DataFrame(checks).drop(columns=["formula_cpu_extra_mb"])  # TACQ's CPU terms: 0 here
         memory.to_csv(args.out / "prune_memory.csv", index=False)
     (args.out / "prune.md").write_text(markdown(rows, memory, args.tokens))
+    if args.fragment:
+        from benchmarks.memory import docs_table
+
+        command = command_line("benchmarks.bench_prune", argv)
+        write_fragment(args.fragment, command, docs_tables(rows, args.tokens), load_at_start=load)
+        if not memory.empty:
+            write_fragment(f"{args.fragment}-memory-h{args.memory_hidden}", command,
+                           docs_table(memory.to_dict("records")), load_at_start=load)
     print((args.out / "prune.md").read_text())
 
 

@@ -3,7 +3,8 @@
     python -m benchmarks.bench_quant --out results/bench
 
 Writes quant.csv (method, width, bits, seconds, rel_output_error) and quant.md (the table, a log-log
-least-squares fit of seconds ∝ width^k per method and bits, and the TACQ/GPTQ time ratio).
+least-squares fit of seconds ∝ width^k per method and bits, and the TACQ/GPTQ time ratio), and the docs' table
+to docs/measured/quant-scaling.md (``--fragment``).
 
 Setup, per width w: W (w, w) ~ N(0, 1/w); calibration activations X (tokens, w) with correlated, unevenly
 scaled features, as real activations are: a power-law latent spectrum (i^-1/2), randomly mixed, with
@@ -24,12 +25,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.provenance import add_fragment_option, command_line, write_fragment
 from flipbench.compress.quant.gptq import GPTQ, GPTQSettings
 from flipbench.compress.quant.grid import GridSpec, rtn
 from flipbench.compress.quant.tacq import n_to_keep, saliency, top_k_masks
@@ -143,6 +147,27 @@ def markdown(rows: list[dict], tokens: int, threads: int, repeats: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def docs_table(rows: list[dict], tokens: int, repeats: int) -> str:
+    """Per width: relative output error of every method at each bit width, GPTQ's and TACQ's seconds at the lowest
+    bit width; the fitted exponents and the TACQ/GPTQ time ratio under it."""
+    bits = sorted({r["bits"] for r in rows})
+    by = {(r["method"], r["width"], r["bits"]): r for r in rows}
+    low = bits[0]
+    lines = ["| width | " + " | ".join(f"rel. output error {b}-bit RTN / GPTQ / TACQ" for b in bits)
+             + f" | GPTQ s ({low}-bit) | TACQ s ({low}-bit) |", "|---:|" + "---|" * len(bits) + "---:|---:|"]
+    for width in sorted({r["width"] for r in rows}):
+        errors = [" / ".join(f"{by[m, width, b]['rel_output_error']:.3f}" for m in ("rtn", "gptq", "tacq")) for b in bits]
+        lines.append(f"| {width} | " + " | ".join(errors) + f" | {by['gptq', width, low]['seconds']:.3g} | "
+                     f"{by['tacq', width, low]['seconds']:.3g} |")
+    exps = {m: [scaling_exponent([r for r in rows if r["method"] == m and r["bits"] == b]) for b in bits]
+            for m in ("gptq", "tacq")}
+    ratios = [by["tacq", w, b]["seconds"] / by["gptq", w, b]["seconds"] for (m, w, b) in by if m == "tacq"]
+    return "\n".join(lines) + (
+        f"\n\n{tokens} calibration tokens, median of at least {repeats} runs after a warm-up. Fitted seconds ∝ width^k: "
+        f"k = {min(exps['gptq']):.2f}–{max(exps['gptq']):.2f} for GPTQ, {min(exps['tacq']):.2f}–{max(exps['tacq']):.2f} "
+        f"for TACQ; TACQ / GPTQ time {min(ratios):.1f}–{max(ratios):.1f}×.")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
@@ -152,8 +177,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    add_fragment_option(parser, "quant-scaling")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
     rows = measure(args.widths, args.bits, args.tokens, args.seed, args.repeats)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "quant.csv", "w", newline="") as f:
@@ -161,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
         writer.writeheader()
         writer.writerows(rows)
     (args.out / "quant.md").write_text(markdown(rows, args.tokens, args.threads, args.repeats))
+    if args.fragment:
+        write_fragment(args.fragment, command_line("benchmarks.bench_quant", argv),
+                       docs_table(rows, args.tokens, args.repeats), load_at_start=load)
 
 
 if __name__ == "__main__":

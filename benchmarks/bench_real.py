@@ -36,11 +36,14 @@ def parse(argv):
     parser.add_argument("--rounds", type=int, default=3)
     real.add_slice_arguments(parser, subjects=3, arc=8, hellaswag=8, winogrande=8)
     parser.add_argument("--thread-rounds", type=int, default=2)
+    parser.add_argument("--no-fragments", action="store_true", help="write no docs/measured/ fragments")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
+    args.argv = argv
     if not available(args.real):
         print(f"bench_real: {args.real} has no converted model and data (run `make real` first); skipped")
         return 0
@@ -55,9 +58,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args, model: Path, data: Path, work: Path) -> int:
+    import os
+
     from benchmarks.bench import matmul_peak, save_pair, throughput
+    from benchmarks.provenance import command_line, write_fragment
     from flipbench.report import markdown_table
 
+    load = os.getloadavg()[0]
+    off = ["--fragment", ""] if args.no_fragments else []
     mmlu = real.mmlu_subset(data, work / "mmlu_subset", args.subjects)
     comp = save_pair(model, work / "smollm2_w4", 4)
     suite = real.suite_overrides(data, mmlu, args)
@@ -70,15 +78,23 @@ def _bench(args, model: Path, data: Path, work: Path) -> int:
     pd.DataFrame(rows).drop(columns=["cold_run", "cached_run"]).to_csv(args.out / "real_rounds.csv", index=False)
     over = pd.DataFrame(overhead.summary(rows))
     over.to_csv(args.out / "real_overhead.csv", index=False)
+    if not args.no_fragments:
+        write_fragment("real-overhead", command_line("benchmarks.bench_real", args.argv),
+                       overhead.docs_table(overhead.summary(rows)).replace("| smollm2-135m ", "| SmolLM2-135M-Instruct ")
+                       + f"\n\nSeconds: median (min–max) over {args.rounds} interleaved rounds.", load_at_start=load)
     thr = pd.DataFrame([{"model": "smollm2-135m", **throughput(Path(rows[0]["cold_run"]), matmul_peak())}])
     thr.to_csv(args.out / "real_throughput.csv", index=False)
-    bench_threads.run(model, args.out, bench_threads.parse(["--model", str(model), "--rounds", str(args.thread_rounds)]))
+    threads_argv = ["--model", str(model), "--rounds", str(args.thread_rounds), *off]
+    threads_args = bench_threads.parse(threads_argv)
+    threads_args.out = args.out
+    bench_threads.run(model, args.out, threads_args)
+    bench_threads.write(threads_args, threads_argv, load)
     from benchmarks import bench_tokenkl
 
-    bench_tokenkl.main(["--model", str(model), "--out", str(args.out)])
+    bench_tokenkl.main(["--model", str(model), "--out", str(args.out), *off])
     from benchmarks import bench_requests
 
-    bench_requests.main(["--real", str(args.real), "--out", str(args.out)])
+    bench_requests.main(["--real", str(args.real), "--out", str(args.out), *off])
     sizes = (f"MMLU {args.subjects} subjects x {args.mmlu_docs} (5-shot), ARC-Challenge {args.arc_docs}, "
              f"HellaSwag {args.hellaswag_docs}, Winogrande {args.winogrande_docs} docs; batch {args.batch_size}")
     (args.out / "real.md").write_text(

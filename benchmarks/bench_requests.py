@@ -65,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=Path, default=Path("results/real"))
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--subjects", type=int, default=57)
+    parser.add_argument("--fragment", default="requests", help="docs/measured/<NAME>.md ('' for none)")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    import os
+
+    load = os.getloadavg()[0]
     from benchmarks.bench_real import available
 
     if not available(args.real):
@@ -88,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     from flipbench.report import markdown_table
 
     (args.out / "requests.md").write_text(f"MMLU, {len(task_objs)} subjects, 5-shot\n\n{markdown_table(frame)}\n")
+    if args.fragment:
+        from benchmarks.provenance import command_line, write_fragment
+
+        write_fragment(args.fragment, command_line("benchmarks.bench_requests", argv),
+                       (args.out / "requests.md").read_text(), load_at_start=load)
     print(frame.to_string(index=False))
     return 0
 

@@ -132,17 +132,30 @@ def parse(argv):
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fragment", default="threads", help="docs/measured/<NAME>.md ('' for none)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
     if args.worker:
         print(json.dumps(worker(str(args.model), args.batch, args.new_tokens, args.shots)))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
     print(run(args.model, args.out, args).to_string(index=False))
+    write(args, argv, load)
     return 0
+
+
+def write(args, argv: list[str], load: float) -> None:
+    """threads.md as a docs fragment (docs/measured/<--fragment>.md)."""
+    if args.fragment:
+        from benchmarks.provenance import command_line, write_fragment
+
+        write_fragment(args.fragment, command_line("benchmarks.bench_threads", argv),
+                       (args.out / "threads.md").read_text(), load_at_start=load)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_tokenkl --model <model dir> --out results/bench
 
-Writes tokenkl.csv and tokenkl.md. Setup: the model (fp32) greedily answers --prompts synth GSM8k questions
+Writes tokenkl.csv and tokenkl.md, and the table to docs/measured/tokenkl.md (``--fragment``). Setup: the model (fp32) greedily answers --prompts synth GSM8k questions
 (one-shot prompt from the synth train split, --max-new-tokens tokens each); a copy is RTN-quantized in process
 (--bits, --group-size). For each k in --ks (0 = the full vocabulary) the baseline's reference is built
 (flipbench.tokenkl.answer_logprobs, timed: one forward pass + the top-k), written to a baseline cache
@@ -20,6 +20,7 @@ import argparse
 import copy
 import csv
 import json
+import os
 import sys
 import tempfile
 import time
@@ -108,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fragment", default="tokenkl", help="docs/measured/<NAME>.md ('' for none)")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
     if not (args.model / "config.json").is_file():
         print(f"bench_tokenkl: skipped, no model at {args.model}")
         return 0
@@ -140,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     (args.out / "tokenkl.md").write_text(markdown(rows, setup))
+    if args.fragment:
+        from benchmarks.provenance import as_fragment, command_line, write_fragment
+
+        write_fragment(args.fragment, command_line("benchmarks.bench_tokenkl", argv), as_fragment(markdown(rows, setup)),
+                       load_at_start=load)
     print(markdown(rows, setup))
     return 0
 

@@ -3,6 +3,8 @@
     python -m benchmarks.memory --out results/bench    # measure GPTQ and TACQ (part of make bench)
     python -m benchmarks.memory --formula              # the formula for Llama-3-8B and Llama-3-70B shapes
 
+Each writes its table to docs/measured/ (``--fragment``; default memory-formula, or compress-memory-h<hidden>).
+
 GPTQ and TACQ onload one decoder block at a time to ``compression.device``, so their working set is one
 block's weights, the Hessians of one true-sequential group of its linears (cols² fp32 each, plus two
 (cols, cols) temporaries while the widest is factorized) and the calibration activations (inputs and
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -129,6 +132,23 @@ def measure(tokenizer_dir: Path, work: Path, layers=(4, 8), methods=("gptq", "ta
     return rows, checks
 
 
+def docs_table(checks: list[dict]) -> str:
+    """The docs' table: per method and depth, the weights, the compress stage's measured extra memory, the
+    formula's device and CPU terms, and the compress seconds."""
+    from benchmarks.provenance import markdown_table
+
+    frame = pd.DataFrame(checks)
+    out = pd.DataFrame({
+        "method": frame["method"].str.upper().replace({"SPARSEGPT": "SparseGPT"}), "blocks": frame["layers"],
+        "weights (fp32) MB": frame["model_mb"], "compress peak − start MB": frame["compress_extra_mb"],
+        "formula, device MB": frame["formula_device_mb"],
+        "formula, CPU MB": [f"{v:.1f}" if v else "—" for v in frame.get("formula_cpu_extra_mb", [0] * len(frame))],
+        "seconds": frame["compress_s"]})
+    if frame["cuda_peak_mb"].notna().any():
+        out.insert(4, "CUDA peak MB", frame["cuda_peak_mb"])
+    return markdown_table(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="compress-stage memory: measured, and the formula")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
@@ -137,11 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--n-samples", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--fragment", default=None, help="docs/measured/<NAME>.md ('' for none)")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    from benchmarks.provenance import command_line, write_fragment
     from flipbench.report import markdown_table
 
+    command, load = command_line("benchmarks.memory", argv), os.getloadavg()[0]
     if args.formula:
-        print(markdown_table(formula_table()))
+        table = markdown_table(formula_table())
+        print(table)
+        if args.fragment != "":
+            write_fragment(args.fragment or "memory-formula", command, table)
         return 0
     from flipbench.models import resolve_path
 
@@ -156,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.DataFrame(checks)
     table.to_csv(args.out / "quant_memory.csv", index=False)
     print(markdown_table(table))
+    if args.fragment != "":
+        write_fragment(args.fragment or f"compress-memory-h{args.hidden}", command, docs_table(checks),
+                       load_at_start=load)
     return 0
 
 

@@ -61,6 +61,21 @@ def _spread(values: list[float], digits: int) -> str:
     return f"{round(statistics.median(values), digits)} ({round(min(values), digits)}–{round(max(values), digits)})"
 
 
+TARGETS = {"cold": "≤ 1.10", "cached": "≤ 0.60"}  # flipbench's overhead targets against two lm-eval runs
+
+
+def docs_table(summary_rows: list[dict]) -> str:
+    """The docs' overhead table: case, model, both tools' seconds and the ratio (median, min–max), target."""
+    import pandas as pd
+
+    from benchmarks.provenance import markdown_table
+
+    frame = pd.DataFrame(summary_rows)
+    frame["target"] = frame["case"].map(TARGETS)
+    frame = frame[["case", "model", "flipbench_s", "lm_eval_s", "ratio", "target"]]
+    return markdown_table(frame.rename(columns={"flipbench_s": "flipbench s", "lm_eval_s": "two lm-eval runs s"}))
+
+
 def summary(rows: list[dict]) -> list[dict]:
     """Per model and case: median (min–max) over rounds of seconds and of the within-round ratio."""
     out = []

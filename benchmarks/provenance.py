@@ -40,8 +40,20 @@ def commit() -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
     sha = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "flipbench", "benchmarks", "conf", "tasks")
+    dirty = git("status", "--porcelain", "--", "flipbench", "benchmarks", "conf", "tasks")
     return sha + ("+changes" if dirty else "")
+
+
+_AT_IMPORT: str | None = None
+
+
+def code_commit() -> str:
+    """:func:`commit` as it was when this module was first imported: a long measurement names the code it ran,
+    even if the worktree moves on before it ends."""
+    global _AT_IMPORT
+    if _AT_IMPORT is None:
+        _AT_IMPORT = commit()
+    return _AT_IMPORT
 
 
 def _version(name: str) -> str:
@@ -65,10 +77,10 @@ def machine() -> dict:
 def provenance(command: str) -> str:
     """One line: how, where and on which code a table was measured."""
     m = machine()
-    where = f"{m['cpu']}, {m['threads']} torch threads of {m['cores']} cores" + (f", {m['gpu']}" if "gpu" in m else "")
+    where = f"{m['cpu']}, torch threads {m['threads']} of {m['cores']} cores" + (f", {m['gpu']}" if "gpu" in m else "")
     libs = ", ".join(f"{name} {_version(name)}" for name in ("torch", "transformers", "lm_eval"))
     day = _dt.date.today().isoformat()
-    return f"*Measured by `{command}` at commit `{commit()}` on {day}; {where}; {libs}.*"
+    return f"*Measured by `{command}` at commit `{code_commit()}` on {day}; {where}; {libs}.*"
 
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
@@ -76,11 +88,54 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
     return frame.to_markdown(index=False, floatfmt=floatfmt)
 
 
-def write_fragment(name: str, command: str, body: str, folder: Path | None = None) -> Path:
-    """Write ``docs/measured/<name>.md``: the marker, the provenance line, then ``body`` (tables and notes)."""
+def command_line(module: str, argv: list[str]) -> str:
+    """``python -m <module> <argv>`` for the provenance line, an absolute path shown as ``<its folder name>`` (a
+    machine's paths stay out of the docs; the docs say what the folder holds)."""
+    def shown(arg: str) -> str:
+        key, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        value = f"<{Path(value).name}>" if value.startswith("/") else value
+        return f"{key}{eq}{value}"
+
+    return " ".join(["python -m " + module, *map(shown, argv)])
+
+
+def add_fragment_option(parser, default: str) -> None:
+    """``--fragment NAME``: the docs/measured/ fragment the command writes its table to ('' for none)."""
+    parser.add_argument("--fragment", default=default,
+                        help=f"write the table to docs/measured/<NAME>.md (default {default}; '' for none)")
+
+
+def as_fragment(markdown: str) -> str:
+    """A command's own Markdown report made includable in a page: its headings become bold lines, so the
+    page's own outline stays the page's."""
+    return "\n".join(f"**{line.lstrip('#').strip()}**" if line.startswith("#") else line
+                     for line in markdown.strip().splitlines())
+
+
+def write_fragment(name: str, command: str, body: str, folder: Path | None = None,
+                   load_at_start: float | None = None) -> Path:
+    """Write ``docs/measured/<name>.md``: the marker, the provenance line, then ``body`` (tables and notes), and
+    with ``load_at_start`` (``os.getloadavg()[0]`` before the measured work) the CPU load note."""
+    if load_at_start is not None:
+        body = f"{body.strip()}\n\n{load_note(load_at_start)}"
     folder = Path(folder) if folder is not None else MEASURED
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.md"
     text = f"{MARKER} `{command}`; rerun it to update, do not edit by hand -->\n{provenance(command)}\n\n{body.strip()}\n"
     path.write_text(text)
     return path
+
+
+def load_note(load_at_start: float) -> str:
+    """What the provenance line cannot know: how busy the CPU was. ``load_at_start``: ``os.getloadavg()[0]`` taken
+    before the measured work (other jobs only); the 15-minute average at the end includes the measured work's own
+    threads. A start load above half the cores means other work shared the CPU: seconds are not a quiet machine's."""
+    now15 = os.getloadavg()[2]
+    cores = os.cpu_count() or 1
+    busy = load_at_start > 0.5 * cores
+    return (f"CPU load average {load_at_start:.1f} before the run (1 min) and {now15:.1f} at its end (15 min, its own "
+            f"work included) on {cores} cores" + ("; other jobs shared the CPU, so its seconds are not a quiet "
+                                                 "machine's." if busy else "."))
+
+
+code_commit()

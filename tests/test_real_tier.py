@@ -23,7 +23,8 @@ def test_real_tier_slice_runs_every_task(tmp_path):
     (scratch / "pkgs").symlink_to((SCRATCH / "pkgs").resolve())
     code = real.main(["--scratch", str(scratch), "--model-dir", str(model.resolve()), "--subjects", "1",
                       "--mmlu-docs", "1", "--arc-docs", "2", "--hellaswag-docs", "2", "--winogrande-docs", "2",
-                      "--calib-samples", "4", "--calib-len", "32", "--methods", "rtn", "--bits", "4", "--jobs", "1"])
+                      "--calib-samples", "4", "--calib-len", "32", "--methods", "rtn", "--bits", "4", "--jobs", "1",
+                      "--fragment", ""])
     assert code == 0
     sweep = pd.read_csv(next((scratch / "results" / "sweeps").glob("*/sweep_summary.csv")))
     assert set(sweep["task"]) == {"mmlu", "arc_challenge", "hellaswag", "winogrande"}
