@@ -158,7 +158,8 @@ def overlap_tasks(tmp_path: Path, mini_tasks: Path) -> Path:
 
 
 CASES = ["unknown hub id offline", "model path does not exist", "model dir without weights", "remote code while off",
-         "unknown task", "group_size not positive", "calibration overlap", "missing data file", "malformed data file",
+         # an unknown task name scans lm-eval's whole registry for suggestions (the slowest case): slow tier
+         pytest.param("unknown task", marks=pytest.mark.slow), "group_size not positive", "calibration overlap", "missing data file", "malformed data file",
          "calibration text missing"]
 
 

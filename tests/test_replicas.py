@@ -47,6 +47,7 @@ def test_replicas_where_they_measure_nothing_are_refused(overrides, message):
         to_typed(compose(overrides))
 
 
+@pytest.mark.slow  # three GPTQ compressions and evaluations; the replica tables are pinned by hand-built cases
 def test_gptq_replicas_end_to_end(random_llama, mini_tasks, tmp_path):
     """Replica 0 is the single run (same calibration seed); the spread contains it; flip_count lies in 0..K."""
     from flipbench.pipeline import run
