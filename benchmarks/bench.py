@@ -68,6 +68,7 @@ def large_random_model(out: Path, tokenizer_dir: Path, hidden: int = 1024, layer
 def overhead(name: str, base_dir: Path, comp_dir: Path, limit: int | None, batch: int, work: Path, rounds: int) -> list[dict]:
     """Interleaved rounds (see :mod:`benchmarks.overhead`) of flipbench cold/cached against two ``lm-eval run``."""
     flip = [sys.executable, "-m", "flipbench", "model=hf", f"model.path={base_dir}", "model.dtype=float32",
+            "suite=tiny",  # a model of one's own defaults to the standard suite; this compares on the synth tasks
             f"model.name={name}", "compression=checkpoint",
             f"compression.path={comp_dir}", f"eval.batch_size={batch}"]
     flip += [f"suite.limit={limit}"] if limit else []

@@ -110,6 +110,7 @@ def measure(tokenizer_dir: Path, work: Path, layers=(4, 8), methods=("gptq", "ta
         for method in methods:
             root = work / f"results_mem_{method}_l{depth}"
             timed([sys.executable, "-m", "flipbench", "model=hf", f"model.path={model_dir}", "model.dtype=float32",
+                   "suite=tiny",
                    "model.device=cpu", "compression.device=auto", f"model.name=mem-{method}-l{depth}",
                    f"compression={method}", *BITS.get(method, []), f"calibration.n_samples={n_samples}",
                    f"calibration.seq_len={seq_len}", "suite.limit=2", "output.plots=false", f"output.root={root}"], work)
