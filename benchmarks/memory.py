@@ -6,8 +6,9 @@
 Each writes its table to docs/measured/ (``--fragment``; default memory-formula, or compress-memory-h<hidden>).
 
 GPTQ and TACQ onload one decoder block at a time to ``compression.device``, so their working set is one
-block's weights, the Hessians of one true-sequential group of its linears (cols² fp32 each, plus two
-(cols, cols) temporaries while the widest is factorized) and the calibration activations (inputs and
+block's weights, the Hessians of one true-sequential group of its linears (cols² each in
+``compression.hessian_dtype``, float64 by default: 8 bytes; SparseGPT's stay float32; plus two (cols, cols)
+temporaries while the widest is factorized) and the calibration activations (inputs and
 outputs of the block: 2 · n_samples · seq_len · hidden values). TACQ adds, on the CPU, its Σ|∂L/∂W|
 accumulator (4 bytes per quantized weight) and the block inputs its backward sweep restarts from
 (n_samples · blocks · seq_len · hidden fp32 values), and on the device one block in fp32 with its gradients
@@ -57,7 +58,8 @@ def _groups(config) -> list[list[str]]:
         return sequential_groups(decoder_layers(model)[0], inputs)
 
 
-def working_set(config, n_samples: int, seq_len: int, weight_bytes: int, act_bytes: int = 4) -> dict:
+def working_set(config, n_samples: int, seq_len: int, weight_bytes: int, act_bytes: int = 4,
+                hessian_bytes: int = 8) -> dict:
     """The formula's terms in MB for one model config (see the module docstring)."""
     from flipbench.compress.families import block_linears, decoder_layers, weight_matrix
     from flipbench.models import meta_model
@@ -66,7 +68,8 @@ def working_set(config, n_samples: int, seq_len: int, weight_bytes: int, act_byt
     block = decoder_layers(model)[0]
     shapes = {name: tuple(weight_matrix(m).shape) for name, m in block_linears(block).items()}  # (out, in)
     block_params = sum(p.numel() for p in block.parameters())
-    hessians = max(sum(shapes[n][1] ** 2 * 4 for n in group) + 2 * max(shapes[n][1] for n in group) ** 2 * 4
+    hessians = max(sum(shapes[n][1] ** 2 * hessian_bytes for n in group)
+                   + 2 * max(shapes[n][1] for n in group) ** 2 * hessian_bytes
                    for group in _groups(config))
     hidden, blocks = config.hidden_size, config.num_hidden_layers
     quantized = blocks * sum(rows * cols for rows, cols in shapes.values())
@@ -106,8 +109,11 @@ def measure(tokenizer_dir: Path, work: Path, layers=(4, 8), methods=("gptq", "ta
     for depth in layers:
         model_dir = large_random_model(work / f"mem_l{depth}", tokenizer_dir, hidden=hidden, layers=depth)
         model_mb = (model_dir / "model.safetensors").stat().st_size / MB  # fp32: one copy of the weights
-        predicted = working_set(AutoConfig.from_pretrained(model_dir), n_samples, seq_len, weight_bytes=4)
+        config = AutoConfig.from_pretrained(model_dir)
         for method in methods:
+            # GPTQ and TACQ hold H in compression.hessian_dtype (float64 by default); SparseGPT in float32
+            predicted = working_set(config, n_samples, seq_len, weight_bytes=4,
+                                    hessian_bytes=4 if method == "sparsegpt" else 8)
             root = work / f"results_mem_{method}_l{depth}"
             timed([sys.executable, "-m", "flipbench", "model=hf", f"model.path={model_dir}", "model.dtype=float32",
                    "suite=tiny",
