@@ -8,7 +8,7 @@ from benchmarks import bench_tokenkl
 def test_bench_rows_bracket_the_exact_kl(random_llama, tmp_path):
     out = tmp_path / "bench"
     args = ["--model", str(random_llama), "--out", str(out), "--prompts", "3", "--max-new-tokens", "6",
-            "--ks", "8", "--threads", "1", "--batch-size", "2"]
+            "--ks", "8", "--threads", "1", "--batch-size", "2", "--fragment", ""]
     assert bench_tokenkl.main(args) == 0
     table = pd.read_csv(out / "tokenkl.csv").set_index("k")
     assert list(table.index) == ["8", "full"] and list(table.columns) == bench_tokenkl.COLUMNS[1:]
