@@ -181,3 +181,12 @@ def mini_overrides(random_llama: Path, mini_tasks: Path, root: Path) -> list[str
 def mini_run_overrides(random_llama, mini_tasks, tmp_path) -> list[str]:
     """A fast run on the random model and mini tasks, writing under tmp_path."""
     return mini_overrides(random_llama, mini_tasks, tmp_path / "results")
+
+
+@pytest.fixture(autouse=True)
+def _measured_tables_stay_out_of_the_docs(monkeypatch, tmp_path_factory):
+    """A benchmark called by a test writes its docs/measured/ fragment into a temporary folder, never the docs."""
+    import benchmarks.provenance
+
+    monkeypatch.setattr(benchmarks.provenance, "MEASURED", tmp_path_factory.mktemp("measured"))
+
