@@ -188,7 +188,9 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
     size = baseline_size(model, cfg.model)
     key_parts = baseline_key(cfg, weights, task_objs, str(device), tokenizer)
     key = cache.cache_key(key_parts)
-    changed = store.changed_libraries(cfg.model.path, weights, key_parts) if cfg.eval.cache else []
+    # Only a miss needs the reason: a hit skips the scan of every cached entry's manifest.
+    miss = cfg.eval.cache and not store.entry(key).is_dir()
+    changed = store.changed_libraries(cfg.model.path, weights, key_parts) if miss else []
     if changed:
         log.info("baseline cache: %s changed since the cached baseline of this model; evaluating it again",
                  ", ".join(changed))

@@ -184,6 +184,15 @@ def test_an_upgraded_library_evaluates_the_baseline_again_and_says_which(random_
     assert hits == [False, False]
     assert "baseline cache: transformers changed since the cached baseline" in caplog.text
 
+    from flipbench import cache
+
+    def scanned(*args):
+        raise AssertionError("a cache hit needs no scan of the other entries")
+
+    monkeypatch.setattr(cache.BaselineCache, "changed_libraries", scanned)
+    third = run(compose(overrides))
+    assert json.loads((third / "manifest.json").read_text())["baseline_cache_hit"] is True
+
 
 def test_a_baseline_collected_through_a_server_pairs_with_an_hf_compressed_side(two_phase, random_llama, mini_tasks,
                                                                                tmp_path):
