@@ -150,13 +150,25 @@ def speed_markdown(table: pd.DataFrame, agree: dict) -> str:
     ratio = lambda kind, col: at.loc[("vllm", kind), col] / at.loc[("hf", kind), col]  # noqa: E731
     return "\n".join([
         "Per round (start: HF loads the model, vLLM starts its engine; wall: the evaluation of one task type):", "",
-        table[columns].to_markdown(index=False), "", "Medians over rounds:", "", med.to_markdown(index=False), "",
+        _markdown(table[columns]), "", "Medians over rounds:", "", _markdown(med), "",
         f"vLLM over HF (medians): {ratio('gen', 'generated_per_s'):.1f}x the generated tokens/s, "
         f"{ratio('mc', 'tokens_per_s'):.1f}x the multiple-choice tokens/s; a start of {at.loc[('vllm', 'mc'), 'start_s']:.0f} s "
         f"against {at.loc[('hf', 'mc'), 'start_s']:.1f} s.", "",
-        "Per-doc agreement (first round): " + "; ".join(
-            f"{k}: {a['same_answer']}/{a['rows']} same answers, max |Δ log-likelihood| {a['max_abs_dll']:.1e}, "
-            f"{a['same_generation']}/{a['generations']} identical generations" for k, a in agree.items())])
+        "Per-doc agreement (first round): " + "; ".join(_agreement_text(k, a) for k, a in agree.items()) + "."])
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    """A pipe table with empty cells where a value does not apply (NaN)."""
+    return frame.astype(object).where(frame.notna(), None).to_markdown(index=False, missingval="")
+
+
+def _agreement_text(kind: str, a: dict) -> str:
+    parts = [f"{a['same_answer']}/{a['rows']} same answers" + (" (a row per GSM8k filter)" if a["generations"] else "")]
+    if a["max_abs_dll"] == a["max_abs_dll"]:  # not NaN: the kind scores choices
+        parts.append(f"max |Δ log-likelihood| {a['max_abs_dll']:.1e}")
+    if a["generations"]:
+        parts.append(f"{a['same_generation']}/{a['generations']} identical generations")
+    return f"{kind}: " + ", ".join(parts)
 
 
 def logprob_markdown(c: dict) -> str:
@@ -239,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_line = (f"{model_dir.name} (fp32) on {dist} {metadata.version(dist)} against HF (lm-eval's HFLM, batch "
                   f"{args.batch_size}): {args.arc_docs} ARC-Challenge validation docs (lm-eval's prompt, multiple "
                   f"choice) and {args.gen_docs} synth_gsm8k docs (GSM8k's prompt format and stop strings, greedy, at "
-                  f"most 48 new tokens); {args.rounds} rounds, the engines interleaved and alternating which goes first. "
+                  f"most 48 new tokens); {args.rounds} round{'s' * (args.rounds > 1)}, the engines interleaved and alternating which goes "
+                  "first. "
                   "Tokens/s: the requests' prompt + continuation tokens (and the generated tokens) over the wall time.")
     report = f"{setup_line}\n\n{speed_markdown(table, agree)}"
     if costs:

@@ -40,11 +40,14 @@ def test_speed_summary_takes_medians_and_their_ratios():
                                       (1, "vllm", 100.0, {"mc": (220.0, None), "gen": (300.0, 30.0)}),
                                       (2, "vllm", 140.0, {"mc": (220.0, None), "gen": (300.0, 30.0)}))
             for k, (t, g) in per_kind.items()]
-    agree = {"mc": {"same_answer": 4, "rows": 4, "max_abs_dll": 2.5e-5, "same_generation": 0, "generations": 0}}
+    agree = {"mc": {"same_answer": 4, "rows": 4, "max_abs_dll": 2.5e-5, "same_generation": 0, "generations": 0},
+             "gen": {"same_answer": 3, "rows": 4, "max_abs_dll": float("nan"), "same_generation": 1, "generations": 2}}
     text = bench_engines.speed_markdown(pd.DataFrame(rows), agree)
     # medians: generated/s hf 6, vllm 30 -> 5.0x; MC tokens/s hf 110, vllm 220 -> 2.0x; starts 120 s and 0.3 s
     assert "5.0x the generated tokens/s, 2.0x the multiple-choice tokens/s; a start of 120 s against 0.3 s" in text
-    assert "mc: 4/4 same answers, max |Δ log-likelihood| 2.5e-05, 0/0 identical generations" in text
+    assert text.endswith("mc: 4/4 same answers, max |Δ log-likelihood| 2.5e-05; gen: 3/4 same answers (a row per "
+                         "GSM8k filter), 1/2 identical generations.")
+    assert "nan" not in text
 
 
 def test_logprob_summary_names_each_request_kind():
