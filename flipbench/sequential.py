@@ -46,8 +46,9 @@ def doc_order(units: list, seed: int, task: str, strata: dict | None = None) -> 
 
     ``strata`` (unit -> subject): each subject's units are shuffled, and the j-th of a subject's m units gets the
     position key (j + u) / m with one uniform offset u per subject; sorting by key interleaves the subjects in
-    proportion, so every prefix of n holds each subject's share n m / N to within one doc. Without strata: a
-    uniformly random permutation."""
+    proportion: in every prefix of n, a subject's count differs from its share n m / N by less than one doc when
+    there are two subjects, and by less than 1 + (S - 2) m / N with S subjects. Without strata: a uniformly random
+    permutation."""
     units = sorted(units)
     rng = _rng(seed, task)
     if not strata:

@@ -51,10 +51,10 @@ def test_small_search_outputs(small_search):
     samples = pd.read_parquet(run / "samples.parquet").drop_duplicates(["task", "doc_id"])
     assert json.loads((run / "manifest.json").read_text())["sample"]["mini_mc"] == {"docs": 6, "available": 12,
                                                                                    "share": 0.5}
-    from flipbench.sequential import doc_order
-
-    expected = sorted(i for _, i in doc_order([("mini_mc", i) for i in range(12)], 1234, "mini_mc")[:6])
-    assert sorted(samples.loc[samples["task"] == "mini_mc", "doc_id"]) == expected
+    # stratified over mini_mc's subjects (even ids alpha, odd beta, 6 each): a prefix of 6 holds each within one
+    # doc of 6 * 6/12 = 3, so exactly 3 of each (an unstratified half would hold 3 and 3 with probability 0.43)
+    drawn = samples.loc[samples["task"] == "mini_mc", "doc_id"].astype(int)
+    assert len(drawn) == 6 and (drawn % 2 == 0).sum() == 3
     rec = json.loads((folder / "recommendation.json").read_text())
     assert rec["grid_size"] == 2 and rec["full_fidelity_evaluations"] == 2 and rec["screening_evaluations"] == 2
     full = trials[trials["full_fidelity"]]
