@@ -36,7 +36,7 @@ def one(mode: str, extra: list[str], common: list[str], work: Path) -> dict:
     seconds = time.perf_counter() - start
     rec = json.loads((folder / "recommendation.json").read_text())
     trials = pd.read_csv(folder / "trials.csv")
-    skipped = trials.loc[(trials["fidelity"] == 0) & trials["skipped"].fillna("").str.startswith("costs"), "label"]
+    skipped = trials.loc[(trials["fidelity"] == 0) & trials["skipped"].astype(str).str.startswith("costs"), "label"]
     return {"mode": mode, "configurations": rec["grid_size"], "rungs": " → ".join(f"{100 * x:g}%" for x in rec["rungs"]),
             "skipped": int(skipped.nunique()), "screening_evaluations": rec["screening_evaluations"],
             "dropped_at_screening": len(rec["screening"]["dropped"]),
