@@ -88,46 +88,55 @@ def bernstein_serfling_width(s_n, n: int, N: int, B: float, a: float):
     """Half-width of the one-sided empirical Bernstein–Serfling bound (level 1 - a) for a mean of values in [0, B],
     from the sample standard deviation ``s_n`` (divisor n; a number or an array of them)."""
     log_term = math.log(5 / a)  # the theorem holds with probability 1 - 5 delta: delta = a / 5
-    return s_n * np.sqrt(2 * max(serfling_rho(n, N), 0.0) * log_term / n) + KAPPA * B * log_term / n
+    return s_n * math.sqrt(2 * max(serfling_rho(n, N), 0.0) * log_term / n) + KAPPA * B * log_term / n
 
 
-def _clipped(values, clip: float) -> tuple[np.ndarray, np.ndarray]:
-    """(values for the upper bound, values for the lower one) in [0, clip]: a non-finite value counts as ``clip``
-    above and 0 below (it could be anything in [0, clip]); KL is never negative."""
+def _moments(values, clip: float) -> tuple[int, tuple[float, float], tuple[float, float]]:
+    """(n, (mean, sd) for the upper bound, (mean, sd) for the lower one) of the values clipped to [0, clip]: a
+    non-finite value counts as ``clip`` above and 0 below (it could be anything in [0, clip]); KL is never negative.
+    sd has divisor n."""
     v = np.asarray(values, dtype=float)
+    n = len(v)
+    if n == 0:
+        return 0, (0.0, 0.0), (0.0, 0.0)
     finite = np.isfinite(v)
-    inside = np.clip(np.where(finite, v, 0.0), 0.0, clip)
-    return np.where(finite, inside, clip), np.where(finite, inside, 0.0)
+    inside = np.clip(v, 0.0, clip) if finite.all() else np.clip(np.where(finite, v, 0.0), 0.0, clip)
+    s1, s2, bad = float(inside.sum()), float(inside @ inside), n - int(finite.sum())
+
+    def stats(total: float, squares: float) -> tuple[float, float]:
+        mean = total / n
+        return mean, math.sqrt(max(squares / n - mean * mean, 0.0))
+    return n, stats(s1 + bad * clip, s2 + bad * clip * clip), stats(s1, s2)
 
 
-def _bounds(high: np.ndarray, low: np.ndarray, N: int, clip: float, a: float, kinds: tuple) -> tuple[float, float]:
+def _bounds(values, N: int, clip: float, a: float, kinds: tuple) -> tuple[float, float]:
     """(lower, upper) at level 1 - a each: the tightest of the ``kinds`` ("hs", "eb") bounds, each at a / len(kinds)."""
-    n = len(high)
+    n, (high, high_sd), (low, low_sd) = _moments(values, clip)
     if n == 0:
         return 0.0, float(clip)
     if n >= N:  # the sample is the population (the Bernstein range term would not vanish; Hoeffding's does)
-        return float(low.mean()), float(high.mean())
+        return low, high
     share = a / len(kinds)
     up = down = math.inf
     for kind in kinds:
         if kind == "hs":
-            up = min(up, hoeffding_serfling_width(n, N, clip, share))
-            down = min(down, hoeffding_serfling_width(n, N, clip, share))
+            width = hoeffding_serfling_width(n, N, clip, share)
+            up, down = min(up, width), min(down, width)
         else:
-            up = min(up, float(bernstein_serfling_width(high.std(), n, N, clip, share)))
-            down = min(down, float(bernstein_serfling_width(low.std(), n, N, clip, share)))
-    return max(float(low.mean()) - down, 0.0), min(float(high.mean()) + up, float(clip))
+            up = min(up, float(bernstein_serfling_width(high_sd, n, N, clip, share)))
+            down = min(down, float(bernstein_serfling_width(low_sd, n, N, clip, share)))
+    return max(low - down, 0.0), min(high + up, float(clip))
 
 
 def hoeffding_serfling_bounds(values, N: int, clip: float, a: float) -> tuple[float, float]:
     """(lower, upper), each at level 1 - a, for the population mean of min(v, clip) from n = len(values) of N."""
-    return _bounds(*_clipped(values, clip), N, clip, a, ("hs",))
+    return _bounds(values, N, clip, a, ("hs",))
 
 
 def bernstein_serfling_bounds(values, N: int, clip: float, a: float) -> tuple[float, float]:
     """(lower, upper), each at level 1 - a, from the empirical Bernstein–Serfling inequality; at n = N the exact
     mean (the sample is the population)."""
-    return _bounds(*_clipped(values, clip), N, clip, a, ("eb",))
+    return _bounds(values, N, clip, a, ("eb",))
 
 
 def mean_bounds(values, N: int, clip: float, a: float) -> tuple[float, float]:
@@ -135,4 +144,4 @@ def mean_bounds(values, N: int, clip: float, a: float) -> tuple[float, float]:
     n = len(values) sampled without replacement: the tighter of the Hoeffding–Serfling and the empirical
     Bernstein–Serfling bound, each at a / 2 (union bound). At n = N the exact clipped mean (a non-finite value:
     clip above, 0 below)."""
-    return _bounds(*_clipped(values, clip), N, clip, a, ("hs", "eb"))
+    return _bounds(values, N, clip, a, ("hs", "eb"))
