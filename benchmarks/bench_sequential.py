@@ -1,13 +1,14 @@
 """The sequential gate against the full run: docs used, wall time and verdicts for a passing (RTN 8-bit) and a
 failing (RTN 2-bit) member, each with and without ``gate.sequential=true``.
 
-    python -m benchmarks.bench_sequential [--real results/real] [--skip-tiny] [--mmlu-docs 40 ...]
+    python -m benchmarks.bench_sequential [--real results/real] [--skip-tiny] [--mmlu-docs 40 ...] [--fragment NAME]
 
 The bundled tier runs ``make eval``'s default suite on the bundled model; ``--real`` (the folder ``make real``
 fills) adds SmolLM2-135M-Instruct on a larger slice of the real tier's data than ``make real`` takes, so a task has
 several looks. Each configuration is one ``python -m flipbench`` process; runs of a tier share one baseline cache
 (the tier's first run evaluates the baseline, and its run wall includes that). Writes docs/measured/sequential.md
-(bundled tier) and docs/measured/sequential_real.md (real tier), each with the command that wrote it.
+(bundled tier) and docs/measured/sequential_real.md (real tier), each with the command that wrote it
+(``--fragment NAME``: NAME.md and NAME_real.md; '' for none, e.g. a smoke run on a tiny slice).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks import real, real_setup
-from benchmarks.provenance import write_fragment
+from benchmarks.provenance import add_fragment_option, command_line, write_fragment
 
 MEMBERS = ((8, "pass expected"), (2, "fail expected"))
 
@@ -85,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     real.add_slice_arguments(parser, subjects=6, arc=200, hellaswag=200, winogrande=200)
     parser.set_defaults(mmlu_docs=40)
     parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here")
+    add_fragment_option(parser, "sequential")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    command = "python -m benchmarks.bench_sequential " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("benchmarks.bench_sequential", argv)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     work = args.keep or Path(tempfile.mkdtemp(prefix="flipbench-seq-"))
     note = (f"Gate: `{args.limit}`, `gate.alpha=0.05`, default chunk (10% of a task's docs, at least 50); one "
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_tiny:
             rows = run_tier("tiny", [], args.limit, work / "tiny", env)
             body = [note, "", "**Bundled model, `make eval`'s suite**", "", table(rows)]
-            print(write_fragment("sequential", command, "\n".join(body)).read_text())
+            print(write_fragment(args.fragment, command, "\n".join(body)).read_text() if args.fragment else "\n".join(body))
         if args.real is not None:
             model = (args.real / "smollm2-135m").resolve()
             data = real_setup.data_root((args.real / "pkgs").resolve())
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             body = [note, "", f"**SmolLM2-135M-Instruct, real data** (MMLU {args.subjects} subjects x {args.mmlu_docs} "
                     f"5-shot, ARC-Challenge {args.arc_docs}, HellaSwag {args.hellaswag_docs}, Winogrande "
                     f"{args.winogrande_docs} docs)", "", table(rows)]
-            print(write_fragment("sequential_real", command, "\n".join(body)).read_text())
+            print(write_fragment(f"{args.fragment}_real", command, "\n".join(body)).read_text() if args.fragment
+                  else "\n".join(body))
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

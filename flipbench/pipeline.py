@@ -235,7 +235,7 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         elif cfg.suite.sample is not None:  # a seeded random share of each task; base becomes those docs
             from flipbench.subsample import sample_ids
 
-            ids, sampled = sample_ids(task_objs, plan, limits(task_objs, plan, cfg), cfg.suite.sample, cfg.eval.seed)
+            ids, sampled = sample_ids(task_objs, plan, cfg, cfg.suite.sample)
             comp = evaluate_side(comp_model, comp_tok, task_objs, plan, cfg, label="compressed", path=path, shard_ids=ids)
             base = base.merge(comp[["task", "group", "doc_id"]].drop_duplicates(), on=["task", "group", "doc_id"])
             manifest.update(sample=sampled)

@@ -474,6 +474,18 @@ def write_html(path: Path, title: str, head: list[str], parts: list, figures: li
                     f"{body}<h2>Plots</h2>{imgs}</body></html>\n")
 
 
+def sample_lines(info: dict | None) -> list[str]:
+    """A sampled run's (``suite.sample``, a search's screening rung) warning: the share and each task's docs."""
+    if not info:
+        return []
+    shares = sorted({t["share"] for t in info.values()})
+    docs = "; ".join(f"{task} {t['docs']} of {t['available']}" for task, t in sorted(info.items()))
+    # no apostrophes: report.md escapes HTML, and a raw &#x27; reads badly
+    return [f"**Screening trial: evaluated on a seeded share {', '.join(f'{s:g}' for s in shares)} of the docs of each "
+            f"task** ({docs}; suite.sample, a prefix of the sequential gate order). Every number below is computed on "
+            "those docs only: a screening measurement, not a full one."]
+
+
 def sequential_lines(info: dict | None) -> list[str]:
     """Per task of a sequential run: docs used of docs available, the upper bounds at stopping and the decision."""
     if not info:
@@ -573,6 +585,7 @@ def build(run_dir: Path, cfg: FlipbenchConfig) -> dict:
         head.insert(1, f"**DIVERGED: non-finite log-probabilities on {sum(diverged.values())} docs** ({per_task}; "
                        "either side); accuracy and flips count them as scored by lm-eval, KL statistics use the finite "
                        "values only, and the gate fails unless gate.max_nonfinite allows them.")
+    head[1:1] = sample_lines(manifest.get("sample"))
     head += [f"- note: {note}" for note in manifest.get("data_notes") or []]
     head += sequential_lines(manifest.get("sequential")) + gate_lines(verdict, detail=False) + noise_lines(manifest, summary) + replica_lines(summary)
     head += token_kl_bound_lines(summary, cfg.eval.token_kl_topk)

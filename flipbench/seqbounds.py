@@ -4,10 +4,15 @@ Two kinds of check (docs/sequential.md):
 - a **count** over the N docs (flips, lost, gained): exact one-sided hypergeometric bounds for the population count
   K given x positives in n docs drawn without replacement, upper U = max{K : P_K(X <= x) > a} and lower
   L = min{K : P_K(X >= x) > a}; P(U < K) <= a and P(L > K) <= a. At n = N the sample is the population: U = L = K.
-- a **bounded mean** (choice KL clipped to [0, B]): the Hoeffding–Serfling bound for sampling without replacement
-  (Serfling 1974, with the finite-population factor of Bardenet & Maillard 2015, Bernoulli 21(3)): with
-  probability >= 1 - a, mean <= sample mean + B sqrt(rho_n log(1/a) / (2n)), and the same below, where
-  rho_n = 1 - (n - 1)/N for n <= N/2 and (1 - n/N)(1 + 1/n) above. rho_N = 0: at n = N the bound is the exact mean.
+- a **bounded mean** (choice KL clipped to [0, B]), from two inequalities for sampling without replacement of
+  Bardenet & Maillard (2015, Bernoulli 21(3)), each one-sided with probability >= 1 - a:
+  Hoeffding–Serfling (range only): mean <= sample mean + B sqrt(rho_n log(1/a) / (2n));
+  empirical Bernstein–Serfling (sample variance): mean <= sample mean + s_n sqrt(2 rho_n log(5/a) / n)
+  + kappa B log(5/a) / n, with s_n the sample standard deviation (divisor n) and kappa = 7/3 + 3/sqrt(2);
+  and the same below. rho_n = 1 - (n - 1)/N for n <= N/2 and (1 - n/N)(1 + 1/n) above. Neither is always the
+  tighter (Bernstein wins with a small variance and many docs, Hoeffding with few docs or near n = N, where
+  rho_n -> 0 but kappa's term stays), so :func:`mean_bounds` takes the tighter of the two, each at a / 2 (union
+  bound). At n = N the sample is the population: the bounds are the exact mean.
 
 Every bound holds at one fixed n; the looks n = c, 2c, ..., N are fixed in advance and the error budget is split
 over them (and over checks and tasks) by the union bound: a group-sequential design, not a confidence sequence.
@@ -66,21 +71,77 @@ def proportion_bounds(counts: dict, n: int, N: int, a: float) -> dict:
     return out
 
 
+KAPPA = 7 / 3 + 3 / math.sqrt(2)  # the empirical Bernstein–Serfling constant (Bardenet & Maillard 2015)
+
+
 def serfling_rho(n: int, N: int) -> float:
-    """The finite-population factor of the Hoeffding–Serfling bound (Bardenet & Maillard 2015); 0 at n = N."""
+    """The finite-population factor of the Serfling bounds (Bardenet & Maillard 2015); 0 at n = N."""
     return 1 - (n - 1) / N if n <= N / 2 else (1 - n / N) * (1 + 1 / n)
 
 
-def mean_bounds(values, N: int, clip: float, a: float) -> tuple[float, float]:
-    """(lower, upper) bounds, each at level 1 - a, for the population mean of min(v, clip) over N values, from the
-    n = len(values) sampled without replacement. A non-finite value counts as ``clip`` for the upper bound and 0 for
-    the lower one (it could be anything in [0, clip]). Values are clipped to [0, clip]; KL is never negative."""
+def hoeffding_serfling_width(n: int, N: int, B: float, a: float) -> float:
+    """Half-width of the one-sided Hoeffding–Serfling bound (level 1 - a) for a mean of values in [0, B]."""
+    return B * math.sqrt(max(serfling_rho(n, N), 0.0) * math.log(1 / a) / (2 * n))
+
+
+def bernstein_serfling_width(s_n, n: int, N: int, B: float, a: float):
+    """Half-width of the one-sided empirical Bernstein–Serfling bound (level 1 - a) for a mean of values in [0, B],
+    from the sample standard deviation ``s_n`` (divisor n; a number or an array of them)."""
+    log_term = math.log(5 / a)  # the theorem holds with probability 1 - 5 delta: delta = a / 5
+    return s_n * math.sqrt(2 * max(serfling_rho(n, N), 0.0) * log_term / n) + KAPPA * B * log_term / n
+
+
+def _moments(values, clip: float) -> tuple[int, tuple[float, float], tuple[float, float]]:
+    """(n, (mean, sd) for the upper bound, (mean, sd) for the lower one) of the values clipped to [0, clip]: a
+    non-finite value counts as ``clip`` above and 0 below (it could be anything in [0, clip]); KL is never negative.
+    sd has divisor n."""
     v = np.asarray(values, dtype=float)
     n = len(v)
     if n == 0:
-        return 0.0, float(clip)
+        return 0, (0.0, 0.0), (0.0, 0.0)
     finite = np.isfinite(v)
-    high = np.where(finite, np.clip(v, 0.0, clip), clip).mean()
-    low = np.where(finite, np.clip(v, 0.0, clip), 0.0).mean()
-    width = clip * math.sqrt(max(serfling_rho(n, N), 0.0) * math.log(1 / a) / (2 * n))
-    return max(low - width, 0.0), min(high + width, float(clip))
+    inside = np.clip(v, 0.0, clip) if finite.all() else np.clip(np.where(finite, v, 0.0), 0.0, clip)
+    s1, s2, bad = float(inside.sum()), float(inside @ inside), n - int(finite.sum())
+
+    def stats(total: float, squares: float) -> tuple[float, float]:
+        mean = total / n
+        return mean, math.sqrt(max(squares / n - mean * mean, 0.0))
+    return n, stats(s1 + bad * clip, s2 + bad * clip * clip), stats(s1, s2)
+
+
+def _bounds(values, N: int, clip: float, a: float, kinds: tuple) -> tuple[float, float]:
+    """(lower, upper) at level 1 - a each: the tightest of the ``kinds`` ("hs", "eb") bounds, each at a / len(kinds)."""
+    n, (high, high_sd), (low, low_sd) = _moments(values, clip)
+    if n == 0:
+        return 0.0, float(clip)
+    if n >= N:  # the sample is the population (the Bernstein range term would not vanish; Hoeffding's does)
+        return low, high
+    share = a / len(kinds)
+    up = down = math.inf
+    for kind in kinds:
+        if kind == "hs":
+            width = hoeffding_serfling_width(n, N, clip, share)
+            up, down = min(up, width), min(down, width)
+        else:
+            up = min(up, float(bernstein_serfling_width(high_sd, n, N, clip, share)))
+            down = min(down, float(bernstein_serfling_width(low_sd, n, N, clip, share)))
+    return max(low - down, 0.0), min(high + up, float(clip))
+
+
+def hoeffding_serfling_bounds(values, N: int, clip: float, a: float) -> tuple[float, float]:
+    """(lower, upper), each at level 1 - a, for the population mean of min(v, clip) from n = len(values) of N."""
+    return _bounds(values, N, clip, a, ("hs",))
+
+
+def bernstein_serfling_bounds(values, N: int, clip: float, a: float) -> tuple[float, float]:
+    """(lower, upper), each at level 1 - a, from the empirical Bernstein–Serfling inequality; at n = N the exact
+    mean (the sample is the population)."""
+    return _bounds(values, N, clip, a, ("eb",))
+
+
+def mean_bounds(values, N: int, clip: float, a: float) -> tuple[float, float]:
+    """(lower, upper), each at level 1 - a, for the population mean of min(v, clip) over N values from the
+    n = len(values) sampled without replacement: the tighter of the Hoeffding–Serfling and the empirical
+    Bernstein–Serfling bound, each at a / 2 (union bound). At n = N the exact clipped mean (a non-finite value:
+    clip above, 0 below)."""
+    return _bounds(values, N, clip, a, ("hs", "eb"))

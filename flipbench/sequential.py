@@ -4,8 +4,9 @@ benchmark (docs/sequential.md; the bounds are in :mod:`flipbench.seqbounds`).
 - Order: each reported task's N docs (all its leaves' evaluated docs) in one seeded random order, stratified over
   subjects (:func:`doc_order`), taken in chunks of ``c`` docs; the looks n = c, 2c, ..., N are fixed in advance.
 - After each look, every check of a task gets a (lower, upper) bound for its full-benchmark value: flips, lost and
-  the accuracy drop from exact hypergeometric bounds, the choice-KL mean from a Hoeffding–Serfling bound on KL
-  clipped to [0, gate.kl_clip]; each at a = alpha / (looks of the task x checks of all tasks) (union bound).
+  the accuracy drop from exact hypergeometric bounds, the choice-KL mean of KL clipped to [0, gate.kl_clip] from the
+  tighter of a Hoeffding–Serfling and an empirical Bernstein–Serfling bound (each at half the look's share); each
+  check at a = alpha / (looks of the task x checks of all tasks) (union bound).
 - Decision per task: FAIL when a lower bound exceeds its limit; PASS when every upper bound is within its limit;
   otherwise the next chunk. Token KL has no sequential bound: a task with a token-KL limit is decided by the full
   gate on every doc ("full gate"), as is a task with any KL limit at its last look (the exact unclipped mean).
@@ -46,8 +47,9 @@ def doc_order(units: list, seed: int, task: str, strata: dict | None = None) -> 
 
     ``strata`` (unit -> subject): each subject's units are shuffled, and the j-th of a subject's m units gets the
     position key (j + u) / m with one uniform offset u per subject; sorting by key interleaves the subjects in
-    proportion, so every prefix of n holds each subject's share n m / N to within one doc. Without strata: a
-    uniformly random permutation."""
+    proportion: in every prefix of n, a subject's count differs from its share n m / N by less than one doc when
+    there are two subjects, and by less than 1 + (S - 2) m / N with S subjects. Without strata: a uniformly random
+    permutation."""
     units = sorted(units)
     rng = _rng(seed, task)
     if not strata:

@@ -1,26 +1,22 @@
 """``suite.sample``: a seeded random share of each task's docs, the prefix of the sequential gate's doc order.
 
 A task's population is every doc the limits select, over all its leaves (an MMLU subject is a leaf): N (leaf, doc id)
-pairs, ordered by :func:`flipbench.sequential.doc_order` under ``eval.seed`` and the task's name, as the sequential
-gate orders them. The sample is the first ceil(share * N) of that order, so it is a simple random sample without
-replacement of the task, and a larger share's sample holds a smaller one's (the budget search's rungs nest).
+pairs in the order :func:`flipbench.sequential.doc_orders` gives them, the sequential gate's own order (``eval.seed``,
+the task's name, stratified over subjects when ``gate.stratify``). The sample is the first ceil(share * N) of that
+order, so it is a random sample without replacement of the task (stratified: each subject in proportion, see
+:func:`flipbench.sequential.doc_order`), and a larger share's sample holds a smaller one's (the search's rungs nest).
 """
 
 from __future__ import annotations
 
 import math
 
-from flipbench.sequential import doc_order
+from flipbench.sequential import doc_orders
 
 
-def population(task_objs: dict, plan, limits: dict) -> dict[str, list[tuple[str, int]]]:
-    """Reported task -> its (leaf, doc id) pairs: the first ``limits[leaf]`` docs of each leaf (None: all)."""
-    units: dict[str, list[tuple[str, int]]] = {}
-    for leaf, task in task_objs.items():
-        docs = len(task.eval_docs)
-        n = min(limits.get(leaf) or docs, docs)
-        units.setdefault(plan.reported.get(leaf, leaf), []).extend((leaf, i) for i in range(n))
-    return units
+def available(task_objs: dict, plan, cfg) -> dict[str, int]:
+    """Reported task -> N, its docs at full fidelity (every doc the limits select, over all its leaves)."""
+    return {task: len(spec["order"]) for task, spec in doc_orders(task_objs, plan, cfg).items()}
 
 
 def sample_size(share: float, available: int) -> int:
@@ -28,13 +24,14 @@ def sample_size(share: float, available: int) -> int:
     return min(available, max(1, math.ceil(share * available - 1e-9))) if available else 0
 
 
-def sample_ids(task_objs: dict, plan, limits: dict, share: float, seed: int) -> tuple[dict[str, list[int]], dict]:
+def sample_ids(task_objs: dict, plan, cfg, share: float) -> tuple[dict[str, list[int]], dict]:
     """(leaf -> sorted doc ids to evaluate, task -> {"docs": n, "available": N, "share": share})."""
     ids: dict[str, list[int]] = {}
     info = {}
-    for task, units in sorted(population(task_objs, plan, limits).items()):
-        n = sample_size(share, len(units))
-        for leaf, i in doc_order(units, seed, task)[:n]:
+    for task, spec in doc_orders(task_objs, plan, cfg).items():
+        order = spec["order"]
+        n = sample_size(share, len(order))
+        for leaf, i in order[:n]:
             ids.setdefault(leaf, []).append(i)
-        info[task] = {"docs": n, "available": len(units), "share": share}
+        info[task] = {"docs": n, "available": len(order), "share": share}
     return {leaf: sorted(v) for leaf, v in ids.items()}, info

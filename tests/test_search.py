@@ -51,10 +51,18 @@ def test_small_search_outputs(small_search):
     samples = pd.read_parquet(run / "samples.parquet").drop_duplicates(["task", "doc_id"])
     assert json.loads((run / "manifest.json").read_text())["sample"]["mini_mc"] == {"docs": 6, "available": 12,
                                                                                    "share": 0.5}
-    from flipbench.sequential import doc_order
-
-    expected = sorted(i for _, i in doc_order([("mini_mc", i) for i in range(12)], 1234, "mini_mc")[:6])
-    assert sorted(samples.loc[samples["task"] == "mini_mc", "doc_id"]) == expected
+    # stratified over mini_mc's subjects (even ids alpha, odd beta, 6 each): a prefix of 6 holds each within one
+    # doc of 6 * 6/12 = 3, so exactly 3 of each (an unstratified half would hold 3 and 3 with probability 0.43)
+    drawn = samples.loc[samples["task"] == "mini_mc", "doc_id"].astype(int)
+    assert len(drawn) == 6 and (drawn % 2 == 0).sum() == 3
+    # the screening rung's own reports say, near the top, that it ran on a sample; a full rung's do not
+    for name in ("report.md", "report.html"):
+        lines = (run / name).read_text().replace("<p>", "\n").splitlines()
+        line = next(i for i, text in enumerate(lines) if "Screening trial: evaluated on a seeded share 0.5" in text)
+        assert line < 6 and "mini_mc 6 of 12" in lines[line] and "mini_gen 3 of 6" in lines[line]
+        assert "not a full one" in lines[line]
+    full_run = folder / trials.loc[trials["fidelity"] == 1.0, "run"].iloc[0]
+    assert "Screening trial" not in (full_run / "report.md").read_text()
     rec = json.loads((folder / "recommendation.json").read_text())
     assert rec["grid_size"] == 2 and rec["full_fidelity_evaluations"] == 2 and rec["screening_evaluations"] == 2
     full = trials[trials["full_fidelity"]]

@@ -112,22 +112,56 @@ def test_drop_rate_of_a_passing_configuration_stays_within_its_alpha(N, limit, s
 
 # ---------------------------------------------------------------- the sample
 
-def test_sample_is_a_nested_prefix_of_the_sequential_order():
-    from flipbench.sequential import doc_order
-
+def sample_setup(stratify: bool):
+    """A two-leaf group (leaf g_a limited to 20 of its 30 docs, g_b 10 docs) and a one-leaf task of 12 docs whose
+    subject field holds 8 "x" and 4 "y"; the config fields the sample reads."""
     tasks = {"g_a": SimpleNamespace(eval_docs=list(range(30))), "g_b": SimpleNamespace(eval_docs=list(range(10))),
-             "solo": SimpleNamespace(eval_docs=list(range(7)))}
+             "solo": SimpleNamespace(eval_docs=[{"subject": "x" if i % 3 else "y"} for i in range(12)])}
     plan = SimpleNamespace(reported={"g_a": "group", "g_b": "group", "solo": "solo"})
-    limits = {"g_a": 20, "g_b": None, "solo": None}  # 20 + 10 docs in the group, 7 alone
-    quarter, info = sample_ids(tasks, plan, limits, 0.25, seed=7)
-    half, _ = sample_ids(tasks, plan, limits, 0.5, seed=7)
-    assert info == {"group": {"docs": 8, "available": 30, "share": 0.25}, "solo": {"docs": 2, "available": 7, "share": 0.25}}
-    units = [("g_a", i) for i in range(20)] + [("g_b", i) for i in range(10)]
-    expected = doc_order(units, 7, "group")[:8]
-    assert sorted((leaf, i) for leaf in ("g_a", "g_b") for i in quarter.get(leaf, [])) == sorted(expected)
-    assert max(quarter.get("g_a", [0])) < 20  # the limit holds
-    for leaf, ids in quarter.items():
-        assert set(ids) <= set(half[leaf])  # a larger share holds a smaller one's docs
+    cfg = SimpleNamespace(suite=SimpleNamespace(limit=None, task_limits={"g_a": 20}, subject_field="subject"),
+                          eval=SimpleNamespace(seed=7), gate=GateConfig(stratify=stratify))
+    return tasks, plan, cfg
+
+
+def test_sample_is_a_balanced_nested_prefix():
+    """Stratified (the default): subjects are the group's leaves (20 and 10 docs) and the solo task's subject field
+    (8 x, 4 y). With two subjects every prefix of n holds a subject of m docs in N within one doc of n m / N, so
+    (by hand) a share of 0.25 holds 8 group docs, 5 or 6 of them from g_a (8 * 20/30 = 5.33), and 3 solo docs,
+    2 or 3 of them x (3 * 8/12 = 2); all shares k/N nest and stay within the limit."""
+    tasks, plan, cfg = sample_setup(stratify=True)
+    quarter, info = sample_ids(tasks, plan, cfg, 0.25)
+    assert info == {"group": {"docs": 8, "available": 30, "share": 0.25}, "solo": {"docs": 3, "available": 12, "share": 0.25}}
+    assert len(quarter["g_a"]) in (5, 6) and len(quarter["g_a"]) + len(quarter.get("g_b", [])) == 8
+    assert sum(1 for i in quarter["solo"] if i % 3) in (2, 3) and len(quarter["solo"]) == 3
+    subjects = {"group": {"g_a": (lambda leaf, i: leaf == "g_a")}, "solo": {"x": (lambda leaf, i: i % 3 != 0)}}
+    sizes = {"group": (30, 20), "solo": (12, 8)}
+    before: dict = {}
+    for task, (N, m) in sizes.items():
+        (is_subject,) = subjects[task].values()
+        for n in range(1, N + 1):
+            ids, _ = sample_ids(tasks, plan, cfg, n / N)
+            drawn = {(leaf, i) for leaf, v in ids.items() for i in v if plan.reported[leaf] == task}
+            assert len(drawn) == n and drawn >= before.get(task, set())  # nested
+            assert abs(sum(is_subject(*u) for u in drawn) - n * m / N) < 1
+            assert all(i < 20 for leaf, i in drawn if leaf == "g_a")  # the limit holds
+            before[task] = drawn
+
+
+@pytest.mark.parametrize("stratify", [True, False])
+def test_sample_is_the_prefix_of_the_gates_own_order(stratify):
+    """The sample of a share is the first ceil(share N) docs of the order the sequential gate evaluates
+    (sequential.task_states, as run_sequential builds it), stratified or not."""
+    from flipbench.sequential import task_states
+
+    tasks, plan, cfg = sample_setup(stratify)
+    states, _ = task_states(tasks, plan, cfg)
+    for share in (0.1, 0.25, 0.5, 1.0):
+        ids, info = sample_ids(tasks, plan, cfg, share)
+        for task, state in states.items():
+            n = math.ceil(share * state.available - 1e-9)
+            assert info[task]["docs"] == n and info[task]["available"] == state.available
+            drawn = sorted((leaf, i) for leaf, v in ids.items() for i in v if plan.reported[leaf] == task)
+            assert drawn == sorted(state.order[:n])
 
 
 # ---------------------------------------------------------------- screening inside the Optuna study

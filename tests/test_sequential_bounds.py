@@ -7,7 +7,10 @@ import pytest
 from scipy.stats import hypergeom
 
 from flipbench import sequential as seq
-from flipbench.seqbounds import mean_bounds, serfling_rho
+from flipbench.seqbounds import (
+    bernstein_serfling_bounds, bernstein_serfling_width, hoeffding_serfling_bounds, hoeffding_serfling_width, mean_bounds,
+    serfling_rho,
+)
 
 
 def _strata(sizes: dict) -> tuple[list, dict]:
@@ -77,10 +80,17 @@ def test_stratified_order_keeps_the_wrong_decision_rate_below_alpha(rates):
     assert wrong / 10_000 <= alpha
 
 
-@pytest.mark.parametrize("N,a", [(40, 0.05), pytest.param(40, 0.01, marks=pytest.mark.slow), (25, 0.1)])
-def test_hoeffding_serfling_bound_on_two_point_populations_exactly(N, a):
-    """For a population of K values at the clip and N - K at 0 the sample mean is hypergeometric, so the bound's
-    miss probability is computed exactly: P(upper < mean) <= a and P(lower > mean) <= a at every n."""
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("bound,N,a", [(hoeffding_serfling_bounds, 40, 0.05), pytest.param(hoeffding_serfling_bounds, 40, 0.01, marks=SLOW),
+                                       (hoeffding_serfling_bounds, 25, 0.1), (bernstein_serfling_bounds, 25, 0.1),
+                                       (mean_bounds, 25, 0.1), pytest.param(bernstein_serfling_bounds, 40, 0.05, marks=SLOW),
+                                       pytest.param(mean_bounds, 40, 0.05, marks=SLOW)])
+def test_mean_bounds_on_two_point_populations_exactly(N, a, bound):
+    """For a population of K values at the clip and N - K at 0 the sample mean (and its variance) is a function of
+    the hypergeometric count, so each bound's miss probability is computed exactly: P(upper < mean) <= a and
+    P(lower > mean) <= a at every n."""
     clip = 2.0
     for K in range(N + 1):
         mean = clip * K / N
@@ -88,7 +98,7 @@ def test_hoeffding_serfling_bound_on_two_point_populations_exactly(N, a):
             xs = np.arange(max(0, n - (N - K)), min(n, K) + 1)
             miss_up = miss_low = 0.0
             for x in xs:
-                low, up = mean_bounds(np.r_[np.full(x, clip), np.zeros(n - x)], N, clip, a)
+                low, up = bound(np.r_[np.full(x, clip), np.zeros(n - x)], N, clip, a)
                 p = hypergeom.pmf(x, N, K, n)
                 miss_up += p * (up < mean - 1e-12)
                 miss_low += p * (low > mean + 1e-12)
@@ -98,13 +108,70 @@ def test_hoeffding_serfling_bound_on_two_point_populations_exactly(N, a):
 def test_mean_bound_by_hand_and_exact_at_full_population():
     # n = 2 of N = 10, values 0.1 and 0.3 (clip 1): rho = 1 - 1/10 = 0.9, width = sqrt(0.9 ln 20 / 4)
     width = math.sqrt(0.9 * math.log(20) / 4)
-    low, up = mean_bounds([0.1, 0.3], 10, 1.0, 0.05)
+    low, up = hoeffding_serfling_bounds([0.1, 0.3], 10, 1.0, 0.05)
     assert low == 0.0 and up == pytest.approx(min(0.2 + width, 1.0))
+    # empirical Bernstein-Serfling, n = 100 of N = 1000, B = 1, s = 0.1, a = 0.05 (the formula as Bardenet &
+    # Maillard state it, delta = a / 5): 0.1 sqrt(2 * 0.901 * ln 100 / 100) + (7/3 + 3/sqrt 2) ln 100 / 100
+    assert bernstein_serfling_width(0.1, 100, 1000, 1.0, 0.05) == pytest.approx(0.0288071 + 0.2051444, abs=1e-6)
+    # 0.2 and 0.4 alternating: s = 0.1 (divisor n); the combined bound takes the tighter of the two at a / 2
+    v = np.tile([0.2, 0.4], 500)
+    eb_width = 0.1 * math.sqrt(2 * (1 - 999 / 10_000) * math.log(200) / 1000) + (7 / 3 + 3 / math.sqrt(2)) * math.log(200) / 1000
+    hs_width = math.sqrt((1 - 999 / 10_000) * math.log(40) / 2000)
+    assert bernstein_serfling_bounds(v, 10_000, 1.0, 0.025)[1] == pytest.approx(0.3 + eb_width)
+    assert mean_bounds(v, 10_000, 1.0, 0.05) == (pytest.approx(0.3 - min(eb_width, hs_width)),
+                                                  pytest.approx(0.3 + min(eb_width, hs_width)))
+    assert eb_width < hs_width  # 0.0292 < 0.0412: a small variance over many docs, Bernstein is tighter
     # n > N/2: rho = (1 - n/N)(1 + 1/n); n = N: 0, the bound is the exact clipped mean (a NaN counts as clip / 0)
     assert serfling_rho(8, 10) == pytest.approx(0.2 * 1.125) and serfling_rho(10, 10) == 0.0
     v = [0.0, 0.5, 2.0, 0.25]
     assert mean_bounds(v, 4, 1.0, 1e-9) == (pytest.approx(1.75 / 4), pytest.approx(1.75 / 4))
     assert mean_bounds([0.2, np.nan], 2, 1.0, 0.01) == (pytest.approx(0.1), pytest.approx(0.6))
+
+
+@pytest.mark.parametrize("name", ["near", "gamma"])
+def test_small_variance_kl_bounds_cover_and_bernstein_stops_sooner(name):
+    """2,000 random orders of N = 4,000 docs' clipped KL (clip 0.3, limit 0.03, ten looks of 400, alpha 0.05 over
+    them): each bound alone (Hoeffding-Serfling, empirical Bernstein-Serfling, at alpha / 10 per look) and the combined
+    one (the tighter at alpha / 20 each) miss the population mean above, at any look, in at most alpha of the orders,
+    and below likewise; the combined bound decides PASS sooner on average than Hoeffding-Serfling alone. At n = N
+    every bound is the exact mean."""
+    rng = np.random.default_rng(5)
+    N, B, limit, alpha, streams = 4000, 0.3, 0.03, 0.05, 2000
+    if name == "near":  # every doc near 0.02 nats: sd 0.005, a tenth of the limit's distance
+        kl = np.clip(rng.normal(0.02, 0.005, N), 0, B)
+    else:  # skewed: gamma with mean 0.02 and sd 0.01
+        kl = np.clip(rng.gamma(4, 0.005, N), 0, B)
+    mu = kl.mean()
+    assert mu < limit and kl.std() < limit / 2  # a small variance: sd under half the limit, a twentieth of the range
+    plan = seq.looks(N, 400)
+    a = alpha / len(plan)
+    orders = rng.permuted(np.tile(kl, (streams, 1)), axis=1)
+    sums, squares = orders.cumsum(axis=1), (orders ** 2).cumsum(axis=1)
+    upper, lower = {}, {}
+    for n in plan:
+        mean = sums[:, n - 1] / n
+        sd = np.sqrt(np.maximum(squares[:, n - 1] / n - mean ** 2, 0.0))
+        exact = n == N
+        hs = {k: 0.0 if exact else hoeffding_serfling_width(n, N, B, k) for k in (a, a / 2)}
+        eb = {k: 0.0 if exact else bernstein_serfling_width(sd, n, N, B, k) for k in (a, a / 2)}
+        widths = {"hs": hs[a] + 0 * sd, "eb": eb[a] + 0 * sd, "both": np.minimum(hs[a / 2], eb[a / 2])}
+        for kind, width in widths.items():
+            upper.setdefault(kind, []).append(mean + width)
+            lower.setdefault(kind, []).append(mean - width)
+        if exact:
+            assert all(np.allclose(b(orders[0], N, B, a), mu) for b in (hoeffding_serfling_bounds,
+                                                                       bernstein_serfling_bounds, mean_bounds))
+    # the vectorised widths are the functions' own: one order at one look
+    n, k = plan[2], 2
+    assert np.allclose(mean_bounds(orders[k, :n], N, B, a), (max(lower["both"][2][k], 0.0), upper["both"][2][k]))
+    stops = {}
+    for kind in upper:
+        up, low = np.array(upper[kind]), np.array(lower[kind])  # (looks, streams)
+        assert (up < mu - 1e-12).any(axis=0).mean() <= alpha and (low > mu + 1e-12).any(axis=0).mean() <= alpha
+        decided = up <= limit
+        assert decided[-1].all()  # the last look is exact
+        stops[kind] = np.array(plan)[decided.argmax(axis=0)].mean()
+    assert stops["both"] < stops["hs"] and stops["eb"] < stops["hs"], stops
 
 
 @pytest.mark.parametrize("limit", [pytest.param(0.06, marks=pytest.mark.slow), 0.2])

@@ -89,13 +89,11 @@ def noise_overrides(compose, points: list[space.Point], noise: list[str]) -> dic
 
 
 def available_docs(run_cfg) -> dict[str, int]:
-    """Task -> its docs at full fidelity: every doc the suite's limits select, over all of the task's leaves."""
+    """Task -> its docs at full fidelity, counted as the screening sample and the sequential gate count them."""
     from flipbench import evaluate, pipeline, subsample
 
     plan = pipeline.preflight(run_cfg)
-    task_objs = evaluate.load_tasks(plan)
-    units = subsample.population(task_objs, plan, pipeline.limits(task_objs, plan, run_cfg))
-    return {task: len(docs) for task, docs in units.items()}
+    return subsample.available(evaluate.load_tasks(plan), plan, run_cfg)
 
 
 def search_folder(cfg, root: Path) -> tuple[Path, bool]:

@@ -2,8 +2,8 @@
 that violate a limit with confidence.
 
 A screening rung evaluates a seeded random share of every task's docs (``suite.sample``: the prefix of the sequential
-gate's order, :mod:`flipbench.subsample`), so the rung's x lost (gained, flipped) docs of n are a simple random sample
-without replacement from the task's N docs. For every proportion limit (max_flips, max_lost, max_acc_drop) the exact
+gate's order, stratified over subjects unless ``gate.stratify=false``, :mod:`flipbench.subsample`), so the rung's x
+lost (gained, flipped) docs of n are a random sample without replacement from the task's N docs. For every proportion limit (max_flips, max_lost, max_acc_drop) the exact
 hypergeometric bounds of :mod:`flipbench.sequential` bound the value the full-fidelity run will measure on all N docs.
 A configuration is dropped at a rung only when some limit's lower bound lies above it.
 
