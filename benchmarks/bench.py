@@ -232,11 +232,12 @@ def main(argv: list[str] | None = None) -> int:
             print("bench: budget search vs full grid", flush=True)
             from benchmarks import bench_search
 
-            bench_search.main(["--out", str(args.out)])
+            bench_search.main(["--out", str(args.out), *(["--fragment", ""] if args.no_fragments else [])])
         if not args.skip_sequential:
             from benchmarks import bench_sequential
 
-            bench_sequential.main(["--real", str(args.real)] if bench_real.available(args.real) else [])
+            bench_sequential.main([*(["--real", str(args.real)] if bench_real.available(args.real) else []),
+                                   *(["--fragment", ""] if args.no_fragments else [])])
         if bench_real.available(args.real):
             print("bench: the real model (SmolLM2-135M-Instruct)", flush=True)
             bench_real.main(["--real", str(args.real), "--out", str(args.out), "--rounds", str(args.rounds),
