@@ -110,11 +110,14 @@ def jaccard(a: dict, b: dict) -> float:
     return inter / union
 
 
-GRIDS = {  # flipbench's grid settings compared with the official masks
-    "`compression=tacq` (MSE, norm 2.4, as the official code)": dict(mse=True, mse_norm=2.4),
+GRIDS = {  # flipbench's settings compared with the official masks
+    "`compression=tacq` (MSE, norm 2.4, as the official code; float64 Hessian)": dict(mse=True, mse_norm=2.4),
+    "`compression=tacq compression.hessian_dtype=float32` (the official code's float32 Hessian)":
+        dict(mse=True, mse_norm=2.4, hessian_dtype="float32"),
     "`compression.mse_norm=2` (squared-error search)": dict(mse=True, mse_norm=2.0),
     "`compression.mse=false` (min-max grids)": dict(mse=False),
 }
+PASS1 = ("float64", "float32")  # GPTQ pass 1 compared with the official one, per Hessian dtype
 
 
 def compare(fn: dict, n_samples: int, seq_len: int) -> dict:
@@ -142,13 +145,16 @@ def compare(fn: dict, n_samples: int, seq_len: int) -> dict:
         ours, _ = salient_masks(copy.deepcopy(model), calib, task, settings, KEEP, "cpu")
         overlap[label] = jaccard(ours, reference)
         print(f"{n_samples}x{seq_len}: {label}: Jaccard vs official {overlap[label]:.4f}", flush=True)
-    mine = copy.deepcopy(model)
-    gptq_model(mine, calib, QuantConfig(method="gptq", bits=BITS, mse=True, mse_norm=2.4).gptq, "cpu")
-    diff = max(
-        (weight_matrix(quantizable_linears(mine)[n]) - weight_matrix(quantizable_linears(corrupt)[n])).abs().max().item()
-        for n in quantizable_linears(mine)
-    )
-    print(f"{n_samples}x{seq_len}: GPTQ pass 1, max |flipbench - official| over all weights: {diff:.3g}", flush=True)
+    diff = {}
+    for dtype in PASS1:
+        mine = copy.deepcopy(model)
+        gptq_model(mine, calib, QuantConfig(method="gptq", bits=BITS, mse=True, mse_norm=2.4, hessian_dtype=dtype).gptq,
+                   "cpu")
+        diff[dtype] = max((weight_matrix(quantizable_linears(mine)[n])
+                           - weight_matrix(quantizable_linears(corrupt)[n])).abs().max().item()
+                          for n in quantizable_linears(mine))
+        print(f"{n_samples}x{seq_len}: GPTQ pass 1 ({dtype} Hessian), max |flipbench - official| over all weights: "
+              f"{diff[dtype]:.3g}", flush=True)
     return {"k": k, "n_quant": n_quant, "overlap": overlap, "pass1_diff": diff}
 
 
@@ -163,8 +169,8 @@ def body(results: dict[tuple[int, int], dict], official: str) -> str:
     columns = {f"`--windows {n}x{t}` ({n} windows of {t} tokens)": r for (n, t), r in results.items()}
     rows = [{"flipbench grids": label, **{c: f"{r['overlap'][label]:.4f}" for c, r in columns.items()}}
             for label in GRIDS]
-    rows.append({"flipbench grids": "GPTQ pass 1 (`compression=tacq` grids): max \\|flipbench − official\\| weight",
-                 **{c: f"{r['pass1_diff']:.3g}" for c, r in columns.items()}})
+    rows += [{"flipbench grids": f"GPTQ pass 1, {dtype} Hessian: max \\|flipbench − official\\| weight",
+              **{c: f"{r['pass1_diff'][dtype]:.3g}" for c, r in columns.items()}} for dtype in PASS1]
     return (f"Jaccard overlap |A∩B|/|A∪B| of the 16-bit masks, flipbench's TACQ against the official code at commit "
             f"{official} (3 bits, keep {100 * KEEP:.2f}%: {first['k']} of {first['n_quant']} weights; both sides fed "
             "the same calibration windows from `synth_world_train`, task windows from `synth_mmlu_train`, and the "
