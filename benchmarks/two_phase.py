@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     base, comp = out / "artifacts/tiny-base", out / "artifacts/tiny-rtn-w4"
-    shards = ["-m", "shard=0/2,1/2", "hydra/launcher=local_parallel"]
+    shards = ["shard=0/2,1/2", "hydra/launcher=local_parallel"]
     load, start = os.getloadavg()[0], time.perf_counter()
     seconds = {
-        "baseline, two shards at once": flipbench(["collect", "side=baseline", *shards, f"output.artifact={base}"], out),
-        "compressed, two shards at once": flipbench(["collect", "side=compressed", *shards, f"output.artifact={comp}",
+        "baseline, two shards at once": flipbench(["collect", "-m", "side=baseline", *shards, f"output.artifact={base}"], out),
+        "compressed, two shards at once": flipbench(["collect", "-m", "side=compressed", *shards, f"output.artifact={comp}",
                                                      f"output.baseline_artifact={base}"], out),
         "compare": flipbench(["compare", str(base), str(comp), f"output.run_dir={out / 'runs/compare'}"], out),
         "one process": flipbench(["eval.cache=false", f"output.run_dir={out / 'runs/one-process'}"], out)}
