@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     shards = ["shard=0/2,1/2", "hydra/launcher=local_parallel"]
     load, start = os.getloadavg()[0], time.perf_counter()
     seconds = {
-        "baseline, two shards at once": flipbench(["collect", "-m", "side=baseline", *shards, f"output.artifact={base}"], out),
+        "baseline, two shards at once": flipbench(["collect", "-m", "side=baseline", *shards,
+                                                   f"output.artifact={base}"], out),
         "compressed, two shards at once": flipbench(["collect", "-m", "side=compressed", *shards, f"output.artifact={comp}",
                                                      f"output.baseline_artifact={base}"], out),
         "compare": flipbench(["compare", str(base), str(comp), f"output.run_dir={out / 'runs/compare'}"], out),
