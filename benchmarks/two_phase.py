@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = {
         "baseline, two shards at once": flipbench(["collect", "-m", "side=baseline", *shards,
                                                    f"output.artifact={base}"], out),
-        "compressed, two shards at once": flipbench(["collect", "-m", "side=compressed", *shards, f"output.artifact={comp}",
-                                                     f"output.baseline_artifact={base}"], out),
+        "compressed, two shards at once": flipbench(["collect", "-m", "side=compressed", *shards,
+                                                     f"output.artifact={comp}", f"output.baseline_artifact={base}"], out),
         "compare": flipbench(["compare", str(base), str(comp), f"output.run_dir={out / 'runs/compare'}"], out),
         "one process": flipbench(["eval.cache=false", f"output.run_dir={out / 'runs/one-process'}"], out)}
     manifest = json.loads((out / "runs/compare/manifest.json").read_text())
