@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.overhead import ENV
-from benchmarks.provenance import ROOT, add_fragment_option, command_line, markdown_table, write_fragment
+from benchmarks.provenance import ROOT, add_fragment_option, markdown_table, publish
 
 GROUPS = {  # test name prefix -> what the docs call it
     "test_bad_input_is_one_line_before_any_evaluation": "refused cases, in-process (one per parametrized case)",
@@ -68,11 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     body = ("`pytest tests/test_bad_input.py`, each test's call time (JUnit, fixtures apart), and one command line "
             "timed as a whole process:\n\n" + markdown_table(pd.DataFrame(rows))
             + f"\n\nThe unknown task's one line: `{message}`")
-    if args.fragment:
-        command = command_line("benchmarks.bad_input", list(sys.argv[1:] if argv is None else argv))
-        print(write_fragment(args.fragment, command, body, load_at_start=load))
-    else:
-        print(body)
+    publish(args.fragment, "benchmarks.bad_input", argv, body, load)
     return 0
 
 

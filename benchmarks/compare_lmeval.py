@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.overhead import timed
-from benchmarks.provenance import ROOT, add_fragment_option, command_line, markdown_table, write_fragment
+from benchmarks.provenance import ROOT, add_fragment_option, markdown_table, publish
 
 TINY = ROOT / "flipbench/assets/tiny"
 
@@ -114,11 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             + markdown_table(summary_table(compared)) + "\n\n" + verdict + "\n\nSeconds: "
             + "; ".join(f"{k} {v:.1f}" for k, v in seconds.items())
             + f"; {time.perf_counter() - start:.0f} s wall in all.")
-    if args.fragment:
-        command = command_line("benchmarks.compare_lmeval", list(sys.argv[1:] if argv is None else argv))
-        print(write_fragment(args.fragment, command, body, load_at_start=load))
-    else:
-        print(body)
+    publish(args.fragment, "benchmarks.compare_lmeval", argv, body, load)
     return 0
 
 

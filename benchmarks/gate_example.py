@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.overhead import ENV
-from benchmarks.provenance import ROOT, add_fragment_option, command_line, markdown_table, write_fragment
+from benchmarks.provenance import ROOT, add_fragment_option, markdown_table, publish
 from flipbench.config import GateConfig
 from flipbench.gate import evaluate_gate
 
@@ -65,11 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             f"RTN w4 copy) exited {done.returncode}, gate {upper['verdict']}; the same limits on point estimates "
             f"(`gate.on=point`, judged on the same `summary.csv`): {point['verdict']}.\n\n"
             + markdown_table(pd.DataFrame(rows)))
-    if args.fragment:
-        command = command_line("benchmarks.gate_example", list(sys.argv[1:] if argv is None else argv))
-        print(write_fragment(args.fragment, command, body, load_at_start=load))
-    else:
-        print(body)
+    publish(args.fragment, "benchmarks.gate_example", argv, body, load)
     return 0
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.overhead import ENV, timed
-from benchmarks.provenance import ROOT, add_fragment_option, command_line, markdown_table, write_fragment
+from benchmarks.provenance import ROOT, add_fragment_option, markdown_table, publish
 
 
 def case_overrides(name: str, gguf: Path, model: Path) -> list[str]:
@@ -88,11 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row(name, run_dir, time.perf_counter() - start))
     body = (f"SmolLM2-135M-Instruct on the first {args.limit} synth_mmlu docs, one torch thread (`OMP_NUM_THREADS=1`); "
             "seconds and resident memory from each run's manifest:\n\n" + markdown_table(pd.DataFrame(rows)))
-    if args.fragment:
-        command = command_line("benchmarks.gguf_real", list(sys.argv[1:] if argv is None else argv))
-        print(write_fragment(args.fragment, command, body, load_at_start=load))
-    else:
-        print(body)
+    publish(args.fragment, "benchmarks.gguf_real", argv, body, load)
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.bundled import flipbench, headline, pct
-from benchmarks.provenance import add_fragment_option, command_line, markdown_table, write_fragment
+from benchmarks.provenance import add_fragment_option, markdown_table, publish
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,11 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     body = ("GPTQ 2-bit on the bundled model with `compression.hessian_dtype=float32` (float32 Hessian sums), one "
             "single run per thread count, each in its own process (`OMP_NUM_THREADS`); flips on each task's headline "
             "row:\n\n" + markdown_table(table) + f"\n\n{time.perf_counter() - start:.0f} s wall.")
-    if args.fragment:
-        command = command_line("benchmarks.hessian_threads_flips", list(sys.argv[1:] if argv is None else argv))
-        print(write_fragment(args.fragment, command, body, load_at_start=load))
-    else:
-        print(body)
+    publish(args.fragment, "benchmarks.hessian_threads_flips", argv, body, load)
     return 0
 
 

@@ -12,6 +12,7 @@ import datetime as _dt
 import os
 import platform
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -124,6 +125,17 @@ def write_fragment(name: str, command: str, body: str, folder: Path | None = Non
     text = f"{MARKER} `{command}`; rerun it to update, do not edit by hand -->\n{provenance(command)}\n\n{body.strip()}\n"
     path.write_text(text)
     return path
+
+
+def publish(fragment: str, module: str, argv: list[str] | None, body: str, load_at_start: float | None) -> None:
+    """A command's last step: with ``--fragment NAME`` write ``body`` there (its provenance line names
+    ``python -m <module> <argv>``; ``argv`` None: this process's arguments) and print the path; with ``--fragment ''``
+    print ``body`` only."""
+    if fragment:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        print(write_fragment(fragment, command_line(module, argv), body, load_at_start=load_at_start))
+    else:
+        print(body)
 
 
 def load_note(load_at_start: float) -> str:

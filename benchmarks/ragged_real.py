@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.overhead import timed
-from benchmarks.provenance import ROOT, add_fragment_option, command_line, markdown_table, write_fragment
+from benchmarks.provenance import ROOT, add_fragment_option, markdown_table, publish
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,11 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         "compress s": f"{manifest['stage_seconds']['compress']:.0f}"}])
     body = (f"RTN w4, `compression.group_size={args.group_size}`, on synth_mmlu (the first {args.limit} docs; "
             "`suite=tiny`):\n\n" + markdown_table(table) + f"\n\n{wall:.0f} s wall for the run.")
-    if args.fragment:
-        command = command_line("benchmarks.ragged_real", list(sys.argv[1:] if argv is None else argv))
-        print(write_fragment(args.fragment, command, body, load_at_start=load))
-    else:
-        print(body)
+    publish(args.fragment, "benchmarks.ragged_real", argv, body, load)
     return 0
 
 

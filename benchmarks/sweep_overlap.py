@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.overhead import timed
-from benchmarks.provenance import ROOT, add_fragment_option, command_line, markdown_table, write_fragment
+from benchmarks.provenance import ROOT, add_fragment_option, markdown_table, publish
 
 
 def _num(x: float, fmt: str) -> str:
@@ -76,11 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             "Spearman's rho between the members' mean KL and flips (Fisher-z interval; n/a at |rho| = 1 or below 4 "
             "members):\n\n" + markdown_table(correlation_table(corr))
             + f"\n\n{time.perf_counter() - start:.0f} s wall.")
-    if args.fragment:
-        command = command_line("benchmarks.sweep_overlap", list(sys.argv[1:] if argv is None else argv))
-        print(write_fragment(args.fragment, command, body, load_at_start=load))
-    else:
-        print(body)
+    publish(args.fragment, "benchmarks.sweep_overlap", argv, body, load)
     return 0
 
 

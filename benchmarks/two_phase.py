@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.overhead import timed
-from benchmarks.provenance import ROOT, add_fragment_option, command_line, markdown_table, write_fragment
+from benchmarks.provenance import ROOT, add_fragment_option, markdown_table, publish
 
 
 def flipbench(args: list[str], root: Path) -> float:
@@ -95,11 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             + f"\n\nColumns of `summary.csv` that differ from the one-process run's (`flipbench eval.cache=false`): "
             f"{diff_text}.\n\nWall seconds per command: {timing} (compare's stages: {stage_text}); "
             f"{time.perf_counter() - start:.0f} s in all.")
-    if args.fragment:
-        command = command_line("benchmarks.two_phase", list(sys.argv[1:] if argv is None else argv))
-        print(write_fragment(args.fragment, command, body, load_at_start=load))
-    else:
-        print(body)
+    publish(args.fragment, "benchmarks.two_phase", argv, body, load)
     return 0
 
 

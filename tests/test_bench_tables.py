@@ -67,3 +67,14 @@ def test_gate_example_checks_text():
     task = {"checks": [{"check": "max_acc_drop", "value": 0.015, "pass": True, "limit": 0.02},
                        {"check": "max_choice_kl_mean", "value": 0.0612, "pass": False, "limit": 0.05}]}
     assert gate_example.checks_text(task) == "max_acc_drop 0.0150 ≤ 0.02; max_choice_kl_mean 0.0612 > 0.05"
+
+
+def test_publish_writes_the_fragment_with_its_command_or_prints_the_body(capsys):
+    from benchmarks import provenance
+
+    provenance.publish("", "benchmarks.x", ["--a", "1"], "the body", None)
+    assert capsys.readouterr().out == "the body\n"
+    provenance.publish("x-test", "benchmarks.x", ["--a", "1"], "the body", None)
+    written = (provenance.MEASURED / "x-test.md").read_text()  # tests point MEASURED at a temporary folder
+    assert capsys.readouterr().out.strip() == str(provenance.MEASURED / "x-test.md")
+    assert "`python -m benchmarks.x --a 1`" in written and written.rstrip().endswith("the body")
