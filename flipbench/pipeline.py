@@ -227,10 +227,10 @@ def _stages(cfg: FlipbenchConfig, plan, prepared, run_dir: Path, manifest, devic
         if cfg.gate.sequential:  # chunk by chunk until the gate is decided; base becomes the docs evaluated
             from flipbench import sequential
 
-            store = sequential.ChunkStore(root / "cache" / "chunks", {**key_parts, "weights": models.fingerprint(comp_model),
-                                                                        "side": "compressed"})
+            chunks = sequential.ChunkStore(root / "cache" / "chunks", {**key_parts, "weights": models.fingerprint(comp_model),
+                                                                         "side": "compressed"})
             base, comp, decided = sequential.run_sequential(comp_model, comp_tok, task_objs, plan, cfg, base=base, path=path,
-                                                            store=store)
+                                                            store=chunks)
             manifest.update(sequential=decided)
         elif cfg.suite.sample is not None:  # a seeded random share of each task; base becomes those docs
             from flipbench.subsample import sample_ids
